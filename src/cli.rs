@@ -1,0 +1,133 @@
+//! The command line: argument definitions and the function behind each subcommand.
+//!
+//! `main.rs` only parses arguments, sets up logging and maps the result of [`run`] to an
+//! exit status; everything a command does lives here or in the modules it calls.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{self, ConfigError, Settings};
+use crate::store::{Store, StoreError};
+use crate::telemetry::LogFormat;
+
+/// pipewarden: CRM pipeline snapshots, stage gates, lead recycling and pipeline history.
+#[derive(Debug, Parser)]
+#[command(name = "pipewarden", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Configuration file (TOML). Without it, built-in defaults and PIPEWARDEN__… variables apply.
+    #[arg(long, global = true, env = "PIPEWARDEN_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Log line format.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Work with the configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Bring the store's schema up to date, then exit.
+    Migrate,
+}
+
+/// `pipewarden config …`
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate the configuration and print the effective settings, secrets redacted.
+    Check,
+}
+
+/// Why a command failed; each kind has its own exit status.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The configuration is missing or invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Writing the command's output failed.
+    #[error("cannot write output: {0}")]
+    Output(#[from] std::io::Error),
+    /// The effective settings could not be rendered.
+    #[error("cannot render settings: {0}")]
+    Render(#[from] toml::ser::Error),
+}
+
+impl CliError {
+    /// 3 for configuration errors (fix the file), 1 for everything else; clap uses 2 for usage.
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            CliError::Config(_) => ExitCode::from(3),
+            _ => ExitCode::FAILURE,
+        }
+    }
+}
+
+/// Runs the parsed command.
+pub async fn run(cli: Cli) -> Result<(), CliError> {
+    match cli.command {
+        Command::Config(ConfigCommand::Check) => config_check(cli.config),
+        Command::Migrate => migrate(cli.config).await,
+    }
+}
+
+fn load_settings(path: Option<PathBuf>) -> Result<Settings, ConfigError> {
+    config::load(path.as_deref())
+}
+
+fn config_check(path: Option<PathBuf>) -> Result<(), CliError> {
+    let settings = load_settings(path)?;
+    let source = settings.source_file.as_ref().map_or_else(
+        || "built-in defaults".to_string(),
+        |p| p.display().to_string(),
+    );
+    let rendered = toml::to_string_pretty(&settings)?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "# configuration OK: {source}")?;
+    writeln!(
+        out,
+        "# effective settings (secrets show only where they are read from):"
+    )?;
+    out.write_all(rendered.as_bytes())?;
+    Ok(())
+}
+
+async fn migrate(path: Option<PathBuf>) -> Result<(), CliError> {
+    let settings = load_settings(path)?;
+    let store = Store::connect(&settings.store).await?;
+    let report = store.migrate().await?;
+    store.close().await;
+    tracing::info!(
+        backend = report.backend.as_str(),
+        applied = report.applied.len(),
+        schema_version = report.current,
+        "store migrated"
+    );
+    let mut out = std::io::stdout().lock();
+    match (report.applied.as_slice(), report.current) {
+        ([], Some(current)) => writeln!(
+            out,
+            "{} store {} is up to date (schema version {current})",
+            report.backend.as_str(),
+            settings.store.url
+        )?,
+        (applied, current) => writeln!(
+            out,
+            "{} store {}: applied {} migration(s), schema version {}",
+            report.backend.as_str(),
+            settings.store.url,
+            applied.len(),
+            current.map_or("none".to_string(), |v| v.to_string())
+        )?,
+    }
+    Ok(())
+}

@@ -1,0 +1,14 @@
+//! pipewarden keeps the history a CRM forgets.
+//!
+//! It polls Salesforce or HubSpot, snapshots every observed state of deals, leads and
+//! contacts into its own store, judges stage changes against qualification rules, recycles
+//! neglected leads into nurture, and answers questions about the pipeline's past.
+//!
+//! Data flows one way: fetch → normalise → [`store`] → evaluate → act. The modules are named
+//! for those steps; [`cli`] is the command-line face of the library.
+
+pub mod cli;
+pub mod config;
+pub mod record;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,289 @@
+//! The snapshot store: SQLite (embedded default) or PostgreSQL, chosen by URL scheme.
+//!
+//! Each backend has its own migrations (`migrations/sqlite`, `migrations/postgres`), embedded
+//! in the binary and applied at start-up. The SQL in this module is written once where both
+//! databases accept it (`$n` parameters, `ON CONFLICT`, `RETURNING`) and type-checked against
+//! both drivers through [`dispatch!`]; the shared test suite runs every operation on both.
+//!
+//! Writes that must land together (a page of records, its history and the cursor after it)
+//! go through a [`StoreTx`]; a crash before `commit` leaves none of them.
+
+mod history;
+mod records;
+mod sync_state;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{PgPool, Postgres, Sqlite, SqlitePool, Transaction};
+
+use crate::config::settings::{StoreSettings, StoreUrl};
+
+pub use history::{
+    FieldChange, NewLifecycleEvent, NewStageTransition, StageTransition, StoredLifecycleEvent,
+};
+pub use records::{ObservationOutcome, RecordVersion, StoredRecord, ValidFromBasis};
+pub use sync_state::{QuarantineEntry, QuarantinedRecord, SyncRunStatus, SyncRunSummary};
+
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// Runs the same code against whichever backend a value holds; the body is compiled once per
+/// backend, so a query that one driver cannot take fails to build rather than at run time.
+macro_rules! dispatch {
+    ($value:expr, $conn:ident => $body:expr) => {
+        match $value {
+            $crate::store::Backend::Sqlite($conn) => $body,
+            $crate::store::Backend::Postgres($conn) => $body,
+        }
+    };
+}
+pub(crate) use dispatch;
+
+/// One value per backend: a pool, a transaction.
+#[derive(Debug, Clone)]
+pub(crate) enum Backend<S, P> {
+    Sqlite(S),
+    Postgres(P),
+}
+
+/// Which database a store runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    /// Embedded SQLite file.
+    Sqlite,
+    /// PostgreSQL server.
+    Postgres,
+}
+
+impl BackendKind {
+    /// A short name for logs and `migrate` output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Sqlite => "sqlite",
+            BackendKind::Postgres => "postgres",
+        }
+    }
+}
+
+/// Why a store operation failed. Messages name the operation, never a connection password.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be opened or reached.
+    #[error("cannot open the {backend} store: {source}")]
+    Connect {
+        /// Which backend.
+        backend: &'static str,
+        /// The driver's error.
+        source: sqlx::Error,
+    },
+    /// Migrations failed.
+    #[error("cannot migrate the {backend} store: {source}")]
+    Migrate {
+        /// Which backend.
+        backend: &'static str,
+        /// The migrator's error.
+        source: sqlx::migrate::MigrateError,
+    },
+    /// A statement failed.
+    #[error("store operation `{operation}` failed: {source}")]
+    Query {
+        /// What was being done.
+        operation: &'static str,
+        /// The driver's error.
+        source: sqlx::Error,
+    },
+    /// The stored data contradicts the request (e.g. a connection re-used for another CRM).
+    #[error("{0}")]
+    Conflict(String),
+}
+
+/// Attaches the operation's name to a driver error.
+pub(crate) trait QueryContext<T> {
+    fn during(self, operation: &'static str) -> Result<T, StoreError>;
+}
+
+impl<T> QueryContext<T> for Result<T, sqlx::Error> {
+    fn during(self, operation: &'static str) -> Result<T, StoreError> {
+        self.map_err(|source| StoreError::Query { operation, source })
+    }
+}
+
+/// A handle to the store; cheap to clone (it holds a pool).
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: Backend<SqlitePool, PgPool>,
+}
+
+/// What `migrate` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrationReport {
+    /// The backend migrated.
+    pub backend: BackendKind,
+    /// Versions applied by this call.
+    pub applied: Vec<i64>,
+    /// Highest version now in place.
+    pub current: Option<i64>,
+}
+
+impl Store {
+    /// Opens a pool on the configured database (the file is created if missing).
+    pub async fn connect(settings: &StoreSettings) -> Result<Store, StoreError> {
+        let pool = match &settings.url {
+            StoreUrl::Sqlite(url) => Backend::Sqlite(open_sqlite(url, settings).await?),
+            StoreUrl::Postgres(url) => {
+                Backend::Postgres(open_postgres(url.as_str(), settings).await?)
+            }
+        };
+        Ok(Store { pool })
+    }
+
+    /// Opens the store and brings its schema up to date, as every command that reads it does.
+    pub async fn open_migrated(settings: &StoreSettings) -> Result<Store, StoreError> {
+        let store = Store::connect(settings).await?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Which database this store runs on.
+    pub fn backend(&self) -> BackendKind {
+        match self.pool {
+            Backend::Sqlite(_) => BackendKind::Sqlite,
+            Backend::Postgres(_) => BackendKind::Postgres,
+        }
+    }
+
+    /// Applies the migrations that are not yet in place.
+    pub async fn migrate(&self) -> Result<MigrationReport, StoreError> {
+        let backend = self.backend();
+        let before = self.applied_migrations().await?;
+        let result = match &self.pool {
+            Backend::Sqlite(pool) => SQLITE_MIGRATIONS.run(pool).await,
+            Backend::Postgres(pool) => POSTGRES_MIGRATIONS.run(pool).await,
+        };
+        result.map_err(|source| StoreError::Migrate {
+            backend: backend.as_str(),
+            source,
+        })?;
+        let after = self.applied_migrations().await?;
+        Ok(MigrationReport {
+            backend,
+            applied: after
+                .iter()
+                .copied()
+                .filter(|v| !before.contains(v))
+                .collect(),
+            current: after.last().copied(),
+        })
+    }
+
+    async fn applied_migrations(&self) -> Result<Vec<i64>, StoreError> {
+        // Before the first migration the bookkeeping table does not exist yet.
+        let exists_sql = match self.backend() {
+            BackendKind::Sqlite => {
+                "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'"
+            }
+            BackendKind::Postgres => "SELECT COUNT(*) FROM pg_tables WHERE tablename = '_sqlx_migrations' AND schemaname = current_schema()",
+        };
+        let exists: i64 =
+            dispatch!(&self.pool, pool => sqlx::query_scalar(exists_sql).fetch_one(pool).await)
+                .during("read migration state")?;
+        if exists == 0 {
+            return Ok(Vec::new());
+        }
+        dispatch!(&self.pool, pool => sqlx::query_scalar(
+            "SELECT version FROM _sqlx_migrations WHERE success ORDER BY version"
+        ).fetch_all(pool).await)
+        .during("read migration state")
+    }
+
+    /// Checks that the database answers (readiness probes use this).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        dispatch!(&self.pool, pool => sqlx::query("SELECT 1").execute(pool).await.map(|done| done.rows_affected()))
+            .during("ping")
+            .map(drop)
+    }
+
+    /// Starts a write transaction.
+    pub async fn begin(&self) -> Result<StoreTx, StoreError> {
+        let tx = match &self.pool {
+            // IMMEDIATE takes the write lock up front; a deferred transaction that later tries to
+            // upgrade can fail at once with SQLITE_BUSY instead of waiting out the busy timeout.
+            Backend::Sqlite(pool) => {
+                Backend::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await.during("begin")?)
+            }
+            Backend::Postgres(pool) => Backend::Postgres(pool.begin().await.during("begin")?),
+        };
+        Ok(StoreTx { tx })
+    }
+
+    /// Closes the pool, waiting for connections in use to be returned.
+    pub async fn close(&self) {
+        dispatch!(&self.pool, pool => pool.close().await);
+    }
+
+    pub(crate) fn pool(&self) -> &Backend<SqlitePool, PgPool> {
+        &self.pool
+    }
+}
+
+/// A write transaction; dropped without [`StoreTx::commit`], it rolls back.
+#[derive(Debug)]
+pub struct StoreTx {
+    tx: Backend<Transaction<'static, Sqlite>, Transaction<'static, Postgres>>,
+}
+
+impl StoreTx {
+    /// Makes every write of this transaction durable at once.
+    pub async fn commit(self) -> Result<(), StoreError> {
+        dispatch!(self.tx, tx => tx.commit().await).during("commit")
+    }
+
+    pub(crate) fn inner(
+        &mut self,
+    ) -> &mut Backend<Transaction<'static, Sqlite>, Transaction<'static, Postgres>> {
+        &mut self.tx
+    }
+}
+
+async fn open_sqlite(url: &str, settings: &StoreSettings) -> Result<SqlitePool, StoreError> {
+    let connect = |source| StoreError::Connect {
+        backend: "sqlite",
+        source,
+    };
+    let options = SqliteConnectOptions::from_str(url)
+        .map_err(connect)?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .foreign_keys(true)
+        .busy_timeout(settings.busy_timeout);
+    // Each connection to `:memory:` would be a separate empty database.
+    let max_connections = if url.contains(":memory:") {
+        1
+    } else {
+        settings.max_connections
+    };
+    SqlitePoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(30))
+        .connect_with(options)
+        .await
+        .map_err(connect)
+}
+
+async fn open_postgres(url: &str, settings: &StoreSettings) -> Result<PgPool, StoreError> {
+    let connect = |source| StoreError::Connect {
+        backend: "postgres",
+        source,
+    };
+    let options = PgConnectOptions::from_str(url).map_err(connect)?;
+    PgPoolOptions::new()
+        .max_connections(settings.max_connections)
+        .acquire_timeout(Duration::from_secs(30))
+        .connect_with(options)
+        .await
+        .map_err(connect)
+}

@@ -1,0 +1,537 @@
+//! Current records and their versions (slowly changing dimension, type 2).
+//!
+//! Every distinct state observed becomes a version valid over `[valid_from, valid_to)`.
+//! `valid_from` is the CRM's modification time of that state; when content changes without
+//! the CRM moving its modification time (Salesforce formula fields), the version starts at
+//! the moment pipewarden observed it, and says so in `valid_from_basis`.
+
+use serde_json::{Map, Value};
+use sqlx::types::Json;
+
+use super::{dispatch, QueryContext, Store, StoreError, StoreTx};
+use crate::record::{Millis, ObjectKind, RecordObservation, RecordState};
+
+/// What storing an observation did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ObservationOutcome {
+    /// First sighting: the record and its first version were created.
+    Created {
+        /// The new record's id.
+        record_id: i64,
+    },
+    /// Tracked content changed: the previous version was closed and a new one opened.
+    Changed {
+        /// The record's id.
+        record_id: i64,
+        /// The version that was current until now (for observed-diff transitions).
+        previous: Box<RecordVersion>,
+    },
+    /// Nothing tracked changed; only the last-seen time moved.
+    Unchanged {
+        /// The record's id.
+        record_id: i64,
+    },
+    /// The observation is older than what is stored (a late replay) and was ignored.
+    Stale {
+        /// The record's id.
+        record_id: i64,
+    },
+}
+
+impl ObservationOutcome {
+    /// The record the observation belongs to.
+    pub fn record_id(&self) -> i64 {
+        match self {
+            ObservationOutcome::Created { record_id }
+            | ObservationOutcome::Changed { record_id, .. }
+            | ObservationOutcome::Unchanged { record_id }
+            | ObservationOutcome::Stale { record_id } => *record_id,
+        }
+    }
+
+    /// Whether a new version was written.
+    pub fn wrote_version(&self) -> bool {
+        matches!(
+            self,
+            ObservationOutcome::Created { .. } | ObservationOutcome::Changed { .. }
+        )
+    }
+}
+
+/// What a version's start time is based on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValidFromBasis {
+    /// The CRM's modification time of the state.
+    CrmModified,
+    /// The time pipewarden observed it (the CRM did not move its modification time).
+    Observed,
+}
+
+impl ValidFromBasis {
+    fn as_str(self) -> &'static str {
+        match self {
+            ValidFromBasis::CrmModified => "crm_modified",
+            ValidFromBasis::Observed => "observed",
+        }
+    }
+
+    fn parse(text: &str) -> ValidFromBasis {
+        if text == "observed" {
+            ValidFromBasis::Observed
+        } else {
+            ValidFromBasis::CrmModified
+        }
+    }
+}
+
+/// One stored version of a record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordVersion {
+    /// Version id.
+    pub id: i64,
+    /// The record it belongs to.
+    pub record_id: i64,
+    /// Start of validity (inclusive).
+    pub valid_from: Millis,
+    /// End of validity (exclusive); `None` while current.
+    pub valid_to: Option<Millis>,
+    /// What `valid_from` is based on.
+    pub valid_from_basis: ValidFromBasis,
+    /// When pipewarden saw this state.
+    pub observed_at: Millis,
+    /// The record is deleted in this version.
+    pub deleted: bool,
+    /// The state.
+    pub state: RecordState,
+}
+
+/// The current row of a record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredRecord {
+    /// Record id.
+    pub id: i64,
+    /// Connection id.
+    pub connection_id: i64,
+    /// Object kind.
+    pub kind: ObjectKind,
+    /// CRM object name.
+    pub crm_object: String,
+    /// CRM id.
+    pub crm_id: String,
+    /// Current state.
+    pub state: RecordState,
+    /// CRM modification time of the current state.
+    pub crm_modified_at: Millis,
+    /// When the CRM deleted it, if it did.
+    pub deleted_at: Option<Millis>,
+    /// First time pipewarden saw it.
+    pub first_seen_at: Millis,
+    /// Last time pipewarden saw it.
+    pub last_seen_at: Millis,
+}
+
+/// The [`RecordState`] columns shared by `records` and `record_versions`, in binding order.
+macro_rules! state_columns {
+    () => {
+        "name, pipeline, stage, status, lifecycle_stage, amount_cents, probability_bp, close_date, owner_id, \
+         source, campaign_id, is_closed, is_won, crm_created_at_ms, last_activity_at_ms, fields"
+    };
+}
+
+/// The columns of a version as read back.
+macro_rules! version_columns {
+    () => {
+        concat!(
+            "id, record_id, valid_from_ms, valid_to_ms, valid_from_basis, observed_at_ms, deleted, ",
+            state_columns!()
+        )
+    };
+}
+
+/// Binds a [`RecordState`] in `state_columns!` order; a macro because the query type differs per backend.
+macro_rules! bind_state {
+    ($query:expr, $state:expr) => {
+        $query
+            .bind($state.name.as_deref())
+            .bind($state.pipeline.as_deref())
+            .bind($state.stage.as_deref())
+            .bind($state.status.as_deref())
+            .bind($state.lifecycle_stage.as_deref())
+            .bind($state.amount_cents)
+            .bind($state.probability_bp)
+            .bind($state.close_date.as_deref())
+            .bind($state.owner_id.as_deref())
+            .bind($state.source.as_deref())
+            .bind($state.campaign_id.as_deref())
+            .bind($state.is_closed)
+            .bind($state.is_won)
+            .bind($state.crm_created_at)
+            .bind($state.last_activity_at)
+            .bind(Json(&$state.fields))
+    };
+}
+
+/// The columns of `state_columns!` as read back.
+#[derive(sqlx::FromRow)]
+struct StateRow {
+    name: Option<String>,
+    pipeline: Option<String>,
+    stage: Option<String>,
+    status: Option<String>,
+    lifecycle_stage: Option<String>,
+    amount_cents: Option<i64>,
+    probability_bp: Option<i64>,
+    close_date: Option<String>,
+    owner_id: Option<String>,
+    source: Option<String>,
+    campaign_id: Option<String>,
+    is_closed: bool,
+    is_won: bool,
+    crm_created_at_ms: Option<i64>,
+    last_activity_at_ms: Option<i64>,
+    fields: Json<Map<String, Value>>,
+}
+
+impl From<StateRow> for RecordState {
+    fn from(row: StateRow) -> Self {
+        RecordState {
+            name: row.name,
+            pipeline: row.pipeline,
+            stage: row.stage,
+            status: row.status,
+            lifecycle_stage: row.lifecycle_stage,
+            amount_cents: row.amount_cents,
+            probability_bp: row.probability_bp,
+            close_date: row.close_date,
+            owner_id: row.owner_id,
+            source: row.source,
+            campaign_id: row.campaign_id,
+            is_closed: row.is_closed,
+            is_won: row.is_won,
+            crm_created_at: row.crm_created_at_ms,
+            last_activity_at: row.last_activity_at_ms,
+            fields: row.fields.0,
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct VersionRow {
+    id: i64,
+    record_id: i64,
+    valid_from_ms: i64,
+    valid_to_ms: Option<i64>,
+    valid_from_basis: String,
+    observed_at_ms: i64,
+    deleted: bool,
+    #[sqlx(flatten)]
+    state: StateRow,
+}
+
+impl From<VersionRow> for RecordVersion {
+    fn from(row: VersionRow) -> Self {
+        RecordVersion {
+            id: row.id,
+            record_id: row.record_id,
+            valid_from: row.valid_from_ms,
+            valid_to: row.valid_to_ms,
+            valid_from_basis: ValidFromBasis::parse(&row.valid_from_basis),
+            observed_at: row.observed_at_ms,
+            deleted: row.deleted,
+            state: row.state.into(),
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct RecordRow {
+    id: i64,
+    connection_id: i64,
+    object_kind: String,
+    crm_object: String,
+    crm_id: String,
+    crm_modified_at_ms: i64,
+    deleted_at_ms: Option<i64>,
+    first_seen_at_ms: i64,
+    last_seen_at_ms: i64,
+    #[sqlx(flatten)]
+    state: StateRow,
+}
+
+impl RecordRow {
+    fn into_record(self) -> Result<StoredRecord, StoreError> {
+        let kind = ObjectKind::parse(&self.object_kind).ok_or_else(|| {
+            StoreError::Conflict(format!(
+                "record {} has unknown object kind `{}`",
+                self.id, self.object_kind
+            ))
+        })?;
+        Ok(StoredRecord {
+            id: self.id,
+            connection_id: self.connection_id,
+            kind,
+            crm_object: self.crm_object,
+            crm_id: self.crm_id,
+            state: self.state.into(),
+            crm_modified_at: self.crm_modified_at_ms,
+            deleted_at: self.deleted_at_ms,
+            first_seen_at: self.first_seen_at_ms,
+            last_seen_at: self.last_seen_at_ms,
+        })
+    }
+}
+
+/// What is stored now for a record, enough to decide what an observation means.
+#[derive(sqlx::FromRow)]
+struct CurrentRow {
+    record_id: i64,
+    content_hash: Vec<u8>,
+    crm_modified_at_ms: i64,
+    version_id: i64,
+    valid_from_ms: i64,
+}
+
+impl StoreTx {
+    /// Stores one observation of a record: a new version if its tracked content changed.
+    pub async fn apply_observation(
+        &mut self,
+        obs: &RecordObservation,
+    ) -> Result<ObservationOutcome, StoreError> {
+        let hash = obs.content_hash();
+        let Some(current) = self.current_row(obs).await? else {
+            let record_id = self.insert_record(obs, &hash).await?;
+            self.insert_version(
+                record_id,
+                obs,
+                &hash,
+                obs.modified_at,
+                ValidFromBasis::CrmModified,
+            )
+            .await?;
+            return Ok(ObservationOutcome::Created { record_id });
+        };
+        let record_id = current.record_id;
+        if current.content_hash == hash {
+            self.touch_record(record_id, obs.observed_at).await?;
+            return Ok(ObservationOutcome::Unchanged { record_id });
+        }
+        if obs.modified_at < current.crm_modified_at_ms {
+            return Ok(ObservationOutcome::Stale { record_id });
+        }
+        let (valid_from, basis) = if obs.modified_at > current.valid_from_ms {
+            (obs.modified_at, ValidFromBasis::CrmModified)
+        } else {
+            // Same modification stamp, different content: the CRM recomputed something
+            // (a formula) without recording when, so the best known start is our observation.
+            (
+                obs.observed_at.max(current.valid_from_ms + 1),
+                ValidFromBasis::Observed,
+            )
+        };
+        let previous = self.close_version(current.version_id, valid_from).await?;
+        self.insert_version(record_id, obs, &hash, valid_from, basis)
+            .await?;
+        self.update_record(record_id, obs, &hash).await?;
+        Ok(ObservationOutcome::Changed {
+            record_id,
+            previous: Box::new(previous),
+        })
+    }
+
+    async fn current_row(
+        &mut self,
+        obs: &RecordObservation,
+    ) -> Result<Option<CurrentRow>, StoreError> {
+        dispatch!(self.inner(), tx => sqlx::query_as(
+            "SELECT r.id AS record_id, r.content_hash, r.crm_modified_at_ms, v.id AS version_id, v.valid_from_ms \
+             FROM records r JOIN record_versions v ON v.record_id = r.id AND v.valid_to_ms IS NULL \
+             WHERE r.connection_id = $1 AND r.object_kind = $2 AND r.crm_id = $3",
+        )
+        .bind(obs.connection_id)
+        .bind(obs.kind.as_str())
+        .bind(&obs.crm_id)
+        .fetch_optional(&mut **tx)
+        .await)
+        .during("read current record")
+    }
+
+    async fn insert_record(
+        &mut self,
+        obs: &RecordObservation,
+        hash: &[u8],
+    ) -> Result<i64, StoreError> {
+        let deleted_at = obs.deleted.then_some(obs.modified_at);
+        dispatch!(self.inner(), tx => bind_state!(sqlx::query_scalar(INSERT_RECORD_SQL)
+            .bind(obs.connection_id)
+            .bind(obs.kind.as_str())
+            .bind(&obs.crm_object)
+            .bind(&obs.crm_id)
+            .bind(obs.modified_at)
+            .bind(hash)
+            .bind(deleted_at)
+            .bind(obs.observed_at), obs.state)
+            .fetch_one(&mut **tx)
+            .await)
+        .during("insert record")
+    }
+
+    async fn update_record(
+        &mut self,
+        record_id: i64,
+        obs: &RecordObservation,
+        hash: &[u8],
+    ) -> Result<(), StoreError> {
+        let deleted_at = obs.deleted.then_some(obs.modified_at);
+        dispatch!(self.inner(), tx => bind_state!(sqlx::query(
+            "UPDATE records SET crm_modified_at_ms = $2, content_hash = $3, deleted_at_ms = $4, last_seen_at_ms = $5, \
+             name = $6, pipeline = $7, stage = $8, status = $9, lifecycle_stage = $10, amount_cents = $11, \
+             probability_bp = $12, close_date = $13, owner_id = $14, source = $15, campaign_id = $16, is_closed = $17, \
+             is_won = $18, crm_created_at_ms = $19, last_activity_at_ms = $20, fields = $21 WHERE id = $1",
+        )
+        .bind(record_id)
+        .bind(obs.modified_at)
+        .bind(hash)
+        .bind(deleted_at)
+        .bind(obs.observed_at), obs.state)
+        .execute(&mut **tx)
+        .await
+        .map(|done| done.rows_affected()))
+        .during("update record")
+        .map(drop)
+    }
+
+    async fn touch_record(
+        &mut self,
+        record_id: i64,
+        observed_at: Millis,
+    ) -> Result<(), StoreError> {
+        dispatch!(self.inner(), tx => sqlx::query(
+            "UPDATE records SET last_seen_at_ms = $2 WHERE id = $1 AND last_seen_at_ms < $2",
+        )
+        .bind(record_id)
+        .bind(observed_at)
+        .execute(&mut **tx)
+        .await
+        .map(|done| done.rows_affected()))
+        .during("touch record")
+        .map(drop)
+    }
+
+    async fn insert_version(
+        &mut self,
+        record_id: i64,
+        obs: &RecordObservation,
+        hash: &[u8],
+        valid_from: Millis,
+        basis: ValidFromBasis,
+    ) -> Result<(), StoreError> {
+        dispatch!(self.inner(), tx => bind_state!(sqlx::query(INSERT_VERSION_SQL)
+            .bind(record_id)
+            .bind(obs.connection_id)
+            .bind(obs.kind.as_str())
+            .bind(valid_from)
+            .bind(basis.as_str())
+            .bind(obs.observed_at)
+            .bind(hash)
+            .bind(obs.deleted)
+            .bind(obs.sync_run_id), obs.state)
+            .execute(&mut **tx)
+            .await
+            .map(|done| done.rows_affected()))
+        .during("insert version")
+        .map(drop)
+    }
+
+    async fn close_version(
+        &mut self,
+        version_id: i64,
+        valid_to: Millis,
+    ) -> Result<RecordVersion, StoreError> {
+        let row: VersionRow = dispatch!(self.inner(), tx => sqlx::query_as(VERSION_CLOSE_SQL)
+            .bind(version_id)
+            .bind(valid_to)
+            .fetch_one(&mut **tx)
+            .await)
+        .during("close version")?;
+        Ok(row.into())
+    }
+}
+
+const VERSION_CLOSE_SQL: &str = concat!(
+    "UPDATE record_versions SET valid_to_ms = $2 WHERE id = $1 RETURNING ",
+    version_columns!()
+);
+
+const INSERT_RECORD_SQL: &str = concat!(
+    "INSERT INTO records (connection_id, object_kind, crm_object, crm_id, crm_modified_at_ms, content_hash, \
+     deleted_at_ms, first_seen_at_ms, last_seen_at_ms, ",
+    state_columns!(),
+    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, \
+     $21, $22, $23, $24) RETURNING id"
+);
+
+const INSERT_VERSION_SQL: &str = concat!(
+    "INSERT INTO record_versions (record_id, connection_id, object_kind, valid_from_ms, valid_from_basis, \
+     observed_at_ms, content_hash, deleted, sync_run_id, ",
+    state_columns!(),
+    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, \
+     $22, $23, $24, $25)"
+);
+
+impl Store {
+    /// The current row of a record, by its CRM id.
+    pub async fn record(
+        &self,
+        connection_id: i64,
+        kind: ObjectKind,
+        crm_id: &str,
+    ) -> Result<Option<StoredRecord>, StoreError> {
+        let row: Option<RecordRow> = dispatch!(self.pool(), pool => sqlx::query_as(
+            concat!(
+                "SELECT id, connection_id, object_kind, crm_object, crm_id, crm_modified_at_ms, deleted_at_ms, \
+                 first_seen_at_ms, last_seen_at_ms, ",
+                state_columns!(),
+                " FROM records WHERE connection_id = $1 AND object_kind = $2 AND crm_id = $3"
+            ),
+        )
+        .bind(connection_id)
+        .bind(kind.as_str())
+        .bind(crm_id)
+        .fetch_optional(pool)
+        .await)
+        .during("read record")?;
+        row.map(RecordRow::into_record).transpose()
+    }
+
+    /// Every version of a record, oldest first.
+    pub async fn versions(&self, record_id: i64) -> Result<Vec<RecordVersion>, StoreError> {
+        let rows: Vec<VersionRow> = dispatch!(self.pool(), pool => sqlx::query_as(
+            concat!("SELECT ", version_columns!(), " FROM record_versions WHERE record_id = $1 ORDER BY valid_from_ms")
+        )
+        .bind(record_id)
+        .fetch_all(pool)
+        .await)
+        .during("read versions")?;
+        Ok(rows.into_iter().map(Into::into).collect())
+    }
+
+    /// The version of a record that was valid at `at`, if the record existed then.
+    pub async fn version_as_of(
+        &self,
+        record_id: i64,
+        at: Millis,
+    ) -> Result<Option<RecordVersion>, StoreError> {
+        let row: Option<VersionRow> = dispatch!(self.pool(), pool => sqlx::query_as(
+            concat!(
+                "SELECT ", version_columns!(), " FROM record_versions WHERE record_id = $1 AND valid_from_ms <= $2 \
+                 AND (valid_to_ms IS NULL OR valid_to_ms > $2) ORDER BY valid_from_ms DESC LIMIT 1"
+            )
+        )
+        .bind(record_id)
+        .bind(at)
+        .fetch_optional(pool)
+        .await)
+        .during("read version as of")?;
+        Ok(row.map(Into::into))
+    }
+}

@@ -1,0 +1,357 @@
+//! Connections, sync runs, cursors and quarantined records: the sync engine's bookkeeping.
+
+use serde_json::Value;
+use sqlx::types::Json;
+
+use super::{dispatch, QueryContext, Store, StoreError, StoreTx};
+use crate::config::settings::CrmKind;
+use crate::record::Millis;
+
+/// How a sync run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncRunStatus {
+    /// Still going, or the process died during it.
+    Running,
+    /// Finished everything it set out to do.
+    Succeeded,
+    /// Stopped by an error.
+    Failed,
+    /// Stopped at the API budget; the next run resumes from the cursor.
+    BudgetStopped,
+    /// Stopped by shutdown; the next run resumes from the cursor.
+    Interrupted,
+}
+
+impl SyncRunStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            SyncRunStatus::Running => "running",
+            SyncRunStatus::Succeeded => "succeeded",
+            SyncRunStatus::Failed => "failed",
+            SyncRunStatus::BudgetStopped => "budget_stopped",
+            SyncRunStatus::Interrupted => "interrupted",
+        }
+    }
+
+    fn parse(text: &str) -> SyncRunStatus {
+        match text {
+            "succeeded" => SyncRunStatus::Succeeded,
+            "failed" => SyncRunStatus::Failed,
+            "budget_stopped" => SyncRunStatus::BudgetStopped,
+            "interrupted" => SyncRunStatus::Interrupted,
+            _ => SyncRunStatus::Running,
+        }
+    }
+}
+
+/// The counters and outcome of one sync run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncRunSummary {
+    /// Run id.
+    pub id: i64,
+    /// How it ended.
+    pub status: SyncRunStatus,
+    /// Started at.
+    pub started_at: Millis,
+    /// Finished at, once finished.
+    pub finished_at: Option<Millis>,
+    /// Records fetched.
+    pub records_seen: i64,
+    /// New versions stored.
+    pub versions_written: i64,
+    /// New stage transitions stored.
+    pub transitions_written: i64,
+    /// CRM API calls made.
+    pub api_calls: i64,
+    /// Errors met (retried or not).
+    pub errors: i64,
+    /// Records quarantined.
+    pub quarantined: i64,
+    /// Why it stopped, for failed or stopped runs.
+    pub message: Option<String>,
+}
+
+/// A record that could not be parsed, kept with its reason so nothing is silently lost.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuarantinedRecord {
+    /// CRM object name.
+    pub crm_object: String,
+    /// CRM id (or a stand-in when the id itself was unreadable).
+    pub crm_id: String,
+    /// What was wrong, naming the field.
+    pub reason: String,
+    /// How many times it was seen in this state.
+    pub occurrences: i64,
+    /// Last time it was seen.
+    pub last_seen_at: Millis,
+}
+
+/// A record to set aside, with what was wrong with it.
+#[derive(Debug, Clone)]
+pub struct QuarantineEntry<'a> {
+    /// The connection it came from.
+    pub connection_id: i64,
+    /// CRM object name.
+    pub crm_object: &'a str,
+    /// CRM id, or a stand-in when the id itself was unreadable.
+    pub crm_id: &'a str,
+    /// What was wrong, naming the field.
+    pub reason: &'a str,
+    /// The raw payload as received, for diagnosis (it may not even be valid JSON).
+    pub payload: Option<&'a str>,
+    /// The sync run that met it.
+    pub sync_run_id: Option<i64>,
+    /// When it was met.
+    pub seen_at: Millis,
+}
+
+impl Store {
+    /// Registers a configured connection (or finds it) and returns its id.
+    ///
+    /// A name first stored for one CRM cannot be reused for the other: its history would mix.
+    pub async fn ensure_connection(
+        &self,
+        name: &str,
+        kind: CrmKind,
+        now: Millis,
+    ) -> Result<i64, StoreError> {
+        dispatch!(self.pool(), pool => sqlx::query(
+            "INSERT INTO connections (name, kind, created_at_ms) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name)
+        .bind(kind.as_str())
+        .bind(now)
+        .execute(pool)
+        .await
+        .map(|done| done.rows_affected()))
+        .during("register connection")?;
+        let (id, stored_kind): (i64, String) = dispatch!(self.pool(), pool => sqlx::query_as(
+            "SELECT id, kind FROM connections WHERE name = $1",
+        )
+        .bind(name)
+        .fetch_one(pool)
+        .await)
+        .during("register connection")?;
+        if stored_kind != kind.as_str() {
+            return Err(StoreError::Conflict(format!(
+                "connection `{name}` holds {stored_kind} data; it cannot become a {} connection (give it a new name)",
+                kind.as_str()
+            )));
+        }
+        Ok(id)
+    }
+
+    /// Opens the audit row of a sync run.
+    pub async fn start_sync_run(
+        &self,
+        connection_id: i64,
+        triggered_by: &str,
+        replica: &str,
+        now: Millis,
+    ) -> Result<i64, StoreError> {
+        dispatch!(self.pool(), pool => sqlx::query_scalar(
+            "INSERT INTO sync_runs (connection_id, triggered_by, replica, started_at_ms, status) \
+             VALUES ($1, $2, $3, $4, 'running') RETURNING id",
+        )
+        .bind(connection_id)
+        .bind(triggered_by)
+        .bind(replica)
+        .bind(now)
+        .fetch_one(pool)
+        .await)
+        .during("start sync run")
+    }
+
+    /// Closes the audit row of a sync run with its counters.
+    pub async fn finish_sync_run(&self, summary: &SyncRunSummary) -> Result<(), StoreError> {
+        dispatch!(self.pool(), pool => sqlx::query(
+            "UPDATE sync_runs SET status = $2, finished_at_ms = $3, records_seen = $4, versions_written = $5, \
+             transitions_written = $6, api_calls = $7, errors = $8, quarantined = $9, message = $10 WHERE id = $1",
+        )
+        .bind(summary.id)
+        .bind(summary.status.as_str())
+        .bind(summary.finished_at)
+        .bind(summary.records_seen)
+        .bind(summary.versions_written)
+        .bind(summary.transitions_written)
+        .bind(summary.api_calls)
+        .bind(summary.errors)
+        .bind(summary.quarantined)
+        .bind(summary.message.as_deref())
+        .execute(pool)
+        .await
+        .map(|done| done.rows_affected()))
+        .during("finish sync run")
+        .map(drop)
+    }
+
+    /// The most recent sync runs of a connection, newest first.
+    pub async fn recent_sync_runs(
+        &self,
+        connection_id: i64,
+        limit: i64,
+    ) -> Result<Vec<SyncRunSummary>, StoreError> {
+        type Row = (
+            i64,
+            String,
+            Millis,
+            Option<Millis>,
+            i64,
+            i64,
+            i64,
+            i64,
+            i64,
+            i64,
+            Option<String>,
+        );
+        let rows: Vec<Row> = dispatch!(self.pool(), pool => sqlx::query_as(
+            "SELECT id, status, started_at_ms, finished_at_ms, records_seen, versions_written, transitions_written, \
+             api_calls, errors, quarantined, message FROM sync_runs WHERE connection_id = $1 \
+             ORDER BY started_at_ms DESC, id DESC LIMIT $2",
+        )
+        .bind(connection_id)
+        .bind(limit)
+        .fetch_all(pool)
+        .await)
+        .during("read sync runs")?;
+        Ok(rows
+            .into_iter()
+            .map(|r| SyncRunSummary {
+                id: r.0,
+                status: SyncRunStatus::parse(&r.1),
+                started_at: r.2,
+                finished_at: r.3,
+                records_seen: r.4,
+                versions_written: r.5,
+                transitions_written: r.6,
+                api_calls: r.7,
+                errors: r.8,
+                quarantined: r.9,
+                message: r.10,
+            })
+            .collect())
+    }
+
+    /// Where a stream of an object stopped, if it ever ran.
+    pub async fn cursor(
+        &self,
+        connection_id: i64,
+        crm_object: &str,
+        stream: &str,
+    ) -> Result<Option<Value>, StoreError> {
+        let found: Option<Json<Value>> = dispatch!(self.pool(), pool => sqlx::query_scalar(
+            "SELECT position FROM sync_cursors WHERE connection_id = $1 AND crm_object = $2 AND stream = $3",
+        )
+        .bind(connection_id)
+        .bind(crm_object)
+        .bind(stream)
+        .fetch_optional(pool)
+        .await)
+        .during("read cursor")?;
+        Ok(found.map(|Json(value)| value))
+    }
+
+    /// Quarantined records of a connection that are not resolved, most recent first.
+    pub async fn quarantined(
+        &self,
+        connection_id: i64,
+    ) -> Result<Vec<QuarantinedRecord>, StoreError> {
+        let rows: Vec<(String, String, String, i64, Millis)> = dispatch!(self.pool(), pool => sqlx::query_as(
+            "SELECT crm_object, crm_id, reason, occurrences, last_seen_at_ms FROM quarantined_records \
+             WHERE connection_id = $1 AND resolved_at_ms IS NULL ORDER BY last_seen_at_ms DESC, id DESC",
+        )
+        .bind(connection_id)
+        .fetch_all(pool)
+        .await)
+        .during("read quarantine")?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(crm_object, crm_id, reason, occurrences, last_seen_at)| QuarantinedRecord {
+                    crm_object,
+                    crm_id,
+                    reason,
+                    occurrences,
+                    last_seen_at,
+                },
+            )
+            .collect())
+    }
+}
+
+impl StoreTx {
+    /// Moves a stream's cursor; commits with the page it follows, or not at all.
+    pub async fn save_cursor(
+        &mut self,
+        connection_id: i64,
+        crm_object: &str,
+        stream: &str,
+        position: &Value,
+        sync_run_id: Option<i64>,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        dispatch!(self.inner(), tx => sqlx::query(
+            "INSERT INTO sync_cursors (connection_id, crm_object, stream, position, updated_at_ms, sync_run_id) \
+             VALUES ($1, $2, $3, $4, $5, $6) \
+             ON CONFLICT (connection_id, crm_object, stream) DO UPDATE SET \
+             position = excluded.position, updated_at_ms = excluded.updated_at_ms, sync_run_id = excluded.sync_run_id",
+        )
+        .bind(connection_id)
+        .bind(crm_object)
+        .bind(stream)
+        .bind(Json(position))
+        .bind(now)
+        .bind(sync_run_id)
+        .execute(&mut **tx)
+        .await
+        .map(|done| done.rows_affected()))
+        .during("save cursor")
+        .map(drop)
+    }
+
+    /// Sets a record aside with the reason it could not be read; repeated sightings are counted.
+    pub async fn quarantine(&mut self, entry: &QuarantineEntry<'_>) -> Result<(), StoreError> {
+        dispatch!(self.inner(), tx => sqlx::query(
+            "INSERT INTO quarantined_records (connection_id, crm_object, crm_id, reason, payload, sync_run_id, \
+             first_seen_at_ms, last_seen_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $7) \
+             ON CONFLICT (connection_id, crm_object, crm_id) DO UPDATE SET reason = excluded.reason, \
+             payload = excluded.payload, sync_run_id = excluded.sync_run_id, last_seen_at_ms = excluded.last_seen_at_ms, \
+             occurrences = quarantined_records.occurrences + 1, resolved_at_ms = NULL",
+        )
+        .bind(entry.connection_id)
+        .bind(entry.crm_object)
+        .bind(entry.crm_id)
+        .bind(entry.reason)
+        .bind(entry.payload)
+        .bind(entry.sync_run_id)
+        .bind(entry.seen_at)
+        .execute(&mut **tx)
+        .await
+        .map(|done| done.rows_affected()))
+        .during("quarantine record")
+        .map(drop)
+    }
+
+    /// Marks a quarantined record as resolved, once a later sighting parsed cleanly.
+    pub async fn release_from_quarantine(
+        &mut self,
+        connection_id: i64,
+        crm_object: &str,
+        crm_id: &str,
+        now: Millis,
+    ) -> Result<bool, StoreError> {
+        let result = dispatch!(self.inner(), tx => sqlx::query(
+            "UPDATE quarantined_records SET resolved_at_ms = $4 \
+             WHERE connection_id = $1 AND crm_object = $2 AND crm_id = $3 AND resolved_at_ms IS NULL",
+        )
+        .bind(connection_id)
+        .bind(crm_object)
+        .bind(crm_id)
+        .bind(now)
+        .execute(&mut **tx)
+        .await
+        .map(|done| done.rows_affected()))
+        .during("release quarantined record")?;
+        Ok(result > 0)
+    }
+}

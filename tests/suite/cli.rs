@@ -1,0 +1,148 @@
+//! The command line, run as a user runs it.
+
+use std::process::{Command, Output};
+
+use crate::support::ConfigDir;
+
+const FAKE_TOKEN: &str = "pat-na1-FAKE-0f3c9e1d-secret-token";
+const FAKE_WEBHOOK: &str = "https://hooks.slack.com/services/T000/B000/FAKEwebhookSECRET";
+const FAKE_DB_PASSWORD: &str = "FAKEdbPASSWORD42";
+
+fn pipewarden(args: &[&str], vars: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_pipewarden"));
+    command
+        .args(args)
+        .env_remove("PIPEWARDEN_CONFIG")
+        .env("RUST_LOG", "trace");
+    for (name, value) in vars {
+        command.env(name, value);
+    }
+    command.output().expect("pipewarden runs")
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+const WITH_SECRETS: &str = r#"
+[[connections]]
+name = "acme-hubspot"
+kind = "hubspot"
+[connections.auth]
+kind = "private_app"
+token = { env = "TEST_HUBSPOT_TOKEN" }
+
+[slack]
+webhook_url = { env = "TEST_SLACK_WEBHOOK" }
+
+[[rules]]
+name = "gates"
+connection = "acme-hubspot"
+mode = "alert"
+"#;
+
+#[test]
+fn config_check_prints_settings_but_never_the_secrets() {
+    let dir = ConfigDir::new();
+    let path = dir.write("pipewarden.toml", WITH_SECRETS);
+    let db_url = format!("postgres://pw:{FAKE_DB_PASSWORD}@127.0.0.1:5432/pipewarden");
+    let output = pipewarden(
+        &["config", "check", "--config", path.to_str().unwrap()],
+        &[
+            ("TEST_HUBSPOT_TOKEN", FAKE_TOKEN),
+            ("TEST_SLACK_WEBHOOK", FAKE_WEBHOOK),
+            ("PIPEWARDEN__STORE__URL", &db_url),
+        ],
+    );
+    let all = text(&output);
+    assert!(output.status.success(), "{all}");
+    for secret in [FAKE_TOKEN, FAKE_WEBHOOK, FAKE_DB_PASSWORD] {
+        assert!(!all.contains(secret), "secret leaked in:\n{all}");
+    }
+    assert!(
+        all.contains("**redacted** (env TEST_HUBSPOT_TOKEN)"),
+        "{all}"
+    );
+    assert!(
+        all.contains("**redacted** (env TEST_SLACK_WEBHOOK)"),
+        "{all}"
+    );
+    assert!(
+        all.contains("postgres://pw:**redacted**@127.0.0.1:5432/pipewarden"),
+        "{all}"
+    );
+}
+
+#[test]
+fn config_check_fails_with_status_3_naming_the_key_and_no_secret() {
+    let dir = ConfigDir::new();
+    // The webhook is not an https URL: the error must say so without repeating it.
+    let bad_webhook = "http://hooks.example.com/services/T000/B000/FAKEwebhookSECRET";
+    let path = dir.write("pipewarden.toml", WITH_SECRETS);
+    let output = pipewarden(
+        &["config", "check", "--config", path.to_str().unwrap()],
+        &[
+            ("TEST_HUBSPOT_TOKEN", FAKE_TOKEN),
+            ("TEST_SLACK_WEBHOOK", bad_webhook),
+        ],
+    );
+    let all = text(&output);
+    assert_eq!(output.status.code(), Some(3), "{all}");
+    assert!(all.contains("slack.webhook_url"), "{all}");
+    assert!(
+        !all.contains("FAKEwebhookSECRET"),
+        "secret leaked in:\n{all}"
+    );
+    assert!(!all.contains(FAKE_TOKEN), "secret leaked in:\n{all}");
+}
+
+#[test]
+fn migrate_creates_the_store_then_finds_it_up_to_date() {
+    let dir = ConfigDir::new();
+    let url = format!("sqlite://{}", dir.path().join("cli.db").display());
+    let first = pipewarden(&["migrate"], &[("PIPEWARDEN__STORE__URL", &url)]);
+    assert!(first.status.success(), "{}", text(&first));
+    assert!(
+        String::from_utf8_lossy(&first.stdout).contains("applied 1 migration(s), schema version 1"),
+        "{}",
+        text(&first)
+    );
+    let second = pipewarden(&["migrate"], &[("PIPEWARDEN__STORE__URL", &url)]);
+    assert!(
+        String::from_utf8_lossy(&second.stdout).contains("is up to date (schema version 1)"),
+        "{}",
+        text(&second)
+    );
+}
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let dir = ConfigDir::new();
+    let url = format!("sqlite://{}", dir.path().join("json.db").display());
+    let output = pipewarden(
+        &["--log-format", "json", "migrate"],
+        &[
+            ("PIPEWARDEN__STORE__URL", &url),
+            ("RUST_LOG", "pipewarden=info"),
+        ],
+    );
+    assert!(output.status.success(), "{}", text(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert!(!lines.is_empty(), "migrate logs what it did");
+    for line in lines {
+        let value: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert_eq!(value["level"], "INFO", "{line}");
+    }
+}
+
+#[test]
+fn an_unknown_subcommand_is_a_usage_error() {
+    let output = pipewarden(&["sync-everything"], &[]);
+    assert_eq!(output.status.code(), Some(2));
+}

@@ -1,0 +1,273 @@
+//! Configuration loading: every error names the key (and file, and line where it can).
+
+use pipewarden::config::settings::{AuthSettings, StoreUrl};
+use pipewarden::config::{load_with_env, ConfigError};
+
+use crate::support::{env, ConfigDir};
+
+const SALESFORCE: &str = r#"
+[[connections]]
+name = "acme"
+kind = "salesforce"
+[connections.auth]
+kind = "refresh_token"
+client_id = "3MVG9-test"
+refresh_token = { env = "SF_REFRESH" }
+"#;
+
+fn load(
+    dir: &ConfigDir,
+    text: &str,
+    vars: &[(&str, &str)],
+) -> Result<pipewarden::config::Settings, ConfigError> {
+    let path = dir.write("pipewarden.toml", text);
+    load_with_env(Some(&path), &env(vars))
+}
+
+fn problem_keys(err: &ConfigError) -> Vec<String> {
+    err.problems().iter().map(|p| p.key.clone()).collect()
+}
+
+#[test]
+fn a_missing_file_is_named() {
+    let dir = ConfigDir::new();
+    let path = dir.path().join("nope.toml");
+    let err = load_with_env(Some(&path), &env(&[])).unwrap_err();
+    assert!(matches!(err, ConfigError::Missing { .. }));
+    assert_eq!(
+        err.to_string(),
+        format!("config file {} does not exist", path.display())
+    );
+}
+
+#[test]
+fn bad_toml_reports_file_and_line() {
+    let dir = ConfigDir::new();
+    let err = load(
+        &dir,
+        "[store]\nurl = \"sqlite://x.db\"\nmax_connections = = 3\n",
+        &[],
+    )
+    .unwrap_err();
+    let ConfigError::Syntax { line, ref path, .. } = err else {
+        panic!("expected a syntax error, got {err}")
+    };
+    assert_eq!(line, 3);
+    assert!(path.ends_with("pipewarden.toml"));
+    assert!(err.to_string().contains("pipewarden.toml:3:"), "{err}");
+}
+
+#[test]
+fn an_unknown_key_is_an_error_naming_key_file_and_line() {
+    let dir = ConfigDir::new();
+    let err = load(
+        &dir,
+        "[store]\nurl = \"sqlite://x.db\"\npool_size = 3\n",
+        &[],
+    )
+    .unwrap_err();
+    let message = err.to_string();
+    assert!(message.contains("pipewarden.toml"), "{message}");
+    assert!(message.contains("unknown field `pool_size`"), "{message}");
+    assert!(message.contains("line 3"), "{message}");
+    assert!(problem_keys(&err)[0].starts_with("store"), "{message}");
+}
+
+#[test]
+fn a_wrong_type_names_the_key_and_line() {
+    let dir = ConfigDir::new();
+    let err = load(&dir, "[store]\nmax_connections = \"many\"\n", &[]).unwrap_err();
+    assert_eq!(problem_keys(&err), vec!["store.max_connections"]);
+    assert!(err.to_string().contains("line 2"), "{err}");
+}
+
+#[test]
+fn a_missing_secret_variable_names_the_key_and_the_variable() {
+    let dir = ConfigDir::new();
+    let err = load(&dir, SALESFORCE, &[]).unwrap_err();
+    assert_eq!(
+        problem_keys(&err),
+        vec!["connections[0].auth.refresh_token"]
+    );
+    assert!(
+        err.to_string()
+            .contains("environment variable SF_REFRESH is not set"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_invalid_url_names_the_key() {
+    let dir = ConfigDir::new();
+    let text = SALESFORCE.replace(
+        "kind = \"salesforce\"",
+        "kind = \"salesforce\"\nlogin_url = \"not a url\"",
+    );
+    let err = load(&dir, &text, &[("SF_REFRESH", "x")]).unwrap_err();
+    assert_eq!(problem_keys(&err), vec!["connections[0].login_url"]);
+    assert!(err.to_string().contains("is not a valid URL"), "{err}");
+}
+
+#[test]
+fn plain_http_is_refused_off_loopback_and_allowed_on_it() {
+    let dir = ConfigDir::new();
+    let remote = SALESFORCE.replace(
+        "kind = \"salesforce\"",
+        "kind = \"salesforce\"\nlogin_url = \"http://login.salesforce.com\"",
+    );
+    let err = load(&dir, &remote, &[("SF_REFRESH", "x")]).unwrap_err();
+    assert!(err.to_string().contains("must use https"), "{err}");
+    let local = SALESFORCE.replace(
+        "kind = \"salesforce\"",
+        "kind = \"salesforce\"\nlogin_url = \"http://127.0.0.1:8787\"",
+    );
+    load(&dir, &local, &[("SF_REFRESH", "x")]).expect("the emulator on loopback may use http");
+}
+
+#[test]
+fn a_duplicate_connection_name_names_the_second_entry() {
+    let dir = ConfigDir::new();
+    let err = load(
+        &dir,
+        &format!("{SALESFORCE}{SALESFORCE}"),
+        &[("SF_REFRESH", "x")],
+    )
+    .unwrap_err();
+    assert_eq!(problem_keys(&err), vec!["connections[1].name"]);
+    assert!(
+        err.to_string().contains("`acme` is used by another entry"),
+        "{err}"
+    );
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let dir = ConfigDir::new();
+    let text = format!(
+        "[store]\nurl = \"mysql://db\"\n[api]\nlisten = \"0.0.0.0:8080\"\n{}\n[[rules]]\nname = \"r\"\nconnection = \"nobody\"\nmode = \"shout\"\n",
+        SALESFORCE.replace("kind = \"refresh_token\"", "kind = \"private_app\"")
+    );
+    let err = load(&dir, &text, &[]).unwrap_err();
+    let keys = problem_keys(&err);
+    for expected in [
+        "store.url",
+        "connections[0].auth.kind",
+        "rules[0].connection",
+        "rules[0].mode",
+        "api.bearer_token",
+    ] {
+        assert!(
+            keys.iter().any(|k| k == expected),
+            "{expected} missing from {keys:?}"
+        );
+    }
+}
+
+#[test]
+fn rules_naming_an_invalid_connection_are_not_blamed_for_it() {
+    let dir = ConfigDir::new();
+    let text = format!("{SALESFORCE}\n[[rules]]\nname = \"r\"\nconnection = \"acme\"\n");
+    let err = load(&dir, &text, &[]).unwrap_err();
+    assert_eq!(
+        problem_keys(&err),
+        vec!["connections[0].auth.refresh_token"]
+    );
+}
+
+#[test]
+fn client_credentials_must_use_my_domain() {
+    let dir = ConfigDir::new();
+    let text = SALESFORCE
+        .replace("kind = \"refresh_token\"", "kind = \"client_credentials\"")
+        .replace(
+            "refresh_token = { env = \"SF_REFRESH\" }",
+            "client_secret = { env = \"SF_SECRET\" }",
+        );
+    let err = load(&dir, &text, &[("SF_SECRET", "s")]).unwrap_err();
+    assert_eq!(problem_keys(&err), vec!["connections[0].login_url"]);
+    let my_domain = text.replace(
+        "kind = \"salesforce\"",
+        "kind = \"salesforce\"\nlogin_url = \"https://acme.my.salesforce.com\"",
+    );
+    load(&dir, &my_domain, &[("SF_SECRET", "s")]).expect("My Domain is accepted");
+}
+
+#[test]
+fn environment_overrides_replace_file_values() {
+    let dir = ConfigDir::new();
+    let settings = load(
+        &dir,
+        "[store]\nurl = \"sqlite://file.db\"\n",
+        &[
+            (
+                "PIPEWARDEN__STORE__URL",
+                "postgres://pw@db.internal/pipewarden",
+            ),
+            ("PIPEWARDEN__STORE__MAX_CONNECTIONS", "20"),
+        ],
+    )
+    .unwrap();
+    assert!(matches!(settings.store.url, StoreUrl::Postgres(_)));
+    assert_eq!(settings.store.max_connections, 20);
+}
+
+#[test]
+fn a_bad_override_is_blamed_on_its_variable() {
+    let dir = ConfigDir::new();
+    let err = load(&dir, "", &[("PIPEWARDEN__STORE__POOL", "3")]).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("set by environment variable PIPEWARDEN__STORE__POOL"),
+        "{err}"
+    );
+    let err = load(&dir, "", &[("PIPEWARDEN__API__LISTEN", "everywhere")]).unwrap_err();
+    assert_eq!(problem_keys(&err), vec!["api.listen"]);
+    assert!(
+        err.to_string()
+            .contains("overrides PIPEWARDEN__API__LISTEN"),
+        "{err}"
+    );
+}
+
+#[test]
+fn secret_files_are_read_relative_to_the_config_file() {
+    let dir = ConfigDir::new();
+    dir.write("secrets/refresh", "from-a-file\n");
+    let text = SALESFORCE.replace("{ env = \"SF_REFRESH\" }", "{ file = \"secrets/refresh\" }");
+    let settings = load(&dir, &text, &[]).unwrap();
+    let AuthSettings::RefreshToken { refresh_token, .. } = &settings.connections[0].auth else {
+        panic!("refresh_token auth")
+    };
+    assert_eq!(
+        refresh_token.expose(),
+        "from-a-file",
+        "trailing newline dropped"
+    );
+}
+
+#[test]
+fn the_shipped_example_and_demo_configs_load() {
+    let dir = ConfigDir::new();
+    let example = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/pipewarden.example.toml"
+    ))
+    .unwrap();
+    dir.write(
+        "secrets/salesforce-jwt.key",
+        "-----BEGIN PRIVATE KEY-----\nfake\n-----END PRIVATE KEY-----\n",
+    );
+    let settings =
+        load(&dir, &example, &[("SLACK_BOT_TOKEN", "xoxb-test")]).expect("example loads");
+    assert_eq!(settings.connections[0].name, "acme-sf");
+    assert_eq!(settings.rules[0].stages.len(), 2);
+    assert!(
+        settings.recycle.policies[0].dry_run,
+        "the example is a dry run"
+    );
+
+    let demo = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/config/demo.toml"));
+    let settings =
+        load_with_env(Some(demo), &env(&[])).expect("demo loads with no environment at all");
+    assert_eq!(settings.connections.len(), 2);
+}

@@ -1,0 +1,6 @@
+//! Integration tests, one binary: configuration, the command line and the store.
+
+mod cli;
+mod config_errors;
+mod store;
+mod support;
