@@ -11,11 +11,6 @@ use sha2::{Digest, Sha256};
 /// UTC epoch milliseconds.
 pub type Millis = i64;
 
-/// The current time in UTC epoch milliseconds.
-pub fn now_millis() -> Millis {
-    chrono::Utc::now().timestamp_millis()
-}
-
 /// The kind of business object, whatever the CRM calls it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]

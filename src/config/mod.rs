@@ -16,9 +16,9 @@ use std::path::{Path, PathBuf};
 
 use config::{Config, Environment, File, FileFormat};
 
-pub use secret::{EnvLookup, Secret};
+pub use secret::Secret;
 pub use settings::Settings;
-pub use validate::{parse_store_url, DEFAULT_STORE_URL, HUBSPOT_OBJECTS, SALESFORCE_OBJECTS};
+pub use validate::parse_store_url;
 
 use raw::RawSettings;
 
@@ -100,7 +100,11 @@ fn format_problems(problems: &[Problem]) -> String {
 
 /// Loads settings from `path` (or built-in defaults when `None`) and the process environment.
 pub fn load(path: Option<&Path>) -> Result<Settings, ConfigError> {
-    let env: HashMap<String, String> = std::env::vars().collect();
+    // Variables that are not UTF-8 cannot be pipewarden settings or secrets; skip them
+    // rather than panic as `std::env::vars` would.
+    let env: HashMap<String, String> = std::env::vars_os()
+        .filter_map(|(name, value)| Some((name.into_string().ok()?, value.into_string().ok()?)))
+        .collect();
     load_with_env(path, &env)
 }
 

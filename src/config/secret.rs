@@ -4,6 +4,7 @@
 //! variable or a file that holds it. Once read, the value lives in [`Secret`], whose
 //! `Debug`, `Display` and `Serialize` only ever show where it came from.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -28,8 +29,6 @@ pub enum SecretOrigin {
     Env(String),
     /// Read from this file.
     File(PathBuf),
-    /// Handed over in code (tests, the in-process emulator).
-    Inline,
 }
 
 impl fmt::Display for SecretOrigin {
@@ -37,7 +36,6 @@ impl fmt::Display for SecretOrigin {
         match self {
             SecretOrigin::Env(name) => write!(f, "env {name}"),
             SecretOrigin::File(path) => write!(f, "file {}", path.display()),
-            SecretOrigin::Inline => f.write_str("inline"),
         }
     }
 }
@@ -50,14 +48,6 @@ pub struct Secret {
 }
 
 impl Secret {
-    /// Wraps a value handed over in code, for tests and the in-process emulator.
-    pub fn inline(value: impl Into<String>) -> Self {
-        Secret {
-            value: SecretString::from(value.into()),
-            origin: SecretOrigin::Inline,
-        }
-    }
-
     /// The secret's value, for the one place that must send it (an HTTP header, a token request).
     pub fn expose(&self) -> &str {
         self.value.expose_secret()
@@ -91,31 +81,13 @@ impl Serialize for Secret {
     }
 }
 
-/// Reads environment variables; injectable so that tests need not touch the process environment.
-pub trait EnvLookup {
-    /// The value of `name`, if set.
-    fn var(&self, name: &str) -> Option<String>;
-}
-
-/// The real process environment.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ProcessEnv;
-
-impl EnvLookup for ProcessEnv {
-    fn var(&self, name: &str) -> Option<String> {
-        std::env::var(name).ok()
-    }
-}
-
-impl EnvLookup for std::collections::HashMap<String, String> {
-    fn var(&self, name: &str) -> Option<String> {
-        self.get(name).cloned()
-    }
-}
-
 impl SecretSource {
     /// Reads the secret, or explains (without the value) why it could not be read.
-    pub fn resolve(&self, env: &dyn EnvLookup, base_dir: &Path) -> Result<Secret, String> {
+    pub fn resolve(
+        &self,
+        env: &HashMap<String, String>,
+        base_dir: &Path,
+    ) -> Result<Secret, String> {
         match (&self.env, &self.file) {
             (Some(name), None) => read_env_secret(env, name),
             (None, Some(path)) => read_file_secret(&base_dir.join(path)),
@@ -124,10 +96,10 @@ impl SecretSource {
     }
 }
 
-fn read_env_secret(env: &dyn EnvLookup, name: &str) -> Result<Secret, String> {
-    match env.var(name) {
+fn read_env_secret(env: &HashMap<String, String>, name: &str) -> Result<Secret, String> {
+    match env.get(name) {
         Some(value) if !value.trim().is_empty() => Ok(Secret {
-            value: SecretString::from(value),
+            value: SecretString::from(value.clone()),
             origin: SecretOrigin::Env(name.to_string()),
         }),
         Some(_) => Err(format!("environment variable {name} is empty")),

@@ -36,13 +36,6 @@ pub struct Settings {
     pub api: ApiSettings,
 }
 
-impl Settings {
-    /// The connection with this name, if configured.
-    pub fn connection(&self, name: &str) -> Option<&ConnectionSettings> {
-        self.connections.iter().find(|c| c.name == name)
-    }
-}
-
 /// `[store]`: the snapshot database.
 #[derive(Debug, Clone, Serialize)]
 pub struct StoreSettings {

@@ -3,7 +3,7 @@
 //! Each problem names the key path as written in the file (`connections[1].auth.token`), so
 //! an operator can fix them all in one pass instead of one per run.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -14,7 +14,7 @@ use super::raw::{
     RawActions, RawApi, RawAuth, RawConnection, RawLimits, RawPolicy, RawRecycle, RawRule,
     RawSettings, RawSlack, RawStore,
 };
-use super::secret::{EnvLookup, Secret, SecretSource};
+use super::secret::{Secret, SecretSource};
 use super::settings::{
     ApiSettings, AuthSettings, ConnectionSettings, CrmKind, Endpoints, HubspotTier, LimitSettings,
     PolicyKind, PolicyObject, PolicySettings, RecycleActions, RecycleSettings, RuleMode,
@@ -24,7 +24,7 @@ use super::settings::{
 use super::Problem;
 
 /// The store used when none is configured: a SQLite file in the working directory.
-pub const DEFAULT_STORE_URL: &str = "sqlite://pipewarden.db";
+const DEFAULT_STORE_URL: &str = "sqlite://pipewarden.db";
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 const SALESFORCE_LOGIN_URL: &str = "https://login.salesforce.com";
 const SALESFORCE_API_VERSION: &str = "v62.0";
@@ -34,7 +34,7 @@ const SLACK_API_BASE_URL: &str = "https://slack.com/api";
 
 /// Salesforce objects pipewarden knows how to sync. Stage and status metadata, users and
 /// queues are always synced and need not be listed.
-pub const SALESFORCE_OBJECTS: &[&str] = &[
+const SALESFORCE_OBJECTS: &[&str] = &[
     "Opportunity",
     "OpportunityHistory",
     "OpportunityFieldHistory",
@@ -45,23 +45,15 @@ pub const SALESFORCE_OBJECTS: &[&str] = &[
     "Campaign",
     "CampaignMember",
 ];
-const SALESFORCE_DEFAULT_OBJECTS: &[&str] = &[
-    "Opportunity",
-    "OpportunityHistory",
-    "Lead",
-    "LeadHistory",
-    "Contact",
-    "Account",
-    "Campaign",
-    "CampaignMember",
-];
+/// Synced only when listed: it needs field history tracking switched on in the org.
+const SALESFORCE_OPT_IN_OBJECTS: &[&str] = &["OpportunityFieldHistory"];
 /// HubSpot objects pipewarden knows how to sync. Pipelines and owners are always synced.
-pub const HUBSPOT_OBJECTS: &[&str] = &["deals", "contacts", "companies"];
+const HUBSPOT_OBJECTS: &[&str] = &["deals", "contacts", "companies"];
 
 /// Collects problems while converting; each helper returns `None` after recording one.
 struct Checker<'a> {
     problems: Vec<Problem>,
-    env: &'a dyn EnvLookup,
+    env: &'a HashMap<String, String>,
     base_dir: PathBuf,
 }
 
@@ -187,7 +179,7 @@ enum SlackRoute<'a> {
 /// Checks raw settings read from `source_file` (if any) and fills in defaults.
 pub(crate) fn validate(
     raw: RawSettings,
-    env: &dyn EnvLookup,
+    env: &HashMap<String, String>,
     source_file: Option<&Path>,
 ) -> Result<Settings, Vec<Problem>> {
     let base_dir = source_file
@@ -574,12 +566,16 @@ fn is_generic_salesforce_login(url: &Url) -> bool {
 }
 
 fn objects(check: &mut Checker, key: &str, kind: CrmKind, raw: Option<&[String]>) -> Vec<String> {
-    let (known, defaults) = match kind {
-        CrmKind::Salesforce => (SALESFORCE_OBJECTS, SALESFORCE_DEFAULT_OBJECTS),
-        CrmKind::Hubspot => (HUBSPOT_OBJECTS, HUBSPOT_OBJECTS),
+    let known = match kind {
+        CrmKind::Salesforce => SALESFORCE_OBJECTS,
+        CrmKind::Hubspot => HUBSPOT_OBJECTS,
     };
     let Some(listed) = raw else {
-        return defaults.iter().map(|name| name.to_string()).collect();
+        return known
+            .iter()
+            .filter(|name| !SALESFORCE_OPT_IN_OBJECTS.contains(name))
+            .map(|name| name.to_string())
+            .collect();
     };
     if listed.is_empty() {
         check.fail(format!("{key}.objects"), "must list at least one object");
