@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::config::{self, ConfigError, Settings};
+use crate::emulator::{self, EmulatorOptions};
 use crate::store::{Store, StoreError};
 use crate::telemetry::LogFormat;
 
@@ -36,6 +37,19 @@ pub enum Command {
     Config(ConfigCommand),
     /// Bring the store's schema up to date, then exit.
     Migrate,
+    /// Serve the built-in CRM emulator until interrupted (Ctrl-C or SIGTERM).
+    Emulate(EmulateArgs),
+}
+
+/// `pipewarden emulate …`
+#[derive(Debug, clap::Args)]
+pub struct EmulateArgs {
+    /// Seed of generated tokens and data; the same seed gives the same emulator.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Address to listen on (the demo configuration expects 127.0.0.1:8787).
+    #[arg(long, default_value = "127.0.0.1:8787")]
+    pub listen: std::net::SocketAddr,
 }
 
 /// `pipewarden config …`
@@ -54,6 +68,9 @@ pub enum CliError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The emulator could not listen or failed while serving.
+    #[error("emulator: {0}")]
+    Emulator(std::io::Error),
     /// Writing the command's output failed.
     #[error("cannot write output: {0}")]
     Output(#[from] std::io::Error),
@@ -77,6 +94,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Config(ConfigCommand::Check) => config_check(cli.config),
         Command::Migrate => migrate(cli.config).await,
+        Command::Emulate(args) => emulate(args).await,
     }
 }
 
@@ -130,4 +148,39 @@ async fn migrate(path: Option<PathBuf>) -> Result<(), CliError> {
         )?,
     }
     Ok(())
+}
+
+async fn emulate(args: EmulateArgs) -> Result<(), CliError> {
+    let options = EmulatorOptions {
+        seed: args.seed,
+        ..EmulatorOptions::default()
+    };
+    let running = emulator::start(args.listen, options)
+        .await
+        .map_err(CliError::Emulator)?;
+    println!("CRM emulator listening at {}", running.base_url());
+    shutdown_signal().await;
+    running.stop().await.map_err(CliError::Emulator)
+}
+
+/// Resolves on Ctrl-C or, on Unix, SIGTERM (what `docker stop` and systemd send).
+async fn shutdown_signal() {
+    let interrupt = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {}
+        () = terminate => {}
+    }
 }

@@ -9,6 +9,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod emulator;
 pub mod record;
 pub mod store;
 pub mod telemetry;

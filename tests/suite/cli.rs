@@ -146,3 +146,52 @@ fn an_unknown_subcommand_is_a_usage_error() {
     let output = pipewarden(&["sync-everything"], &[]);
     assert_eq!(output.status.code(), Some(2));
 }
+
+#[test]
+fn emulate_serves_until_sigterm_then_exits_cleanly() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pipewarden"))
+        .args(["emulate", "--listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("emulator starts");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let base = line
+        .trim()
+        .rsplit(' ')
+        .next()
+        .expect("the banner ends with the URL")
+        .to_string();
+    assert!(base.starts_with("http://127.0.0.1:"), "{line}");
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let versions: serde_json::Value = runtime.block_on(async {
+        reqwest::get(format!("{base}services/data/"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    });
+    assert!(
+        versions.as_array().is_some_and(|list| !list.is_empty()),
+        "{versions}"
+    );
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "graceful shutdown exits 0, got {status}");
+}

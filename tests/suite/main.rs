@@ -2,5 +2,6 @@
 
 mod cli;
 mod config_errors;
+mod emulator;
 mod store;
 mod support;

@@ -1,0 +1,121 @@
+//! The CRM emulator: Salesforce and HubSpot APIs on localhost, for tests, benchmarks and the demo.
+//!
+//! No development or CI machine can reach a real CRM, so pipewarden is exercised against this
+//! emulator, which reproduces the vendors' paths, JSON shapes, error bodies and limits (see
+//! `crm-api-facts.md`). Both CRMs are served at the root of one port; their paths do not
+//! overlap. Time is simulated ([`SimClock`]) and moved through the control API under
+//! `/__emulator/`, which answers loopback clients only.
+//!
+//! What is served so far: Salesforce OAuth token grants (refresh token with optional
+//! rotation, client credentials), session expiry by simulated inactivity, the rolling
+//! daily API allocation with `Sforce-Limit-Info`, the versions, resources and `limits`
+//! endpoints, and the clock and fault switches of the control API.
+
+mod clock;
+mod control;
+mod salesforce;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use url::Url;
+
+pub use clock::{SimClock, DEFAULT_START_MS};
+pub use salesforce::SalesforceOptions;
+
+/// How an emulator instance behaves.
+#[derive(Debug, Clone)]
+pub struct EmulatorOptions {
+    /// Seed of everything generated; the same seed gives the same tokens and data.
+    pub seed: u64,
+    /// Simulated time at start, UTC epoch milliseconds.
+    pub start_ms: i64,
+    /// The emulated Salesforce org.
+    pub salesforce: SalesforceOptions,
+}
+
+impl Default for EmulatorOptions {
+    fn default() -> Self {
+        EmulatorOptions {
+            seed: 1,
+            start_ms: DEFAULT_START_MS,
+            salesforce: SalesforceOptions::default(),
+        }
+    }
+}
+
+/// State shared by every handler of one emulator instance.
+pub(crate) struct Shared {
+    pub base_url: Url,
+    pub clock: SimClock,
+    pub salesforce: salesforce::OrgState,
+}
+
+/// An emulator serving in the background; [`RunningEmulator::stop`] shuts it down.
+pub struct RunningEmulator {
+    base_url: Url,
+    shared: Arc<Shared>,
+    shutdown: oneshot::Sender<()>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl RunningEmulator {
+    /// The URL both CRMs are served at (and the Salesforce `instance_url`), ending in `/`.
+    pub fn base_url(&self) -> &Url {
+        &self.base_url
+    }
+
+    /// The emulator's simulated clock.
+    pub fn clock(&self) -> &SimClock {
+        &self.shared.clock
+    }
+
+    /// Stops accepting requests, lets those in flight finish, and waits for the server to end.
+    pub async fn stop(self) -> std::io::Result<()> {
+        // The server may already have ended; then there is nobody to tell.
+        let _ = self.shutdown.send(());
+        self.task.await.map_err(std::io::Error::other)?
+    }
+}
+
+/// Binds `listen` (port 0 picks a free port) and serves in the background.
+pub async fn start(
+    listen: SocketAddr,
+    options: EmulatorOptions,
+) -> std::io::Result<RunningEmulator> {
+    let listener = TcpListener::bind(listen).await?;
+    let local = listener.local_addr()?;
+    let base_url = Url::parse(&format!("http://{local}/")).map_err(std::io::Error::other)?;
+    let shared = Arc::new(Shared {
+        base_url: base_url.clone(),
+        clock: SimClock::starting_at(options.start_ms),
+        salesforce: salesforce::OrgState::new(options.seed, options.salesforce),
+    });
+    let app = router(shared.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let (shutdown, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    tracing::info!(url = %base_url, "CRM emulator listening");
+    Ok(RunningEmulator {
+        base_url,
+        shared,
+        shutdown,
+        task,
+    })
+}
+
+fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .merge(salesforce::routes(shared.clone()))
+        .merge(control::routes())
+        .with_state(shared)
+}

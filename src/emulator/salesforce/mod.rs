@@ -1,0 +1,244 @@
+//! The emulated Salesforce org: REST API under `/services/data/vNN.N/`, OAuth under `/services/oauth2/`.
+//!
+//! Every authenticated REST call passes [`guard`], which does what the real org does before
+//! any resource runs: an unknown API version is a 404, a missing or stale session a 401, a
+//! call past the rolling 24-hour allocation a 403, and every answer that counted carries
+//! `Sforce-Limit-Info: api-usage=N/M`.
+
+mod auth;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, Uri};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+use super::Shared;
+use crate::record::Millis;
+
+pub(crate) use auth::Session;
+
+/// Oldest and newest REST versions served; Salesforce answers 404 for others.
+const OLDEST_VERSION: u32 = 31;
+const NEWEST_VERSION: u32 = 68;
+const DAY_MS: Millis = 86_400_000;
+
+/// How the emulated org is set up.
+#[derive(Debug, Clone)]
+pub struct SalesforceOptions {
+    /// Consumer key of the connected app pipewarden uses.
+    pub client_id: String,
+    /// Its consumer secret (client credentials; signs token responses).
+    pub client_secret: String,
+    /// A refresh token granted to that app.
+    pub refresh_token: String,
+    /// Issue a new refresh token on every refresh and revoke the old one.
+    pub rotate_refresh_tokens: bool,
+    /// Inactivity after which an access token stops working (org default: 2 hours).
+    pub session_timeout: Duration,
+    /// Rolling 24-hour API allocation (Developer Edition: 15,000).
+    pub daily_api_limit: u64,
+}
+
+impl Default for SalesforceOptions {
+    /// Matches the credentials in `config/demo-credentials/`.
+    fn default() -> Self {
+        SalesforceOptions {
+            client_id: "pipewarden-demo".to_string(),
+            client_secret: "emulator-demo-client-secret".to_string(),
+            refresh_token: "emulator-demo-refresh-token".to_string(),
+            rotate_refresh_tokens: false,
+            session_timeout: Duration::from_secs(2 * 3600),
+            daily_api_limit: 15_000,
+        }
+    }
+}
+
+/// The org's mutable state: sessions, refresh tokens, API usage.
+pub(crate) struct OrgState {
+    pub options: SalesforceOptions,
+    pub seed: u64,
+    pub org_id: &'static str,
+    pub user_id: &'static str,
+    inner: Mutex<OrgInner>,
+}
+
+#[derive(Default)]
+struct OrgInner {
+    sessions: HashMap<String, Session>,
+    refresh_tokens: HashSet<String>,
+    tokens_issued: u64,
+    /// Times of the calls inside the rolling 24-hour window, oldest first.
+    calls: VecDeque<Millis>,
+}
+
+impl OrgState {
+    pub fn new(seed: u64, options: SalesforceOptions) -> OrgState {
+        let inner = OrgInner {
+            refresh_tokens: HashSet::from([options.refresh_token.clone()]),
+            ..OrgInner::default()
+        };
+        OrgState {
+            options,
+            seed,
+            org_id: "00D5e000000PwEmEAK",
+            user_id: "0055e000000PwEmAAG",
+            inner: Mutex::new(inner),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, OrgInner> {
+        // A handler that panicked mid-update leaves plain data behind; keep serving it.
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Ends every session at once (the fault "token expired in the middle of paging").
+    pub fn expire_sessions(&self) -> usize {
+        let mut inner = self.lock();
+        let ended = inner.sessions.len();
+        inner.sessions.clear();
+        ended
+    }
+
+    /// Sets how many calls the rolling window holds, all made now (to reach the limit quickly).
+    pub fn set_api_usage(&self, used: u64, now: Millis) {
+        let mut inner = self.lock();
+        inner.calls = std::iter::repeat_n(now, used as usize).collect();
+    }
+
+    /// Calls used in the window ending now.
+    fn usage(inner: &mut OrgInner, now: Millis) -> u64 {
+        while inner.calls.front().is_some_and(|&at| at <= now - DAY_MS) {
+            inner.calls.pop_front();
+        }
+        inner.calls.len() as u64
+    }
+
+    pub fn api_usage(&self, now: Millis) -> u64 {
+        Self::usage(&mut self.lock(), now)
+    }
+}
+
+/// Salesforce's error envelope: a JSON array of `{message, errorCode}`.
+pub(crate) fn error(status: StatusCode, code: &str, message: &str) -> Response {
+    (
+        status,
+        Json(json!([{ "message": message, "errorCode": code }])),
+    )
+        .into_response()
+}
+
+fn not_found() -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "NOT_FOUND",
+        "The requested resource does not exist",
+    )
+}
+
+pub(crate) fn routes(shared: Arc<Shared>) -> Router<Arc<Shared>> {
+    // Salesforce clients use both `limits` and `limits/`; both forms are served.
+    let rest = Router::new()
+        .route("/services/data/{version}", get(resources))
+        .route("/services/data/{version}/", get(resources))
+        .route("/services/data/{version}/limits", get(limits))
+        .route("/services/data/{version}/limits/", get(limits))
+        .route(
+            "/services/data/{version}/{*resource}",
+            any(|| async { not_found() }),
+        )
+        .route_layer(middleware::from_fn_with_state(shared, guard));
+    Router::new()
+        .route("/services/oauth2/token", post(auth::token))
+        .route("/services/data", get(versions))
+        .route("/services/data/", get(versions))
+        .merge(rest)
+}
+
+/// The version segment of a REST path (`v62.0`), if it is one the org serves.
+fn served_version(path: &str) -> Option<&str> {
+    let segment = path.strip_prefix("/services/data/")?.split('/').next()?;
+    let major: u32 = segment
+        .strip_prefix('v')?
+        .strip_suffix(".0")?
+        .parse()
+        .ok()?;
+    (OLDEST_VERSION..=NEWEST_VERSION)
+        .contains(&major)
+        .then_some(segment)
+}
+
+/// Checks version, session and allocation for one REST call, then stamps the usage header.
+async fn guard(State(shared): State<Arc<Shared>>, request: Request, next: Next) -> Response {
+    if served_version(request.uri().path()).is_none() {
+        return not_found();
+    }
+    let org = &shared.salesforce;
+    let now = shared.clock.now_ms();
+    if let Err(refused) = auth::check_session(org, request.headers(), now) {
+        return refused.into_response();
+    }
+    let used = {
+        let mut inner = org.lock();
+        let used = OrgState::usage(&mut inner, now);
+        if used >= org.options.daily_api_limit {
+            return error(
+                StatusCode::FORBIDDEN,
+                "REQUEST_LIMIT_EXCEEDED",
+                "TotalRequests Limit exceeded.",
+            );
+        }
+        inner.calls.push_back(now);
+        used + 1
+    };
+    let mut response = next.run(request).await;
+    let header = format!("api-usage={used}/{}", org.options.daily_api_limit);
+    if let Ok(value) = HeaderValue::from_str(&header) {
+        response.headers_mut().insert("Sforce-Limit-Info", value);
+    }
+    response
+}
+
+/// Release names cycle Winter, Spring, Summer; v59.0 was Winter '24.
+fn release_label(major: u32) -> String {
+    let index = i64::from(major) - 59;
+    let season = ["Winter", "Spring", "Summer"][index.rem_euclid(3) as usize];
+    format!("{season} '{:02}", 24 + index.div_euclid(3))
+}
+
+async fn versions() -> Json<Value> {
+    let list: Vec<Value> = (OLDEST_VERSION..=NEWEST_VERSION)
+        .map(|major| {
+            json!({
+                "label": release_label(major),
+                "url": format!("/services/data/v{major}.0"),
+                "version": format!("{major}.0"),
+            })
+        })
+        .collect();
+    Json(Value::Array(list))
+}
+
+async fn resources(uri: Uri) -> Response {
+    let Some(version) = served_version(uri.path()) else {
+        return not_found();
+    };
+    Json(json!({ "limits": format!("/services/data/{version}/limits") })).into_response()
+}
+
+async fn limits(State(shared): State<Arc<Shared>>) -> Json<Value> {
+    let org = &shared.salesforce;
+    let max = org.options.daily_api_limit;
+    let used = org.api_usage(shared.clock.now_ms());
+    Json(json!({
+        "DailyApiRequests": { "Max": max, "Remaining": max.saturating_sub(used) }
+    }))
+}
