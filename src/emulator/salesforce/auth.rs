@@ -3,6 +3,7 @@
 //! The token response carries no `expires_in`: a session lasts until it has been idle for the
 //! org's session timeout, and clients learn of the end from a 401 `INVALID_SESSION_ID`.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -13,7 +14,7 @@ use axum::Json;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use hmac::{Hmac, Mac};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use super::{error, OrgState};
@@ -75,10 +76,8 @@ pub(crate) async fn token(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let form: Map<String, Value> = url::form_urlencoded::parse(&body)
-        .map(|(key, value)| (key.into_owned(), Value::String(value.into_owned())))
-        .collect();
-    let field = |name: &str| form.get(name).and_then(Value::as_str).map(str::to_string);
+    let form: HashMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
+    let field = |name: &str| form.get(name).cloned();
     let (client_id, client_secret) = match basic_credentials(&headers) {
         Some((id, secret)) => (Some(id), Some(secret)),
         None => (field("client_id"), field("client_secret")),

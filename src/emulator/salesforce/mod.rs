@@ -22,7 +22,7 @@ use serde_json::{json, Value};
 use super::Shared;
 use crate::record::Millis;
 
-pub(crate) use auth::Session;
+use auth::Session;
 
 /// Oldest and newest REST versions served; Salesforce answers 404 for others.
 const OLDEST_VERSION: u32 = 31;
