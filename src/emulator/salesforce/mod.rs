@@ -109,9 +109,13 @@ impl OrgState {
     }
 
     /// Sets how many calls the rolling window holds, all made now (to reach the limit quickly).
+    /// Usage past the limit answers exactly as usage at it, so it is held at the limit rather
+    /// than allocated call by call.
     pub fn set_api_usage(&self, used: u64, now: Millis) {
+        let held = used.min(self.options.daily_api_limit);
         let mut inner = self.lock();
-        inner.calls = std::iter::repeat_n(now, used as usize).collect();
+        inner.calls =
+            std::iter::repeat_n(now, usize::try_from(held).unwrap_or(usize::MAX)).collect();
     }
 
     /// Calls used in the window ending now.
