@@ -47,6 +47,9 @@ pub struct EmulateArgs {
     /// Seed of generated tokens and data; the same seed gives the same emulator.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// How much generated funnel history to serve.
+    #[arg(long, value_enum, default_value = "small")]
+    pub scale: emulator::Scale,
     /// Address to listen on (the demo configuration expects 127.0.0.1:8787).
     #[arg(long, default_value = "127.0.0.1:8787")]
     pub listen: std::net::SocketAddr,
@@ -153,6 +156,7 @@ async fn migrate(path: Option<PathBuf>) -> Result<(), CliError> {
 async fn emulate(args: EmulateArgs) -> Result<(), CliError> {
     let options = EmulatorOptions {
         seed: args.seed,
+        scale: args.scale,
         ..EmulatorOptions::default()
     };
     let running = emulator::start(args.listen, options)

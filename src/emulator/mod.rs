@@ -13,6 +13,7 @@
 
 mod clock;
 mod control;
+pub mod funnel;
 mod salesforce;
 
 use std::net::SocketAddr;
@@ -25,6 +26,7 @@ use tokio::task::JoinHandle;
 use url::Url;
 
 pub use clock::{SimClock, DEFAULT_START_MS};
+pub use funnel::{Funnel, Scale};
 pub use salesforce::SalesforceOptions;
 
 /// How an emulator instance behaves.
@@ -34,6 +36,8 @@ pub struct EmulatorOptions {
     pub seed: u64,
     /// Simulated time at start, UTC epoch milliseconds.
     pub start_ms: i64,
+    /// How much funnel history there is at start.
+    pub scale: Scale,
     /// The emulated Salesforce org.
     pub salesforce: SalesforceOptions,
 }
@@ -43,6 +47,7 @@ impl Default for EmulatorOptions {
         EmulatorOptions {
             seed: 1,
             start_ms: DEFAULT_START_MS,
+            scale: Scale::Tiny,
             salesforce: SalesforceOptions::default(),
         }
     }
@@ -52,6 +57,7 @@ impl Default for EmulatorOptions {
 pub(crate) struct Shared {
     pub base_url: Url,
     pub clock: SimClock,
+    pub funnel: Funnel,
     pub salesforce: salesforce::OrgState,
 }
 
@@ -93,6 +99,7 @@ pub async fn start(
     let shared = Arc::new(Shared {
         base_url: base_url.clone(),
         clock: SimClock::starting_at(options.start_ms),
+        funnel: Funnel::new(options.seed, options.scale.shape(), options.start_ms),
         salesforce: salesforce::OrgState::new(options.seed, options.salesforce),
     });
     let app = router(shared.clone()).into_make_service_with_connect_info::<SocketAddr>();

@@ -6,10 +6,10 @@ use pipewarden::emulator::{self, EmulatorOptions, RunningEmulator, SalesforceOpt
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-const CLIENT_ID: &str = "pipewarden-demo";
-const REFRESH_TOKEN: &str = "emulator-demo-refresh-token";
+pub(crate) const CLIENT_ID: &str = "pipewarden-demo";
+pub(crate) const REFRESH_TOKEN: &str = "emulator-demo-refresh-token";
 
-async fn start(salesforce: SalesforceOptions) -> RunningEmulator {
+pub(crate) async fn start(salesforce: SalesforceOptions) -> RunningEmulator {
     let options = EmulatorOptions {
         salesforce,
         ..EmulatorOptions::default()
@@ -19,14 +19,14 @@ async fn start(salesforce: SalesforceOptions) -> RunningEmulator {
         .expect("emulator starts")
 }
 
-fn url(emu: &RunningEmulator, path: &str) -> String {
+pub(crate) fn url(emu: &RunningEmulator, path: &str) -> String {
     emu.base_url()
         .join(path.trim_start_matches('/'))
         .unwrap()
         .to_string()
 }
 
-async fn token(emu: &RunningEmulator, form: &[(&str, &str)]) -> (StatusCode, Value) {
+pub(crate) async fn token(emu: &RunningEmulator, form: &[(&str, &str)]) -> (StatusCode, Value) {
     let response = reqwest::Client::new()
         .post(url(emu, "/services/oauth2/token"))
         .form(form)
@@ -36,7 +36,7 @@ async fn token(emu: &RunningEmulator, form: &[(&str, &str)]) -> (StatusCode, Val
     (response.status(), response.json().await.unwrap())
 }
 
-async fn access_token(emu: &RunningEmulator) -> String {
+pub(crate) async fn access_token(emu: &RunningEmulator) -> String {
     let (status, body) = token(
         emu,
         &[
@@ -50,7 +50,7 @@ async fn access_token(emu: &RunningEmulator) -> String {
     body["access_token"].as_str().unwrap().to_string()
 }
 
-async fn get(emu: &RunningEmulator, path: &str, bearer: &str) -> reqwest::Response {
+pub(crate) async fn get(emu: &RunningEmulator, path: &str, bearer: &str) -> reqwest::Response {
     reqwest::Client::new()
         .get(url(emu, path))
         .bearer_auth(bearer)
@@ -59,7 +59,7 @@ async fn get(emu: &RunningEmulator, path: &str, bearer: &str) -> reqwest::Respon
         .unwrap()
 }
 
-async fn control(emu: &RunningEmulator, path: &str, body: Value) -> Value {
+pub(crate) async fn control(emu: &RunningEmulator, path: &str, body: Value) -> Value {
     let response = reqwest::Client::new()
         .post(url(emu, path))
         .json(&body)

@@ -3,5 +3,6 @@
 mod cli;
 mod config_errors;
 mod emulator;
+mod emulator_query;
 mod store;
 mod support;

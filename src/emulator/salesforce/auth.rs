@@ -206,12 +206,16 @@ fn signature(secret: &str, id: &str, issued_at: &str) -> String {
     BASE64.encode(mac.finalize().into_bytes())
 }
 
+/// The access token a REST call was made with; query locators belong to it.
+#[derive(Debug, Clone)]
+pub(crate) struct SessionToken(pub String);
+
 /// Accepts `Bearer` or `OAuth` access tokens whose session has not been idle too long.
 pub(crate) fn check_session(
     org: &OrgState,
     headers: &HeaderMap,
     now: Millis,
-) -> Result<(), Refusal> {
+) -> Result<SessionToken, Refusal> {
     let token = headers
         .get("authorization")
         .and_then(|value| value.to_str().ok())
@@ -230,7 +234,7 @@ pub(crate) fn check_session(
     match inner.sessions.get_mut(token) {
         Some(session) if now - session.last_used_ms <= timeout => {
             session.last_used_ms = now;
-            Ok(())
+            Ok(SessionToken(token.to_string()))
         }
         Some(_) => {
             inner.sessions.remove(token);

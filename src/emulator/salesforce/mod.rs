@@ -6,6 +6,12 @@
 //! `Sforce-Limit-Info: api-usage=N/M`.
 
 mod auth;
+mod ids;
+mod query;
+mod records;
+mod schema;
+mod sobjects;
+mod soql;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -22,6 +28,7 @@ use serde_json::{json, Value};
 use super::Shared;
 use crate::record::Millis;
 
+use crate::emulator::funnel::Actor;
 use auth::Session;
 
 /// Oldest and newest REST versions served; Salesforce answers 404 for others.
@@ -44,6 +51,9 @@ pub struct SalesforceOptions {
     pub session_timeout: Duration,
     /// Rolling 24-hour API allocation (Developer Edition: 15,000).
     pub daily_api_limit: u64,
+    /// A query on a history object matching more rows than this runs too long and answers
+    /// `QUERY_TIMEOUT`, as wide history queries do on big orgs.
+    pub query_timeout_rows: u64,
 }
 
 impl Default for SalesforceOptions {
@@ -56,6 +66,7 @@ impl Default for SalesforceOptions {
             rotate_refresh_tokens: false,
             session_timeout: Duration::from_secs(2 * 3600),
             daily_api_limit: 15_000,
+            query_timeout_rows: 500_000,
         }
     }
 }
@@ -65,8 +76,10 @@ pub(crate) struct OrgState {
     pub options: SalesforceOptions,
     pub seed: u64,
     pub org_id: &'static str,
-    pub user_id: &'static str,
+    /// The integration user every session runs as.
+    pub user_id: String,
     inner: Mutex<OrgInner>,
+    cursors: Mutex<query::Cursors>,
 }
 
 #[derive(Default)]
@@ -88,8 +101,9 @@ impl OrgState {
             options,
             seed,
             org_id: "00D5e000000PwEmEAK",
-            user_id: "0055e000000PwEmAAG",
+            user_id: records::user_id(Actor::Integration),
             inner: Mutex::new(inner),
+            cursors: Mutex::default(),
         }
     }
 
@@ -140,7 +154,7 @@ pub(crate) fn error(status: StatusCode, code: &str, message: &str) -> Response {
         .into_response()
 }
 
-fn not_found() -> Response {
+pub(crate) fn not_found() -> Response {
     error(
         StatusCode::NOT_FOUND,
         "NOT_FOUND",
@@ -155,6 +169,38 @@ pub(crate) fn routes(shared: Arc<Shared>) -> Router<Arc<Shared>> {
         .route("/services/data/{version}/", get(resources))
         .route("/services/data/{version}/limits", get(limits))
         .route("/services/data/{version}/limits/", get(limits))
+        .route(
+            "/services/data/{version}/sobjects",
+            get(sobjects::global_describe),
+        )
+        .route(
+            "/services/data/{version}/sobjects/",
+            get(sobjects::global_describe),
+        )
+        .route(
+            "/services/data/{version}/sobjects/{name}/describe",
+            get(sobjects::describe),
+        )
+        .route(
+            "/services/data/{version}/sobjects/{name}/describe/",
+            get(sobjects::describe),
+        )
+        .route(
+            "/services/data/{version}/sobjects/{name}/{id}",
+            get(sobjects::read),
+        )
+        .route("/services/data/{version}/query", get(query::query))
+        .route("/services/data/{version}/query/", get(query::query))
+        .route("/services/data/{version}/queryAll", get(query::query_all))
+        .route("/services/data/{version}/queryAll/", get(query::query_all))
+        .route(
+            "/services/data/{version}/query/{locator}",
+            get(query::query_more),
+        )
+        .route(
+            "/services/data/{version}/queryAll/{locator}",
+            get(query::query_more),
+        )
         .route(
             "/services/data/{version}/{*resource}",
             any(|| async { not_found() }),
@@ -187,9 +233,12 @@ async fn guard(State(shared): State<Arc<Shared>>, request: Request, next: Next) 
     }
     let org = &shared.salesforce;
     let now = shared.clock.now_ms();
-    if let Err(refused) = auth::check_session(org, request.headers(), now) {
-        return refused.into_response();
-    }
+    let session = match auth::check_session(org, request.headers(), now) {
+        Ok(session) => session,
+        Err(refused) => return refused.into_response(),
+    };
+    let mut request = request;
+    request.extensions_mut().insert(session);
     let used = {
         let mut inner = org.lock();
         let used = OrgState::usage(&mut inner, now);
@@ -235,7 +284,16 @@ async fn resources(uri: Uri) -> Response {
     let Some(version) = served_version(uri.path()) else {
         return not_found();
     };
-    Json(json!({ "limits": format!("/services/data/{version}/limits") })).into_response()
+    let resources: serde_json::Map<String, Value> = ["limits", "query", "queryAll", "sobjects"]
+        .iter()
+        .map(|name| {
+            (
+                (*name).to_string(),
+                json!(format!("/services/data/{version}/{name}")),
+            )
+        })
+        .collect();
+    Json(Value::Object(resources)).into_response()
 }
 
 async fn limits(State(shared): State<Arc<Shared>>) -> Json<Value> {

@@ -1,0 +1,427 @@
+//! `query` and `queryAll`: SOQL over the generated org, paged through query locators.
+//!
+//! A query evaluates once, at the simulated instant it arrives, and keeps only the numbers of
+//! the records it matched. Later pages rebuild those records as of that same instant, so a
+//! cursor is a snapshot, as on a real org. Locators behave as Salesforce's do: they belong to
+//! the session that opened them, a user holds at most ten (opening an eleventh releases the
+//! oldest), and fifteen idle minutes end them.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use axum::extract::{Path, Query as QueryParams, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use super::auth::SessionToken;
+use super::ids::sf_id;
+use super::records::OrgView;
+use super::schema::{FieldDef, SfRecord, SfValue};
+use super::soql::{self, FieldPath, Resolver, Selection};
+use super::{error, served_version};
+use crate::emulator::Shared;
+use crate::record::Millis;
+
+/// Records per page unless `Sforce-Query-Options: batchSize=N` asks for fewer.
+const DEFAULT_BATCH: usize = 2_000;
+/// The smallest batch Salesforce honours.
+const MIN_BATCH: usize = 200;
+/// Open locators a user may hold.
+const MAX_OPEN_LOCATORS: usize = 10;
+/// Idle time after which a locator is gone.
+const LOCATOR_IDLE_MS: Millis = 15 * 60_000;
+/// Key prefix of query locators.
+const LOCATOR_PREFIX: &str = "01g";
+/// History objects, whose wide queries can run too long.
+const HISTORY_OBJECTS: &[&str] = &[
+    "OpportunityHistory",
+    "OpportunityFieldHistory",
+    "LeadHistory",
+];
+
+/// The open cursors of the org.
+#[derive(Default)]
+pub(crate) struct Cursors {
+    open: HashMap<String, Cursor>,
+    issued: u64,
+}
+
+struct Cursor {
+    session: String,
+    opened_seq: u64,
+    last_used: Millis,
+    as_of: Millis,
+    query: Arc<soql::Query>,
+    numbers: Arc<Vec<u64>>,
+    batch: usize,
+}
+
+/// Locks the cursor table, keeping it usable after a panicked handler.
+fn lock(cursors: &Mutex<Cursors>) -> MutexGuard<'_, Cursors> {
+    cursors
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// `?q=` of a first query call.
+#[derive(Deserialize)]
+pub(crate) struct QueryText {
+    q: Option<String>,
+}
+
+/// Resolves lookups through the org as it was when the query ran.
+struct ViewResolver<'a>(&'a OrgView<'a>);
+
+impl Resolver for ViewResolver<'_> {
+    fn parent(&self, reference: &FieldDef, id: &str) -> Option<SfRecord> {
+        if reference.reference_to.len() > 1 {
+            self.0.name_record(id)
+        } else {
+            self.0.by_id(id, reference.reference_to)
+        }
+    }
+}
+
+/// `GET …/query?q=`: rows that are not deleted.
+pub(crate) async fn query(
+    State(shared): State<Arc<Shared>>,
+    Extension(session): Extension<SessionToken>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    QueryParams(params): QueryParams<QueryText>,
+) -> Response {
+    run_query(&shared, &session, uri.path(), &headers, params.q, false)
+}
+
+/// `GET …/queryAll?q=`: deleted and merged rows too, while they are in the recycle bin.
+pub(crate) async fn query_all(
+    State(shared): State<Arc<Shared>>,
+    Extension(session): Extension<SessionToken>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    QueryParams(params): QueryParams<QueryText>,
+) -> Response {
+    run_query(&shared, &session, uri.path(), &headers, params.q, true)
+}
+
+/// `GET …/query/{locator}-{offset}`: the next page of an open cursor.
+pub(crate) async fn query_more(
+    State(shared): State<Arc<Shared>>,
+    Extension(session): Extension<SessionToken>,
+    uri: axum::http::Uri,
+    Path((_, locator)): Path<(String, String)>,
+) -> Response {
+    let version = served_version(uri.path()).unwrap_or("v62.0");
+    let now = shared.clock.now_ms();
+    let Some((id, offset)) = split_locator(&locator) else {
+        return invalid_locator();
+    };
+    let cursor = {
+        let mut cursors = lock(&shared.salesforce.cursors);
+        let Some(cursor) = cursors.open.get_mut(id) else {
+            return invalid_locator();
+        };
+        if now - cursor.last_used > LOCATOR_IDLE_MS {
+            cursors.open.remove(id);
+            return invalid_locator();
+        }
+        if cursor.session != session.0 {
+            // The locator belongs to the session that opened it; a refreshed token cannot
+            // continue it, and Salesforce says so as a session error.
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "INVALID_SESSION_ID",
+                "Session expired or invalid",
+            );
+        }
+        if offset > cursor.numbers.len() {
+            return invalid_locator();
+        }
+        cursor.last_used = now;
+        (
+            cursor.query.clone(),
+            cursor.numbers.clone(),
+            cursor.as_of,
+            cursor.batch,
+        )
+    };
+    let (query, numbers, as_of, batch) = cursor;
+    let view = OrgView {
+        funnel: &shared.funnel,
+        now: as_of,
+    };
+    let end = (offset + batch).min(numbers.len());
+    let rows: Vec<SfRecord> = numbers[offset..end]
+        .iter()
+        .filter_map(|&number| view.record(query.object, number))
+        .collect();
+    let next = (end < numbers.len()).then(|| format!("{id}-{end}"));
+    if next.is_none() {
+        lock(&shared.salesforce.cursors).open.remove(id);
+    }
+    page(&view, &query, version, numbers.len(), &rows, next)
+}
+
+fn invalid_locator() -> Response {
+    error(
+        StatusCode::BAD_REQUEST,
+        "INVALID_QUERY_LOCATOR",
+        "invalid query locator",
+    )
+}
+
+/// `01g5e0000000001AAA-2000` → (`01g5e0000000001AAA`, 2000).
+fn split_locator(locator: &str) -> Option<(&str, usize)> {
+    let (id, offset) = locator.rsplit_once('-')?;
+    Some((id, offset.parse().ok()?))
+}
+
+fn run_query(
+    shared: &Shared,
+    session: &SessionToken,
+    path: &str,
+    headers: &HeaderMap,
+    text: Option<String>,
+    include_deleted: bool,
+) -> Response {
+    let version = served_version(path).unwrap_or("v62.0");
+    let Some(text) = text.filter(|text| !text.trim().is_empty()) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "MALFORMED_QUERY",
+            "A query string has to be specified",
+        );
+    };
+    let now = shared.clock.now_ms();
+    let parsed = match soql::parse(&text, now) {
+        Ok(parsed) => parsed,
+        Err(err) => return error(StatusCode::BAD_REQUEST, err.code, &err.message),
+    };
+    let view = OrgView {
+        funnel: &shared.funnel,
+        now,
+    };
+    let matched = match evaluate(shared, &view, &parsed, include_deleted) {
+        Ok(matched) => matched,
+        Err(response) => return *response,
+    };
+    if matches!(parsed.select, Selection::Count) {
+        return Json(json!({ "totalSize": matched.len(), "done": true, "records": [] }))
+            .into_response();
+    }
+    let batch = batch_size(headers);
+    let first: Vec<SfRecord> = matched
+        .iter()
+        .take(batch)
+        .map(|(_, row)| row.clone())
+        .collect();
+    let total = matched.len();
+    let next = (total > batch).then(|| {
+        let numbers: Vec<u64> = matched.iter().map(|(number, _)| *number).collect();
+        let id = open_cursor(shared, session, now, parsed.clone(), numbers, batch);
+        format!("{id}-{batch}")
+    });
+    page(&view, &parsed, version, total, &first, next)
+}
+
+/// Rows matching the query, ordered and cut by ORDER BY, OFFSET and LIMIT.
+fn evaluate(
+    shared: &Shared,
+    view: &OrgView<'_>,
+    parsed: &soql::Query,
+    include_deleted: bool,
+) -> Result<Vec<(u64, SfRecord)>, Box<Response>> {
+    let resolver = ViewResolver(view);
+    let is_history = HISTORY_OBJECTS.contains(&parsed.object.name);
+    let timeout_rows = shared.salesforce.options.query_timeout_rows;
+    let mut matched = Vec::new();
+    for (number, row) in view.scan(parsed.object) {
+        let deleted = matches!(row.get("IsDeleted"), SfValue::Bool(true));
+        if (deleted && !include_deleted) || !parsed.matches(&row, &resolver) {
+            continue;
+        }
+        matched.push((number, row));
+        if is_history && matched.len() as u64 > timeout_rows {
+            return Err(Box::new(error(
+                StatusCode::BAD_REQUEST,
+                "QUERY_TIMEOUT",
+                "Your query request was running for too long.",
+            )));
+        }
+    }
+    if !parsed.order.is_empty() {
+        matched.sort_by(|(_, a), (_, b)| parsed.compare(a, b, &resolver));
+    }
+    let offset = parsed.offset.unwrap_or(0).min(matched.len());
+    matched.drain(..offset);
+    if let Some(limit) = parsed.limit {
+        matched.truncate(limit);
+    }
+    Ok(matched)
+}
+
+/// The page size a client asked for, within what Salesforce honours.
+fn batch_size(headers: &HeaderMap) -> usize {
+    headers
+        .get("sforce-query-options")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|options| {
+            options.split(',').find_map(|option| {
+                let (key, value) = option.split_once('=')?;
+                key.trim()
+                    .eq_ignore_ascii_case("batchSize")
+                    .then(|| value.trim().parse::<usize>().ok())?
+            })
+        })
+        .map_or(DEFAULT_BATCH, |size| size.clamp(MIN_BATCH, DEFAULT_BATCH))
+}
+
+/// Registers a cursor, releasing the oldest when the user already holds ten.
+fn open_cursor(
+    shared: &Shared,
+    session: &SessionToken,
+    now: Millis,
+    query: soql::Query,
+    numbers: Vec<u64>,
+    batch: usize,
+) -> String {
+    let mut cursors = lock(&shared.salesforce.cursors);
+    cursors
+        .open
+        .retain(|_, cursor| now - cursor.last_used <= LOCATOR_IDLE_MS);
+    while cursors.open.len() >= MAX_OPEN_LOCATORS {
+        let oldest = cursors
+            .open
+            .iter()
+            .min_by_key(|(_, cursor)| cursor.opened_seq)
+            .map(|(id, _)| id.clone());
+        if let Some(oldest) = oldest {
+            cursors.open.remove(&oldest);
+        }
+    }
+    cursors.issued += 1;
+    let seq = cursors.issued;
+    let id = sf_id(LOCATOR_PREFIX, seq);
+    cursors.open.insert(
+        id.clone(),
+        Cursor {
+            session: session.0.clone(),
+            opened_seq: seq,
+            last_used: now,
+            as_of: now,
+            query: Arc::new(query),
+            numbers: Arc::new(numbers),
+            batch,
+        },
+    );
+    id
+}
+
+/// One page of a query result as Salesforce writes it.
+fn page(
+    view: &OrgView<'_>,
+    query: &soql::Query,
+    version: &str,
+    total: usize,
+    rows: &[SfRecord],
+    next: Option<String>,
+) -> Response {
+    let Selection::Fields(fields) = &query.select else {
+        return Json(json!({ "totalSize": total, "done": true, "records": [] })).into_response();
+    };
+    let resolver = ViewResolver(view);
+    let records: Vec<Value> = rows
+        .iter()
+        .map(|row| render(row, fields, &resolver, version))
+        .collect();
+    let mut body = Map::new();
+    body.insert("totalSize".into(), json!(total));
+    body.insert("done".into(), json!(next.is_none()));
+    if let Some(next) = next {
+        body.insert(
+            "nextRecordsUrl".into(),
+            json!(format!("/services/data/{version}/query/{next}")),
+        );
+    }
+    body.insert("records".into(), Value::Array(records));
+    Json(Value::Object(body)).into_response()
+}
+
+/// `{"attributes":{"type":…,"url":…}}` of a record (polymorphic parents say `Name`).
+fn attributes(record: &SfRecord, version: &str) -> Value {
+    let (shown, actual) = if record.object.name == "Name" {
+        let actual = match record.get("Type") {
+            SfValue::Text(kind) if kind == "Queue" => "Group",
+            SfValue::Text(kind) => kind.as_str(),
+            _ => "User",
+        };
+        ("Name", actual)
+    } else {
+        (record.object.name, record.object.name)
+    };
+    json!({
+        "type": shown,
+        "url": format!("/services/data/{version}/sobjects/{actual}/{}", record.id()),
+    })
+}
+
+/// A record with the selected fields, parent fields nested under their relationship names.
+fn render(
+    record: &SfRecord,
+    fields: &[FieldPath],
+    resolver: &dyn Resolver,
+    version: &str,
+) -> Value {
+    let mut out = Map::new();
+    out.insert("attributes".into(), attributes(record, version));
+    for path in fields {
+        if path.steps.is_empty() {
+            out.insert(
+                path.field.name.into(),
+                record.values[path.index].to_json(path.field.kind),
+            );
+        } else {
+            insert_parent_field(&mut out, record, path, 0, resolver, version);
+        }
+    }
+    Value::Object(out)
+}
+
+/// Walks one relationship step of `path` from `record`, creating the nested object (or
+/// `null` for an empty lookup) the first time the relationship appears.
+fn insert_parent_field(
+    out: &mut Map<String, Value>,
+    record: &SfRecord,
+    path: &FieldPath,
+    depth: usize,
+    resolver: &dyn Resolver,
+    version: &str,
+) {
+    let relationship = path.relationships[depth];
+    let reference = &record.object.fields[path.steps[depth]];
+    let parent = match &record.values[path.steps[depth]] {
+        SfValue::Text(id) => resolver.parent(reference, id),
+        _ => None,
+    };
+    let Some(parent) = parent else {
+        out.entry(relationship).or_insert(Value::Null);
+        return;
+    };
+    let slot = out
+        .entry(relationship)
+        .or_insert_with(|| json!({ "attributes": attributes(&parent, version) }));
+    let Value::Object(nested) = slot else {
+        return;
+    };
+    if depth + 1 == path.steps.len() {
+        nested.insert(
+            path.field.name.into(),
+            parent.values[path.index].to_json(path.field.kind),
+        );
+    } else {
+        insert_parent_field(nested, &parent, path, depth + 1, resolver, version);
+    }
+}

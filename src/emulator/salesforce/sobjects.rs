@@ -1,0 +1,170 @@
+//! `sobjects`: global describe, per-object describe and reading one record by id.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Map, Value};
+
+use super::ids::looks_like_id;
+use super::records::{OrgView, LEAD_STATUSES, STAGES};
+use super::schema::{self, FieldDef, FieldType, ObjectDef, SfValue, OBJECTS};
+use super::{error, not_found, served_version};
+use crate::emulator::funnel::{DISQUALIFY_REASONS, INDUSTRIES, LOSS_REASONS, SEGMENTS, SOURCES};
+use crate::emulator::Shared;
+
+fn version_of(uri: &Uri) -> &str {
+    served_version(uri.path()).unwrap_or("v62.0")
+}
+
+fn object_urls(object: &ObjectDef, version: &str) -> Value {
+    let base = format!("/services/data/{version}/sobjects/{}", object.name);
+    json!({
+        "sobject": base,
+        "describe": format!("{base}/describe"),
+        "rowTemplate": format!("{base}/{{ID}}"),
+    })
+}
+
+/// The flags global describe and describe share.
+fn object_summary(object: &ObjectDef, version: &str) -> Map<String, Value> {
+    let mut summary = Map::new();
+    summary.insert("name".into(), json!(object.name));
+    summary.insert("label".into(), json!(object.name));
+    summary.insert("keyPrefix".into(), json!(object.key_prefix));
+    summary.insert("custom".into(), json!(false));
+    summary.insert("queryable".into(), json!(object.queryable));
+    summary.insert("retrieveable".into(), json!(object.queryable));
+    summary.insert("replicateable".into(), json!(object.queryable));
+    summary.insert("createable".into(), json!(object.writable));
+    summary.insert("updateable".into(), json!(object.writable));
+    summary.insert("deletable".into(), json!(object.writable));
+    summary.insert("urls".into(), object_urls(object, version));
+    summary
+}
+
+/// `GET …/sobjects`.
+pub(crate) async fn global_describe(uri: Uri) -> Json<Value> {
+    let version = version_of(&uri);
+    let sobjects: Vec<Value> = OBJECTS
+        .iter()
+        .map(|object| Value::Object(object_summary(object, version)))
+        .collect();
+    Json(json!({ "encoding": "UTF-8", "maxBatchSize": 200, "sobjects": sobjects }))
+}
+
+/// `GET …/sobjects/{type}/describe`.
+pub(crate) async fn describe(uri: Uri, Path((_, name)): Path<(String, String)>) -> Response {
+    let version = version_of(&uri);
+    let Some(object) = schema::object(&name).filter(|object| object.queryable) else {
+        return not_found();
+    };
+    let mut body = object_summary(object, version);
+    let fields: Vec<Value> = object.fields.iter().map(describe_field).collect();
+    body.insert("fields".into(), Value::Array(fields));
+    Json(Value::Object(body)).into_response()
+}
+
+fn describe_field(field: &FieldDef) -> Value {
+    let system = matches!(
+        field.name,
+        "Id" | "IsDeleted"
+            | "CreatedDate"
+            | "CreatedById"
+            | "LastModifiedDate"
+            | "LastModifiedById"
+            | "SystemModstamp"
+    );
+    let picklist: Vec<Value> = picklist_values(field.name)
+        .iter()
+        .map(|value| json!({ "active": true, "defaultValue": false, "label": value, "value": value, "validFor": null }))
+        .collect();
+    json!({
+        "name": field.name,
+        "label": field.name.trim_end_matches("__c").replace('_', " "),
+        "type": field.kind.describe_name(),
+        "soapType": soap_type(field.kind),
+        "custom": field.name.ends_with("__c"),
+        "calculated": field.calculated,
+        "nillable": !system,
+        "filterable": field.filterable,
+        "sortable": field.filterable,
+        "createable": field.writable,
+        "updateable": field.writable,
+        "referenceTo": field.reference_to,
+        "relationshipName": field.relationship,
+        "length": if matches!(field.kind, FieldType::String | FieldType::Picklist | FieldType::Email) { 255 } else { 0 },
+        "picklistValues": picklist,
+    })
+}
+
+fn picklist_values(field: &str) -> Vec<&'static str> {
+    match field {
+        "StageName" => STAGES.iter().map(|stage| stage.name).collect(),
+        "Status" => LEAD_STATUSES.iter().map(|(label, _)| *label).collect(),
+        "Loss_Reason__c" => LOSS_REASONS.to_vec(),
+        "Disqualification_Reason__c" => DISQUALIFY_REASONS.to_vec(),
+        "LeadSource" => SOURCES.to_vec(),
+        "Industry" => INDUSTRIES.to_vec(),
+        "Segment__c" => SEGMENTS.to_vec(),
+        _ => Vec::new(),
+    }
+}
+
+fn soap_type(kind: FieldType) -> &'static str {
+    match kind {
+        FieldType::Id | FieldType::Reference => "tns:ID",
+        FieldType::Currency | FieldType::Percent => "xsd:double",
+        FieldType::Int => "xsd:int",
+        FieldType::Boolean => "xsd:boolean",
+        FieldType::Date => "xsd:date",
+        FieldType::DateTime => "xsd:dateTime",
+        FieldType::AnyType => "xsd:anyType",
+        _ => "xsd:string",
+    }
+}
+
+/// `GET …/sobjects/{type}/{id}`: every field of one record.
+pub(crate) async fn read(
+    State(shared): State<Arc<Shared>>,
+    uri: Uri,
+    Path((_, name, id)): Path<(String, String, String)>,
+) -> Response {
+    let version = version_of(&uri);
+    let Some(object) = schema::object(&name).filter(|object| object.queryable) else {
+        return not_found();
+    };
+    if !looks_like_id(&id) {
+        // Salesforce reads a non-id here as an external id value and names it.
+        return error(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            &format!("Provided external ID field does not exist or is not accessible: {id}"),
+        );
+    }
+    let view = OrgView {
+        funnel: &shared.funnel,
+        now: shared.clock.now_ms(),
+    };
+    let Some(record) = view.by_id(&id, &[object.name]) else {
+        return not_found();
+    };
+    if matches!(record.get("IsDeleted"), SfValue::Bool(true)) {
+        return error(
+            StatusCode::NOT_FOUND,
+            "ENTITY_IS_DELETED",
+            "entity is deleted",
+        );
+    }
+    let mut body = Map::new();
+    body.insert(
+        "attributes".into(),
+        json!({ "type": object.name, "url": format!("/services/data/{version}/sobjects/{}/{}", object.name, record.id()) }),
+    );
+    for (field, value) in object.fields.iter().zip(&record.values) {
+        body.insert(field.name.into(), value.to_json(field.kind));
+    }
+    Json(Value::Object(body)).into_response()
+}

@@ -1,0 +1,428 @@
+//! The emulated Salesforce org's data over real HTTP: SOQL, paging, locators, describe.
+
+use std::collections::HashSet;
+
+use pipewarden::emulator::{self, EmulatorOptions, RunningEmulator, SalesforceOptions, Scale};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use super::emulator::{access_token, control, get, url};
+
+const V: &str = "/services/data/v62.0";
+
+async fn start(scale: Scale, salesforce: SalesforceOptions) -> RunningEmulator {
+    let options = EmulatorOptions {
+        scale,
+        salesforce,
+        ..EmulatorOptions::default()
+    };
+    emulator::start("127.0.0.1:0".parse().unwrap(), options)
+        .await
+        .expect("emulator starts")
+}
+
+/// Runs `resource` (`query` or `queryAll`) and returns status and body.
+async fn soql(
+    emu: &RunningEmulator,
+    token: &str,
+    resource: &str,
+    text: &str,
+    batch: Option<usize>,
+) -> (StatusCode, Value) {
+    let mut address = url::Url::parse(&url(emu, &format!("{V}/{resource}"))).unwrap();
+    address.query_pairs_mut().append_pair("q", text);
+    let mut request = reqwest::Client::new().get(address).bearer_auth(token);
+    if let Some(size) = batch {
+        request = request.header("Sforce-Query-Options", format!("batchSize={size}"));
+    }
+    let response = request.send().await.unwrap();
+    (response.status(), response.json().await.unwrap())
+}
+
+async fn json_get(emu: &RunningEmulator, path: &str, token: &str) -> (StatusCode, Value) {
+    let response = get(emu, path, token).await;
+    (response.status(), response.json().await.unwrap())
+}
+
+/// Follows `nextRecordsUrl` to the end; returns every record and the size of each page.
+async fn drain(emu: &RunningEmulator, token: &str, first: Value) -> (Vec<Value>, Vec<usize>) {
+    let mut records = Vec::new();
+    let mut pages = Vec::new();
+    let mut body = first;
+    loop {
+        let page = body["records"].as_array().unwrap().clone();
+        pages.push(page.len());
+        records.extend(page);
+        if body["done"] == json!(true) {
+            assert!(
+                body.get("nextRecordsUrl").is_none(),
+                "done pages have no next url"
+            );
+            return (records, pages);
+        }
+        let next = body["nextRecordsUrl"].as_str().unwrap().to_string();
+        assert!(
+            next.starts_with(&format!("{V}/query/")),
+            "relative locator url: {next}"
+        );
+        let (status, next_body) = json_get(emu, &next, token).await;
+        assert_eq!(status, StatusCode::OK, "{next_body}");
+        body = next_body;
+    }
+}
+
+fn error_code(body: &Value) -> &str {
+    body[0]["errorCode"].as_str().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn paging_splits_at_two_thousand_records_and_loses_none() {
+    let emu = start(Scale::Small, SalesforceOptions::default()).await;
+    let token = access_token(&emu).await;
+    for (limit, expected_pages) in [
+        (0, vec![0]),
+        (1, vec![1]),
+        (2000, vec![2000]),
+        (2001, vec![2000, 1]),
+        (4500, vec![2000, 2000, 500]),
+    ] {
+        let text = if limit == 0 {
+            "SELECT Id FROM Lead WHERE Email = 'nobody@example.com'".to_string()
+        } else {
+            format!("SELECT Id FROM Lead ORDER BY Id LIMIT {limit}")
+        };
+        let (status, body) = soql(&emu, &token, "query", &text, None).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(
+            body["totalSize"],
+            json!(limit),
+            "totalSize on the first page"
+        );
+        let (records, pages) = drain(&emu, &token, body).await;
+        assert_eq!(pages, expected_pages, "LIMIT {limit}");
+        let ids: HashSet<&str> = records.iter().map(|r| r["Id"].as_str().unwrap()).collect();
+        assert_eq!(ids.len(), limit, "every record once");
+    }
+    emu.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn batch_size_header_is_honoured_within_salesforce_bounds() {
+    let emu = start(Scale::Small, SalesforceOptions::default()).await;
+    let token = access_token(&emu).await;
+    let text = "SELECT Id, Name FROM Lead ORDER BY Id LIMIT 1100";
+    let (_, body) = soql(&emu, &token, "query", text, Some(500)).await;
+    let (_, pages) = drain(&emu, &token, body).await;
+    assert_eq!(pages, vec![500, 500, 100]);
+    let (_, body) = soql(&emu, &token, "query", text, Some(50)).await;
+    let (_, pages) = drain(&emu, &token, body).await;
+    assert_eq!(pages[0], 200, "batchSize below 200 is raised to 200");
+    emu.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn deleted_rows_appear_only_through_query_all() {
+    let emu = start(Scale::Small, SalesforceOptions::default()).await;
+    let token = access_token(&emu).await;
+    let deleted = "SELECT Id, IsDeleted FROM Lead WHERE IsDeleted = true";
+    let (_, live) = soql(&emu, &token, "query", deleted, None).await;
+    let (_, all) = soql(&emu, &token, "queryAll", deleted, None).await;
+    assert_eq!(
+        live["totalSize"],
+        json!(0),
+        "query never returns deleted rows"
+    );
+    let in_bin = all["totalSize"].as_u64().unwrap();
+    assert!(
+        in_bin > 0,
+        "the recycle bin holds recently deleted leads: {all}"
+    );
+    assert!(all["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|r| r["IsDeleted"] == json!(true)));
+    let (_, count_live) = soql(&emu, &token, "query", "SELECT COUNT() FROM Lead", None).await;
+    let (_, count_all) = soql(&emu, &token, "queryAll", "SELECT COUNT() FROM Lead", None).await;
+    assert_eq!(
+        count_all["totalSize"].as_u64().unwrap(),
+        count_live["totalSize"].as_u64().unwrap() + in_bin
+    );
+    emu.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_locator_belongs_to_the_session_that_opened_it() {
+    let emu = start(Scale::Small, SalesforceOptions::default()).await;
+    let first_token = access_token(&emu).await;
+    let (_, body) = soql(&emu, &first_token, "query", "SELECT Id FROM Lead", None).await;
+    let next = body["nextRecordsUrl"].as_str().unwrap().to_string();
+    let second_token = access_token(&emu).await;
+    let (status, refused) = json_get(&emu, &next, &second_token).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(error_code(&refused), "INVALID_SESSION_ID");
+    let (status, page) = json_get(&emu, &next, &first_token).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    emu.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_eleventh_open_locator_releases_the_oldest_and_idle_ones_expire() {
+    let emu = start(Scale::Small, SalesforceOptions::default()).await;
+    let token = access_token(&emu).await;
+    let mut nexts = Vec::new();
+    for _ in 0..11 {
+        let (_, body) = soql(
+            &emu,
+            &token,
+            "query",
+            "SELECT Id FROM Lead LIMIT 2500",
+            None,
+        )
+        .await;
+        nexts.push(body["nextRecordsUrl"].as_str().unwrap().to_string());
+    }
+    let (status, body) = json_get(&emu, &nexts[0], &token).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(error_code(&body), "INVALID_QUERY_LOCATOR");
+    let (status, _) = json_get(&emu, &nexts[1], &token).await;
+    assert_eq!(status, StatusCode::OK, "the second oldest is still open");
+    control(&emu, "/__emulator/clock/advance", json!({"by": "16m"})).await;
+    let (status, body) = json_get(&emu, &nexts[10], &token).await;
+    assert_eq!(
+        status,
+        StatusCode::BAD_REQUEST,
+        "15 idle minutes end a locator"
+    );
+    assert_eq!(error_code(&body), "INVALID_QUERY_LOCATOR");
+    emu.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn wide_history_queries_time_out_and_narrow_windows_succeed() {
+    let options = SalesforceOptions {
+        query_timeout_rows: 50,
+        ..SalesforceOptions::default()
+    };
+    let emu = start(Scale::Tiny, options).await;
+    let token = access_token(&emu).await;
+    let wide = "SELECT Id, StageName FROM OpportunityHistory";
+    let (status, body) = soql(&emu, &token, "queryAll", wide, None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(error_code(&body), "QUERY_TIMEOUT");
+    assert_eq!(
+        body[0]["message"],
+        "Your query request was running for too long."
+    );
+    let narrow = "SELECT Id FROM OpportunityHistory WHERE CreatedDate >= 2025-12-20T00:00:00Z";
+    let (status, body) = soql(&emu, &token, "queryAll", narrow, None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    emu.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn soql_errors_carry_the_real_codes() {
+    let emu = start(Scale::Tiny, SalesforceOptions::default()).await;
+    let token = access_token(&emu).await;
+    for (text, code) in [
+        ("SELECT Id, Foo FROM Opportunity", "INVALID_FIELD"),
+        ("SELECT Id FROM Widget__c", "INVALID_TYPE"),
+        ("SELECT Id FRM Opportunity", "MALFORMED_QUERY"),
+        (
+            "SELECT Id FROM OpportunityFieldHistory WHERE OldValue = 'x'",
+            "INVALID_FIELD",
+        ),
+    ] {
+        let (status, body) = soql(&emu, &token, "query", text, None).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
+        assert_eq!(error_code(&body), code, "{text}: {body}");
+    }
+    let (_, body) = soql(
+        &emu,
+        &token,
+        "query",
+        "SELECT Id, Foo FROM Opportunity",
+        None,
+    )
+    .await;
+    let message = body[0]["message"].as_str().unwrap();
+    assert!(message.contains("ERROR at Row:1:Column:12"), "{message}");
+    assert!(message.contains("No such column 'Foo' on entity 'Opportunity'"));
+    emu.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn parent_fields_nest_and_polymorphic_owners_say_name() {
+    let emu = start(Scale::Tiny, SalesforceOptions::default()).await;
+    let token = access_token(&emu).await;
+    let text = "SELECT Id, Owner.Name, Account.Name, Account.Owner.Name FROM Opportunity LIMIT 5";
+    let (status, body) = soql(&emu, &token, "query", text, None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let first = &body["records"][0];
+    let keys: Vec<&String> = first.as_object().unwrap().keys().collect();
+    assert_eq!(
+        keys,
+        ["attributes", "Id", "Owner", "Account"],
+        "select order kept"
+    );
+    assert_eq!(first["Owner"]["attributes"]["type"], "User");
+    assert!(first["Owner"]["Name"].is_string());
+    assert!(first["Account"]["Owner"]["Name"].is_string(), "{first}");
+    let (_, leads) = soql(
+        &emu,
+        &token,
+        "query",
+        "SELECT Id, Owner.Name FROM Lead LIMIT 1",
+        None,
+    )
+    .await;
+    let owner = &leads["records"][0]["Owner"];
+    assert_eq!(owner["attributes"]["type"], "Name", "{owner}");
+    emu.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn history_agrees_with_the_records_it_describes() {
+    let emu = start(Scale::Tiny, SalesforceOptions::default()).await;
+    let token = access_token(&emu).await;
+    let (_, opportunities) = soql(
+        &emu,
+        &token,
+        "query",
+        "SELECT Id, StageName, Amount FROM Opportunity",
+        None,
+    )
+    .await;
+    let (_, history) = soql(
+        &emu,
+        &token,
+        "query",
+        "SELECT OpportunityId, StageName, Amount, CreatedDate FROM OpportunityHistory ORDER BY CreatedDate ASC",
+        None,
+    )
+    .await;
+    let records = opportunities["records"].as_array().unwrap();
+    assert!(records.len() > 50, "tiny has about a hundred deals");
+    let rows = history["records"].as_array().unwrap();
+    for opportunity in records {
+        let latest = rows
+            .iter()
+            .rfind(|row| row["OpportunityId"] == opportunity["Id"])
+            .expect("every opportunity has a creation row");
+        assert_eq!(
+            latest["StageName"], opportunity["StageName"],
+            "{opportunity}"
+        );
+        assert_eq!(latest["Amount"], opportunity["Amount"], "{opportunity}");
+    }
+    emu.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn advancing_time_reveals_new_activity_and_bulk_jobs_share_a_modstamp() {
+    let emu = start(Scale::Small, SalesforceOptions::default()).await;
+    let token = access_token(&emu).await;
+    let shared_stamp =
+        "SELECT COUNT() FROM Opportunity WHERE SystemModstamp = 2026-01-01T02:00:00Z";
+    let (_, body) = soql(&emu, &token, "query", shared_stamp, None).await;
+    assert!(
+        body["totalSize"].as_u64().unwrap() > 100,
+        "a bulk job touched many rows: {body}"
+    );
+    let count = "SELECT COUNT() FROM Opportunity";
+    let (_, before) = soql(&emu, &token, "query", count, None).await;
+    control(&emu, "/__emulator/clock/advance", json!({"by": "30days"})).await;
+    let token = access_token(&emu).await;
+    let (_, after) = soql(&emu, &token, "query", count, None).await;
+    assert!(
+        after["totalSize"].as_u64() > before["totalSize"].as_u64(),
+        "{before} → {after}"
+    );
+    let recent = "SELECT COUNT() FROM Opportunity WHERE SystemModstamp > 2026-01-05T09:00:00Z";
+    let (_, changed) = soql(&emu, &token, "query", recent, None).await;
+    assert!(changed["totalSize"].as_u64().unwrap() > 0);
+    emu.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_same_seed_serves_the_same_data() {
+    let text = "SELECT Id, Name, StageName, Amount, CloseDate, SystemModstamp FROM Opportunity ORDER BY Id LIMIT 50";
+    let mut answers = Vec::new();
+    for _ in 0..2 {
+        let emu = start(Scale::Tiny, SalesforceOptions::default()).await;
+        let token = access_token(&emu).await;
+        answers.push(soql(&emu, &token, "query", text, None).await.1);
+        emu.stop().await.unwrap();
+    }
+    assert_eq!(answers[0], answers[1]);
+}
+
+#[tokio::test]
+async fn describe_and_record_reads_follow_the_schema() {
+    let emu = start(Scale::Tiny, SalesforceOptions::default()).await;
+    let token = access_token(&emu).await;
+    let (status, global) = json_get(&emu, &format!("{V}/sobjects"), &token).await;
+    assert_eq!(status, StatusCode::OK);
+    let names: Vec<&str> = global["sobjects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|o| o["queryable"] == json!(true))
+        .map(|o| o["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"OpportunityHistory") && names.contains(&"LeadStatus"),
+        "{names:?}"
+    );
+    let (_, describe) = json_get(
+        &emu,
+        &format!("{V}/sobjects/OpportunityFieldHistory/describe"),
+        &token,
+    )
+    .await;
+    let old_value = describe["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "OldValue")
+        .unwrap();
+    assert_eq!(old_value["filterable"], json!(false));
+    assert_eq!(old_value["type"], "anyType");
+    let (_, opportunities) = soql(
+        &emu,
+        &token,
+        "query",
+        "SELECT Id, Name FROM Opportunity LIMIT 1",
+        None,
+    )
+    .await;
+    let id = opportunities["records"][0]["Id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (status, by_long_id) =
+        json_get(&emu, &format!("{V}/sobjects/Opportunity/{id}"), &token).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(by_long_id["Name"], opportunities["records"][0]["Name"]);
+    assert!(
+        by_long_id.get("Budget__c").is_some(),
+        "custom fields are read too"
+    );
+    let (status, by_short_id) = json_get(
+        &emu,
+        &format!("{V}/sobjects/Opportunity/{}", &id[..15]),
+        &token,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        by_short_id["Id"],
+        json!(id),
+        "the API answers with 18-character ids"
+    );
+    let (status, body) =
+        json_get(&emu, &format!("{V}/sobjects/Opportunity/nonsense"), &token).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(error_code(&body), "NOT_FOUND");
+    emu.stop().await.unwrap();
+}
