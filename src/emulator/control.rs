@@ -29,7 +29,8 @@ pub(crate) fn routes() -> Router<Arc<Shared>> {
         .layer(middleware::from_fn(loopback_only))
 }
 
-async fn loopback_only(
+/// Refuses every client that is not on loopback.
+pub(crate) async fn loopback_only(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     request: Request,
     next: Next,

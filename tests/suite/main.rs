@@ -4,5 +4,6 @@ mod cli;
 mod config_errors;
 mod emulator;
 mod emulator_query;
+mod emulator_writes;
 mod store;
 mod support;

@@ -6,15 +6,17 @@
 //! `Sforce-Limit-Info: api-usage=N/M`.
 
 mod auth;
+mod composite;
 mod ids;
 mod query;
 mod records;
 mod schema;
 mod sobjects;
 mod soql;
+mod writes;
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use axum::extract::{Request, State};
@@ -30,6 +32,8 @@ use crate::record::Millis;
 
 use crate::emulator::funnel::Actor;
 use auth::Session;
+use writes::Overlay;
+pub use writes::ValidationRule;
 
 /// Oldest and newest REST versions served; Salesforce answers 404 for others.
 const OLDEST_VERSION: u32 = 31;
@@ -54,6 +58,8 @@ pub struct SalesforceOptions {
     /// A query on a history object matching more rows than this runs too long and answers
     /// `QUERY_TIMEOUT`, as wide history queries do on big orgs.
     pub query_timeout_rows: u64,
+    /// The org's validation rules, enforced on client writes.
+    pub validation_rules: Vec<ValidationRule>,
 }
 
 impl Default for SalesforceOptions {
@@ -67,6 +73,7 @@ impl Default for SalesforceOptions {
             session_timeout: Duration::from_secs(2 * 3600),
             daily_api_limit: 15_000,
             query_timeout_rows: 500_000,
+            validation_rules: vec![ValidationRule::loss_reason_required()],
         }
     }
 }
@@ -80,6 +87,8 @@ pub(crate) struct OrgState {
     pub user_id: String,
     inner: Mutex<OrgInner>,
     cursors: Mutex<query::Cursors>,
+    /// Client writes; queries hold a read lock, a write request the write lock throughout.
+    overlay: RwLock<Overlay>,
 }
 
 #[derive(Default)]
@@ -104,6 +113,7 @@ impl OrgState {
             user_id: records::user_id(Actor::Integration),
             inner: Mutex::new(inner),
             cursors: Mutex::default(),
+            overlay: RwLock::default(),
         }
     }
 
@@ -111,6 +121,20 @@ impl OrgState {
         // A handler that panicked mid-update leaves plain data behind; keep serving it.
         self.inner
             .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Client writes, for reading.
+    fn overlay(&self) -> RwLockReadGuard<'_, Overlay> {
+        self.overlay
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Client writes, for one write request.
+    fn overlay_mut(&self) -> RwLockWriteGuard<'_, Overlay> {
+        self.overlay
+            .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
@@ -143,6 +167,16 @@ impl OrgState {
     pub fn api_usage(&self, now: Millis) -> u64 {
         Self::usage(&mut self.lock(), now)
     }
+}
+
+/// A record-level error as single-record calls return it: `[{message, errorCode, fields}]`.
+pub(crate) fn record_error(err: &writes::RecordError) -> Response {
+    let status = StatusCode::from_u16(err.status).unwrap_or(StatusCode::BAD_REQUEST);
+    (
+        status,
+        Json(json!([{ "message": err.message, "errorCode": err.code, "fields": err.fields }])),
+    )
+        .into_response()
 }
 
 /// Salesforce's error envelope: a JSON array of `{message, errorCode}`.
@@ -186,8 +220,32 @@ pub(crate) fn routes(shared: Arc<Shared>) -> Router<Arc<Shared>> {
             get(sobjects::describe),
         )
         .route(
+            "/services/data/{version}/sobjects/{name}",
+            post(sobjects::create),
+        )
+        .route(
+            "/services/data/{version}/sobjects/{name}/",
+            post(sobjects::create),
+        )
+        .route(
             "/services/data/{version}/sobjects/{name}/{id}",
-            get(sobjects::read),
+            get(sobjects::read)
+                .patch(sobjects::update)
+                .delete(sobjects::delete),
+        )
+        .route(
+            "/services/data/{version}/composite/sobjects",
+            post(composite::create_collection)
+                .patch(composite::update_collection)
+                .delete(composite::delete_collection),
+        )
+        .route(
+            "/services/data/{version}/composite",
+            post(composite::composite),
+        )
+        .route(
+            "/services/data/{version}/composite/",
+            post(composite::composite),
         )
         .route("/services/data/{version}/query", get(query::query))
         .route("/services/data/{version}/query/", get(query::query))

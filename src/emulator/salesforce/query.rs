@@ -149,9 +149,11 @@ pub(crate) async fn query_more(
         )
     };
     let (query, numbers, as_of, batch) = cursor;
+    let overlay = shared.salesforce.overlay();
     let view = OrgView {
         funnel: &shared.funnel,
         now: as_of,
+        overlay: Some(&overlay),
     };
     let end = (offset + batch).min(numbers.len());
     let rows: Vec<SfRecord> = numbers[offset..end]
@@ -200,9 +202,11 @@ fn run_query(
         Ok(parsed) => parsed,
         Err(err) => return error(StatusCode::BAD_REQUEST, err.code, &err.message),
     };
+    let overlay = shared.salesforce.overlay();
     let view = OrgView {
         funnel: &shared.funnel,
         now,
+        overlay: Some(&overlay),
     };
     let matched = match evaluate(shared, &view, &parsed, include_deleted) {
         Ok(matched) => matched,

@@ -6,9 +6,11 @@
 
 use super::ids::{parse_sf_id, sf_id};
 use super::schema::{
-    self, day_of, ObjectDef, SfRecord, SfValue, ACCOUNT, CAMPAIGN, CAMPAIGN_MEMBER, CONTACT, GROUP,
-    LEAD, LEAD_HISTORY, LEAD_STATUS, NAME, OPPORTUNITY, OPPORTUNITY_STAGE, USER_OBJECT,
+    self, day_of, FieldType, ObjectDef, SfRecord, SfValue, ACCOUNT, CAMPAIGN, CAMPAIGN_MEMBER,
+    CONTACT, GROUP, LEAD, LEAD_HISTORY, LEAD_STATUS, NAME, OPPORTUNITY, OPPORTUNITY_STAGE,
+    USER_OBJECT,
 };
+use super::writes::{self, Entry, Overlay, Write, CREATED_BASE};
 use crate::emulator::funnel::{
     Actor, DealChange, DealLife, Funnel, LeadChange, LeadLife, LeadStatus as Lifecycle, Owner,
     QualField, QualValue, Step, CONVERSION_EVERY, QUEUES, WON,
@@ -20,7 +22,7 @@ const RECYCLE_BIN_MS: Millis = 15 * 86_400_000;
 /// History rows per deal or lead; a life never has more steps than this.
 const HISTORY_SLOTS: u64 = 64;
 /// LeadHistory shares key prefix 017 with OpportunityFieldHistory; its numbers start here.
-const LEAD_HISTORY_BASE: u64 = 1 << 40;
+const LEAD_HISTORY_BASE: u64 = 1 << 50;
 /// Users before the reps: the integration user (pipewarden's own), the automated process and
 /// the admin who runs imports.
 const SYSTEM_USERS: &[(&str, &str, &str)] = &[
@@ -98,6 +100,8 @@ pub(crate) struct OrgView<'a> {
     pub funnel: &'a Funnel,
     /// The instant records are seen at.
     pub now: Millis,
+    /// Client writes layered over the funnel (none for the generated org alone).
+    pub overlay: Option<&'a Overlay>,
 }
 
 fn text(value: &str) -> SfValue {
@@ -163,8 +167,18 @@ impl OrgView<'_> {
         &steps[..visible]
     }
 
-    /// Record numbers of `object` that may exist now, in id order.
+    /// Record numbers of `object` that may exist now, generated ones first, then those clients
+    /// created.
     pub fn numbers(&self, object: &ObjectDef) -> Box<dyn Iterator<Item = u64> + '_> {
+        let created = self.created(object.name).iter().copied();
+        Box::new(self.generated_numbers(object).chain(created))
+    }
+
+    fn created(&self, object: &str) -> &[u64] {
+        self.overlay.map_or(&[], |overlay| overlay.created(object))
+    }
+
+    fn generated_numbers(&self, object: &ObjectDef) -> Box<dyn Iterator<Item = u64> + '_> {
         let funnel = self.funnel;
         let now = self.now;
         match object.name {
@@ -196,23 +210,21 @@ impl OrgView<'_> {
     ) -> Box<dyn Iterator<Item = (u64, SfRecord)> + 's> {
         match object.name {
             "OpportunityHistory" | "OpportunityFieldHistory" => {
-                Box::new((0..self.funnel.deal_bound(self.now)).flat_map(move |deal| {
-                    self.deal_history(object, deal)
+                Box::new(self.numbers(&OPPORTUNITY).flat_map(move |deal| {
+                    self.history(object, deal)
                         .into_iter()
                         .enumerate()
                         .map(move |(slot, row)| (deal * HISTORY_SLOTS + slot as u64, row))
                 }))
             }
-            "LeadHistory" => {
-                Box::new((0..self.funnel.lead_bound(self.now)).flat_map(move |lead| {
-                    self.lead_history(lead)
-                        .into_iter()
-                        .enumerate()
-                        .map(move |(slot, row)| {
-                            (LEAD_HISTORY_BASE + lead * HISTORY_SLOTS + slot as u64, row)
-                        })
-                }))
-            }
+            "LeadHistory" => Box::new(self.numbers(&LEAD).flat_map(move |lead| {
+                self.history(object, lead)
+                    .into_iter()
+                    .enumerate()
+                    .map(move |(slot, row)| {
+                        (LEAD_HISTORY_BASE + lead * HISTORY_SLOTS + slot as u64, row)
+                    })
+            })),
             _ => Box::new(
                 self.numbers(object)
                     .filter_map(move |number| self.record(object, number).map(|row| (number, row))),
@@ -222,6 +234,143 @@ impl OrgView<'_> {
 
     /// Record `number` of `object`, if it exists now.
     pub fn record(&self, object: &'static ObjectDef, number: u64) -> Option<SfRecord> {
+        match object.name {
+            "OpportunityHistory" | "OpportunityFieldHistory" => {
+                let rows = self.history(object, number / HISTORY_SLOTS);
+                rows.into_iter().nth((number % HISTORY_SLOTS) as usize)
+            }
+            "LeadHistory" => {
+                let local = number.checked_sub(LEAD_HISTORY_BASE)?;
+                let rows = self.history(object, local / HISTORY_SLOTS);
+                rows.into_iter().nth((local % HISTORY_SLOTS) as usize)
+            }
+            _ => match self.entry(object.name, number) {
+                Some(entry) => self
+                    .overlaid(object, number, entry)
+                    .map(|(record, _)| record),
+                None => self.generated_record(object, number),
+            },
+        }
+    }
+
+    fn entry(&self, object: &str, number: u64) -> Option<&Entry> {
+        self.overlay?.entry(object, number)
+    }
+
+    /// The generated org alone, as it was at `at`.
+    fn generated_at(&self, at: Millis) -> OrgView<'_> {
+        OrgView {
+            funnel: self.funnel,
+            now: at,
+            overlay: None,
+        }
+    }
+
+    /// A record clients wrote to: its generated (or created) state frozen at the first write,
+    /// then the writes made by now. Also returns each applied write with the record before and
+    /// after it, for history rows. `None` once it is gone (hard-deleted or purged).
+    fn overlaid<'e>(
+        &self,
+        object: &'static ObjectDef,
+        number: u64,
+        entry: &'e Entry,
+    ) -> Option<(SfRecord, Vec<AppliedWrite<'e>>)> {
+        let mut record = match &entry.created {
+            Some(created) => {
+                let SfValue::DateTime(created_at) = created.get("CreatedDate") else {
+                    return None;
+                };
+                if *created_at > self.now {
+                    return None;
+                }
+                created.clone()
+            }
+            None => {
+                let cut = entry
+                    .freeze_at()
+                    .map_or(self.now, |at| self.now.min(at - 1));
+                self.generated_at(cut).generated_record(object, number)?
+            }
+        };
+        let mut applied = Vec::new();
+        for write in entry.writes.iter().take_while(|write| write.at <= self.now) {
+            let before = record.clone();
+            writes::apply(&mut record, write);
+            if write.delete
+                && (object.name == "CampaignMember" || self.now - write.at > RECYCLE_BIN_MS)
+            {
+                return None;
+            }
+            applied.push(AppliedWrite {
+                write,
+                before,
+                after: record.clone(),
+            });
+        }
+        Some((record, applied))
+    }
+
+    /// History rows of one opportunity or lead: what the generated life recorded up to the
+    /// first client write, then a row per tracked change clients made.
+    fn history(&self, history: &'static ObjectDef, parent: u64) -> Vec<SfRecord> {
+        let parent_object = if history.name == "LeadHistory" {
+            &LEAD
+        } else {
+            &OPPORTUNITY
+        };
+        let Some(entry) = self.entry(parent_object.name, parent) else {
+            return self.generated_history(history, parent);
+        };
+        let Some((_, applied)) = self.overlaid(parent_object, parent, entry) else {
+            return Vec::new();
+        };
+        let mut rows = match &entry.created {
+            Some(created) => vec![creation_row(history, created)],
+            None => {
+                let cut = entry
+                    .freeze_at()
+                    .map_or(self.now, |at| self.now.min(at - 1));
+                self.generated_at(cut).generated_history(history, parent)
+            }
+        };
+        for applied in &applied {
+            rows.extend(write_rows(history, applied));
+        }
+        rows.truncate(HISTORY_SLOTS as usize);
+        let slot_base = match history.name {
+            "LeadHistory" => LEAD_HISTORY_BASE + parent * HISTORY_SLOTS,
+            _ => parent * HISTORY_SLOTS,
+        };
+        for (slot, row) in rows.iter_mut().enumerate() {
+            row.set(
+                "Id",
+                text(&sf_id(history.key_prefix, slot_base + slot as u64)),
+            );
+        }
+        rows
+    }
+
+    /// Whether the generated campaign membership of a lead links these two ids.
+    pub fn is_generated_member(&self, campaign_id: &str, person_id: &str) -> bool {
+        let (Some((_, campaign)), Some((prefix, lead))) =
+            (parse_sf_id(campaign_id), parse_sf_id(person_id))
+        else {
+            return false;
+        };
+        prefix == LEAD.key_prefix
+            && lead < CREATED_BASE
+            && self.generated_record(&CAMPAIGN_MEMBER, lead).is_some()
+            && self.funnel.lead(lead).campaign == Some(campaign)
+    }
+
+    fn generated_history(&self, history: &'static ObjectDef, parent: u64) -> Vec<SfRecord> {
+        match history.name {
+            "LeadHistory" => self.lead_history(parent),
+            _ => self.deal_history(history, parent),
+        }
+    }
+
+    fn generated_record(&self, object: &'static ObjectDef, number: u64) -> Option<SfRecord> {
         match object.name {
             "Opportunity" => self.opportunity(number),
             "Lead" => self.lead(number),
@@ -233,15 +382,6 @@ impl OrgView<'_> {
             "Group" => self.group(number),
             "OpportunityStage" => self.opportunity_stage(number),
             "LeadStatus" => self.lead_status(number),
-            "OpportunityHistory" | "OpportunityFieldHistory" => {
-                let rows = self.deal_history(object, number / HISTORY_SLOTS);
-                rows.into_iter().nth((number % HISTORY_SLOTS) as usize)
-            }
-            "LeadHistory" => {
-                let local = number.checked_sub(LEAD_HISTORY_BASE)?;
-                let rows = self.lead_history(local / HISTORY_SLOTS);
-                rows.into_iter().nth((local % HISTORY_SLOTS) as usize)
-            }
             _ => None,
         }
     }
@@ -1026,4 +1166,112 @@ fn tracked_change(
         }
         DealChange::SystemTouch | DealChange::Deleted => None,
     }
+}
+
+/// The first history row of a record clients created.
+fn creation_row(history: &'static ObjectDef, created: &SfRecord) -> SfRecord {
+    let mut row = history_row(
+        history,
+        created,
+        created.get("CreatedDate").clone(),
+        created.get("CreatedById").clone(),
+    );
+    if history.name == "OpportunityHistory" {
+        copy_history_snapshot(&mut row, created, None);
+    } else {
+        row.set("Field", text("created"));
+    }
+    row
+}
+
+/// A history row of `parent` without its own fields yet.
+fn history_row(
+    history: &'static ObjectDef,
+    parent: &SfRecord,
+    at: SfValue,
+    by: SfValue,
+) -> SfRecord {
+    let mut row = SfRecord::empty(history);
+    let parent_field = if history.name == "LeadHistory" {
+        "LeadId"
+    } else {
+        "OpportunityId"
+    };
+    row.set(parent_field, text(parent.id()));
+    row.set("CreatedById", by);
+    row.set("CreatedDate", at.clone());
+    row.set("SystemModstamp", at);
+    row.set("IsDeleted", parent.get("IsDeleted").clone());
+    row
+}
+
+/// OpportunityHistory's copy of the stage, amount, probability and close date.
+fn copy_history_snapshot(row: &mut SfRecord, after: &SfRecord, before: Option<&SfRecord>) {
+    for field in [
+        "StageName",
+        "Amount",
+        "ExpectedRevenue",
+        "CloseDate",
+        "Probability",
+        "ForecastCategory",
+    ] {
+        row.set(field, after.get(field).clone());
+    }
+    if let Some(before) = before {
+        row.set("PrevAmount", before.get("Amount").clone());
+        row.set("PrevCloseDate", before.get("CloseDate").clone());
+    }
+}
+
+/// A client write with the record just before and just after it.
+struct AppliedWrite<'e> {
+    write: &'e Write,
+    before: SfRecord,
+    after: SfRecord,
+}
+
+/// The history rows one client write leaves.
+fn write_rows(history: &'static ObjectDef, applied: &AppliedWrite<'_>) -> Vec<SfRecord> {
+    let AppliedWrite {
+        write,
+        before,
+        after,
+    } = applied;
+    let at = SfValue::DateTime(write.at);
+    let by = SfValue::Text(write.by.clone());
+    if history.name == "OpportunityHistory" {
+        let moved = ["StageName", "Amount", "CloseDate", "Probability"]
+            .iter()
+            .any(|field| before.get(field) != after.get(field));
+        if !moved {
+            return Vec::new();
+        }
+        let mut row = history_row(history, after, at, by);
+        copy_history_snapshot(&mut row, after, Some(before));
+        return vec![row];
+    }
+    writes::tracked_fields(after.object.name)
+        .iter()
+        .filter(|field| before.get(field) != after.get(field))
+        .map(|field| {
+            let mut row = history_row(history, after, at.clone(), by.clone());
+            let kind = after
+                .object
+                .field(field)
+                .map_or(FieldType::String, |def| def.kind);
+            let (name, data_type) = match (*field, kind) {
+                ("OwnerId", _) => ("Owner", "EntityId"),
+                ("StageName", _) => ("StageName", "DynamicEnum"),
+                (_, FieldType::Picklist) => (*field, "Picklist"),
+                (_, FieldType::Currency) => (*field, "Currency"),
+                (_, FieldType::Date) => (*field, "Date"),
+                _ => (*field, "Text"),
+            };
+            row.set("Field", text(name));
+            row.set("DataType", text(data_type));
+            row.set("OldValue", before.get(field).clone());
+            row.set("NewValue", after.get(field).clone());
+            row
+        })
+        .collect()
 }

@@ -154,6 +154,11 @@ impl ObjectDef {
             .position(|field| field.name.eq_ignore_ascii_case(name))
     }
 
+    /// A field by name, case-insensitively.
+    pub fn field(&self, name: &str) -> Option<&'static FieldDef> {
+        self.field_index(name).map(|index| &self.fields[index])
+    }
+
     /// The reference field whose relationship name is `relationship` (`Owner` → `OwnerId`).
     pub fn relationship_field(&self, relationship: &str) -> Option<usize> {
         self.fields.iter().position(|field| {
@@ -528,6 +533,26 @@ pub(crate) static CAMPAIGN_MEMBER: ObjectDef = ObjectDef {
     ],
 };
 
+/// Tasks (calls, follow-ups) for leads, contacts or deals; clients create them.
+pub(crate) static TASK: ObjectDef = ObjectDef {
+    name: "Task",
+    key_prefix: "00T",
+    queryable: true,
+    writable: true,
+    fields: fields![
+        system("Id", T::Id),
+        lookup("WhoId", &["Contact", "Lead"], "Who"),
+        lookup("WhatId", &["Account", "Opportunity"], "What"),
+        field("Subject", T::String),
+        field("Status", T::Picklist),
+        field("Priority", T::Picklist),
+        field("ActivityDate", T::Date),
+        field("Description", T::TextArea),
+        lookup("OwnerId", USER, "Owner"),
+        system("IsClosed", T::Boolean),
+    ],
+};
+
 /// Opportunity stage metadata of the default sales process.
 pub(crate) static OPPORTUNITY_STAGE: ObjectDef = ObjectDef {
     name: "OpportunityStage",
@@ -636,6 +661,7 @@ pub(crate) static OBJECTS: &[&ObjectDef] = &[
     &OPPORTUNITY_FIELD_HISTORY,
     &OPPORTUNITY_HISTORY,
     &OPPORTUNITY_STAGE,
+    &TASK,
     &USER_OBJECT,
 ];
 

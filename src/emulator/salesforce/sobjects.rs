@@ -2,16 +2,19 @@
 
 use std::sync::Arc;
 
+use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Map, Value};
 
+use super::composite::json_parser_error;
 use super::ids::looks_like_id;
 use super::records::{OrgView, LEAD_STATUSES, STAGES};
-use super::schema::{self, FieldDef, FieldType, ObjectDef, SfValue, OBJECTS};
-use super::{error, not_found, served_version};
+use super::schema::{self, FieldDef, FieldType, ObjectDef, SfRecord, SfValue, OBJECTS};
+use super::writes::{Batch, RecordError};
+use super::{error, not_found, record_error, served_version};
 use crate::emulator::funnel::{DISQUALIFY_REASONS, INDUSTRIES, LOSS_REASONS, SEGMENTS, SOURCES};
 use crate::emulator::Shared;
 
@@ -144,27 +147,126 @@ pub(crate) async fn read(
             &format!("Provided external ID field does not exist or is not accessible: {id}"),
         );
     }
+    let overlay = shared.salesforce.overlay();
     let view = OrgView {
         funnel: &shared.funnel,
         now: shared.clock.now_ms(),
+        overlay: Some(&overlay),
     };
     let Some(record) = view.by_id(&id, &[object.name]) else {
         return not_found();
     };
     if matches!(record.get("IsDeleted"), SfValue::Bool(true)) {
-        return error(
-            StatusCode::NOT_FOUND,
-            "ENTITY_IS_DELETED",
-            "entity is deleted",
-        );
+        return record_error(&RecordError::deleted());
     }
+    Json(record_body(&record, version)).into_response()
+}
+
+/// Every field of a record, as `GET …/sobjects/{type}/{id}` returns it.
+pub(crate) fn record_body(record: &SfRecord, version: &str) -> Value {
+    let object = record.object;
     let mut body = Map::new();
     body.insert(
         "attributes".into(),
         json!({ "type": object.name, "url": format!("/services/data/{version}/sobjects/{}/{}", object.name, record.id()) }),
-    );
+    )
+    ;
     for (field, value) in object.fields.iter().zip(&record.values) {
         body.insert(field.name.into(), value.to_json(field.kind));
     }
-    Json(Value::Object(body)).into_response()
+    Value::Object(body)
+}
+
+/// Runs one write request on a working copy of the overlay and keeps it when `keep` says so.
+/// The write lock is held throughout, so concurrent write requests apply one after another.
+pub(crate) fn with_batch<T>(
+    shared: &Shared,
+    run: impl FnOnce(&mut Batch<'_>) -> T,
+    keep: impl FnOnce(&T) -> bool,
+) -> T {
+    let org = &shared.salesforce;
+    let mut overlay = org.overlay_mut();
+    let mut batch = Batch::new(
+        &shared.funnel,
+        overlay.clone(),
+        shared.clock.now_ms(),
+        org.user_id.clone(),
+    );
+    let outcome = run(&mut batch);
+    if keep(&outcome) {
+        *overlay = batch.overlay;
+    }
+    outcome
+}
+
+fn writable_object(name: &str) -> Option<&'static ObjectDef> {
+    schema::object(name).filter(|object| object.queryable)
+}
+
+/// `POST …/sobjects/{type}`: 201 `{"id", "success": true, "errors": []}`.
+pub(crate) async fn create(
+    State(shared): State<Arc<Shared>>,
+    Path((_, name)): Path<(String, String)>,
+    body: Result<Json<Map<String, Value>>, JsonRejection>,
+) -> Response {
+    let Some(object) = writable_object(&name) else {
+        return not_found();
+    };
+    let body = match body {
+        Ok(Json(body)) => body,
+        Err(rejection) => return json_parser_error(&rejection.body_text()),
+    };
+    let rules = &shared.salesforce.options.validation_rules;
+    let created = with_batch(
+        &shared,
+        |batch| batch.create(object, &body, rules),
+        Result::is_ok,
+    );
+    match created {
+        Ok(id) => (
+            StatusCode::CREATED,
+            Json(json!({ "id": id, "success": true, "errors": [] })),
+        )
+            .into_response(),
+        Err(err) => record_error(&err),
+    }
+}
+
+/// `PATCH …/sobjects/{type}/{id}`: 204 with no body.
+pub(crate) async fn update(
+    State(shared): State<Arc<Shared>>,
+    Path((_, name, id)): Path<(String, String, String)>,
+    body: Result<Json<Map<String, Value>>, JsonRejection>,
+) -> Response {
+    let Some(object) = writable_object(&name) else {
+        return not_found();
+    };
+    let body = match body {
+        Ok(Json(body)) => body,
+        Err(rejection) => return json_parser_error(&rejection.body_text()),
+    };
+    let rules = &shared.salesforce.options.validation_rules;
+    let updated = with_batch(
+        &shared,
+        |batch| batch.update(object, &id, &body, rules),
+        Result::is_ok,
+    );
+    match updated {
+        Ok(_) => StatusCode::NO_CONTENT.into_response(),
+        Err(err) => record_error(&err),
+    }
+}
+
+/// `DELETE …/sobjects/{type}/{id}`: 204.
+pub(crate) async fn delete(
+    State(shared): State<Arc<Shared>>,
+    Path((_, name, id)): Path<(String, String, String)>,
+) -> Response {
+    let Some(object) = writable_object(&name) else {
+        return not_found();
+    };
+    match with_batch(&shared, |batch| batch.delete(object, &id), Result::is_ok) {
+        Ok(_) => StatusCode::NO_CONTENT.into_response(),
+        Err(err) => record_error(&err),
+    }
 }
