@@ -463,3 +463,79 @@ async fn deletes_go_to_the_recycle_bin_except_campaign_members() {
     );
     org.emu.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn replication_endpoints_list_updated_and_deleted_ids_in_a_window() {
+    let org = Org::start().await;
+    let leads = org.open_leads(2).await;
+    org.patch("Lead", &leads[0], json!({"Status": "Nurture"}))
+        .await;
+    org.call(
+        Method::DELETE,
+        &format!("{V}/sobjects/Lead/{}", leads[1]),
+        None,
+    )
+    .await;
+    // The current minute is not covered yet: a later call starting at latestDateCovered is.
+    control(&org.emu, "/__emulator/clock/advance", json!({"by": "2m"})).await;
+    let now = chrono::DateTime::from_timestamp_millis(org.emu.clock().now_ms()).unwrap();
+    let iso = |at: chrono::DateTime<chrono::Utc>| at.format("%Y-%m-%dT%H:%M:%S%:z").to_string();
+    let window = |path: &str, days_back: i64| {
+        let mut address =
+            url::Url::parse(&url(&org.emu, &format!("{V}/sobjects/Lead/{path}/"))).unwrap();
+        address
+            .query_pairs_mut()
+            .append_pair("start", &iso(now - chrono::Duration::days(days_back)))
+            .append_pair("end", &iso(now + chrono::Duration::minutes(5)));
+        address.to_string()
+    };
+    let fetch = |address: String| {
+        let token = org.token.clone();
+        async move {
+            let response = reqwest::Client::new()
+                .get(address)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap();
+            (response.status(), response.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, updated) = fetch(window("updated", 1)).await;
+    assert_eq!(status, StatusCode::OK, "{updated}");
+    let ids: Vec<&str> = updated["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|id| id.as_str().unwrap())
+        .collect();
+    assert!(ids.contains(&leads[0].as_str()), "{updated}");
+    assert!(
+        !ids.contains(&leads[1].as_str()),
+        "deleted ids are not updated ids"
+    );
+    assert!(
+        updated["latestDateCovered"]
+            .as_str()
+            .unwrap()
+            .ends_with(":00.000+0000"),
+        "whole minutes"
+    );
+    let (status, deleted) = fetch(window("deleted", 1)).await;
+    assert_eq!(status, StatusCode::OK, "{deleted}");
+    let records = deleted["deletedRecords"].as_array().unwrap();
+    assert!(
+        records
+            .iter()
+            .any(|r| r["id"] == json!(leads[1]) && r["deletedDate"].is_string()),
+        "{deleted}"
+    );
+    let (status, refused) = fetch(window("deleted", 20)).await;
+    assert_eq!(
+        status,
+        StatusCode::BAD_REQUEST,
+        "deleted reaches back 15 days only"
+    );
+    assert_eq!(error_code(&refused), "INVALID_REPLICATION_DATE");
+    org.emu.stop().await.unwrap();
+}

@@ -220,6 +220,22 @@ pub(crate) fn routes(shared: Arc<Shared>) -> Router<Arc<Shared>> {
             get(sobjects::describe),
         )
         .route(
+            "/services/data/{version}/sobjects/{name}/updated",
+            get(sobjects::updated),
+        )
+        .route(
+            "/services/data/{version}/sobjects/{name}/updated/",
+            get(sobjects::updated),
+        )
+        .route(
+            "/services/data/{version}/sobjects/{name}/deleted",
+            get(sobjects::deleted),
+        )
+        .route(
+            "/services/data/{version}/sobjects/{name}/deleted/",
+            get(sobjects::deleted),
+        )
+        .route(
             "/services/data/{version}/sobjects/{name}",
             post(sobjects::create),
         )

@@ -199,7 +199,7 @@ pub(crate) fn with_batch<T>(
     outcome
 }
 
-fn writable_object(name: &str) -> Option<&'static ObjectDef> {
+fn queryable_object(name: &str) -> Option<&'static ObjectDef> {
     schema::object(name).filter(|object| object.queryable)
 }
 
@@ -209,7 +209,7 @@ pub(crate) async fn create(
     Path((_, name)): Path<(String, String)>,
     body: Result<Json<Map<String, Value>>, JsonRejection>,
 ) -> Response {
-    let Some(object) = writable_object(&name) else {
+    let Some(object) = queryable_object(&name) else {
         return not_found();
     };
     let body = match body {
@@ -238,7 +238,7 @@ pub(crate) async fn update(
     Path((_, name, id)): Path<(String, String, String)>,
     body: Result<Json<Map<String, Value>>, JsonRejection>,
 ) -> Response {
-    let Some(object) = writable_object(&name) else {
+    let Some(object) = queryable_object(&name) else {
         return not_found();
     };
     let body = match body {
@@ -262,11 +262,149 @@ pub(crate) async fn delete(
     State(shared): State<Arc<Shared>>,
     Path((_, name, id)): Path<(String, String, String)>,
 ) -> Response {
-    let Some(object) = writable_object(&name) else {
+    let Some(object) = queryable_object(&name) else {
         return not_found();
     };
     match with_batch(&shared, |batch| batch.delete(object, &id), Result::is_ok) {
         Ok(_) => StatusCode::NO_CONTENT.into_response(),
         Err(err) => record_error(&err),
     }
+}
+
+/// The most ids one replication call returns.
+const REPLICATION_ID_LIMIT: usize = 600_000;
+/// How far back `updated` reaches.
+const UPDATED_WINDOW_MS: i64 = 30 * 86_400_000;
+/// How far back `deleted` reaches (the recycle bin's life).
+const DELETED_WINDOW_MS: i64 = 15 * 86_400_000;
+
+/// `?start=&end=` of the replication endpoints.
+#[derive(serde::Deserialize)]
+pub(crate) struct ReplicationWindow {
+    start: Option<String>,
+    end: Option<String>,
+}
+
+/// A replication window checked as Salesforce checks it, truncated to whole minutes.
+fn replication_window(
+    window: &ReplicationWindow,
+    now: i64,
+    reach_ms: i64,
+) -> Result<(i64, i64), RecordError> {
+    let invalid = |message: String| RecordError::bad("INVALID_REPLICATION_DATE", message, &[]);
+    let parse = |name: &str, value: &Option<String>| -> Result<i64, RecordError> {
+        let text = value.as_deref().ok_or_else(|| {
+            RecordError::bad(
+                "MISSING_ARGUMENT",
+                format!("{name} parameter is required"),
+                &[],
+            )
+        })?;
+        chrono::DateTime::parse_from_rfc3339(text)
+            .or_else(|_| chrono::DateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f%z"))
+            .map(|at| at.timestamp_millis() / 60_000 * 60_000)
+            .map_err(|_| invalid(format!("{name} date is not a valid dateTime: {text}")))
+    };
+    let start = parse("start", &window.start)?;
+    let end = parse("end", &window.end)?.min(now / 60_000 * 60_000);
+    if start > end {
+        return Err(invalid(
+            "start date must chronologically precede end date".into(),
+        ));
+    }
+    if now - start > reach_ms {
+        let days = reach_ms / 86_400_000;
+        return Err(invalid(format!(
+            "startDate cannot be more than {days} days ago"
+        )));
+    }
+    Ok((start, end))
+}
+
+fn modstamp(record: &SfRecord) -> i64 {
+    match record.get("SystemModstamp") {
+        SfValue::DateTime(at) => *at,
+        _ => i64::MIN,
+    }
+}
+
+fn is_deleted(record: &SfRecord) -> bool {
+    matches!(record.get("IsDeleted"), SfValue::Bool(true))
+}
+
+/// `GET …/sobjects/{type}/updated/?start=&end=`: ids whose `SystemModstamp` is in the window.
+pub(crate) async fn updated(
+    State(shared): State<Arc<Shared>>,
+    Path((_, name)): Path<(String, String)>,
+    axum::extract::Query(window): axum::extract::Query<ReplicationWindow>,
+) -> Response {
+    let Some(object) = queryable_object(&name) else {
+        return not_found();
+    };
+    let now = shared.clock.now_ms();
+    let (start, end) = match replication_window(&window, now, UPDATED_WINDOW_MS) {
+        Ok(window) => window,
+        Err(err) => return record_error(&err),
+    };
+    let overlay = shared.salesforce.overlay();
+    let view = OrgView {
+        funnel: &shared.funnel,
+        now,
+        overlay: Some(&overlay),
+    };
+    let ids: Vec<String> = view
+        .scan(object)
+        .map(|(_, record)| record)
+        .filter(|record| !is_deleted(record) && (start..end).contains(&modstamp(record)))
+        .map(|record| record.id().to_string())
+        .collect();
+    if ids.len() > REPLICATION_ID_LIMIT {
+        return exceeded_id_limit();
+    }
+    Json(json!({ "ids": ids, "latestDateCovered": schema::format_datetime(end) })).into_response()
+}
+
+/// `GET …/sobjects/{type}/deleted/?start=&end=`: records deleted in the window.
+pub(crate) async fn deleted(
+    State(shared): State<Arc<Shared>>,
+    Path((_, name)): Path<(String, String)>,
+    axum::extract::Query(window): axum::extract::Query<ReplicationWindow>,
+) -> Response {
+    let Some(object) = queryable_object(&name) else {
+        return not_found();
+    };
+    let now = shared.clock.now_ms();
+    let (start, end) = match replication_window(&window, now, DELETED_WINDOW_MS) {
+        Ok(window) => window,
+        Err(err) => return record_error(&err),
+    };
+    let overlay = shared.salesforce.overlay();
+    let view = OrgView {
+        funnel: &shared.funnel,
+        now,
+        overlay: Some(&overlay),
+    };
+    let deleted: Vec<Value> = view
+        .scan(object)
+        .map(|(_, record)| record)
+        .filter(|record| is_deleted(record) && (start..end).contains(&modstamp(record)))
+        .map(|record| json!({ "id": record.id(), "deletedDate": schema::format_datetime(modstamp(&record)) }))
+        .collect();
+    if deleted.len() > REPLICATION_ID_LIMIT {
+        return exceeded_id_limit();
+    }
+    Json(json!({
+        "deletedRecords": deleted,
+        "earliestDateAvailable": schema::format_datetime((now - DELETED_WINDOW_MS) / 60_000 * 60_000),
+        "latestDateCovered": schema::format_datetime(end),
+    }))
+    .into_response()
+}
+
+fn exceeded_id_limit() -> Response {
+    error(
+        StatusCode::BAD_REQUEST,
+        "EXCEEDED_ID_LIMIT",
+        "too many ids: the window holds more than 600,000 records; use a narrower window",
+    )
 }

@@ -211,7 +211,8 @@ pub(crate) struct RecordError {
 }
 
 impl RecordError {
-    fn bad(code: &'static str, message: impl Into<String>, fields: &[&str]) -> RecordError {
+    /// A 400 error.
+    pub fn bad(code: &'static str, message: impl Into<String>, fields: &[&str]) -> RecordError {
         RecordError {
             status: 400,
             code,
