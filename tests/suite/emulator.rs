@@ -380,3 +380,111 @@ async fn the_control_api_rejects_a_bad_duration_with_a_clear_message() {
     assert_eq!(emu.clock().now_ms(), before);
     emu.stop().await.unwrap();
 }
+
+const JWT_PRIVATE_KEY: &str = include_str!("../fixtures/jwt-test-private.pem");
+const JWT_PUBLIC_KEY: &str = include_str!("../fixtures/jwt-test-public.pem");
+const JWT_USER: &str = "integration.user0@pipewarden-demo.example.com";
+
+/// An RS256 assertion as a JWT bearer client signs it, expiring `expires_in_s` after the
+/// emulator's simulated now.
+fn assertion(emu: &RunningEmulator, iss: &str, sub: &str, aud: &str, expires_in_s: i64) -> String {
+    let claims = json!({
+        "iss": iss,
+        "sub": sub,
+        "aud": aud,
+        "exp": emu.clock().now_ms() / 1000 + expires_in_s,
+    });
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(JWT_PRIVATE_KEY.as_bytes()).unwrap();
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256),
+        &claims,
+        &key,
+    )
+    .unwrap()
+}
+
+async fn jwt_login(emu: &RunningEmulator, assertion: &str) -> (StatusCode, Value) {
+    token(
+        emu,
+        &[
+            ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"),
+            ("assertion", assertion),
+        ],
+    )
+    .await
+}
+
+#[tokio::test]
+async fn the_jwt_bearer_grant_checks_signature_issuer_audience_expiry_and_user() {
+    let emu = start(SalesforceOptions {
+        jwt_public_key_pem: Some(JWT_PUBLIC_KEY.to_string()),
+        ..SalesforceOptions::default()
+    })
+    .await;
+    let login = "https://login.salesforce.com";
+    let good = assertion(&emu, CLIENT_ID, JWT_USER, login, 180);
+    let (status, body) = jwt_login(&emu, &good).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(
+        body.get("refresh_token").is_none(),
+        "the JWT flow issues no refresh token"
+    );
+    let session = body["access_token"].as_str().unwrap();
+    let limits = get(&emu, "/services/data/v62.0/limits", session).await;
+    assert_eq!(limits.status(), StatusCode::OK, "the session works");
+
+    // Another user's claims under this assertion's signature.
+    let other = assertion(&emu, CLIENT_ID, "other@example.com", login, 180);
+    let signature = good.rsplit('.').next().unwrap();
+    let claims = other.rsplit_once('.').unwrap().0;
+    let tampered = format!("{claims}.{signature}");
+    let cases = [
+        (tampered, "invalid_grant", "invalid assertion"),
+        (
+            assertion(&emu, CLIENT_ID, JWT_USER, login, -10),
+            "invalid_grant",
+            "invalid assertion",
+        ),
+        (
+            assertion(&emu, CLIENT_ID, JWT_USER, "https://example.com", 180),
+            "invalid_grant",
+            "audience is invalid",
+        ),
+        (
+            assertion(&emu, "someone-else", JWT_USER, login, 180),
+            "invalid_client_id",
+            "client identifier invalid",
+        ),
+        (
+            assertion(&emu, CLIENT_ID, "intruder@example.com", login, 180),
+            "invalid_grant",
+            "user hasn't approved this consumer",
+        ),
+    ];
+    for (assertion, error, description) in cases {
+        let (status, body) = jwt_login(&emu, &assertion).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(body["error"], error, "{body}");
+        assert_eq!(body["error_description"], description, "{body}");
+    }
+    emu.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn without_a_certificate_the_org_refuses_the_jwt_grant() {
+    let emu = start(SalesforceOptions::default()).await;
+    let signed = assertion(
+        &emu,
+        CLIENT_ID,
+        JWT_USER,
+        "https://login.salesforce.com",
+        180,
+    );
+    let (status, body) = jwt_login(&emu, &signed).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        body["error_description"],
+        "user hasn't approved this consumer"
+    );
+    emu.stop().await.unwrap();
+}

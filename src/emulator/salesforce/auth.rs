@@ -17,6 +17,9 @@ use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+
 use super::{error, OrgState};
 use crate::emulator::Shared;
 use crate::record::Millis;
@@ -102,11 +105,82 @@ pub(crate) async fn token(
             }
             issue(&shared, None, "api")
         }
-        // The JWT bearer grant needs the org's certificate for the connected app; this emulator
-        // does not hold one yet, so it refuses the grant as an org without it configured would.
-        Some(JWT_BEARER) => token_error("invalid_grant", "user hasn't approved this consumer"),
+        Some(JWT_BEARER) => jwt_bearer(&shared, field("assertion").as_deref()),
         Some(_) => token_error("unsupported_grant_type", "grant type not supported"),
     }
+}
+
+/// The claims Salesforce reads from a JWT bearer assertion.
+#[derive(Deserialize)]
+struct Assertion {
+    iss: String,
+    sub: String,
+    aud: Audience,
+    exp: i64,
+}
+
+/// `aud` may be one string or a list of them.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Audience {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Audience {
+    fn contains(&self, wanted: &[&str]) -> bool {
+        let matches = |aud: &String| wanted.contains(&aud.trim_end_matches('/'));
+        match self {
+            Audience::One(aud) => matches(aud),
+            Audience::Many(auds) => auds.iter().any(matches),
+        }
+    }
+}
+
+/// The JWT bearer grant: an RS256 assertion signed with the key whose certificate the connected
+/// app holds, for the user the app is pre-authorized for.
+fn jwt_bearer(shared: &Shared, assertion: Option<&str>) -> Response {
+    let org = &shared.salesforce;
+    let invalid_grant = |description: &str| token_error("invalid_grant", description);
+    // Without a certificate on the connected app, no user can have approved it for JWT.
+    let Some(public_key) = &org.options.jwt_public_key_pem else {
+        return invalid_grant("user hasn't approved this consumer");
+    };
+    let Some(claims) = assertion.and_then(|assertion| verify_assertion(assertion, public_key))
+    else {
+        return invalid_grant("invalid assertion");
+    };
+    if claims.iss != org.options.client_id {
+        return Refusal::UnknownClient.into_response();
+    }
+    let own = shared.base_url.as_str().trim_end_matches('/');
+    if !claims.aud.contains(&[
+        "https://login.salesforce.com",
+        "https://test.salesforce.com",
+        own,
+    ]) {
+        return invalid_grant("audience is invalid");
+    }
+    if claims.exp.saturating_mul(1000) < shared.clock.now_ms() {
+        return invalid_grant("invalid assertion");
+    }
+    if claims.sub != org.options.jwt_username {
+        return invalid_grant("user hasn't approved this consumer");
+    }
+    issue(shared, None, "api")
+}
+
+/// The assertion's claims if its RS256 signature verifies with `public_key_pem`. Expiry is
+/// checked by the caller against simulated time, not here against the wall clock.
+fn verify_assertion(assertion: &str, public_key_pem: &str) -> Option<Assertion> {
+    let key = DecodingKey::from_rsa_pem(public_key_pem.as_bytes()).ok()?;
+    let mut validation = Validation::new(Algorithm::RS256);
+    validation.validate_exp = false;
+    validation.validate_aud = false;
+    validation.required_spec_claims.clear();
+    jsonwebtoken::decode::<Assertion>(assertion, &key, &validation)
+        .ok()
+        .map(|data| data.claims)
 }
 
 fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {

@@ -51,6 +51,11 @@ pub struct SalesforceOptions {
     pub refresh_token: String,
     /// Issue a new refresh token on every refresh and revoke the old one.
     pub rotate_refresh_tokens: bool,
+    /// PEM public key of the certificate the connected app holds for the JWT bearer grant;
+    /// without one the org refuses that grant.
+    pub jwt_public_key_pem: Option<String>,
+    /// The user the connected app is pre-authorized for (the JWT `sub`).
+    pub jwt_username: String,
     /// Inactivity after which an access token stops working (org default: 2 hours).
     pub session_timeout: Duration,
     /// Rolling 24-hour API allocation (Developer Edition: 15,000).
@@ -70,6 +75,8 @@ impl Default for SalesforceOptions {
             client_secret: "emulator-demo-client-secret".to_string(),
             refresh_token: "emulator-demo-refresh-token".to_string(),
             rotate_refresh_tokens: false,
+            jwt_public_key_pem: None,
+            jwt_username: records::INTEGRATION_USERNAME.to_string(),
             session_timeout: Duration::from_secs(2 * 3600),
             daily_api_limit: 15_000,
             query_timeout_rows: 500_000,

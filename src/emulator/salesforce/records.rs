@@ -31,6 +31,9 @@ const SYSTEM_USERS: &[(&str, &str, &str)] = &[
     ("Dana", "Admin", "Operations"),
 ];
 
+/// Username of the integration user pipewarden's sessions run as (user number 0).
+pub(crate) const INTEGRATION_USERNAME: &str = "integration.user0@pipewarden-demo.example.com";
+
 /// One stage of the default sales process.
 pub(crate) struct StageDef {
     /// API name and label.
