@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::extract::rejection::JsonRejection;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
@@ -15,6 +16,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::faults::FaultRule;
 use super::Shared;
 
 pub(crate) fn routes() -> Router<Arc<Shared>> {
@@ -26,6 +28,10 @@ pub(crate) fn routes() -> Router<Arc<Shared>> {
             post(expire_sessions),
         )
         .route("/__emulator/salesforce/api-usage", post(set_api_usage))
+        .route(
+            "/__emulator/faults",
+            get(faults).put(set_faults).delete(clear_faults),
+        )
         .layer(middleware::from_fn(loopback_only))
 }
 
@@ -94,4 +100,37 @@ async fn set_api_usage(
     Json(
         json!({ "used": shared.salesforce.api_usage(now), "max": shared.salesforce.options.daily_api_limit }),
     )
+}
+
+/// `{"faults": [rule, ...]}`: the fault rules in force, with their counters.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FaultPlan {
+    faults: Vec<FaultRule>,
+}
+
+async fn faults(State(shared): State<Arc<Shared>>) -> Json<Value> {
+    Json(json!({ "faults": shared.faults.rules() }))
+}
+
+async fn set_faults(
+    State(shared): State<Arc<Shared>>,
+    body: Result<Json<FaultPlan>, JsonRejection>,
+) -> Response {
+    match body {
+        Ok(Json(plan)) => {
+            shared.faults.set(plan.faults);
+            Json(json!({ "faults": shared.faults.rules() })).into_response()
+        }
+        Err(rejection) => (
+            StatusCode::BAD_REQUEST,
+            Json(json!({ "error": format!("fault plan: {}", rejection.body_text()) })),
+        )
+            .into_response(),
+    }
+}
+
+async fn clear_faults(State(shared): State<Arc<Shared>>) -> Json<Value> {
+    shared.faults.set(Vec::new());
+    Json(json!({ "faults": [] }))
 }

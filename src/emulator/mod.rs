@@ -13,6 +13,7 @@
 
 mod clock;
 mod control;
+mod faults;
 pub mod funnel;
 mod salesforce;
 
@@ -26,6 +27,7 @@ use tokio::task::JoinHandle;
 use url::Url;
 
 pub use clock::{SimClock, DEFAULT_START_MS};
+pub use faults::{FaultKind, FaultRule, FaultTarget};
 pub use funnel::{Funnel, Scale};
 pub use salesforce::SalesforceOptions;
 
@@ -58,6 +60,7 @@ pub(crate) struct Shared {
     pub base_url: Url,
     pub clock: SimClock,
     pub funnel: Funnel,
+    pub faults: faults::Faults,
     pub salesforce: salesforce::OrgState,
 }
 
@@ -100,6 +103,7 @@ pub async fn start(
         base_url: base_url.clone(),
         clock: SimClock::starting_at(options.start_ms),
         funnel: Funnel::new(options.seed, options.scale.shape(), options.start_ms),
+        faults: faults::Faults::new(options.seed),
         salesforce: salesforce::OrgState::new(options.seed, options.salesforce),
     });
     let app = router(shared.clone()).into_make_service_with_connect_info::<SocketAddr>();
@@ -121,8 +125,14 @@ pub async fn start(
 }
 
 fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
+    // Faults sit in front of both CRMs but never of the control API that sets them.
+    let crms = Router::new()
         .merge(salesforce::routes(shared.clone()))
-        .merge(control::routes())
-        .with_state(shared)
+        // A fallback before the layer, so faults can target any path, served or not.
+        .fallback(|| async { axum::http::StatusCode::NOT_FOUND })
+        .layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            faults::inject,
+        ));
+    crms.merge(control::routes()).with_state(shared)
 }
