@@ -32,6 +32,7 @@ pub(crate) fn routes() -> Router<Arc<Shared>> {
             "/__emulator/faults",
             get(faults).put(set_faults).delete(clear_faults),
         )
+        .merge(super::salesforce::control_routes())
         .layer(middleware::from_fn(loopback_only))
 }
 

@@ -539,3 +539,126 @@ async fn replication_endpoints_list_updated_and_deleted_ids_in_a_window() {
     assert_eq!(error_code(&refused), "INVALID_REPLICATION_DATE");
     org.emu.stop().await.unwrap();
 }
+
+async fn script(org: &Org, changes: Value) -> (StatusCode, Value) {
+    let response = reqwest::Client::new()
+        .post(url(&org.emu, "/__emulator/salesforce/changes"))
+        .json(&json!({ "changes": changes }))
+        .send()
+        .await
+        .unwrap();
+    (response.status(), response.json().await.unwrap())
+}
+
+async fn truth(org: &Org, path: &str) -> Value {
+    reqwest::get(url(
+        &org.emu,
+        &format!("/__emulator/salesforce/truth/{path}"),
+    ))
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn scripted_changes_act_as_reps_and_ground_truth_lists_every_version() {
+    let org = Org::start().await;
+    let opportunity = org.open_opportunity().await;
+    let users = org.ids("SELECT Id FROM User ORDER BY Id").await;
+    let rep_two = &users[3 + 2];
+    let (status, body) = script(
+        &org,
+        json!([{"object": "Opportunity", "id": opportunity, "set": {"StageName": "Closed Lost"}, "by": {"kind": "rep", "number": 2}}]),
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "a rep's move skips API validation rules: {body}"
+    );
+    assert_eq!(body["ids"], json!([opportunity]));
+    let (_, record) = org.get("Opportunity", &opportunity).await;
+    assert_eq!(record["LastModifiedById"], json!(rep_two));
+    let history = org
+        .query("query", &format!("SELECT CreatedById FROM OpportunityHistory WHERE OpportunityId = '{opportunity}' ORDER BY CreatedDate DESC LIMIT 1"))
+        .await;
+    assert_eq!(history["records"][0]["CreatedById"], json!(rep_two));
+
+    let truth = truth(&org, &format!("Opportunity/{opportunity}")).await;
+    let versions = truth["versions"].as_array().unwrap();
+    assert!(versions.len() >= 2, "{truth}");
+    assert_eq!(versions[0]["at"], versions[0]["record"]["CreatedDate"]);
+    assert_eq!(
+        versions.last().unwrap()["record"]["StageName"],
+        "Closed Lost"
+    );
+    let stamps: Vec<&str> = versions.iter().map(|v| v["at"].as_str().unwrap()).collect();
+    assert!(
+        stamps.windows(2).all(|pair| pair[0] < pair[1]),
+        "{stamps:?}"
+    );
+    org.emu.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn scripted_merges_leave_the_loser_in_the_bin_and_bad_scripts_change_nothing() {
+    let org = Org::start().await;
+    let leads = org.open_leads(2).await;
+    let (status, body) = script(
+        &org,
+        json!([{"object": "Lead", "id": leads[1], "merge_into": leads[0]}]),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let loser = org
+        .query(
+            "queryAll",
+            &format!(
+                "SELECT IsDeleted, MasterRecordId FROM Lead WHERE Id = '{}'",
+                leads[1]
+            ),
+        )
+        .await;
+    assert_eq!(loser["records"][0]["IsDeleted"], json!(true));
+    assert_eq!(loser["records"][0]["MasterRecordId"], json!(leads[0]));
+
+    let (status, body) = script(
+        &org,
+        json!([
+            {"object": "Lead", "id": leads[0], "set": {"Status": "Nurture"}},
+            {"object": "Lead", "id": leads[0], "set": {"Shoe_Size__c": 44}},
+        ]),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("change 1: INVALID_FIELD"),
+        "{body}"
+    );
+    let (_, master) = org.get("Lead", &leads[0]).await;
+    assert_ne!(
+        master["Status"], "Nurture",
+        "a failing script applies nothing"
+    );
+    org.emu.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn object_ground_truth_covers_every_record_query_all_sees() {
+    let org = Org::start().await;
+    let truth = truth(&org, "Opportunity").await;
+    let all = org
+        .query("queryAll", "SELECT COUNT() FROM Opportunity")
+        .await;
+    let records = truth["records"].as_array().unwrap();
+    assert_eq!(records.len() as u64, all["totalSize"].as_u64().unwrap());
+    assert!(records
+        .iter()
+        .all(|r| !r["versions"].as_array().unwrap().is_empty()));
+    org.emu.stop().await.unwrap();
+}

@@ -11,6 +11,7 @@ mod ids;
 mod query;
 mod records;
 mod schema;
+mod script;
 mod sobjects;
 mod soql;
 mod writes;
@@ -201,6 +202,11 @@ pub(crate) fn not_found() -> Response {
         "NOT_FOUND",
         "The requested resource does not exist",
     )
+}
+
+/// The Salesforce part of the control API (scripted changes, ground truth).
+pub(crate) fn control_routes() -> Router<Arc<Shared>> {
+    script::routes()
 }
 
 pub(crate) fn routes(shared: Arc<Shared>) -> Router<Arc<Shared>> {

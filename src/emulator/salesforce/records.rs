@@ -353,6 +353,66 @@ impl OrgView<'_> {
         rows
     }
 
+    /// The instants record `number` changed at up to now: creation, each generated step before
+    /// its first client write, then each write. Ground truth reads a version at each.
+    pub fn change_times(&self, object: &'static ObjectDef, number: u64) -> Vec<Millis> {
+        let entry = self.entry(object.name, number);
+        let freeze = entry.and_then(Entry::freeze_at).unwrap_or(Millis::MAX);
+        let mut times: Vec<Millis> = match entry.and_then(|entry| entry.created.as_ref()) {
+            Some(created) => match created.get("CreatedDate") {
+                SfValue::DateTime(at) => vec![*at],
+                _ => Vec::new(),
+            },
+            None => self.generated_change_times(object, number),
+        };
+        times.retain(|at| *at < freeze && *at <= self.now);
+        if let Some(entry) = entry {
+            times.extend(
+                entry
+                    .writes
+                    .iter()
+                    .map(|write| write.at)
+                    .filter(|at| *at <= self.now),
+            );
+        }
+        times.sort_unstable();
+        times.dedup();
+        times
+    }
+
+    fn generated_change_times(&self, object: &'static ObjectDef, number: u64) -> Vec<Millis> {
+        match object.name {
+            "Opportunity" => self.funnel.deal(number).map_or_else(Vec::new, |deal| {
+                std::iter::once(deal.created_at)
+                    .chain(deal.steps.iter().map(|step| step.at))
+                    .collect()
+            }),
+            "Lead" | "CampaignMember" => {
+                let lead = self.funnel.lead(number);
+                std::iter::once(lead.created_at)
+                    .chain(lead.steps.iter().map(|step| step.at))
+                    .collect()
+            }
+            "Account" | "Contact" => {
+                let account = self.funnel.account(number);
+                std::iter::once(account.created_at)
+                    .chain(account.resegmented.map(|(at, _)| at))
+                    .collect()
+            }
+            _ => self
+                .generated_record_created(object, number)
+                .into_iter()
+                .collect(),
+        }
+    }
+
+    fn generated_record_created(&self, object: &'static ObjectDef, number: u64) -> Option<Millis> {
+        match self.generated_record(object, number)?.get("CreatedDate") {
+            SfValue::DateTime(at) => Some(*at),
+            _ => None,
+        }
+    }
+
     /// Whether the generated campaign membership of a lead links these two ids.
     pub fn is_generated_member(&self, campaign_id: &str, person_id: &str) -> bool {
         let (Some((_, campaign)), Some((prefix, lead))) =

@@ -534,6 +534,11 @@ impl<'f> Batch<'f> {
         }
     }
 
+    /// Makes the following writes as user `by` (scripted changes by reps and automations).
+    pub fn act_as(&mut self, by: String) {
+        self.by = by;
+    }
+
     /// The org as this batch sees it: earlier writes of the same request included.
     pub fn view(&self) -> OrgView<'_> {
         OrgView {
@@ -684,6 +689,37 @@ impl<'f> Batch<'f> {
         };
         self.overlay.record_write(object, number, write);
         Ok(before.id().to_string())
+    }
+}
+
+impl Batch<'_> {
+    /// Merges `losers` into `master`, as the merge wizard does: each loser goes to the
+    /// recycle bin carrying `MasterRecordId`.
+    pub fn merge(
+        &mut self,
+        object: &'static ObjectDef,
+        master: &str,
+        losers: &[String],
+    ) -> Result<String, RecordError> {
+        let master_record = locate(&self.view(), object, master)?.1;
+        let master_field = object.field_index("MasterRecordId").ok_or_else(|| {
+            RecordError::bad(
+                "INVALID_TYPE_FOR_OPERATION",
+                format!("entity type {} does not support merge", object.name),
+                &[],
+            )
+        })?;
+        for loser in losers {
+            let (number, _) = locate(&self.view(), object, loser)?;
+            let write = Write {
+                at: self.at,
+                by: self.by.clone(),
+                values: vec![(master_field, SfValue::Text(master_record.id().to_string()))],
+                delete: true,
+            };
+            self.overlay.record_write(object, number, write);
+        }
+        Ok(master_record.id().to_string())
     }
 }
 
