@@ -426,3 +426,124 @@ async fn describe_and_record_reads_follow_the_schema() {
     assert_eq!(error_code(&body), "NOT_FOUND");
     emu.stop().await.unwrap();
 }
+
+async fn bulk(
+    emu: &RunningEmulator,
+    token: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> reqwest::Response {
+    let mut request = reqwest::Client::new()
+        .request(method, url(emu, &format!("{V}/jobs/query{path}")))
+        .bearer_auth(token);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    request.send().await.unwrap()
+}
+
+#[tokio::test]
+async fn bulk_query_jobs_poll_to_completion_and_page_csv_by_locator() {
+    use reqwest::Method;
+    let emu = start(Scale::Small, SalesforceOptions::default()).await;
+    let token = access_token(&emu).await;
+    let text = "SELECT Id, Name, StageName, Owner.Name FROM Opportunity";
+    let created: Value = bulk(
+        &emu,
+        &token,
+        Method::POST,
+        "",
+        Some(json!({"operation": "queryAll", "query": text})),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(created["state"], "UploadComplete", "{created}");
+    assert_eq!(created["object"], "Opportunity");
+    let job = created["id"].as_str().unwrap().to_string();
+    assert!(job.starts_with("750"));
+    let early = bulk(&emu, &token, Method::GET, &format!("/{job}/results"), None).await;
+    assert_eq!(
+        early.status(),
+        StatusCode::BAD_REQUEST,
+        "no results before the job completes"
+    );
+    let mut states = Vec::new();
+    for _ in 0..2 {
+        let info: Value = bulk(&emu, &token, Method::GET, &format!("/{job}"), None)
+            .await
+            .json()
+            .await
+            .unwrap();
+        states.push(info["state"].as_str().unwrap().to_string());
+    }
+    assert_eq!(states, ["InProgress", "JobComplete"]);
+
+    let mut locator: Option<String> = None;
+    let mut rows = 0;
+    let mut chunks = 0;
+    loop {
+        let query = match &locator {
+            Some(locator) => format!("/{job}/results?maxRecords=2000&locator={locator}"),
+            None => format!("/{job}/results?maxRecords=2000"),
+        };
+        let response = bulk(&emu, &token, Method::GET, &query, None).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let next = response.headers()["Sforce-Locator"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        let count: usize = response.headers()["Sforce-NumberOfRecords"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let csv = response.text().await.unwrap();
+        let mut lines = csv.lines();
+        assert_eq!(
+            lines.next(),
+            Some("\"Id\",\"Name\",\"StageName\",\"Owner.Name\"")
+        );
+        assert_eq!(lines.count(), count);
+        rows += count;
+        chunks += 1;
+        if next == "null" {
+            break;
+        }
+        locator = Some(next);
+    }
+    let (_, all) = soql(
+        &emu,
+        &token,
+        "queryAll",
+        "SELECT COUNT() FROM Opportunity",
+        None,
+    )
+    .await;
+    assert_eq!(
+        rows as u64,
+        all["totalSize"].as_u64().unwrap(),
+        "a queryAll job holds every row"
+    );
+    assert!(chunks > 1, "small has more than 2,000 opportunities");
+
+    let deleted = bulk(&emu, &token, Method::DELETE, &format!("/{job}"), None).await;
+    assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
+    let gone = bulk(&emu, &token, Method::GET, &format!("/{job}"), None).await;
+    assert_eq!(gone.status(), StatusCode::NOT_FOUND);
+    let refused: Value = bulk(
+        &emu,
+        &token,
+        Method::POST,
+        "",
+        Some(json!({"operation": "query", "query": "SELECT COUNT() FROM Lead"})),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(error_code(&refused), "INVALIDJOB");
+    emu.stop().await.unwrap();
+}

@@ -6,6 +6,7 @@
 //! `Sforce-Limit-Info: api-usage=N/M`.
 
 mod auth;
+mod bulk;
 mod composite;
 mod ids;
 mod query;
@@ -95,6 +96,7 @@ pub(crate) struct OrgState {
     pub user_id: String,
     inner: Mutex<OrgInner>,
     cursors: Mutex<query::Cursors>,
+    jobs: Mutex<bulk::Jobs>,
     /// Client writes; queries hold a read lock, a write request the write lock throughout.
     overlay: RwLock<Overlay>,
 }
@@ -121,6 +123,7 @@ impl OrgState {
             user_id: records::user_id(Actor::Integration),
             inner: Mutex::new(inner),
             cursors: Mutex::default(),
+            jobs: Mutex::default(),
             overlay: RwLock::default(),
         }
     }
@@ -275,6 +278,18 @@ pub(crate) fn routes(shared: Arc<Shared>) -> Router<Arc<Shared>> {
         .route(
             "/services/data/{version}/composite/",
             post(composite::composite),
+        )
+        .route(
+            "/services/data/{version}/jobs/query",
+            post(bulk::create).get(bulk::list),
+        )
+        .route(
+            "/services/data/{version}/jobs/query/{id}",
+            get(bulk::status).patch(bulk::abort).delete(bulk::delete),
+        )
+        .route(
+            "/services/data/{version}/jobs/query/{id}/results",
+            get(bulk::results),
         )
         .route("/services/data/{version}/query", get(query::query))
         .route("/services/data/{version}/query/", get(query::query))

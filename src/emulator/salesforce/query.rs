@@ -73,7 +73,7 @@ pub(crate) struct QueryText {
 }
 
 /// Resolves lookups through the org as it was when the query ran.
-struct ViewResolver<'a>(&'a OrgView<'a>);
+pub(crate) struct ViewResolver<'a>(pub &'a OrgView<'a>);
 
 impl Resolver for ViewResolver<'_> {
     fn parent(&self, reference: &FieldDef, id: &str) -> Option<SfRecord> {
@@ -232,7 +232,7 @@ fn run_query(
 }
 
 /// Rows matching the query, ordered and cut by ORDER BY, OFFSET and LIMIT.
-fn evaluate(
+pub(crate) fn evaluate(
     shared: &Shared,
     view: &OrgView<'_>,
     parsed: &soql::Query,

@@ -1,0 +1,371 @@
+//! Bulk API 2.0 query jobs: create, poll, read CSV results by locator, abort, delete.
+//!
+//! A job evaluates its query when created (a snapshot, as Salesforce's are) and keeps only
+//! the matched record numbers; result chunks are rebuilt as of that instant. Each status poll
+//! moves the job one state on (UploadComplete → InProgress → JobComplete), so clients exercise
+//! their polling loop without waiting on a clock: the second poll finds it complete.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query as QueryParams, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use base64::Engine;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::error;
+use super::ids::sf_id;
+use super::query::{evaluate, ViewResolver};
+use super::records::OrgView;
+use super::schema::{self, FieldType, SfRecord, SfValue};
+use super::soql::{self, FieldPath, Selection};
+use crate::emulator::Shared;
+use crate::record::Millis;
+
+/// Records per results chunk unless the client asks for fewer with `maxRecords`.
+const DEFAULT_CHUNK: usize = 50_000;
+/// Key prefix of bulk jobs.
+const JOB_PREFIX: &str = "750";
+
+/// The org's bulk query jobs.
+#[derive(Default)]
+pub(crate) struct Jobs {
+    by_id: HashMap<String, Job>,
+    issued: u64,
+}
+
+struct Job {
+    id: String,
+    operation: &'static str,
+    created_at: Millis,
+    created_by: String,
+    state: &'static str,
+    query: Arc<soql::Query>,
+    numbers: Arc<Vec<u64>>,
+}
+
+impl Job {
+    fn info(&self) -> Value {
+        let done = self.state == "JobComplete";
+        json!({
+            "id": self.id,
+            "operation": self.operation,
+            "object": self.query.object.name,
+            "createdById": self.created_by,
+            "createdDate": schema::format_datetime(self.created_at),
+            "systemModstamp": schema::format_datetime(self.created_at),
+            "state": self.state,
+            "concurrencyMode": "Parallel",
+            "contentType": "CSV",
+            "apiVersion": 62.0,
+            "jobType": "V2Query",
+            "lineEnding": "LF",
+            "columnDelimiter": "COMMA",
+            "numberRecordsProcessed": if done { self.numbers.len() } else { 0 },
+            "retries": 0,
+            "totalProcessingTime": if done { 1_000 } else { 0 },
+        })
+    }
+}
+
+fn lock(jobs: &Mutex<Jobs>) -> MutexGuard<'_, Jobs> {
+    jobs.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The body of `POST …/jobs/query`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct CreateJob {
+    operation: String,
+    query: String,
+    #[serde(default)]
+    content_type: Option<String>,
+    #[serde(default)]
+    column_delimiter: Option<String>,
+    #[serde(default)]
+    line_ending: Option<String>,
+}
+
+fn invalid_job(message: &str) -> Response {
+    error(StatusCode::BAD_REQUEST, "INVALIDJOB", message)
+}
+
+/// `POST …/jobs/query`: evaluates the query and registers the job.
+pub(crate) async fn create(
+    State(shared): State<Arc<Shared>>,
+    body: Result<Json<CreateJob>, JsonRejection>,
+) -> Response {
+    let request = match body {
+        Ok(Json(request)) => request,
+        Err(rejection) => return super::composite::json_parser_error(&rejection.body_text()),
+    };
+    let operation = match request.operation.as_str() {
+        "query" => "query",
+        "queryAll" => "queryAll",
+        other => return invalid_job(&format!("Invalid operation: {other}")),
+    };
+    let unsupported = [
+        (request.content_type.as_deref(), "CSV", "contentType"),
+        (
+            request.column_delimiter.as_deref(),
+            "COMMA",
+            "columnDelimiter",
+        ),
+        (request.line_ending.as_deref(), "LF", "lineEnding"),
+    ];
+    for (given, served, name) in unsupported {
+        if given.is_some_and(|given| given != served) {
+            return invalid_job(&format!(
+                "{name} {} is not supported by this org",
+                given.unwrap_or_default()
+            ));
+        }
+    }
+    let now = shared.clock.now_ms();
+    let parsed = match soql::parse(&request.query, now) {
+        Ok(parsed) => parsed,
+        Err(err) => return error(StatusCode::BAD_REQUEST, err.code, &err.message),
+    };
+    if matches!(parsed.select, Selection::Count) || parsed.offset.is_some() {
+        return invalid_job(
+            "Aggregate queries and OFFSET are not supported by Bulk API 2.0 query jobs",
+        );
+    }
+    let numbers = {
+        let overlay = shared.salesforce.overlay();
+        let view = OrgView {
+            funnel: &shared.funnel,
+            now,
+            overlay: Some(&overlay),
+        };
+        match evaluate(&shared, &view, &parsed, operation == "queryAll") {
+            Ok(matched) => matched.into_iter().map(|(number, _)| number).collect(),
+            Err(response) => return *response,
+        }
+    };
+    let mut jobs = lock(&shared.salesforce.jobs);
+    jobs.issued += 1;
+    let id = sf_id(JOB_PREFIX, jobs.issued);
+    let job = Job {
+        id: id.clone(),
+        operation,
+        created_at: now,
+        created_by: shared.salesforce.user_id.clone(),
+        state: "UploadComplete",
+        query: Arc::new(parsed),
+        numbers: Arc::new(numbers),
+    };
+    let info = job.info();
+    jobs.by_id.insert(id, job);
+    Json(info).into_response()
+}
+
+fn job_not_found() -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "NOT_FOUND",
+        "The requested resource does not exist",
+    )
+}
+
+/// `GET …/jobs/query/{id}`: the job's state, one step further than at the last poll.
+pub(crate) async fn status(
+    State(shared): State<Arc<Shared>>,
+    Path((_, id)): Path<(String, String)>,
+) -> Response {
+    let mut jobs = lock(&shared.salesforce.jobs);
+    let Some(job) = jobs.by_id.get_mut(&id) else {
+        return job_not_found();
+    };
+    job.state = match job.state {
+        "UploadComplete" => "InProgress",
+        "InProgress" => "JobComplete",
+        settled => settled,
+    };
+    Json(job.info()).into_response()
+}
+
+/// `GET …/jobs/query`: every job.
+pub(crate) async fn list(State(shared): State<Arc<Shared>>) -> Json<Value> {
+    let jobs = lock(&shared.salesforce.jobs);
+    let mut records: Vec<&Job> = jobs.by_id.values().collect();
+    records.sort_by(|a, b| a.id.cmp(&b.id));
+    let records: Vec<Value> = records.iter().map(|job| job.info()).collect();
+    Json(json!({ "done": true, "records": records, "nextRecordsUrl": null }))
+}
+
+/// `{"state": "Aborted"}` of a job update.
+#[derive(Deserialize)]
+pub(crate) struct Abort {
+    state: String,
+}
+
+/// `PATCH …/jobs/query/{id}`: abort.
+pub(crate) async fn abort(
+    State(shared): State<Arc<Shared>>,
+    Path((_, id)): Path<(String, String)>,
+    body: Result<Json<Abort>, JsonRejection>,
+) -> Response {
+    let Ok(Json(body)) = body else {
+        return invalid_job("The only job update is {\"state\": \"Aborted\"}");
+    };
+    if body.state != "Aborted" {
+        return invalid_job(&format!("Invalid state: {}", body.state));
+    }
+    let mut jobs = lock(&shared.salesforce.jobs);
+    let Some(job) = jobs.by_id.get_mut(&id) else {
+        return job_not_found();
+    };
+    if job.state == "JobComplete" {
+        return invalid_job("Job is already complete");
+    }
+    job.state = "Aborted";
+    Json(job.info()).into_response()
+}
+
+/// `DELETE …/jobs/query/{id}`.
+pub(crate) async fn delete(
+    State(shared): State<Arc<Shared>>,
+    Path((_, id)): Path<(String, String)>,
+) -> Response {
+    match lock(&shared.salesforce.jobs).by_id.remove(&id) {
+        Some(_) => StatusCode::NO_CONTENT.into_response(),
+        None => job_not_found(),
+    }
+}
+
+/// `?locator=&maxRecords=` of a results request.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ResultsPage {
+    locator: Option<String>,
+    max_records: Option<usize>,
+}
+
+/// `GET …/jobs/query/{id}/results`: one CSV chunk, `Sforce-Locator` naming the next (or `null`).
+pub(crate) async fn results(
+    State(shared): State<Arc<Shared>>,
+    Path((_, id)): Path<(String, String)>,
+    QueryParams(page): QueryParams<ResultsPage>,
+) -> Response {
+    let (query, numbers, as_of) = {
+        let jobs = lock(&shared.salesforce.jobs);
+        let Some(job) = jobs.by_id.get(&id) else {
+            return job_not_found();
+        };
+        if job.state != "JobComplete" {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "API_ERROR",
+                &format!("Job {id} is not complete: its state is {}", job.state),
+            );
+        }
+        (job.query.clone(), job.numbers.clone(), job.created_at)
+    };
+    let offset = match page
+        .locator
+        .as_deref()
+        .filter(|l| !l.is_empty() && *l != "null")
+    {
+        None => 0,
+        Some(locator) => match decode_locator(locator) {
+            Some(offset) if offset <= numbers.len() => offset,
+            _ => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "INVALID_LOCATOR",
+                    "Invalid locator",
+                )
+            }
+        },
+    };
+    let chunk = page
+        .max_records
+        .unwrap_or(DEFAULT_CHUNK)
+        .clamp(1, DEFAULT_CHUNK);
+    let end = (offset + chunk).min(numbers.len());
+    let overlay = shared.salesforce.overlay();
+    let view = OrgView {
+        funnel: &shared.funnel,
+        now: as_of,
+        overlay: Some(&overlay),
+    };
+    let Selection::Fields(paths) = &query.select else {
+        return invalid_job("Aggregate queries are not supported by Bulk API 2.0 query jobs");
+    };
+    let rows: Vec<SfRecord> = numbers[offset..end]
+        .iter()
+        .filter_map(|&number| view.record(query.object, number))
+        .collect();
+    let csv = render_csv(paths, &rows, &ViewResolver(&view));
+    let next = if end < numbers.len() {
+        encode_locator(end)
+    } else {
+        "null".to_string()
+    };
+    let mut response = (StatusCode::OK, [(header::CONTENT_TYPE, "text/csv")], csv).into_response();
+    let headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(&next) {
+        headers.insert("Sforce-Locator", value);
+    }
+    headers.insert("Sforce-NumberOfRecords", HeaderValue::from(rows.len()));
+    response
+}
+
+fn encode_locator(offset: usize) -> String {
+    base64::engine::general_purpose::STANDARD_NO_PAD.encode(offset.to_string())
+}
+
+fn decode_locator(locator: &str) -> Option<usize> {
+    let bytes = base64::engine::general_purpose::STANDARD_NO_PAD
+        .decode(locator)
+        .ok()?;
+    String::from_utf8(bytes).ok()?.parse().ok()
+}
+
+/// CSV as Bulk API 2.0 writes it: a header of field paths, every value quoted, empty for null.
+fn render_csv(paths: &[FieldPath], rows: &[SfRecord], resolver: &ViewResolver<'_>) -> String {
+    let mut csv = String::new();
+    let header: Vec<String> = paths
+        .iter()
+        .map(|path| {
+            let mut name = path.relationships.join(".");
+            if !name.is_empty() {
+                name.push('.');
+            }
+            name.push_str(path.field.name);
+            quote(&name)
+        })
+        .collect();
+    csv.push_str(&header.join(","));
+    csv.push('\n');
+    for row in rows {
+        let cells: Vec<String> = paths
+            .iter()
+            .map(|path| quote(&csv_value(&path.value(row, resolver), path.field.kind)))
+            .collect();
+        csv.push_str(&cells.join(","));
+        csv.push('\n');
+    }
+    csv
+}
+
+fn csv_value(value: &SfValue, kind: FieldType) -> String {
+    match value {
+        SfValue::Null => String::new(),
+        // Bulk results write datetimes with a `Z`, unlike the REST API's `+0000`.
+        SfValue::DateTime(ms) => schema::format_datetime(*ms).replace("+0000", "Z"),
+        other => match other.to_json(kind) {
+            Value::String(text) => text,
+            json => json.to_string(),
+        },
+    }
+}
+
+fn quote(text: &str) -> String {
+    format!("\"{}\"", text.replace('"', "\"\""))
+}
