@@ -15,6 +15,7 @@ mod clock;
 mod control;
 mod faults;
 pub mod funnel;
+mod hubspot;
 mod salesforce;
 
 use std::net::SocketAddr;
@@ -29,6 +30,7 @@ use url::Url;
 pub use clock::{SimClock, DEFAULT_START_MS};
 pub use faults::{FaultKind, FaultRule, FaultTarget};
 pub use funnel::{Funnel, Scale};
+pub use hubspot::HubspotOptions;
 pub use salesforce::SalesforceOptions;
 
 /// How an emulator instance behaves.
@@ -42,6 +44,8 @@ pub struct EmulatorOptions {
     pub scale: Scale,
     /// The emulated Salesforce org.
     pub salesforce: SalesforceOptions,
+    /// The emulated HubSpot portal.
+    pub hubspot: HubspotOptions,
 }
 
 impl Default for EmulatorOptions {
@@ -51,6 +55,7 @@ impl Default for EmulatorOptions {
             start_ms: DEFAULT_START_MS,
             scale: Scale::Tiny,
             salesforce: SalesforceOptions::default(),
+            hubspot: HubspotOptions::default(),
         }
     }
 }
@@ -62,6 +67,7 @@ pub(crate) struct Shared {
     pub funnel: Funnel,
     pub faults: faults::Faults,
     pub salesforce: salesforce::OrgState,
+    pub hubspot: hubspot::PortalState,
 }
 
 /// An emulator serving in the background; [`RunningEmulator::stop`] shuts it down.
@@ -105,6 +111,7 @@ pub async fn start(
         funnel: Funnel::new(options.seed, options.scale.shape(), options.start_ms),
         faults: faults::Faults::new(options.seed),
         salesforce: salesforce::OrgState::new(options.seed, options.salesforce),
+        hubspot: hubspot::PortalState::new(options.seed, options.hubspot),
     });
     let app = router(shared.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let (shutdown, stopped) = oneshot::channel::<()>();
@@ -128,6 +135,7 @@ fn router(shared: Arc<Shared>) -> Router {
     // Faults sit in front of both CRMs but never of the control API that sets them.
     let crms = Router::new()
         .merge(salesforce::routes(shared.clone()))
+        .merge(hubspot::routes(shared.clone()))
         // A fallback before the layer, so faults can target any path, served or not.
         .fallback(|| async { axum::http::StatusCode::NOT_FOUND })
         .layer(axum::middleware::from_fn_with_state(

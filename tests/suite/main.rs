@@ -4,6 +4,7 @@ mod cli;
 mod config_errors;
 mod emulator;
 mod emulator_faults;
+mod emulator_hubspot;
 mod emulator_query;
 mod emulator_writes;
 mod store;

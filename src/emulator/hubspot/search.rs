@@ -1,0 +1,425 @@
+//! `POST .../{type}/search`: filter groups, sorts and offset paging over an index that lags.
+//!
+//! The index holds live records only (never archived ones) and misses those modified within
+//! the portal's index lag, as HubSpot's eventually consistent search index does. Paging is an
+//! offset; one query can reach 10,000 results and no further.
+
+use std::cmp::Ordering;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+use super::objects::{object_type, parse_instant, render, with_view, Selection, PREFIXES};
+use super::records::HsRecord;
+use super::schema::ObjectType;
+use super::validation_error;
+use crate::emulator::Shared;
+
+const DEFAULT_LIMIT: usize = 10;
+const MAX_LIMIT: usize = 200;
+/// Results one query can page through.
+const MAX_RESULTS: usize = 10_000;
+const MAX_GROUPS: usize = 5;
+const MAX_FILTERS_PER_GROUP: usize = 6;
+const MAX_FILTERS: usize = 18;
+const MAX_QUERY_CHARS: usize = 3_000;
+
+pub(crate) fn routes() -> Router<Arc<Shared>> {
+    let mut router = Router::new();
+    for prefix in PREFIXES {
+        router = router.route(&format!("{prefix}/{{object}}/search"), post(search));
+    }
+    router
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Operator {
+    Eq,
+    Neq,
+    Lt,
+    Lte,
+    Gt,
+    Gte,
+    Between,
+    In,
+    NotIn,
+    HasProperty,
+    NotHasProperty,
+    ContainsToken,
+    NotContainsToken,
+}
+
+impl Operator {
+    fn parse(name: &str) -> Option<Operator> {
+        Some(match name {
+            "EQ" => Operator::Eq,
+            "NEQ" => Operator::Neq,
+            "LT" => Operator::Lt,
+            "LTE" => Operator::Lte,
+            "GT" => Operator::Gt,
+            "GTE" => Operator::Gte,
+            "BETWEEN" => Operator::Between,
+            "IN" => Operator::In,
+            "NOT_IN" => Operator::NotIn,
+            "HAS_PROPERTY" => Operator::HasProperty,
+            "NOT_HAS_PROPERTY" => Operator::NotHasProperty,
+            "CONTAINS_TOKEN" => Operator::ContainsToken,
+            "NOT_CONTAINS_TOKEN" => Operator::NotContainsToken,
+            _ => return None,
+        })
+    }
+}
+
+/// One checked filter.
+#[derive(Debug, Clone)]
+struct Filter {
+    property: String,
+    operator: Operator,
+    value: Option<String>,
+    high: Option<String>,
+    values: Vec<String>,
+    numeric: bool,
+}
+
+/// One checked search request.
+struct SearchRequest {
+    /// OR of ANDs.
+    groups: Vec<Vec<Filter>>,
+    sorts: Vec<(String, bool)>,
+    query: Option<String>,
+    selection: Selection,
+    limit: usize,
+    after: usize,
+}
+
+fn text_of(value: &Value) -> Option<String> {
+    match value {
+        Value::String(text) => Some(text.clone()),
+        Value::Null => None,
+        other => Some(other.to_string()),
+    }
+}
+
+fn parse_filter(object: ObjectType, raw: &Value) -> Result<Filter, String> {
+    let property = raw["propertyName"]
+        .as_str()
+        .ok_or("Each filter needs a propertyName")?
+        .to_string();
+    let name = raw["operator"].as_str().unwrap_or("EQ");
+    let operator = Operator::parse(name).ok_or_else(|| format!("Unknown operator: {name}"))?;
+    let numeric = object
+        .property(&property)
+        .is_some_and(|def| def.kind.is_numeric());
+    let values: Vec<String> = raw["values"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(text_of)
+        .collect();
+    let filter = Filter {
+        property,
+        operator,
+        value: text_of(&raw["value"]),
+        high: text_of(&raw["highValue"]),
+        values,
+        numeric,
+    };
+    let needs_value = !matches!(
+        operator,
+        Operator::HasProperty | Operator::NotHasProperty | Operator::In | Operator::NotIn
+    );
+    if needs_value && filter.value.is_none() {
+        return Err(format!("Filter on {} needs a value", filter.property));
+    }
+    if operator == Operator::Between && filter.high.is_none() {
+        return Err(format!("BETWEEN on {} needs a highValue", filter.property));
+    }
+    Ok(filter)
+}
+
+fn parse_request(object: ObjectType, body: &Value) -> Result<SearchRequest, String> {
+    let raw_groups = body["filterGroups"].as_array().cloned().unwrap_or_default();
+    if raw_groups.len() > MAX_GROUPS {
+        return Err(format!(
+            "Too many filter groups: {} (max {MAX_GROUPS})",
+            raw_groups.len()
+        ));
+    }
+    let mut groups = Vec::new();
+    let mut total = 0;
+    for group in &raw_groups {
+        let filters = group["filters"].as_array().cloned().unwrap_or_default();
+        if filters.len() > MAX_FILTERS_PER_GROUP {
+            return Err(format!(
+                "Too many filters in a group: {} (max {MAX_FILTERS_PER_GROUP})",
+                filters.len()
+            ));
+        }
+        total += filters.len();
+        groups.push(
+            filters
+                .iter()
+                .map(|filter| parse_filter(object, filter))
+                .collect::<Result<Vec<_>, _>>()?,
+        );
+    }
+    if total > MAX_FILTERS {
+        return Err(format!("Too many filters: {total} (max {MAX_FILTERS})"));
+    }
+    let sorts = body["sorts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|sort| match sort {
+            Value::String(name) => Some(match name.strip_prefix('-') {
+                Some(name) => (name.to_string(), false),
+                None => (name.clone(), true),
+            }),
+            Value::Object(_) => Some((
+                sort["propertyName"].as_str()?.to_string(),
+                sort["direction"].as_str() != Some("DESCENDING"),
+            )),
+            _ => None,
+        })
+        .collect();
+    let query = body["query"].as_str().map(str::to_string);
+    if query.as_ref().is_some_and(|q| q.len() > MAX_QUERY_CHARS) {
+        return Err(format!(
+            "query must be at most {MAX_QUERY_CHARS} characters"
+        ));
+    }
+    let limit = match &body["limit"] {
+        Value::Null => DEFAULT_LIMIT,
+        value => text_of(value)
+            .and_then(|text| text.parse::<usize>().ok())
+            .filter(|limit| (1..=MAX_LIMIT).contains(limit))
+            .ok_or_else(|| format!("limit must be between 1 and {MAX_LIMIT}"))?,
+    };
+    let after = match &body["after"] {
+        Value::Null => 0,
+        value => text_of(value)
+            .and_then(|text| text.parse::<usize>().ok())
+            .ok_or("after must be a numeric offset")?,
+    };
+    let properties = body["properties"].as_array().map(|names| {
+        names
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_string)
+            .collect()
+    });
+    Ok(SearchRequest {
+        groups,
+        sorts,
+        query,
+        selection: Selection {
+            properties,
+            ..Selection::default()
+        },
+        limit,
+        after,
+    })
+}
+
+/// Compares a record value with a filter value: as numbers (instants as epoch ms) for
+/// numeric properties, case-insensitively as text otherwise.
+fn compare(filter: &Filter, actual: &str, wanted: &str) -> Option<Ordering> {
+    if filter.numeric {
+        let number = |text: &str| {
+            text.parse::<f64>()
+                .ok()
+                .or_else(|| parse_instant(text).map(|ms| ms as f64))
+        };
+        return number(actual)?.partial_cmp(&number(wanted)?);
+    }
+    Some(actual.to_lowercase().cmp(&wanted.to_lowercase()))
+}
+
+fn tokens(text: &str) -> impl Iterator<Item = String> + '_ {
+    text.split(|c: char| !c.is_alphanumeric() && c != '@' && c != '.' && c != '-')
+        .filter(|token| !token.is_empty())
+        .map(str::to_lowercase)
+}
+
+/// `CONTAINS_TOKEN` matches whole words, or any text with a `*` wildcard.
+fn contains_token(actual: &str, wanted: &str) -> bool {
+    let wanted = wanted.to_lowercase();
+    if wanted.contains('*') {
+        let parts: Vec<&str> = wanted.split('*').filter(|p| !p.is_empty()).collect();
+        let actual = actual.to_lowercase();
+        let mut from = 0;
+        return parts.iter().all(|part| match actual[from..].find(part) {
+            Some(found) => {
+                from += found + part.len();
+                true
+            }
+            None => false,
+        });
+    }
+    actual.to_lowercase() == wanted || tokens(actual).any(|token| token == wanted)
+}
+
+fn matches(filter: &Filter, record: &HsRecord) -> bool {
+    let actual = record.current(&filter.property).filter(|v| !v.is_empty());
+    let value = filter.value.as_deref().unwrap_or("");
+    let ordered = |accept: fn(Ordering) -> bool| {
+        actual
+            .and_then(|actual| compare(filter, actual, value))
+            .is_some_and(accept)
+    };
+    match filter.operator {
+        Operator::HasProperty => actual.is_some(),
+        Operator::NotHasProperty => actual.is_none(),
+        Operator::Eq => ordered(|o| o == Ordering::Equal),
+        Operator::Neq => !ordered(|o| o == Ordering::Equal),
+        Operator::Lt => ordered(|o| o == Ordering::Less),
+        Operator::Lte => ordered(|o| o != Ordering::Greater),
+        Operator::Gt => ordered(|o| o == Ordering::Greater),
+        Operator::Gte => ordered(|o| o != Ordering::Less),
+        Operator::Between => {
+            let high = filter.high.as_deref().unwrap_or("");
+            actual.is_some_and(|actual| {
+                compare(filter, actual, value).is_some_and(|o| o != Ordering::Less)
+                    && compare(filter, actual, high).is_some_and(|o| o != Ordering::Greater)
+            })
+        }
+        Operator::In => actual.is_some_and(|actual| {
+            filter
+                .values
+                .iter()
+                .any(|wanted| compare(filter, actual, wanted) == Some(Ordering::Equal))
+        }),
+        Operator::NotIn => !actual.is_some_and(|actual| {
+            filter
+                .values
+                .iter()
+                .any(|wanted| compare(filter, actual, wanted) == Some(Ordering::Equal))
+        }),
+        Operator::ContainsToken => actual.is_some_and(|actual| contains_token(actual, value)),
+        Operator::NotContainsToken => !actual.is_some_and(|actual| contains_token(actual, value)),
+    }
+}
+
+/// Free-text `query` looks in the properties HubSpot searches by default.
+fn matches_query(record: &HsRecord, query: &str) -> bool {
+    let searched: &[&str] = match record.object {
+        ObjectType::Contacts => &["firstname", "lastname", "email", "company", "phone"],
+        ObjectType::Companies => &["name", "domain"],
+        ObjectType::Deals => &["dealname"],
+    };
+    let query = query.to_lowercase();
+    searched.iter().any(|name| {
+        record.current(name).is_some_and(|value| {
+            value.to_lowercase().starts_with(&query) || tokens(value).any(|t| t.starts_with(&query))
+        })
+    })
+}
+
+fn sort_key_cmp(object: ObjectType, name: &str, a: &HsRecord, b: &HsRecord) -> Ordering {
+    let numeric = object
+        .property(name)
+        .is_some_and(|def| def.kind.is_numeric());
+    let value = |record: &HsRecord| {
+        record
+            .current(name)
+            .filter(|v| !v.is_empty())
+            .map(str::to_string)
+    };
+    match (value(a), value(b)) {
+        (None, None) => Ordering::Equal,
+        (None, Some(_)) => Ordering::Greater,
+        (Some(_), None) => Ordering::Less,
+        (Some(x), Some(y)) if numeric => {
+            let number = |text: &str| {
+                text.parse::<f64>()
+                    .ok()
+                    .or_else(|| parse_instant(text).map(|ms| ms as f64))
+                    .unwrap_or(0.0)
+            };
+            number(&x)
+                .partial_cmp(&number(&y))
+                .unwrap_or(Ordering::Equal)
+        }
+        (Some(x), Some(y)) => x.to_lowercase().cmp(&y.to_lowercase()),
+    }
+}
+
+async fn search(
+    State(shared): State<Arc<Shared>>,
+    Path(object): Path<String>,
+    body: Bytes,
+) -> Response {
+    let object = match object_type(&object) {
+        Ok(object) => object,
+        Err(refused) => return refused.into_response(),
+    };
+    let body: Value = match serde_json::from_slice(&body) {
+        Ok(body) => body,
+        Err(err) => return validation_error(&format!("Invalid input JSON: {err}")),
+    };
+    let request = match parse_request(object, &body) {
+        Ok(request) => request,
+        Err(message) => return validation_error(&message),
+    };
+    if request.after >= MAX_RESULTS {
+        return validation_error(&format!(
+            "Paging past {MAX_RESULTS} results is not supported: after {} is too large. Narrow the search with filters instead.",
+            request.after
+        ));
+    }
+    let (total, results) = with_view(&shared, |view, inner| {
+        let lag = shared.hubspot.search_index_lag_ms(inner);
+        let indexed_before = view.now - lag;
+        let mut hits: Vec<HsRecord> = (0..view.bound(object))
+            .filter_map(|number| view.live(object, number))
+            .filter(|record| record.modified_at <= indexed_before)
+            .filter(|record| {
+                request.groups.is_empty()
+                    || request
+                        .groups
+                        .iter()
+                        .any(|group| group.iter().all(|filter| matches(filter, record)))
+            })
+            .filter(|record| {
+                request
+                    .query
+                    .as_deref()
+                    .is_none_or(|q| matches_query(record, q))
+            })
+            .collect();
+        hits.sort_by(|a, b| {
+            request
+                .sorts
+                .iter()
+                .map(|(name, ascending)| {
+                    let order = sort_key_cmp(object, name, a, b);
+                    if *ascending {
+                        order
+                    } else {
+                        order.reverse()
+                    }
+                })
+                .find(|order| *order != Ordering::Equal)
+                .unwrap_or_else(|| a.number.cmp(&b.number))
+        });
+        let total = hits.len();
+        let page: Vec<Value> = hits
+            .iter()
+            .skip(request.after)
+            .take(request.limit)
+            .map(|record| render(view, record, &request.selection))
+            .collect();
+        (total, page)
+    });
+    let mut answer = json!({ "total": total, "results": results });
+    let next = request.after + request.limit;
+    if next < total {
+        answer["paging"] = json!({ "next": { "after": next.to_string() } });
+    }
+    Json(answer).into_response()
+}
