@@ -42,8 +42,8 @@ pub enum FaultKind {
     RateLimited,
     /// Salesforce's 403 for too many concurrent long requests (`ConcurrentPerOrgLongTxn`).
     ConcurrentLimit,
-    /// Every Salesforce session ends just before the request, which then meets a 401 (the
-    /// token expiring in the middle of paging).
+    /// Every session of the request's CRM (Salesforce sessions, HubSpot OAuth tokens) ends just
+    /// before the request, which then meets a 401: the token expiring in the middle of paging.
     ExpireSession,
 }
 
@@ -196,7 +196,11 @@ pub(crate) async fn inject(
             "ConcurrentPerOrgLongTxn Limit exceeded.",
         ),
         FaultKind::ExpireSession => {
-            shared.salesforce.expire_sessions();
+            if salesforce {
+                shared.salesforce.expire_sessions();
+            } else {
+                shared.hubspot.expire_tokens(shared.clock.now_ms());
+            }
             next.run(request).await
         }
     }

@@ -3,6 +3,7 @@
 mod cli;
 mod config_errors;
 mod emulator;
+mod emulator_failure_cases;
 mod emulator_faults;
 mod emulator_hubspot;
 mod emulator_query;

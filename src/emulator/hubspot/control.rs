@@ -15,7 +15,7 @@ use serde_json::{json, Map, Value};
 use super::objects::with_view;
 use super::records::source_fields;
 use super::schema::ObjectType;
-use super::{auth, iso};
+use super::iso;
 use crate::emulator::control::loopback_only;
 use crate::emulator::Shared;
 
@@ -75,7 +75,7 @@ async fn set_daily_usage(
 
 async fn expire_tokens(State(shared): State<Arc<Shared>>) -> Json<Value> {
     let now = shared.clock.now_ms();
-    Json(json!({ "expired": auth::expire_all(&shared.hubspot, now) }))
+    Json(json!({ "expired": shared.hubspot.expire_tokens(now) }))
 }
 
 /// Every version of every property of one record, oldest first, archived or not.

@@ -148,6 +148,11 @@ pub(crate) struct PortalInner {
 }
 
 impl PortalState {
+    /// Ends every OAuth access token now (the fault "token expired in the middle of paging").
+    pub fn expire_tokens(&self, now: Millis) -> usize {
+        auth::expire_all(self, now)
+    }
+
     pub fn new(seed: u64, options: HubspotOptions) -> PortalState {
         let inner = PortalInner {
             refresh_tokens: HashSet::from([options.refresh_token.clone()]),

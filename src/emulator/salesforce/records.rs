@@ -247,13 +247,32 @@ impl OrgView<'_> {
                 let rows = self.history(object, local / HISTORY_SLOTS);
                 rows.into_iter().nth((local % HISTORY_SLOTS) as usize)
             }
-            _ => match self.entry(object.name, number) {
-                Some(entry) => self
-                    .overlaid(object, number, entry)
-                    .map(|(record, _)| record),
-                None => self.generated_record(object, number),
-            },
+            _ => {
+                let mut record = match self.entry(object.name, number) {
+                    Some(entry) => self
+                        .overlaid(object, number, entry)
+                        .map(|(record, _)| record),
+                    None => self.generated_record(object, number),
+                }?;
+                self.refresh_formulas(&mut record);
+                Some(record)
+            }
         }
+    }
+
+    /// Formulas read their inputs when the record is read, so they follow a parent's change
+    /// (generated or written) without the record's `SystemModstamp` moving.
+    fn refresh_formulas(&self, record: &mut SfRecord) {
+        if record.object.name != OPPORTUNITY.name {
+            return;
+        }
+        let segment = match record.get("AccountId") {
+            SfValue::Text(account) => self
+                .by_id(account, &[ACCOUNT.name])
+                .map_or(SfValue::Null, |account| account.get("Segment__c").clone()),
+            _ => SfValue::Null,
+        };
+        record.set("Account_Segment__c", segment);
     }
 
     fn entry(&self, object: &str, number: u64) -> Option<&Entry> {
@@ -500,7 +519,6 @@ impl OrgView<'_> {
     fn opportunity(&self, number: u64) -> Option<SfRecord> {
         let (deal, visible, deleted_at) = self.deal(number)?;
         let state = DealState::replay(&deal, &deal.steps[..visible]);
-        let account = self.funnel.account(deal.account);
         let mut record = SfRecord::empty(&OPPORTUNITY);
         let stage = &STAGES[state.stage];
         record.set("Id", text(&sf_id(OPPORTUNITY.key_prefix, number)));
@@ -541,7 +559,6 @@ impl OrgView<'_> {
             record.set(qualification_field(*field), qualification_value(value));
         }
         record.set("Loss_Reason__c", SfValue::text(state.loss_reason));
-        record.set("Account_Segment__c", text(account.segment_at(self.now)));
         stamp_audit(
             &mut record,
             deal.created_at,
