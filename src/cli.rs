@@ -53,6 +53,12 @@ pub struct EmulateArgs {
     /// Address to listen on (the demo configuration expects 127.0.0.1:8787).
     #[arg(long, default_value = "127.0.0.1:8787")]
     pub listen: std::net::SocketAddr,
+    /// Serve HTTPS with a certificate signed by a CA made at start.
+    #[arg(long)]
+    pub tls: bool,
+    /// Where to write that CA's certificate (PEM), for clients to trust.
+    #[arg(long, requires = "tls", value_name = "FILE")]
+    pub ca_out: Option<std::path::PathBuf>,
 }
 
 /// `pipewarden config …`
@@ -74,6 +80,14 @@ pub enum CliError {
     /// The emulator could not listen or failed while serving.
     #[error("emulator: {0}")]
     Emulator(std::io::Error),
+    /// The emulator's CA certificate could not be written where asked.
+    #[error("writing the emulator's CA certificate to {path}: {source}")]
+    CaCertificate {
+        /// The `--ca-out` path.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// Writing the command's output failed.
     #[error("cannot write output: {0}")]
     Output(#[from] std::io::Error),
@@ -157,11 +171,19 @@ async fn emulate(args: EmulateArgs) -> Result<(), CliError> {
     let options = EmulatorOptions {
         seed: args.seed,
         scale: args.scale,
+        tls: args.tls,
         ..EmulatorOptions::default()
     };
     let running = emulator::start(args.listen, options)
         .await
         .map_err(CliError::Emulator)?;
+    if let (Some(path), Some(pem)) = (&args.ca_out, running.ca_certificate_pem()) {
+        std::fs::write(path, pem).map_err(|err| CliError::CaCertificate {
+            path: path.clone(),
+            source: err,
+        })?;
+        println!("CA certificate written to {}", path.display());
+    }
     println!("CRM emulator listening at {}", running.base_url());
     shutdown_signal().await;
     running.stop().await.map_err(CliError::Emulator)

@@ -3,7 +3,6 @@
 //! It is for tests and the demo, never for the CRM clients under test, and it answers only
 //! clients on loopback, whatever address the emulator listens on.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;
@@ -17,7 +16,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::faults::FaultRule;
-use super::Shared;
+use super::{Peer, Shared};
 
 pub(crate) fn routes() -> Router<Arc<Shared>> {
     Router::new()
@@ -38,7 +37,7 @@ pub(crate) fn routes() -> Router<Arc<Shared>> {
 
 /// Refuses every client that is not on loopback.
 pub(crate) async fn loopback_only(
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
     request: Request,
     next: Next,
 ) -> Response {

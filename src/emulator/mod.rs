@@ -17,10 +17,13 @@ mod faults;
 pub mod funnel;
 mod hubspot;
 mod salesforce;
+mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::extract::connect_info::Connected;
+use axum::serve::IncomingStream;
 use axum::Router;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -31,7 +34,8 @@ pub use clock::{SimClock, DEFAULT_START_MS};
 pub use faults::{FaultKind, FaultRule, FaultTarget};
 pub use funnel::{Funnel, Scale};
 pub use hubspot::HubspotOptions;
-pub use salesforce::SalesforceOptions;
+pub use salesforce::{SalesforceOptions, ValidationRule};
+pub use tls::TlsError;
 
 /// How an emulator instance behaves.
 #[derive(Debug, Clone)]
@@ -42,6 +46,9 @@ pub struct EmulatorOptions {
     pub start_ms: i64,
     /// How much funnel history there is at start.
     pub scale: Scale,
+    /// Serve HTTPS with a certificate from a CA made at start (see
+    /// [`RunningEmulator::ca_certificate_pem`]).
+    pub tls: bool,
     /// The emulated Salesforce org.
     pub salesforce: SalesforceOptions,
     /// The emulated HubSpot portal.
@@ -54,6 +61,7 @@ impl Default for EmulatorOptions {
             seed: 1,
             start_ms: DEFAULT_START_MS,
             scale: Scale::Tiny,
+            tls: false,
             salesforce: SalesforceOptions::default(),
             hubspot: HubspotOptions::default(),
         }
@@ -76,12 +84,18 @@ pub struct RunningEmulator {
     shared: Arc<Shared>,
     shutdown: oneshot::Sender<()>,
     task: JoinHandle<std::io::Result<()>>,
+    ca_pem: Option<String>,
 }
 
 impl RunningEmulator {
     /// The URL both CRMs are served at (and the Salesforce `instance_url`), ending in `/`.
     pub fn base_url(&self) -> &Url {
         &self.base_url
+    }
+
+    /// PEM of the CA that signed the emulator's certificate, when it serves HTTPS.
+    pub fn ca_certificate_pem(&self) -> Option<&str> {
+        self.ca_pem.as_deref()
     }
 
     /// The emulator's simulated clock.
@@ -104,7 +118,13 @@ pub async fn start(
 ) -> std::io::Result<RunningEmulator> {
     let listener = TcpListener::bind(listen).await?;
     let local = listener.local_addr()?;
-    let base_url = Url::parse(&format!("http://{local}/")).map_err(std::io::Error::other)?;
+    let tls = if options.tls {
+        Some(tls::generate().map_err(std::io::Error::other)?)
+    } else {
+        None
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let base_url = Url::parse(&format!("{scheme}://{local}/")).map_err(std::io::Error::other)?;
     let shared = Arc::new(Shared {
         base_url: base_url.clone(),
         clock: SimClock::starting_at(options.start_ms),
@@ -113,21 +133,60 @@ pub async fn start(
         salesforce: salesforce::OrgState::new(options.seed, options.salesforce),
         hubspot: hubspot::PortalState::new(options.seed, options.hubspot),
     });
-    let app = router(shared.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let (shutdown, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = stopped.await;
-            })
-            .await
-    });
+    let stopped = async {
+        let _ = stopped.await;
+    };
+    let task = match &tls {
+        Some(material) => serve(
+            tls::TlsListener::new(listener, material),
+            shared.clone(),
+            stopped,
+        ),
+        None => serve(listener, shared.clone(), stopped),
+    };
     tracing::info!(url = %base_url, "CRM emulator listening");
     Ok(RunningEmulator {
         base_url,
         shared,
         shutdown,
         task,
+        ca_pem: tls.map(|material| material.ca_pem),
+    })
+}
+
+/// The client's address, which the control API's loopback check reads; one type for plain and
+/// TLS listeners alike.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Peer(pub SocketAddr);
+
+impl Connected<IncomingStream<'_, TcpListener>> for Peer {
+    fn connect_info(stream: IncomingStream<'_, TcpListener>) -> Self {
+        Peer(*stream.remote_addr())
+    }
+}
+
+impl Connected<IncomingStream<'_, tls::TlsListener>> for Peer {
+    fn connect_info(stream: IncomingStream<'_, tls::TlsListener>) -> Self {
+        Peer(*stream.remote_addr())
+    }
+}
+
+/// Serves the emulator on `listener` until `stopped` resolves.
+fn serve<L>(
+    listener: L,
+    shared: Arc<Shared>,
+    stopped: impl std::future::Future<Output = ()> + Send + 'static,
+) -> JoinHandle<std::io::Result<()>>
+where
+    L: axum::serve::Listener<Addr = SocketAddr>,
+    Peer: for<'a> Connected<IncomingStream<'a, L>>,
+{
+    let app = router(shared).into_make_service_with_connect_info::<Peer>();
+    tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(stopped)
+            .await
     })
 }
 

@@ -488,3 +488,53 @@ async fn without_a_certificate_the_org_refuses_the_jwt_grant() {
     );
     emu.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn with_tls_it_serves_https_trusted_through_its_own_ca() {
+    let options = EmulatorOptions {
+        tls: true,
+        ..EmulatorOptions::default()
+    };
+    let emu = emulator::start("127.0.0.1:0".parse().unwrap(), options)
+        .await
+        .expect("emulator starts");
+    assert_eq!(emu.base_url().scheme(), "https");
+    let ca = emu.ca_certificate_pem().expect("a TLS emulator has a CA");
+    let trusting = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let versions = trusting
+        .get(url(&emu, "/services/data/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(versions.status(), StatusCode::OK);
+    let (status, body) = {
+        let response = trusting
+            .post(url(&emu, "/services/oauth2/token"))
+            .form(&[
+                ("grant_type", "refresh_token"),
+                ("client_id", CLIENT_ID),
+                ("refresh_token", REFRESH_TOKEN),
+            ])
+            .send()
+            .await
+            .unwrap();
+        (response.status(), response.json::<Value>().await.unwrap())
+    };
+    assert_eq!(status, StatusCode::OK);
+    assert!(body["instance_url"]
+        .as_str()
+        .unwrap()
+        .starts_with("https://127.0.0.1:"));
+    let stranger = reqwest::Client::new()
+        .get(url(&emu, "/services/data/"))
+        .send()
+        .await;
+    assert!(
+        stranger.is_err(),
+        "a client without the CA refuses the certificate"
+    );
+    emu.stop().await.unwrap();
+}

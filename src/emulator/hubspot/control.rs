@@ -12,10 +12,10 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
+use super::iso;
 use super::objects::with_view;
 use super::records::source_fields;
 use super::schema::ObjectType;
-use super::iso;
 use crate::emulator::control::loopback_only;
 use crate::emulator::Shared;
 
