@@ -662,3 +662,16 @@ async fn object_ground_truth_covers_every_record_query_all_sees() {
         .all(|r| !r["versions"].as_array().unwrap().is_empty()));
     org.emu.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn history_ground_truth_has_one_version_per_row() {
+    let org = Org::start().await;
+    let truth = truth(&org, "OpportunityHistory").await;
+    let rows = truth["records"].as_array().unwrap();
+    let all = org.query("queryAll", "SELECT COUNT() FROM OpportunityHistory").await;
+    assert_eq!(rows.len() as u64, all["totalSize"].as_u64().unwrap());
+    assert!(rows
+        .iter()
+        .all(|row| row["versions"].as_array().unwrap().len() == 1 && row["id"].is_string()));
+    org.emu.stop().await.unwrap();
+}

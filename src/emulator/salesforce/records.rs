@@ -425,8 +425,10 @@ impl OrgView<'_> {
         }
     }
 
+    /// When a record without a generated life of its own was created (metadata, users,
+    /// campaigns, history rows: each has one version).
     fn generated_record_created(&self, object: &'static ObjectDef, number: u64) -> Option<Millis> {
-        match self.generated_record(object, number)?.get("CreatedDate") {
+        match self.record(object, number)?.get("CreatedDate") {
             SfValue::DateTime(at) => Some(*at),
             _ => None,
         }
