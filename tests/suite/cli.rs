@@ -195,3 +195,70 @@ fn emulate_serves_until_sigterm_then_exits_cleanly() {
     let status = child.wait().unwrap();
     assert!(status.success(), "graceful shutdown exits 0, got {status}");
 }
+
+#[test]
+fn emulate_with_tls_writes_its_ca_for_clients_to_trust() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+
+    let dir = tempfile::tempdir().unwrap();
+    let ca_path = dir.path().join("emulator-ca.pem");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pipewarden"))
+        .args([
+            "emulate",
+            "--scale",
+            "tiny",
+            "--listen",
+            "127.0.0.1:0",
+            "--tls",
+            "--ca-out",
+        ])
+        .arg(&ca_path)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("emulator starts");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let written = lines.next().unwrap().unwrap();
+    assert!(
+        written.starts_with("CA certificate written to"),
+        "{written}"
+    );
+    let banner = lines.next().unwrap().unwrap();
+    let base = banner.rsplit(' ').next().unwrap().to_string();
+    assert!(base.starts_with("https://127.0.0.1:"), "{banner}");
+
+    let pem = std::fs::read(&ca_path).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let status = runtime.block_on(async {
+        reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+            .build()
+            .unwrap()
+            .get(format!("{base}services/data/"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+    });
+    assert_eq!(status, reqwest::StatusCode::OK);
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn ca_out_without_tls_is_a_usage_error() {
+    let output = Command::new(env!("CARGO_BIN_EXE_pipewarden"))
+        .args(["emulate", "--ca-out", "/tmp/never-written.pem"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--tls"), "{stderr}");
+}
