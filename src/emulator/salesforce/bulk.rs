@@ -137,11 +137,7 @@ pub(crate) async fn create(
     }
     let numbers = {
         let overlay = shared.salesforce.overlay();
-        let view = OrgView {
-            funnel: &shared.funnel,
-            now,
-            overlay: Some(&overlay),
-        };
+        let view = OrgView::over(&shared.funnel, now, &overlay);
         match evaluate(&shared, &view, &parsed, operation == "queryAll") {
             Ok(matched) => matched.into_iter().map(|(number, _)| number).collect(),
             Err(response) => return *response,
@@ -289,11 +285,7 @@ pub(crate) async fn results(
         .clamp(1, DEFAULT_CHUNK);
     let end = (offset + chunk).min(numbers.len());
     let overlay = shared.salesforce.overlay();
-    let view = OrgView {
-        funnel: &shared.funnel,
-        now: as_of,
-        overlay: Some(&overlay),
-    };
+    let view = OrgView::over(&shared.funnel, as_of, &overlay);
     let Selection::Fields(paths) = &query.select else {
         return invalid_job("Aggregate queries are not supported by Bulk API 2.0 query jobs");
     };

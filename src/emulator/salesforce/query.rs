@@ -150,11 +150,7 @@ pub(crate) async fn query_more(
     };
     let (query, numbers, as_of, batch) = cursor;
     let overlay = shared.salesforce.overlay();
-    let view = OrgView {
-        funnel: &shared.funnel,
-        now: as_of,
-        overlay: Some(&overlay),
-    };
+    let view = OrgView::over(&shared.funnel, as_of, &overlay);
     let end = (offset + batch).min(numbers.len());
     let rows: Vec<SfRecord> = numbers[offset..end]
         .iter()
@@ -203,11 +199,7 @@ fn run_query(
         Err(err) => return error(StatusCode::BAD_REQUEST, err.code, &err.message),
     };
     let overlay = shared.salesforce.overlay();
-    let view = OrgView {
-        funnel: &shared.funnel,
-        now,
-        overlay: Some(&overlay),
-    };
+    let view = OrgView::over(&shared.funnel, now, &overlay);
     let matched = match evaluate(shared, &view, &parsed, include_deleted) {
         Ok(matched) => matched,
         Err(response) => return *response,

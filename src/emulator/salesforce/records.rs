@@ -164,7 +164,16 @@ fn purged(deleted_at: Option<Millis>, now: Millis) -> bool {
     deleted_at.is_some_and(|at| now - at > RECYCLE_BIN_MS)
 }
 
-impl OrgView<'_> {
+impl<'a> OrgView<'a> {
+    /// The org at `now`: the funnel with the client writes in `overlay`.
+    pub fn over(funnel: &'a Funnel, now: Millis, overlay: &'a Overlay) -> OrgView<'a> {
+        OrgView {
+            funnel,
+            now,
+            overlay: Some(overlay),
+        }
+    }
+
     fn seen<'s, C>(&self, steps: &'s [Step<C>]) -> &'s [Step<C>] {
         let visible = steps.partition_point(|step| step.at <= self.now);
         &steps[..visible]

@@ -165,11 +165,7 @@ async fn object_truth(State(shared): State<Arc<Shared>>, Path(name): Path<String
         return bad_request(&format!("no object `{name}`"));
     };
     let overlay = shared.salesforce.overlay();
-    let view = OrgView {
-        funnel: &shared.funnel,
-        now: shared.clock.now_ms(),
-        overlay: Some(&overlay),
-    };
+    let view = OrgView::over(&shared.funnel, shared.clock.now_ms(), &overlay);
     let records: Vec<Value> = view
         .scan(object)
         .map(|(number, _)| versions_json(&view, object, number))
@@ -186,11 +182,7 @@ async fn record_truth(
         return bad_request(&format!("no object `{name}`"));
     };
     let overlay = shared.salesforce.overlay();
-    let view = OrgView {
-        funnel: &shared.funnel,
-        now: shared.clock.now_ms(),
-        overlay: Some(&overlay),
-    };
+    let view = OrgView::over(&shared.funnel, shared.clock.now_ms(), &overlay);
     match super::ids::parse_sf_id(&id) {
         Some((prefix, number)) if prefix == object.key_prefix => {
             Json(versions_json(&view, object, number)).into_response()

@@ -17,6 +17,7 @@ use super::writes::{Batch, RecordError};
 use super::{error, not_found, record_error, served_version};
 use crate::emulator::funnel::{DISQUALIFY_REASONS, INDUSTRIES, LOSS_REASONS, SEGMENTS, SOURCES};
 use crate::emulator::Shared;
+use crate::record::Millis;
 
 fn version_of(uri: &Uri) -> &str {
     served_version(uri.path()).unwrap_or("v62.0")
@@ -148,11 +149,7 @@ pub(crate) async fn read(
         );
     }
     let overlay = shared.salesforce.overlay();
-    let view = OrgView {
-        funnel: &shared.funnel,
-        now: shared.clock.now_ms(),
-        overlay: Some(&overlay),
-    };
+    let view = OrgView::over(&shared.funnel, shared.clock.now_ms(), &overlay);
     let Some(record) = view.by_id(&id, &[object.name]) else {
         return not_found();
     };
@@ -332,73 +329,90 @@ fn is_deleted(record: &SfRecord) -> bool {
     matches!(record.get("IsDeleted"), SfValue::Bool(true))
 }
 
+/// What a replication call found: ids with their `SystemModstamp`, the end of the window
+/// covered, and when it was read.
+struct Replicated {
+    found: Vec<(String, Millis)>,
+    end: Millis,
+    now: Millis,
+}
+
+/// Records of `name` whose `SystemModstamp` falls in the window, deleted or live as asked:
+/// what both replication endpoints list.
+fn replicated(
+    shared: &Shared,
+    name: &str,
+    window: &ReplicationWindow,
+    deleted: bool,
+) -> Result<Replicated, Box<Response>> {
+    let object = queryable_object(name).ok_or_else(|| Box::new(not_found()))?;
+    let now = shared.clock.now_ms();
+    let reach = if deleted {
+        DELETED_WINDOW_MS
+    } else {
+        UPDATED_WINDOW_MS
+    };
+    let (start, end) =
+        replication_window(window, now, reach).map_err(|err| Box::new(record_error(&err)))?;
+    let overlay = shared.salesforce.overlay();
+    let view = OrgView::over(&shared.funnel, now, &overlay);
+    let found: Vec<(String, Millis)> = view
+        .scan(object)
+        .map(|(_, record)| {
+            (
+                record.id().to_string(),
+                modstamp(&record),
+                is_deleted(&record),
+            )
+        })
+        .filter(|(_, stamp, gone)| *gone == deleted && (start..end).contains(stamp))
+        .map(|(id, stamp, _)| (id, stamp))
+        .collect();
+    if found.len() > REPLICATION_ID_LIMIT {
+        return Err(Box::new(exceeded_id_limit()));
+    }
+    Ok(Replicated { found, end, now })
+}
+
 /// `GET …/sobjects/{type}/updated/?start=&end=`: ids whose `SystemModstamp` is in the window.
 pub(crate) async fn updated(
     State(shared): State<Arc<Shared>>,
     Path((_, name)): Path<(String, String)>,
     axum::extract::Query(window): axum::extract::Query<ReplicationWindow>,
 ) -> Response {
-    let Some(object) = queryable_object(&name) else {
-        return not_found();
-    };
-    let now = shared.clock.now_ms();
-    let (start, end) = match replication_window(&window, now, UPDATED_WINDOW_MS) {
-        Ok(window) => window,
-        Err(err) => return record_error(&err),
-    };
-    let overlay = shared.salesforce.overlay();
-    let view = OrgView {
-        funnel: &shared.funnel,
-        now,
-        overlay: Some(&overlay),
-    };
-    let ids: Vec<String> = view
-        .scan(object)
-        .map(|(_, record)| record)
-        .filter(|record| !is_deleted(record) && (start..end).contains(&modstamp(record)))
-        .map(|record| record.id().to_string())
-        .collect();
-    if ids.len() > REPLICATION_ID_LIMIT {
-        return exceeded_id_limit();
+    match replicated(&shared, &name, &window, false) {
+        Ok(Replicated { found, end, .. }) => {
+            let ids: Vec<String> = found.into_iter().map(|(id, _)| id).collect();
+            Json(json!({ "ids": ids, "latestDateCovered": schema::format_datetime(end) }))
+                .into_response()
+        }
+        Err(response) => *response,
     }
-    Json(json!({ "ids": ids, "latestDateCovered": schema::format_datetime(end) })).into_response()
 }
 
-/// `GET …/sobjects/{type}/deleted/?start=&end=`: records deleted in the window.
+/// `GET …/sobjects/{type}/deleted/?start=&end=`: records deleted in the window (a deleted
+/// record's last stamp is its deletion).
 pub(crate) async fn deleted(
     State(shared): State<Arc<Shared>>,
     Path((_, name)): Path<(String, String)>,
     axum::extract::Query(window): axum::extract::Query<ReplicationWindow>,
 ) -> Response {
-    let Some(object) = queryable_object(&name) else {
-        return not_found();
-    };
-    let now = shared.clock.now_ms();
-    let (start, end) = match replication_window(&window, now, DELETED_WINDOW_MS) {
-        Ok(window) => window,
-        Err(err) => return record_error(&err),
-    };
-    let overlay = shared.salesforce.overlay();
-    let view = OrgView {
-        funnel: &shared.funnel,
-        now,
-        overlay: Some(&overlay),
-    };
-    let deleted: Vec<Value> = view
-        .scan(object)
-        .map(|(_, record)| record)
-        .filter(|record| is_deleted(record) && (start..end).contains(&modstamp(record)))
-        .map(|record| json!({ "id": record.id(), "deletedDate": schema::format_datetime(modstamp(&record)) }))
-        .collect();
-    if deleted.len() > REPLICATION_ID_LIMIT {
-        return exceeded_id_limit();
+    match replicated(&shared, &name, &window, true) {
+        Ok(Replicated { found, end, now }) => {
+            let deleted: Vec<Value> = found
+                .iter()
+                .map(|(id, at)| json!({ "id": id, "deletedDate": schema::format_datetime(*at) }))
+                .collect();
+            let earliest = (now - DELETED_WINDOW_MS) / 60_000 * 60_000;
+            Json(json!({
+                "deletedRecords": deleted,
+                "earliestDateAvailable": schema::format_datetime(earliest),
+                "latestDateCovered": schema::format_datetime(end),
+            }))
+            .into_response()
+        }
+        Err(response) => *response,
     }
-    Json(json!({
-        "deletedRecords": deleted,
-        "earliestDateAvailable": schema::format_datetime((now - DELETED_WINDOW_MS) / 60_000 * 60_000),
-        "latestDateCovered": schema::format_datetime(end),
-    }))
-    .into_response()
 }
 
 fn exceeded_id_limit() -> Response {
