@@ -40,7 +40,8 @@ pub enum FaultKind {
     /// The CRM's rate-limit refusal: HubSpot 429 (ten-secondly), Salesforce 403
     /// `REQUEST_LIMIT_EXCEEDED`.
     RateLimited,
-    /// Salesforce's 403 for too many concurrent long requests (`ConcurrentPerOrgLongTxn`).
+    /// Salesforce's 403 for too many concurrent long requests (`ConcurrentPerOrgLongTxn`); on
+    /// HubSpot paths, its burst 429.
     ConcurrentLimit,
     /// Every session of the request's CRM (Salesforce sessions, HubSpot OAuth tokens) ends just
     /// before the request, which then meets a 401: the token expiring in the middle of paging.
@@ -189,7 +190,9 @@ pub(crate) async fn inject(
         }
         FaultKind::Reset => reset(),
         FaultKind::TruncatedJson => truncate(next.run(request).await).await,
-        FaultKind::RateLimited => rate_limited(salesforce),
+        FaultKind::RateLimited => rate_limited(&shared, salesforce),
+        // HubSpot has no concurrency limit of its own; its nearest answer is the burst 429.
+        FaultKind::ConcurrentLimit if !salesforce => rate_limited(&shared, false),
         FaultKind::ConcurrentLimit => super::salesforce::error(
             StatusCode::FORBIDDEN,
             "REQUEST_LIMIT_EXCEEDED",
@@ -255,7 +258,7 @@ fn unavailable(salesforce: bool) -> Response {
         .into_response()
 }
 
-fn rate_limited(salesforce: bool) -> Response {
+fn rate_limited(shared: &Shared, salesforce: bool) -> Response {
     if salesforce {
         return super::salesforce::error(
             StatusCode::FORBIDDEN,
@@ -263,18 +266,11 @@ fn rate_limited(salesforce: bool) -> Response {
             "TotalRequests Limit exceeded.",
         );
     }
-    let mut response = (
-        StatusCode::TOO_MANY_REQUESTS,
-        Json(json!({
-            "status": "error",
-            "message": "You have reached your ten_secondly_rolling limit.",
-            "errorType": "RATE_LIMIT",
-            "correlationId": "5e0c8f1a-0000-4000-8000-000000000429",
-            "policyName": "TEN_SECONDLY_ROLLING",
-            "groupName": "publicapi:private_app-api-calls-ten-secondly:1:1",
-        })),
-    )
-        .into_response();
+    let mut response = super::hubspot::too_many(
+        "You have reached your ten_secondly_rolling limit.",
+        "TEN_SECONDLY_ROLLING",
+        &shared.hubspot.options,
+    );
     response.headers_mut().insert(
         "X-HubSpot-RateLimit-Interval-Milliseconds",
         HeaderValue::from_static("10000"),

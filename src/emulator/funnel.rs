@@ -520,7 +520,9 @@ impl Funnel {
     pub fn campaign(&self, index: u64) -> CampaignLife {
         let mut rng = self.rng(Stream::Campaign, index);
         let kind = pick(&mut rng, CAMPAIGN_TYPES);
-        let created_at = self.origin + index as Millis * self.campaign_interval;
+        let created_at = self
+            .origin
+            .saturating_add(scaled(index, self.campaign_interval));
         let month = chrono::DateTime::from_timestamp_millis(created_at)
             .map(|at| at.format("%Y-%m").to_string())
             .unwrap_or_default();
@@ -537,8 +539,9 @@ impl Funnel {
     /// Lead `index`, whether or not it exists yet.
     pub fn lead(&self, index: u64) -> LeadLife {
         let mut rng = self.rng(Stream::Lead, index);
-        let created_at = self.origin
-            + index as Millis * self.lead_interval
+        let created_at = self
+            .origin
+            .saturating_add(scaled(index, self.lead_interval))
             + rng.random_range(0..self.lead_interval);
         let source = pick(&mut rng, SOURCES);
         let from_campaign = matches!(source, "Webinar" | "Trade Show" | "Paid Search");
@@ -683,7 +686,7 @@ impl Funnel {
         let mut rng = self.rng(Stream::Deal, index);
         let number = index / 2;
         let base = if index % 2 == 0 {
-            let lead = self.lead(number * CONVERSION_EVERY);
+            let lead = self.lead(number.saturating_mul(CONVERSION_EVERY));
             let (created_at, by) = self.conversion_time(&lead)?;
             let owner = match by {
                 Actor::Rep(rep) => rep,
@@ -707,8 +710,9 @@ impl Funnel {
                 steps: Vec::new(),
             }
         } else {
-            let created_at = self.origin
-                + number as Millis * self.direct_interval
+            let created_at = self
+                .origin
+                .saturating_add(scaled(number, self.direct_interval))
                 + rng.random_range(0..self.direct_interval);
             let account = self.account(2 * (number / 3) + 1);
             let kind = if rng.random_bool(0.4) {
@@ -792,7 +796,10 @@ impl Funnel {
             self.add_forecast_job_touches(&mut steps, deal.created_at, stage, at);
         }
         if rng.random_bool(0.005) {
-            steps.push(step(at + days(rng, 30.0, 1.0), rep, DealChange::Deleted));
+            let deleted_at = at + days(rng, 30.0, 1.0);
+            // A deleted deal is no longer open: the forecast job leaves it alone.
+            steps.retain(|step| step.change != DealChange::SystemTouch || step.at < deleted_at);
+            steps.push(step(deleted_at, rep, DealChange::Deleted));
         }
         // Fields filled "a moment before" the first stage were filled at creation.
         for step in &mut steps {
@@ -873,7 +880,7 @@ impl Funnel {
         let (created_at, name, owner) = if index % 2 == 0 {
             // Created by converting lead CONVERSION_EVERY * n; fall back to its creation time
             // when the lead never converts, since then nothing references the account.
-            let lead = self.lead(index / 2 * CONVERSION_EVERY);
+            let lead = self.lead((index / 2).saturating_mul(CONVERSION_EVERY));
             let (at, by) = self
                 .conversion_time(&lead)
                 .unwrap_or((lead.created_at, Actor::Rep(0)));
@@ -883,8 +890,11 @@ impl Funnel {
             };
             (at, lead.company.clone(), owner)
         } else {
-            let first_deal = index / 2 * 3;
-            let at = self.origin + first_deal as Millis * self.direct_interval - 30 * DAY_MS;
+            let first_deal = (index / 2).saturating_mul(3);
+            let at = self
+                .origin
+                .saturating_add(scaled(first_deal, self.direct_interval))
+                - 30 * DAY_MS;
             (
                 at,
                 company_name(&mut rng),
@@ -919,6 +929,17 @@ impl AccountLife {
             _ => self.segment,
         }
     }
+}
+
+/// `index` intervals, capped: record numbers come from client-supplied ids, and a number far
+/// past the funnel must read as "not created yet" (the cap leaves room for the delays added to
+/// a creation time), never overflow.
+fn scaled(index: u64, interval: Millis) -> Millis {
+    const FAR_FUTURE: Millis = Millis::MAX / 4;
+    Millis::try_from(index)
+        .unwrap_or(Millis::MAX)
+        .saturating_mul(interval)
+        .min(FAR_FUTURE)
 }
 
 fn step<C>(at: Millis, by: Actor, change: C) -> Step<C> {
@@ -1010,6 +1031,19 @@ mod tests {
 
     fn tiny() -> Funnel {
         Funnel::new(7, Scale::Tiny.shape(), DEFAULT_START_MS)
+    }
+
+    #[test]
+    fn absurd_record_numbers_are_not_created_yet_instead_of_overflowing() {
+        let funnel = tiny();
+        for number in [u64::MAX, 62u64.pow(9), 1 << 50] {
+            assert!(funnel.lead(number).created_at > DEFAULT_START_MS * 1_000);
+            assert!(funnel
+                .deal(number)
+                .is_none_or(|deal| deal.created_at > DEFAULT_START_MS * 1_000));
+            assert!(funnel.account(number).created_at > DEFAULT_START_MS * 1_000);
+            assert!(funnel.campaign(number).created_at > DEFAULT_START_MS * 1_000);
+        }
     }
 
     #[test]

@@ -668,10 +668,64 @@ async fn history_ground_truth_has_one_version_per_row() {
     let org = Org::start().await;
     let truth = truth(&org, "OpportunityHistory").await;
     let rows = truth["records"].as_array().unwrap();
-    let all = org.query("queryAll", "SELECT COUNT() FROM OpportunityHistory").await;
+    let all = org
+        .query("queryAll", "SELECT COUNT() FROM OpportunityHistory")
+        .await;
     assert_eq!(rows.len() as u64, all["totalSize"].as_u64().unwrap());
     assert!(rows
         .iter()
         .all(|row| row["versions"].as_array().unwrap().len() == 1 && row["id"].is_string()));
+    org.emu.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn review_regressions_ids_members_limits_and_scripts() {
+    let org = Org::start().await;
+    // Every id a query returns reads back, metadata included.
+    let status_id = org.ids("SELECT Id FROM LeadStatus LIMIT 1").await.remove(0);
+    let (status, body) = org.get("LeadStatus", &status_id).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["Id"], json!(status_id));
+    // An id far past the generated funnel is simply not found.
+    let (status, _) = org.get("Opportunity", "0065e0zzzzzzzzz").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // A deleted generated membership can be made again.
+    let member = &org
+        .query(
+            "query",
+            "SELECT Id, CampaignId, LeadId FROM CampaignMember LIMIT 1",
+        )
+        .await["records"][0];
+    let id = member["Id"].as_str().unwrap();
+    org.call(
+        Method::DELETE,
+        &format!("{V}/sobjects/CampaignMember/{id}"),
+        None,
+    )
+    .await;
+    let again = json!({"CampaignId": member["CampaignId"], "LeadId": member["LeadId"]});
+    let (status, body) = org
+        .call(
+            Method::POST,
+            &format!("{V}/sobjects/CampaignMember"),
+            Some(again),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    // Bulk API clients read their batch allocation from limits.
+    let (_, limits) = org.call(Method::GET, &format!("{V}/limits"), None).await;
+    assert_eq!(limits["DailyBulkApiBatches"]["Max"], 15_000);
+    // A script naming a rep that does not exist is refused.
+    let lead = org.open_leads(1).await.remove(0);
+    let (status, body) = script(
+        &org,
+        json!([{"object": "Lead", "id": lead, "set": {"Status": "Nurture"}, "by": {"kind": "rep", "number": 999}}]),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        body["error"].as_str().unwrap().contains("no rep 999"),
+        "{body}"
+    );
     org.emu.stop().await.unwrap();
 }

@@ -162,7 +162,8 @@ pub(crate) fn admit_search(counters: &mut Counters) -> Result<(), Refusal> {
     Ok(())
 }
 
-fn too_many(message: &str, policy: &str, options: &HubspotOptions) -> Response {
+/// HubSpot's 429 for a `policy` (`TEN_SECONDLY_ROLLING`, `DAILY`) with its real body.
+pub(crate) fn too_many(message: &str, policy: &str, options: &HubspotOptions) -> Response {
     let group = match policy {
         "DAILY" => "publicapi:private_app-api-calls-daily",
         _ => "publicapi:private_app-api-calls-ten-secondly",

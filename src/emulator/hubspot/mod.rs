@@ -12,6 +12,7 @@
 mod auth;
 mod control;
 mod limits;
+pub(crate) use limits::too_many;
 mod lists;
 mod metadata;
 mod objects;

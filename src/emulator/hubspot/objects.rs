@@ -77,7 +77,8 @@ pub(crate) fn with_view<T>(
         now,
         overlays: &overlays,
     };
-    let result = read(&view, &mut inner);
+    // The overlays must go back even if the handler panics, or every client write is lost.
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read(&view, &mut inner)));
     // Writers append to the (emptied) map while the view borrowed the real one.
     let written = std::mem::replace(&mut inner.overlays, overlays);
     for (key, overlay) in written {
@@ -87,7 +88,8 @@ pub(crate) fn with_view<T>(
             target.archived_at = overlay.archived_at;
         }
     }
-    result
+    drop(inner);
+    result.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
 }
 
 /// A record as HubSpot's `SimplePublicObject(WithAssociations)`.

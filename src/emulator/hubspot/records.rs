@@ -276,7 +276,9 @@ impl PortalView<'_> {
             return None;
         }
         if number % 2 == 0 {
-            let lead = self.funnel.lead(number / 2 * CONVERSION_EVERY);
+            let lead = self
+                .funnel
+                .lead((number / 2).saturating_mul(CONVERSION_EVERY));
             let converted = seen(&lead.steps, self.now)
                 .iter()
                 .any(|step| step.change == LeadChange::Converted);
@@ -362,7 +364,7 @@ impl PortalView<'_> {
     pub fn associated(&self, from: ObjectType, number: u64, to: ObjectType) -> Vec<u64> {
         let candidates: Vec<u64> = match (from, to) {
             (ObjectType::Deals, ObjectType::Contacts) => match self.deal_origin(number) {
-                Some(DealOrigin::Converted(n)) => vec![n * CONVERSION_EVERY],
+                Some(DealOrigin::Converted(n)) => vec![n.saturating_mul(CONVERSION_EVERY)],
                 _ => Vec::new(),
             },
             (ObjectType::Deals, ObjectType::Companies) => match self.deal_origin(number) {
@@ -377,7 +379,7 @@ impl PortalView<'_> {
                 vec![2 * (number / CONVERSION_EVERY)]
             }
             (ObjectType::Companies, ObjectType::Contacts) if number % 2 == 0 => {
-                vec![number / 2 * CONVERSION_EVERY]
+                vec![(number / 2).saturating_mul(CONVERSION_EVERY)]
             }
             (ObjectType::Companies, ObjectType::Deals) if number % 2 == 0 => vec![number],
             (ObjectType::Companies, ObjectType::Deals) => {

@@ -72,6 +72,15 @@ impl Job {
     }
 }
 
+/// Jobs created since `since` (the rolling day of `DailyBulkApiBatches`).
+pub(crate) fn jobs_since(jobs: &Mutex<Jobs>, since: Millis) -> u64 {
+    let jobs = lock(jobs);
+    jobs.by_id
+        .values()
+        .filter(|job| job.created_at > since)
+        .count() as u64
+}
+
 fn lock(jobs: &Mutex<Jobs>) -> MutexGuard<'_, Jobs> {
     jobs.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }

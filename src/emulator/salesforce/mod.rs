@@ -401,8 +401,11 @@ async fn resources(uri: Uri) -> Response {
 async fn limits(State(shared): State<Arc<Shared>>) -> Json<Value> {
     let org = &shared.salesforce;
     let max = org.options.daily_api_limit;
-    let used = org.api_usage(shared.clock.now_ms());
+    let now = shared.clock.now_ms();
+    let used = org.api_usage(now);
     Json(json!({
-        "DailyApiRequests": { "Max": max, "Remaining": max.saturating_sub(used) }
+        "DailyApiRequests": { "Max": max, "Remaining": max.saturating_sub(used) },
+        // tap-salesforce reads this before its Bulk API jobs; each job here counts as one batch.
+        "DailyBulkApiBatches": { "Max": 15_000, "Remaining": 15_000u64.saturating_sub(bulk::jobs_since(&org.jobs, now - DAY_MS)) },
     }))
 }

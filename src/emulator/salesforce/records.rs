@@ -201,7 +201,9 @@ impl<'a> OrgView<'a> {
             "User" => Box::new(0..SYSTEM_USERS.len() as u64 + u64::from(funnel.shape().reps)),
             "Group" => Box::new(0..QUEUES.len() as u64),
             "OpportunityStage" => Box::new(0..STAGES.len() as u64),
-            "LeadStatus" => Box::new(0..LEAD_STATUSES.len() as u64),
+            "LeadStatus" => {
+                Box::new(STAGES.len() as u64..(STAGES.len() + LEAD_STATUSES.len()) as u64)
+            }
             "OpportunityHistory" | "OpportunityFieldHistory" => {
                 Box::new((0..funnel.deal_bound(now)).flat_map(|deal| {
                     (0..HISTORY_SLOTS).map(move |slot| deal * HISTORY_SLOTS + slot)
@@ -452,7 +454,7 @@ impl<'a> OrgView<'a> {
         };
         prefix == LEAD.key_prefix
             && lead < CREATED_BASE
-            && self.generated_record(&CAMPAIGN_MEMBER, lead).is_some()
+            && self.record(&CAMPAIGN_MEMBER, lead).is_some()
             && self.funnel.lead(lead).campaign == Some(campaign)
     }
 
@@ -906,7 +908,9 @@ impl<'a> OrgView<'a> {
         if number % 2 == 1 {
             return true;
         }
-        let lead = self.funnel.lead(number / 2 * CONVERSION_EVERY);
+        let lead = self
+            .funnel
+            .lead((number / 2).saturating_mul(CONVERSION_EVERY));
         lead.steps
             .iter()
             .any(|step| step.change == LeadChange::Converted && step.at <= self.now)
@@ -916,7 +920,9 @@ impl<'a> OrgView<'a> {
         let account = self.account(number)?;
         let mut record = SfRecord::empty(&CONTACT);
         let (first, last, title, email, source, opted_out) = if number % 2 == 0 {
-            let lead = self.funnel.lead(number / 2 * CONVERSION_EVERY);
+            let lead = self
+                .funnel
+                .lead((number / 2).saturating_mul(CONVERSION_EVERY));
             (
                 lead.first_name,
                 lead.last_name,
@@ -1097,16 +1103,16 @@ impl<'a> OrgView<'a> {
         Some(record)
     }
 
+    /// Stage and status metadata share key prefix 01J, so statuses are numbered after stages.
     fn lead_status(&self, number: u64) -> Option<SfRecord> {
-        let (label, converted) = LEAD_STATUSES.get(number as usize)?;
+        let index = usize::try_from(number).ok()?.checked_sub(STAGES.len())?;
+        let (label, converted) = LEAD_STATUSES.get(index)?;
         let mut record = SfRecord::empty(&LEAD_STATUS);
-        // Stage and status metadata share key prefix 01J; statuses are numbered after stages.
-        let id_number = STAGES.len() as u64 + number;
-        record.set("Id", text(&sf_id(LEAD_STATUS.key_prefix, id_number)));
+        record.set("Id", text(&sf_id(LEAD_STATUS.key_prefix, number)));
         record.set("MasterLabel", text(label));
         record.set("ApiName", text(label));
-        record.set("SortOrder", number_of(number as i64 + 1));
-        record.set("IsDefault", SfValue::Bool(number == 0));
+        record.set("SortOrder", number_of(index as i64 + 1));
+        record.set("IsDefault", SfValue::Bool(index == 0));
         record.set("IsConverted", SfValue::Bool(*converted));
         stamp_audit::<()>(&mut record, self.funnel.origin(), Actor::Import, &[]);
         Some(record)

@@ -97,6 +97,7 @@ async fn apply_changes(
         Ok(Json(body)) => body.changes,
         Err(rejection) => return bad_request(&format!("changes: {}", rejection.body_text())),
     };
+    let reps = shared.funnel.shape().reps;
     let outcome = with_batch(
         &shared,
         |batch| {
@@ -104,6 +105,14 @@ async fn apply_changes(
                 .iter()
                 .enumerate()
                 .map(|(index, change)| {
+                    if let By::Rep { number } = change.by {
+                        if number >= reps {
+                            return Err(format!(
+                                "change {index}: there is no rep {number}; reps are numbered 0 to {}",
+                                reps - 1
+                            ));
+                        }
+                    }
                     batch.act_as(change.by.user_id());
                     apply_change(batch, change)
                         .map_err(|err| format!("change {index}: {} {}", err.code, err.message))
