@@ -257,8 +257,8 @@ async fn memberships(
         })
         .collect();
     let mut body = json!({ "results": results, "total": members.len() });
-    if start + limit < members.len() {
-        body["paging"] = json!({ "next": { "after": (start + limit).to_string() } });
+    if start.saturating_add(limit) < members.len() {
+        body["paging"] = json!({ "next": { "after": (start.saturating_add(limit)).to_string() } });
     }
     Json(body).into_response()
 }

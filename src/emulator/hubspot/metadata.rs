@@ -264,8 +264,8 @@ async fn owners(State(shared): State<Arc<Shared>>, uri: Uri) -> Response {
         .collect();
     let page: Vec<Value> = all.iter().skip(start).take(limit).cloned().collect();
     let mut body = json!({ "results": page });
-    if start + limit < all.len() {
-        let after = (start + limit).to_string();
+    if start.saturating_add(limit) < all.len() {
+        let after = (start.saturating_add(limit)).to_string();
         let link = shared
             .base_url
             .join(&format!("crm/v3/owners/?limit={limit}&after={after}"))

@@ -1128,7 +1128,17 @@ impl Parser<'_> {
         if N_RANGES.contains(&upper.as_str()) {
             self.expect_symbol(":")?;
             let n = self.count()?;
-            let n = i32::try_from(n).map_err(|_| self.unexpected_at(token))?;
+            // A million days reaches far past any record; beyond it the day arithmetic would
+            // overflow, so larger counts are refused as out of range.
+            let n = i32::try_from(n)
+                .ok()
+                .filter(|n| *n <= MAX_RELATIVE_COUNT)
+                .ok_or_else(|| SoqlError {
+                    code: "NUMBER_OUTSIDE_VALID_RANGE",
+                    message: format!(
+                        "{upper}:{n} is out of range: the most is {MAX_RELATIVE_COUNT}"
+                    ),
+                })?;
             if let Some((start, end)) = n_range(&upper, n, self.today) {
                 return Ok(Literal::Range { start, end });
             }
@@ -1312,6 +1322,9 @@ fn fixed_range(name: &str, today: i32) -> Option<(i32, i32)> {
         _ => return None,
     })
 }
+
+/// The largest `n` of a relative literal such as `LAST_N_DAYS:n`.
+const MAX_RELATIVE_COUNT: i32 = 1_000_000;
 
 /// Relative literals taking `:n`.
 const N_RANGES: [&str; 5] = [
@@ -1498,6 +1511,16 @@ mod tests {
             [("SystemModstamp", false, false), ("Id", false, false)]
         );
         assert_eq!((query.limit, query.offset), (Some(10), None));
+    }
+
+    #[test]
+    fn huge_relative_counts_are_out_of_range_not_an_overflow() {
+        let err = parse(
+            "SELECT Id FROM Lead WHERE CreatedDate = NEXT_N_DAYS:2147483647",
+            now(),
+        )
+        .unwrap_err();
+        assert_eq!(err.code, "NUMBER_OUTSIDE_VALID_RANGE");
     }
 
     #[test]
