@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 
 use super::error;
 use super::ids::sf_id;
-use super::query::{evaluate, ViewResolver};
+use super::query::{evaluate, rows, ViewResolver};
 use super::records::OrgView;
 use super::schema::{self, FieldType, SfRecord, SfValue};
 use super::soql::{self, FieldPath, Selection};
@@ -148,7 +148,7 @@ pub(crate) async fn create(
         let overlay = shared.salesforce.overlay();
         let view = OrgView::over(&shared.funnel, now, &overlay);
         match evaluate(&shared, &view, &parsed, operation == "queryAll") {
-            Ok(matched) => matched.into_iter().map(|(number, _)| number).collect(),
+            Ok(matched) => matched,
             Err(response) => return *response,
         }
     };
@@ -298,10 +298,7 @@ pub(crate) async fn results(
     let Selection::Fields(paths) = &query.select else {
         return invalid_job("Aggregate queries are not supported by Bulk API 2.0 query jobs");
     };
-    let rows: Vec<SfRecord> = numbers[offset..end]
-        .iter()
-        .filter_map(|&number| view.record(query.object, number))
-        .collect();
+    let rows = rows(&view, &query, &numbers[offset..end]);
     let csv = render_csv(paths, &rows, &ViewResolver(&view));
     let next = if end < numbers.len() {
         encode_locator(end)

@@ -152,15 +152,20 @@ pub(crate) async fn query_more(
     let overlay = shared.salesforce.overlay();
     let view = OrgView::over(&shared.funnel, as_of, &overlay);
     let end = (offset + batch).min(numbers.len());
-    let rows: Vec<SfRecord> = numbers[offset..end]
-        .iter()
-        .filter_map(|&number| view.record(query.object, number))
-        .collect();
+    let rows = rows(&view, &query, &numbers[offset..end]);
     let next = (end < numbers.len()).then(|| format!("{id}-{end}"));
     if next.is_none() {
         lock(&shared.salesforce.cursors).open.remove(id);
     }
     page(&view, &query, version, numbers.len(), &rows, next)
+}
+
+/// The records behind some matched numbers, as of the view's instant.
+pub(crate) fn rows(view: &OrgView<'_>, query: &soql::Query, numbers: &[u64]) -> Vec<SfRecord> {
+    numbers
+        .iter()
+        .filter_map(|&number| view.record(query.object, number))
+        .collect()
 }
 
 fn invalid_locator() -> Response {
@@ -209,37 +214,48 @@ fn run_query(
             .into_response();
     }
     let batch = batch_size(headers);
-    let first: Vec<SfRecord> = matched
-        .iter()
-        .take(batch)
-        .map(|(_, row)| row.clone())
-        .collect();
+    let first = rows(&view, &parsed, &matched[..batch.min(matched.len())]);
     let total = matched.len();
     let next = (total > batch).then(|| {
-        let numbers: Vec<u64> = matched.iter().map(|(number, _)| *number).collect();
-        let id = open_cursor(shared, session, now, parsed.clone(), numbers, batch);
+        let id = open_cursor(shared, session, now, parsed.clone(), matched, batch);
         format!("{id}-{batch}")
     });
     page(&view, &parsed, version, total, &first, next)
 }
 
-/// Rows matching the query, ordered and cut by ORDER BY, OFFSET and LIMIT.
+/// Numbers of the records matching the query, ordered and cut by ORDER BY, OFFSET and LIMIT.
+/// Only numbers (and sort keys while sorting) are kept, never whole records: a query over a
+/// million rows must not hold a million records.
 pub(crate) fn evaluate(
     shared: &Shared,
     view: &OrgView<'_>,
     parsed: &soql::Query,
     include_deleted: bool,
-) -> Result<Vec<(u64, SfRecord)>, Box<Response>> {
+) -> Result<Vec<u64>, Box<Response>> {
     let resolver = ViewResolver(view);
     let is_history = HISTORY_OBJECTS.contains(&parsed.object.name);
     let timeout_rows = shared.salesforce.options.query_timeout_rows;
-    let mut matched = Vec::new();
+    let ordered = !parsed.order.is_empty();
+    // Without ORDER BY the first OFFSET + LIMIT matches in id order are the answer.
+    let enough = match (ordered, parsed.limit) {
+        (false, Some(limit)) => limit.saturating_add(parsed.offset.unwrap_or(0)),
+        _ => usize::MAX,
+    };
+    let mut matched: Vec<(u64, Vec<SfValue>)> = Vec::new();
     for (number, row) in view.scan(parsed.object) {
+        if matched.len() >= enough {
+            break;
+        }
         let deleted = matches!(row.get("IsDeleted"), SfValue::Bool(true));
         if (deleted && !include_deleted) || !parsed.matches(&row, &resolver) {
             continue;
         }
-        matched.push((number, row));
+        let keys = if ordered {
+            parsed.sort_keys(&row, &resolver)
+        } else {
+            Vec::new()
+        };
+        matched.push((number, keys));
         if is_history && matched.len() as u64 > timeout_rows {
             return Err(Box::new(error(
                 StatusCode::BAD_REQUEST,
@@ -248,15 +264,18 @@ pub(crate) fn evaluate(
             )));
         }
     }
-    if !parsed.order.is_empty() {
-        matched.sort_by(|(_, a), (_, b)| parsed.compare(a, b, &resolver));
+    if ordered {
+        // A stable sort keeps id order among equal keys, as the scan produced them.
+        matched.sort_by(|(_, a), (_, b)| parsed.compare_keys(a, b));
     }
     let offset = parsed.offset.unwrap_or(0).min(matched.len());
-    matched.drain(..offset);
-    if let Some(limit) = parsed.limit {
-        matched.truncate(limit);
-    }
-    Ok(matched)
+    let limit = parsed.limit.unwrap_or(usize::MAX);
+    Ok(matched
+        .into_iter()
+        .skip(offset)
+        .take(limit)
+        .map(|(number, _)| number)
+        .collect())
 }
 
 /// The page size a client asked for, within what Salesforce honours.

@@ -232,11 +232,20 @@ impl Query {
             .is_none_or(|filter| filter.matches(record, resolver))
     }
 
-    /// Orders two records by the `ORDER BY` keys (equal when there are none).
-    pub fn compare(&self, a: &SfRecord, b: &SfRecord, resolver: &dyn Resolver) -> Ordering {
+    /// The values a record is ordered by, read once so sorting does not rebuild parents.
+    pub fn sort_keys(&self, record: &SfRecord, resolver: &dyn Resolver) -> Vec<SfValue> {
         self.order
             .iter()
-            .map(|key| key.compare(a, b, resolver))
+            .map(|key| key.path.value(record, resolver))
+            .collect()
+    }
+
+    /// Orders two records by their [`Query::sort_keys`] (equal when there are no keys).
+    pub fn compare_keys(&self, a: &[SfValue], b: &[SfValue]) -> Ordering {
+        self.order
+            .iter()
+            .zip(a.iter().zip(b))
+            .map(|(key, (left, right))| key.compare_values(left, right))
             .find(|ordering| ordering.is_ne())
             .unwrap_or(Ordering::Equal)
     }
@@ -277,10 +286,8 @@ fn field_value(record: &SfRecord, field: &FieldDef, index: usize) -> SfValue {
 
 /// One key's contribution to [`Query::compare`].
 impl OrderKey {
-    /// Orders two records by this key alone.
-    fn compare(&self, a: &SfRecord, b: &SfRecord, resolver: &dyn Resolver) -> Ordering {
-        let left = self.path.value(a, resolver);
-        let right = self.path.value(b, resolver);
+    /// Orders two values of this key, with its direction and null placement.
+    fn compare_values(&self, left: &SfValue, right: &SfValue) -> Ordering {
         match (left.is_null(), right.is_null()) {
             (true, true) => Ordering::Equal,
             (true, false) if self.nulls_last => Ordering::Greater,
@@ -288,7 +295,7 @@ impl OrderKey {
             (false, true) if self.nulls_last => Ordering::Less,
             (false, true) => Ordering::Greater,
             (false, false) => {
-                let ordering = sort_order(&left, &right, self.path.field.kind);
+                let ordering = sort_order(left, right, self.path.field.kind);
                 if self.descending {
                     ordering.reverse()
                 } else {
@@ -1804,7 +1811,12 @@ mod tests {
         let order = |soql: &str| {
             let query = query(soql);
             let mut sorted = records.clone();
-            sorted.sort_by(|a, b| query.compare(a, b, &NoParents));
+            sorted.sort_by(|a, b| {
+                query.compare_keys(
+                    &query.sort_keys(a, &NoParents),
+                    &query.sort_keys(b, &NoParents),
+                )
+            });
             sorted
                 .iter()
                 .map(|record| record.id().to_string())
