@@ -439,11 +439,44 @@ impl<'a> OrgView<'a> {
                     .chain(account.resegmented.map(|(at, _)| at))
                     .collect()
             }
+            "OpportunityHistory" | "OpportunityFieldHistory" | "LeadHistory" => {
+                self.history_row_change_times(object, number)
+            }
             _ => self
                 .generated_record_created(object, number)
                 .into_iter()
                 .collect(),
         }
+    }
+
+    /// A history row never changes, except that it goes to the recycle bin with its parent:
+    /// its versions are its creation and, if the parent is deleted, the deletion.
+    fn history_row_change_times(&self, object: &'static ObjectDef, number: u64) -> Vec<Millis> {
+        let Some(row) = self.record(object, number) else {
+            return Vec::new();
+        };
+        let mut times: Vec<Millis> = match row.get("CreatedDate") {
+            SfValue::DateTime(at) => vec![*at],
+            _ => Vec::new(),
+        };
+        if matches!(row.get("IsDeleted"), SfValue::Bool(true)) {
+            let (parent_field, parent_object) = if object.name == "LeadHistory" {
+                ("LeadId", LEAD.name)
+            } else {
+                ("OpportunityId", OPPORTUNITY.name)
+            };
+            let deleted_at = match row.get(parent_field) {
+                SfValue::Text(parent) => self.by_id(parent, &[parent_object]).and_then(|parent| {
+                    match parent.get("SystemModstamp") {
+                        SfValue::DateTime(at) => Some(*at),
+                        _ => None,
+                    }
+                }),
+                _ => None,
+            };
+            times.extend(deleted_at);
+        }
+        times
     }
 
     /// When a record without a generated life of its own was created (metadata, users,
