@@ -538,3 +538,19 @@ async fn with_tls_it_serves_https_trusted_through_its_own_ca() {
     );
     emu.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_per_app_limit_adds_its_usage_to_the_limit_header() {
+    let emu = start(SalesforceOptions {
+        per_app_api_limit: Some(250),
+        ..SalesforceOptions::default()
+    })
+    .await;
+    let session = access_token(&emu).await;
+    let response = get(&emu, "/services/data/v62.0/limits", &session).await;
+    assert_eq!(
+        response.headers()["sforce-limit-info"],
+        "api-usage=1/15000; per-app-api-usage=1/250(appName=pipewarden-demo)"
+    );
+    emu.stop().await.unwrap();
+}

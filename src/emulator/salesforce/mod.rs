@@ -62,6 +62,9 @@ pub struct SalesforceOptions {
     pub session_timeout: Duration,
     /// Rolling 24-hour API allocation (Developer Edition: 15,000).
     pub daily_api_limit: u64,
+    /// A per-app API limit on pipewarden's connected app, which adds
+    /// `per-app-api-usage=N/M(appName=…)` to `Sforce-Limit-Info`.
+    pub per_app_api_limit: Option<u64>,
     /// A query on a history object matching more rows than this runs too long and answers
     /// `QUERY_TIMEOUT`, as wide history queries do on big orgs.
     pub query_timeout_rows: u64,
@@ -81,6 +84,7 @@ impl Default for SalesforceOptions {
             jwt_username: records::INTEGRATION_USERNAME.to_string(),
             session_timeout: Duration::from_secs(2 * 3600),
             daily_api_limit: 15_000,
+            per_app_api_limit: None,
             query_timeout_rows: 500_000,
             validation_rules: vec![ValidationRule::loss_reason_required()],
         }
@@ -355,11 +359,26 @@ async fn guard(State(shared): State<Arc<Shared>>, request: Request, next: Next) 
         used + 1
     };
     let mut response = next.run(request).await;
-    let header = format!("api-usage={used}/{}", org.options.daily_api_limit);
+    let header = limit_info(&org.options, used);
     if let Ok(value) = HeaderValue::from_str(&header) {
         response.headers_mut().insert("Sforce-Limit-Info", value);
     }
     response
+}
+
+/// `Sforce-Limit-Info`: `api-usage=N/M`, plus the connected app's own share when the org set a
+/// per-app limit. Only then: some clients parse the header with an anchored pattern that the
+/// longer form breaks, so both forms need testing.
+fn limit_info(options: &SalesforceOptions, used: u64) -> String {
+    let org_wide = format!("api-usage={used}/{}", options.daily_api_limit);
+    match options.per_app_api_limit {
+        // pipewarden's connected app is the only client, so its share is every call.
+        Some(limit) => format!(
+            "{org_wide}; per-app-api-usage={used}/{limit}(appName={})",
+            options.client_id
+        ),
+        None => org_wide,
+    }
 }
 
 /// Release names cycle Winter, Spring, Summer; v59.0 was Winter '24.
