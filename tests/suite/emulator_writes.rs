@@ -729,3 +729,41 @@ async fn review_regressions_ids_members_limits_and_scripts() {
     );
     org.emu.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn an_owner_change_leaves_an_id_row_and_a_name_row_like_generated_history() {
+    let org = Org::start().await;
+    let lead = org.open_leads(1).await.remove(0);
+    let queue = org
+        .ids("SELECT Id FROM Group WHERE Name = 'Nurture'")
+        .await
+        .remove(0);
+    let (status, body) = org.patch("Lead", &lead, json!({"OwnerId": queue})).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    let rows = org
+        .query(
+            "query",
+            &format!("SELECT DataType, NewValue FROM LeadHistory WHERE LeadId = '{lead}' AND Field = 'Owner' ORDER BY CreatedDate DESC LIMIT 2"),
+        )
+        .await;
+    let mut pairs: Vec<(String, String)> = rows["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| {
+            (
+                row["DataType"].as_str().unwrap().to_string(),
+                row["NewValue"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    pairs.sort();
+    assert_eq!(
+        pairs,
+        [
+            ("EntityId".to_string(), queue.clone()),
+            ("Text".to_string(), "Nurture".to_string())
+        ]
+    );
+    org.emu.stop().await.unwrap();
+}

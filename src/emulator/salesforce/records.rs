@@ -377,7 +377,7 @@ impl<'a> OrgView<'a> {
             }
         };
         for applied in &applied {
-            rows.extend(write_rows(history, applied));
+            rows.extend(write_rows(history, applied, |id| self.owner_name_of(id)));
         }
         rows.truncate(HISTORY_SLOTS as usize);
         let slot_base = match history.name {
@@ -893,6 +893,16 @@ impl<'a> OrgView<'a> {
         rows
     }
 
+    /// The name of the user or queue behind an owner id.
+    fn owner_name_of(&self, id: &SfValue) -> SfValue {
+        match id {
+            SfValue::Text(id) => self
+                .name_record(id)
+                .map_or(SfValue::Null, |owner| owner.get("Name").clone()),
+            _ => SfValue::Null,
+        }
+    }
+
     fn owner_name(&self, owner: Owner) -> SfValue {
         match owner {
             Owner::Queue(queue) => text(QUEUES[queue as usize]),
@@ -1371,7 +1381,13 @@ struct AppliedWrite<'e> {
 }
 
 /// The history rows one client write leaves.
-fn write_rows(history: &'static ObjectDef, applied: &AppliedWrite<'_>) -> Vec<SfRecord> {
+/// Owner changes leave two rows, ids then names, as orgs record lookups; `owner_name` gives
+/// the name behind an owner id.
+fn write_rows(
+    history: &'static ObjectDef,
+    applied: &AppliedWrite<'_>,
+    owner_name: impl Fn(&SfValue) -> SfValue,
+) -> Vec<SfRecord> {
     let AppliedWrite {
         write,
         before,
@@ -1390,28 +1406,37 @@ fn write_rows(history: &'static ObjectDef, applied: &AppliedWrite<'_>) -> Vec<Sf
         copy_history_snapshot(&mut row, after, Some(before));
         return vec![row];
     }
-    writes::tracked_fields(after.object.name)
+    let mut rows = Vec::new();
+    let changed = writes::tracked_fields(after.object.name)
         .iter()
-        .filter(|field| before.get(field) != after.get(field))
-        .map(|field| {
-            let mut row = history_row(history, after, at.clone(), by.clone());
-            let kind = after
-                .object
-                .field(field)
-                .map_or(FieldType::String, |def| def.kind);
-            let (name, data_type) = match (*field, kind) {
-                ("OwnerId", _) => ("Owner", "EntityId"),
-                ("StageName", _) => ("StageName", "DynamicEnum"),
-                (_, FieldType::Picklist) => (*field, "Picklist"),
-                (_, FieldType::Currency) => (*field, "Currency"),
-                (_, FieldType::Date) => (*field, "Date"),
-                _ => (*field, "Text"),
-            };
-            row.set("Field", text(name));
-            row.set("DataType", text(data_type));
-            row.set("OldValue", before.get(field).clone());
-            row.set("NewValue", after.get(field).clone());
-            row
-        })
-        .collect()
+        .filter(|field| before.get(field) != after.get(field));
+    for field in changed {
+        let mut row = history_row(history, after, at.clone(), by.clone());
+        let kind = after
+            .object
+            .field(field)
+            .map_or(FieldType::String, |def| def.kind);
+        let (name, data_type) = match (*field, kind) {
+            ("OwnerId", _) => ("Owner", "EntityId"),
+            ("StageName", _) => ("StageName", "DynamicEnum"),
+            (_, FieldType::Picklist) => (*field, "Picklist"),
+            (_, FieldType::Currency) => (*field, "Currency"),
+            (_, FieldType::Date) => (*field, "Date"),
+            _ => (*field, "Text"),
+        };
+        row.set("Field", text(name));
+        row.set("DataType", text(data_type));
+        row.set("OldValue", before.get(field).clone());
+        row.set("NewValue", after.get(field).clone());
+        rows.push(row);
+        if *field == "OwnerId" {
+            let mut names = history_row(history, after, at.clone(), by.clone());
+            names.set("Field", text("Owner"));
+            names.set("DataType", text("Text"));
+            names.set("OldValue", owner_name(before.get(field)));
+            names.set("NewValue", owner_name(after.get(field)));
+            rows.push(names);
+        }
+    }
+    rows
 }
