@@ -838,10 +838,28 @@ async fn search_lags_behind_writes_and_never_shows_archived_records() {
     )
     .await;
     assert_eq!(status, StatusCode::OK);
-    let (_, body) = search(&emu, "deals", by_id(&edited)).await;
-    assert_eq!(body["total"], 0, "not indexed yet");
+    let gong = json!({
+        "filterGroups": [{"filters": [
+            filter("hs_object_id", "EQ", json!(edited)),
+            filter("competitor", "EQ", json!("Gong")),
+        ]}],
+        "properties": ["competitor"],
+    });
+    let (_, body) = search(&emu, "deals", gong.clone()).await;
+    assert_eq!(body["total"], 0, "the new value is not indexed yet");
+    let mut stale = by_id(&edited);
+    stale["properties"] = json!(["competitor"]);
+    let (_, body) = search(&emu, "deals", stale).await;
+    assert_eq!(
+        body["total"], 1,
+        "the record stays findable by what was indexed"
+    );
+    assert_ne!(
+        body["results"][0]["properties"]["competitor"], "Gong",
+        "{body}"
+    );
     advance(&emu, "11s").await;
-    let (_, body) = search(&emu, "deals", by_id(&edited)).await;
+    let (_, body) = search(&emu, "deals", gong).await;
     assert_eq!(body["total"], 1, "indexed after the lag");
 
     let (status, _) = send(

@@ -15,7 +15,7 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 
 use super::objects::{object_type, parse_instant, render, with_view, Selection, PREFIXES};
-use super::records::HsRecord;
+use super::records::{HsRecord, PortalView};
 use super::schema::ObjectType;
 use super::validation_error;
 use crate::emulator::Shared;
@@ -373,11 +373,18 @@ async fn search(
         ));
     }
     let (total, results) = with_view(&shared, |view, inner| {
+        // The index is the portal as it was `lag` ago: a new record is not in it yet, and a
+        // just-edited one is found (and shown) with its indexed values, not left out. Archiving
+        // takes a record out of search at once.
         let lag = shared.hubspot.search_index_lag_ms(inner);
-        let indexed_before = view.now - lag;
-        let mut hits: Vec<HsRecord> = (0..view.bound(object))
-            .filter_map(|number| view.live(object, number))
-            .filter(|record| record.modified_at <= indexed_before)
+        let indexed = PortalView {
+            funnel: view.funnel,
+            now: view.now - lag,
+            overlays: view.overlays,
+        };
+        let mut hits: Vec<HsRecord> = (0..indexed.bound(object))
+            .filter(|number| view.live(object, *number).is_some())
+            .filter_map(|number| indexed.live(object, number))
             .filter(|record| {
                 request.groups.is_empty()
                     || request
@@ -412,7 +419,7 @@ async fn search(
             .iter()
             .skip(request.after)
             .take(request.limit)
-            .map(|record| render(view, record, &request.selection))
+            .map(|record| render(&indexed, record, &request.selection))
             .collect();
         (total, page)
     });
