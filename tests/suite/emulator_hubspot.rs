@@ -1303,3 +1303,55 @@ async fn ground_truth_is_the_api_history_oldest_first_and_tokens_can_be_expired(
     assert_eq!(body["category"], "EXPIRED_AUTHENTICATION");
     emu.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn membership_paging_survives_removals_between_pages() {
+    let emu = start(roomy()).await;
+    let (_, contacts) = get(&emu, "/crm/v3/objects/contacts", &[("limit", "6")]).await;
+    let members = ids(&contacts);
+    let (status, _) = send(
+        &emu,
+        Method::PUT,
+        "/crm/v3/lists/102/memberships/add",
+        json!(members),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let path = "/crm/v3/lists/102/memberships";
+    let (_, first) = get(&emu, path, &[("limit", "2")]).await;
+    let mut seen: Vec<String> = first["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|member| member["recordId"].as_str().unwrap().to_string())
+        .collect();
+    // Removing a member already read must not shift the next page.
+    let (status, _) = send(
+        &emu,
+        Method::PUT,
+        "/crm/v3/lists/102/memberships/remove",
+        json!([seen[0]]),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let mut after = first["paging"]["next"]["after"]
+        .as_str()
+        .map(str::to_string);
+    for _ in 0..10 {
+        let Some(cursor) = after.take() else { break };
+        let (_, page) = get(&emu, path, &[("limit", "2"), ("after", &cursor)]).await;
+        seen.extend(
+            page["results"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["recordId"].as_str().unwrap().to_string()),
+        );
+        after = page["paging"]["next"]["after"].as_str().map(str::to_string);
+    }
+    let mut expected = members.clone();
+    expected.sort();
+    seen.sort();
+    assert_eq!(seen, expected, "every member once, none skipped");
+    emu.stop().await.unwrap();
+}

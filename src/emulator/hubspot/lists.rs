@@ -3,6 +3,8 @@
 //! Only `MANUAL` and `SNAPSHOT` lists take membership changes; the response key
 //! `recordsIdsAdded` is misspelt in HubSpot's own API and kept so.
 
+use std::collections::BTreeMap;
+use std::ops::Bound::{Excluded, Unbounded};
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -217,7 +219,8 @@ async fn change(
     Json(answer).into_response()
 }
 
-/// `GET .../memberships`: members in record id order, paged by offset.
+/// `GET .../memberships`: members in record id order. The `after` cursor is the last member
+/// returned, not an offset, so adding or removing members between pages skips or repeats none.
 async fn memberships(
     State(shared): State<Arc<Shared>>,
     Path(id): Path<String>,
@@ -235,30 +238,33 @@ async fn memberships(
         pairs
             .iter()
             .find(|(name, _)| name == key)
-            .and_then(|(_, value)| value.parse::<usize>().ok())
+            .and_then(|(_, value)| value.parse::<u64>().ok())
     };
     let limit = param("limit")
-        .unwrap_or(MEMBERSHIP_PAGE_DEFAULT)
+        .map_or(MEMBERSHIP_PAGE_DEFAULT, |limit| {
+            usize::try_from(limit).unwrap_or(usize::MAX)
+        })
         .clamp(1, MEMBERSHIP_PAGE_MAX);
-    let start = param("after").unwrap_or(0);
-    let members: Vec<(u64, Millis)> = shared
-        .hubspot
-        .lock()
-        .memberships
-        .get(&list.id)
-        .map(|members| members.iter().map(|(n, at)| (*n, *at)).collect())
-        .unwrap_or_default();
-    let results: Vec<Value> = members
+    let after = param("after");
+    let inner = shared.hubspot.lock();
+    let empty = BTreeMap::new();
+    let members = inner.memberships.get(&list.id).unwrap_or(&empty);
+    let following = match after {
+        Some(after) => members.range((Excluded(after), Unbounded)),
+        None => members.range(..),
+    };
+    let page: Vec<(u64, Millis)> = following.take(limit + 1).map(|(n, at)| (*n, *at)).collect();
+    let results: Vec<Value> = page
         .iter()
-        .skip(start)
         .take(limit)
         .map(|(number, at)| {
             json!({ "recordId": ObjectType::Contacts.id(*number), "membershipTimestamp": iso(*at) })
         })
         .collect();
     let mut body = json!({ "results": results, "total": members.len() });
-    if start.saturating_add(limit) < members.len() {
-        body["paging"] = json!({ "next": { "after": (start.saturating_add(limit)).to_string() } });
+    if page.len() > limit {
+        let last = page[limit - 1].0;
+        body["paging"] = json!({ "next": { "after": last.to_string() } });
     }
     Json(body).into_response()
 }
