@@ -767,3 +767,38 @@ async fn an_owner_change_leaves_an_id_row_and_a_name_row_like_generated_history(
     );
     org.emu.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_query_cursor_reads_its_later_pages_from_the_snapshot_it_opened() {
+    let org = Org::start().await;
+    let soql = "SELECT Id, Status FROM Lead WHERE IsConverted = false ORDER BY Id";
+    let on_page_two = &org
+        .query("query", &format!("{soql} LIMIT 1 OFFSET 200"))
+        .await["records"][0];
+    let target = on_page_two["Id"].as_str().unwrap().to_string();
+    let mut address = url::Url::parse(&url(&org.emu, &format!("{V}/query"))).unwrap();
+    address.query_pairs_mut().append_pair("q", soql);
+    let first: Value = reqwest::Client::new()
+        .get(address)
+        .bearer_auth(&org.token)
+        .header("Sforce-Query-Options", "batchSize=200")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    // Written in the same simulated millisecond the query ran in, after it opened.
+    org.patch("Lead", &target, json!({"Status": "Nurture"}))
+        .await;
+    let next = first["nextRecordsUrl"].as_str().unwrap().to_string();
+    let (_, second) = org.call(Method::GET, &next, None).await;
+    assert_eq!(second["records"][0]["Id"], json!(target));
+    assert_eq!(
+        second["records"][0]["Status"], on_page_two["Status"],
+        "the cursor's snapshot holds"
+    );
+    let (_, now) = org.get("Lead", &target).await;
+    assert_eq!(now["Status"], "Nurture");
+    org.emu.stop().await.unwrap();
+}

@@ -43,6 +43,8 @@ struct Job {
     operation: &'static str,
     created_at: Millis,
     created_by: String,
+    /// The last client write its snapshot saw.
+    seq: u64,
     state: &'static str,
     query: Arc<soql::Query>,
     numbers: Arc<Vec<u64>>,
@@ -144,11 +146,11 @@ pub(crate) async fn create(
             "Aggregate queries and OFFSET are not supported by Bulk API 2.0 query jobs",
         );
     }
-    let numbers = {
+    let (numbers, seq) = {
         let overlay = shared.salesforce.overlay();
         let view = OrgView::over(&shared.funnel, now, &overlay);
         match evaluate(&shared, &view, &parsed, operation == "queryAll") {
-            Ok(matched) => matched,
+            Ok(matched) => (matched, overlay.seq()),
             Err(response) => return *response,
         }
     };
@@ -160,6 +162,7 @@ pub(crate) async fn create(
         operation,
         created_at: now,
         created_by: shared.salesforce.user_id.clone(),
+        seq,
         state: "UploadComplete",
         query: Arc::new(parsed),
         numbers: Arc::new(numbers),
@@ -257,7 +260,7 @@ pub(crate) async fn results(
     Path((_, id)): Path<(String, String)>,
     QueryParams(page): QueryParams<ResultsPage>,
 ) -> Response {
-    let (query, numbers, as_of) = {
+    let (query, numbers, as_of, seq) = {
         let jobs = lock(&shared.salesforce.jobs);
         let Some(job) = jobs.by_id.get(&id) else {
             return job_not_found();
@@ -269,7 +272,12 @@ pub(crate) async fn results(
                 &format!("Job {id} is not complete: its state is {}", job.state),
             );
         }
-        (job.query.clone(), job.numbers.clone(), job.created_at)
+        (
+            job.query.clone(),
+            job.numbers.clone(),
+            job.created_at,
+            job.seq,
+        )
     };
     let offset = match page
         .locator
@@ -294,7 +302,7 @@ pub(crate) async fn results(
         .clamp(1, DEFAULT_CHUNK);
     let end = (offset + chunk).min(numbers.len());
     let overlay = shared.salesforce.overlay();
-    let view = OrgView::over(&shared.funnel, as_of, &overlay);
+    let view = OrgView::snapshot(&shared.funnel, as_of, &overlay, seq);
     let Selection::Fields(paths) = &query.select else {
         return invalid_job("Aggregate queries are not supported by Bulk API 2.0 query jobs");
     };

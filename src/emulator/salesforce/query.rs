@@ -53,7 +53,9 @@ struct Cursor {
     session: String,
     opened_seq: u64,
     last_used: Millis,
+    /// The snapshot its pages are read from: the instant and the last write it saw.
     as_of: Millis,
+    seq: u64,
     query: Arc<soql::Query>,
     numbers: Arc<Vec<u64>>,
     batch: usize,
@@ -145,12 +147,13 @@ pub(crate) async fn query_more(
             cursor.query.clone(),
             cursor.numbers.clone(),
             cursor.as_of,
+            cursor.seq,
             cursor.batch,
         )
     };
-    let (query, numbers, as_of, batch) = cursor;
+    let (query, numbers, as_of, seq, batch) = cursor;
     let overlay = shared.salesforce.overlay();
-    let view = OrgView::over(&shared.funnel, as_of, &overlay);
+    let view = OrgView::snapshot(&shared.funnel, as_of, &overlay, seq);
     let end = (offset + batch).min(numbers.len());
     let rows = rows(&view, &query, &numbers[offset..end]);
     let next = (end < numbers.len()).then(|| format!("{id}-{end}"));
@@ -217,7 +220,8 @@ fn run_query(
     let first = rows(&view, &parsed, &matched[..batch.min(matched.len())]);
     let total = matched.len();
     let next = (total > batch).then(|| {
-        let id = open_cursor(shared, session, now, parsed.clone(), matched, batch);
+        let snapshot = (now, overlay.seq());
+        let id = open_cursor(shared, session, snapshot, parsed.clone(), matched, batch);
         format!("{id}-{batch}")
     });
     page(&view, &parsed, version, total, &first, next)
@@ -298,7 +302,7 @@ fn batch_size(headers: &HeaderMap) -> usize {
 fn open_cursor(
     shared: &Shared,
     session: &SessionToken,
-    now: Millis,
+    (now, write_seq): (Millis, u64),
     query: soql::Query,
     numbers: Vec<u64>,
     batch: usize,
@@ -318,15 +322,16 @@ fn open_cursor(
         }
     }
     cursors.issued += 1;
-    let seq = cursors.issued;
-    let id = sf_id(LOCATOR_PREFIX, seq);
+    let issued = cursors.issued;
+    let id = sf_id(LOCATOR_PREFIX, issued);
     cursors.open.insert(
         id.clone(),
         Cursor {
             session: session.0.clone(),
-            opened_seq: seq,
+            opened_seq: issued,
             last_used: now,
             as_of: now,
+            seq: write_seq,
             query: Arc::new(query),
             numbers: Arc::new(numbers),
             batch,

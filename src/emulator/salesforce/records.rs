@@ -105,6 +105,8 @@ pub(crate) struct OrgView<'a> {
     pub now: Millis,
     /// Client writes layered over the funnel (none for the generated org alone).
     pub overlay: Option<&'a Overlay>,
+    /// Writes after this sequence number are not seen (a cursor's snapshot).
+    pub upto_seq: u64,
 }
 
 fn text(value: &str) -> SfValue {
@@ -167,10 +169,22 @@ fn purged(deleted_at: Option<Millis>, now: Millis) -> bool {
 impl<'a> OrgView<'a> {
     /// The org at `now`: the funnel with the client writes in `overlay`.
     pub fn over(funnel: &'a Funnel, now: Millis, overlay: &'a Overlay) -> OrgView<'a> {
+        OrgView::snapshot(funnel, now, overlay, u64::MAX)
+    }
+
+    /// The org at `now` with only the client writes up to sequence number `upto_seq`: what a
+    /// query cursor opened at that point sees on every page.
+    pub fn snapshot(
+        funnel: &'a Funnel,
+        now: Millis,
+        overlay: &'a Overlay,
+        upto_seq: u64,
+    ) -> OrgView<'a> {
         OrgView {
             funnel,
             now,
             overlay: Some(overlay),
+            upto_seq,
         }
     }
 
@@ -306,6 +320,7 @@ impl<'a> OrgView<'a> {
             funnel: self.funnel,
             now: at,
             overlay: None,
+            upto_seq: u64::MAX,
         }
     }
 
@@ -323,20 +338,24 @@ impl<'a> OrgView<'a> {
                 let SfValue::DateTime(created_at) = created.get("CreatedDate") else {
                     return None;
                 };
-                if *created_at > self.now {
+                if *created_at > self.now || entry.created_seq > self.upto_seq {
                     return None;
                 }
                 created.clone()
             }
             None => {
                 let cut = entry
-                    .freeze_at()
+                    .freeze_at(self.upto_seq)
                     .map_or(self.now, |at| self.now.min(at - 1));
                 self.generated_at(cut).generated_record(object, number)?
             }
         };
         let mut applied = Vec::new();
-        for write in entry.writes.iter().take_while(|write| write.at <= self.now) {
+        let seen = entry
+            .writes
+            .iter()
+            .filter(|write| write.at <= self.now && write.seq <= self.upto_seq);
+        for write in seen {
             let before = record.clone();
             writes::apply(&mut record, write);
             if write.delete
@@ -371,7 +390,7 @@ impl<'a> OrgView<'a> {
             Some(created) => vec![creation_row(history, created)],
             None => {
                 let cut = entry
-                    .freeze_at()
+                    .freeze_at(self.upto_seq)
                     .map_or(self.now, |at| self.now.min(at - 1));
                 self.generated_at(cut).generated_history(history, parent)
             }
@@ -397,7 +416,9 @@ impl<'a> OrgView<'a> {
     /// its first client write, then each write. Ground truth reads a version at each.
     pub fn change_times(&self, object: &'static ObjectDef, number: u64) -> Vec<Millis> {
         let entry = self.entry(object.name, number);
-        let freeze = entry.and_then(Entry::freeze_at).unwrap_or(Millis::MAX);
+        let freeze = entry
+            .and_then(|entry| entry.freeze_at(self.upto_seq))
+            .unwrap_or(Millis::MAX);
         let mut times: Vec<Millis> = match entry.and_then(|entry| entry.created.as_ref()) {
             Some(created) => match created.get("CreatedDate") {
                 SfValue::DateTime(at) => vec![*at],
@@ -411,8 +432,8 @@ impl<'a> OrgView<'a> {
                 entry
                     .writes
                     .iter()
-                    .map(|write| write.at)
-                    .filter(|at| *at <= self.now),
+                    .filter(|write| write.at <= self.now && write.seq <= self.upto_seq)
+                    .map(|write| write.at),
             );
         }
         times.sort_unstable();

@@ -210,6 +210,7 @@ fn versions_json(view: &OrgView<'_>, object: &'static ObjectDef, number: u64) ->
                 funnel: view.funnel,
                 now: at,
                 overlay: view.overlay,
+                upto_seq: view.upto_seq,
             };
             then.record(object, number)
                 .map(|record| version_json(at, &record))

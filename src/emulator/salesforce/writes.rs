@@ -30,6 +30,9 @@ pub(crate) struct Write {
     pub values: Vec<(usize, SfValue)>,
     /// A delete: soft (recycle bin) unless the object is hard-deleted.
     pub delete: bool,
+    /// Its place among all writes of the org, given when recorded: a query cursor reads only
+    /// the writes older than itself, even those made in the same simulated millisecond.
+    pub seq: u64,
 }
 
 /// What clients did to one record.
@@ -39,12 +42,18 @@ pub(crate) struct Entry {
     pub created: Option<SfRecord>,
     /// Updates and deletes, in time order.
     pub writes: Vec<Write>,
+    /// For records clients created: the sequence number of the creation.
+    pub created_seq: u64,
 }
 
 impl Entry {
-    /// When generated activity stops for this record: its first write.
-    pub fn freeze_at(&self) -> Option<Millis> {
-        self.writes.first().map(|write| write.at)
+    /// When generated activity stops for this record: its first write among those up to
+    /// sequence number `upto_seq`.
+    pub fn freeze_at(&self, upto_seq: u64) -> Option<Millis> {
+        self.writes
+            .iter()
+            .find(|write| write.seq <= upto_seq)
+            .map(|write| write.at)
     }
 }
 
@@ -55,6 +64,8 @@ pub(crate) struct Overlay {
     created: HashMap<&'static str, Vec<u64>>,
     /// (campaign id, lead or contact id) pairs that are members through client writes.
     memberships: HashSet<(String, String)>,
+    /// Sequence number of the latest write or creation.
+    seq: u64,
 }
 
 impl Overlay {
@@ -63,12 +74,19 @@ impl Overlay {
         self.entries.get(&(object_key(object)?, number))
     }
 
+    /// Sequence number of the latest write: what a cursor opened now may see.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
     /// Numbers of the records of `object` clients created, in creation order.
     pub fn created(&self, object: &str) -> &[u64] {
         self.created.get(object).map_or(&[], Vec::as_slice)
     }
 
-    fn record_write(&mut self, object: &'static ObjectDef, number: u64, write: Write) {
+    fn record_write(&mut self, object: &'static ObjectDef, number: u64, mut write: Write) {
+        self.seq += 1;
+        write.seq = self.seq;
         self.entries
             .entry((object.name, number))
             .or_default()
@@ -82,11 +100,13 @@ impl Overlay {
         numbers.push(number);
         let mut record = record;
         record.set("Id", SfValue::Text(sf_id(object.key_prefix, number)));
+        self.seq += 1;
         self.entries.insert(
             (object.name, number),
             Entry {
                 created: Some(record),
                 writes: Vec::new(),
+                created_seq: self.seq,
             },
         );
         number
@@ -541,11 +561,7 @@ impl<'f> Batch<'f> {
 
     /// The org as this batch sees it: earlier writes of the same request included.
     pub fn view(&self) -> OrgView<'_> {
-        OrgView {
-            funnel: self.funnel,
-            now: self.at,
-            overlay: Some(&self.overlay),
-        }
+        OrgView::over(self.funnel, self.at, &self.overlay)
     }
 
     /// Updates an existing record.
@@ -574,6 +590,7 @@ impl<'f> Batch<'f> {
             by: self.by.clone(),
             values,
             delete: false,
+            seq: 0,
         };
         let mut after = before.clone();
         apply(&mut after, &write);
@@ -610,6 +627,7 @@ impl<'f> Batch<'f> {
             by: self.by.clone(),
             values,
             delete: false,
+            seq: 0,
         };
         apply(&mut record, &write);
         validate(&self.view(), &record, &write.values, true, rules)?;
@@ -686,6 +704,7 @@ impl<'f> Batch<'f> {
             by: self.by.clone(),
             values: Vec::new(),
             delete: true,
+            seq: 0,
         };
         self.overlay.record_write(object, number, write);
         Ok(before.id().to_string())
@@ -716,6 +735,7 @@ impl Batch<'_> {
                 by: self.by.clone(),
                 values: vec![(master_field, SfValue::Text(master_record.id().to_string()))],
                 delete: true,
+                seq: 0,
             };
             self.overlay.record_write(object, number, write);
         }
