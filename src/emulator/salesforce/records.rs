@@ -577,19 +577,32 @@ impl<'a> OrgView<'a> {
         Some(name)
     }
 
-    fn deal(&self, number: u64) -> Option<(DealLife, usize, Option<Millis>)> {
-        let deal = self.funnel.deal(number)?;
-        if deal.created_at > self.now {
+    /// How much of a life is visible now: the number of steps taken and when it was deleted,
+    /// if it was. `None` before its creation and once it has left the recycle bin.
+    fn visible<C: PartialEq>(
+        &self,
+        created_at: Millis,
+        steps: &[Step<C>],
+        deleted: &C,
+    ) -> Option<(usize, Option<Millis>)> {
+        if created_at > self.now {
             return None;
         }
-        let visible = self.seen(&deal.steps).len();
-        let deleted_at = deal.steps[..visible]
+        let visible = self.seen(steps).len();
+        let deleted_at = steps[..visible]
             .iter()
-            .find(|step| step.change == DealChange::Deleted)
+            .find(|step| step.change == *deleted)
             .map(|step| step.at);
         if purged(deleted_at, self.now) {
             return None;
         }
+        Some((visible, deleted_at))
+    }
+
+    fn deal(&self, number: u64) -> Option<(DealLife, usize, Option<Millis>)> {
+        let deal = self.funnel.deal(number)?;
+        let (visible, deleted_at) =
+            self.visible(deal.created_at, &deal.steps, &DealChange::Deleted)?;
         Some((deal, visible, deleted_at))
     }
 
@@ -711,17 +724,8 @@ impl<'a> OrgView<'a> {
 
     fn lead_life(&self, number: u64) -> Option<(LeadLife, usize, Option<Millis>)> {
         let lead = self.funnel.lead(number);
-        if lead.created_at > self.now {
-            return None;
-        }
-        let visible = self.seen(&lead.steps).len();
-        let deleted_at = lead.steps[..visible]
-            .iter()
-            .find(|step| step.change == LeadChange::Deleted)
-            .map(|step| step.at);
-        if purged(deleted_at, self.now) {
-            return None;
-        }
+        let (visible, deleted_at) =
+            self.visible(lead.created_at, &lead.steps, &LeadChange::Deleted)?;
         Some((lead, visible, deleted_at))
     }
 
