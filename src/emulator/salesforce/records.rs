@@ -97,6 +97,28 @@ fn status_label(status: Lifecycle) -> &'static str {
     LEAD_STATUSES[index].0
 }
 
+/// Sets the stage and what Salesforce derives from it on an opportunity (or an
+/// OpportunityHistory row, which lacks some of these fields): probability (unless the client
+/// gave one), expected revenue from the amount, closed and won flags, forecast category.
+pub(crate) fn set_stage_fields(record: &mut SfRecord, ordinal: usize, probability: Option<f64>) {
+    let stage = &STAGES[ordinal];
+    let probability = probability.unwrap_or(stage.probability);
+    record.set("StageName", text(stage.name));
+    record.set("Probability", decimal(probability));
+    if let SfValue::Number(amount) = record.get("Amount").clone() {
+        record.set("ExpectedRevenue", decimal(amount * probability / 100.0));
+    }
+    record.set("IsClosed", SfValue::Bool(ordinal >= WON));
+    record.set("IsWon", SfValue::Bool(ordinal == WON));
+    record.set("ForecastCategory", text(stage.forecast));
+    record.set("ForecastCategoryName", text(stage.forecast_name));
+}
+
+/// The funnel ordinal of a stage name.
+pub(crate) fn stage_ordinal(name: &str) -> Option<usize> {
+    STAGES.iter().position(|stage| stage.name == name)
+}
+
 /// The emulated org's data at one instant.
 pub(crate) struct OrgView<'a> {
     /// The generated funnel.
@@ -610,24 +632,14 @@ impl<'a> OrgView<'a> {
         let (deal, visible, deleted_at) = self.deal(number)?;
         let state = DealState::replay(&deal, &deal.steps[..visible]);
         let mut record = SfRecord::empty(&OPPORTUNITY);
-        let stage = &STAGES[state.stage];
         record.set("Id", text(&sf_id(OPPORTUNITY.key_prefix, number)));
         record.set("AccountId", text(&sf_id(ACCOUNT.key_prefix, deal.account)));
         record.set("Name", text(&deal.name));
-        record.set("StageName", text(stage.name));
         record.set("Amount", number_of(state.amount));
-        record.set("Probability", decimal(stage.probability));
-        record.set(
-            "ExpectedRevenue",
-            decimal(state.amount as f64 * stage.probability / 100.0),
-        );
         record.set("CloseDate", SfValue::Date(state.close_date));
         record.set("Type", text(deal.kind));
         record.set("LeadSource", text(deal.source));
-        record.set("IsClosed", SfValue::Bool(state.stage >= WON));
-        record.set("IsWon", SfValue::Bool(state.stage == WON));
-        record.set("ForecastCategory", text(stage.forecast));
-        record.set("ForecastCategoryName", text(stage.forecast_name));
+        set_stage_fields(&mut record, state.stage, None);
         record.set(
             "CampaignId",
             SfValue::text(
@@ -1276,16 +1288,9 @@ impl DealState {
     /// Fills an OpportunityHistory row with this state (and the previous one's amount and
     /// close date).
     fn fill_history(&self, row: &mut SfRecord, previous: Option<&DealState>) {
-        let stage = &STAGES[self.stage];
-        row.set("StageName", text(stage.name));
         row.set("Amount", number_of(self.amount));
-        row.set(
-            "ExpectedRevenue",
-            decimal(self.amount as f64 * stage.probability / 100.0),
-        );
         row.set("CloseDate", SfValue::Date(self.close_date));
-        row.set("Probability", decimal(stage.probability));
-        row.set("ForecastCategory", text(stage.forecast));
+        set_stage_fields(row, self.stage, None);
         if let Some(previous) = previous {
             row.set("PrevAmount", number_of(previous.amount));
             row.set("PrevCloseDate", SfValue::Date(previous.close_date));

@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 use serde_json::Value;
 
 use super::ids::{looks_like_id, parse_sf_id, sf_id};
-use super::records::{OrgView, LEAD_STATUSES, STAGES};
+use super::records::{set_stage_fields, stage_ordinal, OrgView, LEAD_STATUSES, STAGES};
 use super::schema::{FieldDef, FieldType, ObjectDef, SfRecord, SfValue, EPOCH_DAYS_FROM_CE};
 use crate::emulator::funnel::Funnel;
 use crate::record::Millis;
@@ -141,32 +141,16 @@ fn derive(record: &mut SfRecord, write: &Write) {
     };
     match record.object.name {
         "Opportunity" => {
-            if let SfValue::Text(stage_name) = record.get("StageName").clone() {
-                if let Some((ordinal, stage)) = STAGES
-                    .iter()
-                    .enumerate()
-                    .find(|(_, s)| s.name == stage_name)
-                {
-                    if !wrote("Probability") {
-                        record.set("Probability", SfValue::Number(stage.probability));
-                    }
-                    record.set("IsClosed", SfValue::Bool(ordinal >= STAGES.len() - 2));
-                    record.set("IsWon", SfValue::Bool(ordinal == STAGES.len() - 2));
-                    record.set("ForecastCategory", SfValue::Text(stage.forecast.into()));
-                    record.set(
-                        "ForecastCategoryName",
-                        SfValue::Text(stage.forecast_name.into()),
-                    );
-                }
-            }
-            if let (SfValue::Number(amount), SfValue::Number(probability)) = (
-                record.get("Amount").clone(),
-                record.get("Probability").clone(),
-            ) {
-                record.set(
-                    "ExpectedRevenue",
-                    SfValue::Number(amount * probability / 100.0),
-                );
+            let given = match record.get("Probability") {
+                SfValue::Number(probability) if wrote("Probability") => Some(*probability),
+                _ => None,
+            };
+            let ordinal = match record.get("StageName") {
+                SfValue::Text(name) => stage_ordinal(name),
+                _ => None,
+            };
+            if let Some(ordinal) = ordinal {
+                set_stage_fields(record, ordinal, given);
             }
         }
         "Lead" | "Contact" => {
