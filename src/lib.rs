@@ -9,7 +9,9 @@
 
 pub mod cli;
 pub mod config;
+pub mod crm;
 pub mod emulator;
 pub mod record;
 pub mod store;
+pub mod sync;
 pub mod telemetry;
