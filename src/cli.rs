@@ -11,7 +11,8 @@ use clap::{Parser, Subcommand};
 
 use crate::config::{self, ConfigError, Settings};
 use crate::emulator::{self, EmulatorOptions};
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, SyncRunSummary};
+use crate::sync::{self, SyncOptions};
 use crate::telemetry::LogFormat;
 
 /// pipewarden: CRM pipeline snapshots, stage gates, lead recycling and pipeline history.
@@ -39,6 +40,19 @@ pub enum Command {
     Migrate,
     /// Serve the built-in CRM emulator until interrupted (Ctrl-C or SIGTERM).
     Emulate(EmulateArgs),
+    /// Sync the configured connections into the store.
+    Sync(SyncArgs),
+}
+
+/// `pipewarden sync …`
+#[derive(Debug, clap::Args)]
+pub struct SyncArgs {
+    /// Sync each connection once, from its last checkpoint to now, then exit (for cron).
+    #[arg(long, required = true)]
+    pub once: bool,
+    /// Only this connection (by name).
+    #[arg(long, value_name = "NAME")]
+    pub connection: Option<String>,
 }
 
 /// `pipewarden emulate …`
@@ -88,6 +102,17 @@ pub enum CliError {
         /// Why.
         source: std::io::Error,
     },
+    /// `--connection` names no configured connection.
+    #[error("no connection named `{0}` in the configuration")]
+    UnknownConnection(String),
+    /// At least one connection failed to sync; each failure was reported.
+    #[error("{failed} of {total} connection(s) failed to sync")]
+    SyncFailed {
+        /// Connections that failed.
+        failed: usize,
+        /// Connections attempted.
+        total: usize,
+    },
     /// Writing the command's output failed.
     #[error("cannot write output: {0}")]
     Output(#[from] std::io::Error),
@@ -112,6 +137,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Config(ConfigCommand::Check) => config_check(cli.config),
         Command::Migrate => migrate(cli.config).await,
         Command::Emulate(args) => emulate(args).await,
+        Command::Sync(args) => sync_once(cli.config, args).await,
     }
 }
 
@@ -165,6 +191,56 @@ async fn migrate(path: Option<PathBuf>) -> Result<(), CliError> {
         )?,
     }
     Ok(())
+}
+
+async fn sync_once(path: Option<PathBuf>, args: SyncArgs) -> Result<(), CliError> {
+    let settings = load_settings(path)?;
+    let connections: Vec<_> = match &args.connection {
+        Some(name) => vec![settings
+            .connections
+            .iter()
+            .find(|c| &c.name == name)
+            .ok_or_else(|| CliError::UnknownConnection(name.clone()))?],
+        None => settings.connections.iter().collect(),
+    };
+    let store = Store::open_migrated(&settings.store).await?;
+    let options = SyncOptions::default();
+    let mut failed = 0;
+    for connection in &connections {
+        match sync::sync_once(&store, connection, &options).await {
+            Ok(summary) => println!("{}: {}", connection.name, describe_run(&summary)),
+            Err(err) => {
+                failed += 1;
+                tracing::error!(connection = %connection.name, error = %err, "sync failed");
+                eprintln!("{}: sync failed: {err}", connection.name);
+            }
+        }
+    }
+    store.close().await;
+    if failed > 0 {
+        return Err(CliError::SyncFailed {
+            failed,
+            total: connections.len(),
+        });
+    }
+    Ok(())
+}
+
+/// One line about a finished run.
+fn describe_run(run: &SyncRunSummary) -> String {
+    let mut line = format!(
+        "{} — {} records read, {} new versions, {} stage changes, {} quarantined, {} API calls",
+        run.status.as_str(),
+        run.records_seen,
+        run.versions_written,
+        run.transitions_written,
+        run.quarantined,
+        run.api_calls
+    );
+    if let Some(message) = &run.message {
+        line.push_str(&format!(" ({message})"));
+    }
+    line
 }
 
 async fn emulate(args: EmulateArgs) -> Result<(), CliError> {

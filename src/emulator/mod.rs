@@ -201,5 +201,28 @@ fn router(shared: Arc<Shared>) -> Router {
             shared.clone(),
             faults::inject,
         ));
-    crms.merge(control::routes()).with_state(shared)
+    crms.merge(control::routes())
+        .layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            simulated_date,
+        ))
+        .with_state(shared)
+}
+
+/// Stamps every answer's `Date` with the simulated clock, as a real CRM's clock would read;
+/// clients that take the server's time from it then agree with the records' own stamps.
+async fn simulated_date(
+    axum::extract::State(shared): axum::extract::State<Arc<Shared>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let mut response = next.run(request).await;
+    let now = chrono::DateTime::from_timestamp_millis(shared.clock.now_ms()).unwrap_or_default();
+    let date = now.format("%a, %d %b %Y %H:%M:%S GMT").to_string();
+    if let Ok(value) = axum::http::HeaderValue::from_str(&date) {
+        response
+            .headers_mut()
+            .insert(axum::http::header::DATE, value);
+    }
+    response
 }

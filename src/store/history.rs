@@ -151,6 +151,24 @@ impl StoreTx {
         .during("record stage transition")
     }
 
+    /// The stage a record was in just before `at`, by the transitions stored so far
+    /// (this transaction's included).
+    pub async fn stage_before(
+        &mut self,
+        record_id: i64,
+        at: Millis,
+    ) -> Result<Option<String>, StoreError> {
+        dispatch!(self.inner(), tx => sqlx::query_scalar(
+            "SELECT to_stage FROM stage_transitions WHERE record_id = $1 AND changed_at_ms < $2 \
+             ORDER BY changed_at_ms DESC, id DESC LIMIT 1",
+        )
+        .bind(record_id)
+        .bind(at)
+        .fetch_optional(&mut **tx)
+        .await)
+        .during("read stage before")
+    }
+
     /// Stores a lifecycle milestone; returns whether it was new.
     pub async fn record_lifecycle_event(
         &mut self,

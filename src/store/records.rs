@@ -338,6 +338,24 @@ impl StoreTx {
         })
     }
 
+    /// The store's id of a record, by its CRM id, as this transaction sees it.
+    pub async fn record_id(
+        &mut self,
+        connection_id: i64,
+        kind: ObjectKind,
+        crm_id: &str,
+    ) -> Result<Option<i64>, StoreError> {
+        dispatch!(self.inner(), tx => sqlx::query_scalar(
+            "SELECT id FROM records WHERE connection_id = $1 AND object_kind = $2 AND crm_id = $3",
+        )
+        .bind(connection_id)
+        .bind(kind.as_str())
+        .bind(crm_id)
+        .fetch_optional(&mut **tx)
+        .await)
+        .during("find record")
+    }
+
     async fn current_row(
         &mut self,
         obs: &RecordObservation,

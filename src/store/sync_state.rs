@@ -23,7 +23,8 @@ pub enum SyncRunStatus {
 }
 
 impl SyncRunStatus {
-    fn as_str(self) -> &'static str {
+    /// The name stored in the database and shown to users.
+    pub fn as_str(self) -> &'static str {
         match self {
             SyncRunStatus::Running => "running",
             SyncRunStatus::Succeeded => "succeeded",

@@ -262,3 +262,62 @@ fn ca_out_without_tls_is_a_usage_error() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--tls"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_once_stores_the_emulated_org_and_logs_no_secret_at_trace_level() {
+    let options = pipewarden::emulator::EmulatorOptions::default();
+    let emu = pipewarden::emulator::start("127.0.0.1:0".parse().unwrap(), options)
+        .await
+        .unwrap();
+    let dir = ConfigDir::new();
+    dir.write("refresh-token", "emulator-demo-refresh-token\n");
+    let config = dir.write(
+        "pipewarden.toml",
+        &format!(
+            r#"
+[store]
+url = "sqlite://{}"
+
+[[connections]]
+name = "sf"
+kind = "salesforce"
+login_url = "{}"
+
+[connections.auth]
+kind = "refresh_token"
+client_id = "pipewarden-demo"
+refresh_token = {{ file = "refresh-token" }}
+"#,
+            dir.path().join("store.db").display(),
+            emu.base_url()
+        ),
+    );
+    let config = config.display().to_string();
+    let output = tokio::task::spawn_blocking(move || {
+        pipewarden(&["--config", &config, "sync", "--once"], &[])
+    })
+    .await
+    .unwrap();
+    let all = text(&output);
+    assert!(output.status.success(), "{all}");
+    assert!(all.contains("sf: succeeded"), "{all}");
+    assert!(
+        !all.contains("emulator-demo-refresh-token"),
+        "the refresh token leaked: {all}"
+    );
+    assert!(!all.contains("Bearer "), "an access token leaked: {all}");
+    let unknown = pipewarden(
+        &[
+            "--config",
+            &dir.path().join("pipewarden.toml").display().to_string(),
+            "sync",
+            "--once",
+            "--connection",
+            "nope",
+        ],
+        &[],
+    );
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(text(&unknown).contains("no connection named `nope`"));
+    emu.stop().await.unwrap();
+}

@@ -10,3 +10,4 @@ mod emulator_query;
 mod emulator_writes;
 mod store;
 mod support;
+mod sync;

@@ -1,0 +1,95 @@
+//! CRM metadata: stage order and meaning, which rules, funnels and lifecycle events read.
+
+use super::{dispatch, QueryContext, Store, StoreError, StoreTx};
+use crate::record::{Millis, ObjectKind};
+
+/// One stage of a pipeline (deals) or one status (leads), as the CRM defines it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StageDefinition {
+    /// Deal or lead.
+    pub kind: ObjectKind,
+    /// Pipeline id, or `default`.
+    pub pipeline: String,
+    /// Stage name (Salesforce) or id (HubSpot).
+    pub stage: String,
+    /// Label shown to users.
+    pub label: String,
+    /// Position in the pipeline, ascending.
+    pub sort_order: i64,
+    /// Default win probability, in basis points.
+    pub probability_bp: Option<i64>,
+    /// A closed stage.
+    pub is_closed: bool,
+    /// The won stage.
+    pub is_won: bool,
+    /// Still in use.
+    pub is_active: bool,
+}
+
+impl StoreTx {
+    /// Stores a stage definition as last seen, replacing what was stored for it.
+    pub async fn upsert_stage_definition(
+        &mut self,
+        connection_id: i64,
+        stage: &StageDefinition,
+        observed_at: Millis,
+    ) -> Result<(), StoreError> {
+        dispatch!(self.inner(), tx => sqlx::query(
+            "INSERT INTO stage_definitions (connection_id, object_kind, pipeline, stage, label, sort_order, \
+             probability_bp, is_closed, is_won, is_active, observed_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+             ON CONFLICT (connection_id, object_kind, pipeline, stage) DO UPDATE SET label = excluded.label, \
+             sort_order = excluded.sort_order, probability_bp = excluded.probability_bp, is_closed = excluded.is_closed, \
+             is_won = excluded.is_won, is_active = excluded.is_active, observed_at_ms = excluded.observed_at_ms",
+        )
+        .bind(connection_id)
+        .bind(stage.kind.as_str())
+        .bind(&stage.pipeline)
+        .bind(&stage.stage)
+        .bind(&stage.label)
+        .bind(stage.sort_order)
+        .bind(stage.probability_bp)
+        .bind(stage.is_closed)
+        .bind(stage.is_won)
+        .bind(stage.is_active)
+        .bind(observed_at)
+        .execute(&mut **tx)
+        .await
+        .map(|done| done.rows_affected()))
+        .during("store stage definition")
+        .map(drop)
+    }
+}
+
+impl Store {
+    /// The stored stages of a connection's deals or leads, in pipeline order.
+    pub async fn stage_definitions(
+        &self,
+        connection_id: i64,
+        kind: ObjectKind,
+    ) -> Result<Vec<StageDefinition>, StoreError> {
+        type Row = (String, String, String, i64, Option<i64>, bool, bool, bool);
+        let rows: Vec<Row> = dispatch!(self.pool(), pool => sqlx::query_as(
+            "SELECT pipeline, stage, label, sort_order, probability_bp, is_closed, is_won, is_active \
+             FROM stage_definitions WHERE connection_id = $1 AND object_kind = $2 ORDER BY pipeline, sort_order, stage",
+        )
+        .bind(connection_id)
+        .bind(kind.as_str())
+        .fetch_all(pool)
+        .await)
+        .during("read stage definitions")?;
+        Ok(rows
+            .into_iter()
+            .map(|r| StageDefinition {
+                kind,
+                pipeline: r.0,
+                stage: r.1,
+                label: r.2,
+                sort_order: r.3,
+                probability_bp: r.4,
+                is_closed: r.5,
+                is_won: r.6,
+                is_active: r.7,
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,787 @@
+//! One sync run of a Salesforce org.
+//!
+//! Order matters: stage metadata first (deal milestones need to know which stages are won and
+//! lost), then the record objects, then the history objects. History is read only up to the
+//! moment the record phase began, so every history row's parent has been stored by then.
+//!
+//! Records stream by (`SystemModstamp`, `Id`) with `>=`, so rows sharing one stamp across a
+//! page boundary are never skipped; `queryAll` brings soft-deleted rows with `IsDeleted`. A
+//! lost query locator (the token was renewed, the locator expired) restarts the query at the
+//! last committed page; `QUERY_TIMEOUT` narrows the time window and tries again.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde_json::{json, Map, Value};
+
+use super::salesforce_map::{
+    history_row, lead_status_event, record_kind, record_row, soql_datetime, BadRow,
+};
+use super::{wall_clock, RunCounters, SyncError, SyncOptions};
+use crate::config::settings::{ConnectionSettings, Endpoints};
+use crate::crm::http::ApiStats;
+use crate::crm::salesforce::{NextPageError, QueryPage, SalesforceClient};
+use crate::crm::{ApiClient, BudgetUse, CrmError};
+use crate::record::{ActorKind, LifecycleEvent, Millis, ObjectKind, Origin, RecordObservation};
+use crate::store::{
+    FieldChange, NewLifecycleEvent, NewStageTransition, ObservationOutcome, QuarantineEntry,
+    StageDefinition, Store, StoreTx,
+};
+
+/// Record objects in the order they are synced.
+const RECORD_OBJECTS: &[&str] = &[
+    "Account",
+    "Campaign",
+    "Contact",
+    "Lead",
+    "Opportunity",
+    "CampaignMember",
+];
+/// History objects, with the field naming their parent and the parent's kind.
+const HISTORY_OBJECTS: &[(&str, &str, ObjectKind)] = &[
+    ("OpportunityHistory", "OpportunityId", ObjectKind::Deal),
+    ("OpportunityFieldHistory", "OpportunityId", ObjectKind::Deal),
+    ("LeadHistory", "LeadId", ObjectKind::Lead),
+];
+/// Describe types that cannot be selected as plain columns.
+const COMPOUND_TYPES: &[&str] = &["address", "location", "base64"];
+/// The narrowest window a timed-out query is split into before the run gives up.
+const NARROWEST_WINDOW: Duration = Duration::from_secs(3600);
+/// Locator losses in a row after which the query is not restarted again.
+const MAX_RESTARTS: u32 = 10;
+
+/// What a stream reads and how its rows are stored.
+struct Stream {
+    object: &'static str,
+    /// `records` or `history`: the cursor's name.
+    cursor: &'static str,
+    select: String,
+    stamp_field: &'static str,
+    query_all: bool,
+    rows: Rows,
+}
+
+enum Rows {
+    Records(ObjectKind),
+    History {
+        parent_field: &'static str,
+        parent_kind: ObjectKind,
+    },
+}
+
+/// One run over one Salesforce connection.
+pub(crate) struct Run<'a> {
+    store: &'a Store,
+    settings: &'a ConnectionSettings,
+    options: &'a SyncOptions,
+    connection_id: i64,
+    run_id: i64,
+    client: SalesforceClient,
+    counters: RunCounters,
+    stages: HashMap<String, StageDefinition>,
+    /// The org's clock at the last answer; observation times come from it, so that they are
+    /// comparable with the org's own stamps whatever this host's clock says.
+    server_now: Option<Millis>,
+}
+
+impl<'a> Run<'a> {
+    pub fn new(
+        store: &'a Store,
+        settings: &'a ConnectionSettings,
+        options: &'a SyncOptions,
+        connection_id: i64,
+        run_id: i64,
+        api: ApiClient,
+    ) -> Run<'a> {
+        let version = match &settings.endpoints {
+            Endpoints::Salesforce { api_version, .. } => api_version.as_str(),
+            Endpoints::Hubspot { .. } => {
+                unreachable!("a Salesforce run needs a Salesforce connection")
+            }
+        };
+        Run {
+            client: SalesforceClient::new(api, version),
+            store,
+            settings,
+            options,
+            connection_id,
+            run_id,
+            counters: RunCounters::default(),
+            stages: HashMap::new(),
+            server_now: None,
+        }
+    }
+
+    pub fn counters(&self) -> RunCounters {
+        self.counters
+    }
+
+    pub fn api_stats(&self) -> ApiStats {
+        self.client.api().stats()
+    }
+
+    pub fn budget_use(&self) -> BudgetUse {
+        self.client.api().budget_use()
+    }
+
+    /// Stages, then records, then history.
+    pub async fn sync(&mut self) -> Result<(), SyncError> {
+        self.sync_stages().await?;
+        let history_until = self.now();
+        for object in RECORD_OBJECTS {
+            if self.configured(object) {
+                let stream = self.record_stream(object).await?;
+                self.run_stream(&stream, None).await?;
+            }
+        }
+        for (object, parent_field, parent_kind) in HISTORY_OBJECTS {
+            if self.configured(object) {
+                let stream = history_stream(object, parent_field, *parent_kind);
+                self.run_stream(&stream, Some(history_until)).await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn configured(&self, object: &str) -> bool {
+        self.settings.objects.iter().any(|o| o == object)
+    }
+
+    fn now(&self) -> Millis {
+        self.server_now.unwrap_or_else(wall_clock)
+    }
+
+    /// OpportunityStage and LeadStatus: the order and meaning of stages and statuses.
+    async fn sync_stages(&mut self) -> Result<(), SyncError> {
+        let deal_stages = self
+            .query_small(
+                "SELECT Id, ApiName, MasterLabel, SortOrder, IsActive, IsClosed, IsWon, DefaultProbability \
+                 FROM OpportunityStage ORDER BY SortOrder",
+            )
+            .await?;
+        let lead_statuses = self
+            .query_small("SELECT Id, ApiName, MasterLabel, SortOrder, IsConverted FROM LeadStatus ORDER BY SortOrder")
+            .await?;
+        let definitions: Vec<StageDefinition> = deal_stages
+            .iter()
+            .map(|row| stage_definition(ObjectKind::Deal, row))
+            .chain(
+                lead_statuses
+                    .iter()
+                    .map(|row| stage_definition(ObjectKind::Lead, row)),
+            )
+            .collect();
+        let mut tx = self.store.begin().await?;
+        for definition in &definitions {
+            tx.upsert_stage_definition(self.connection_id, definition, self.now())
+                .await?;
+        }
+        tx.commit().await?;
+        self.stages = definitions
+            .into_iter()
+            .filter(|d| d.kind == ObjectKind::Deal)
+            .map(|d| (d.stage.clone(), d))
+            .collect();
+        Ok(())
+    }
+
+    /// A query whose answer fits one page.
+    async fn query_small(&mut self, soql: &str) -> Result<Vec<Map<String, Value>>, SyncError> {
+        let page = self.client.query(soql, false, 2_000).await?;
+        self.server_now = page.server_time.or(self.server_now);
+        Ok(page.records)
+    }
+
+    /// The fields to select: every plain field `describe` lists, and a warning for configured
+    /// custom fields it does not (the integration user may lack field-level access).
+    async fn record_stream(&mut self, object: &'static str) -> Result<Stream, SyncError> {
+        let fields = self.client.describe(object).await?;
+        let wanted_custom = self
+            .settings
+            .custom_fields
+            .iter()
+            .filter_map(|name| name.split_once('.'))
+            .filter(|(owner, _)| *owner == object);
+        for (_, field) in wanted_custom {
+            if !fields.iter().any(|f| f.name == field) {
+                tracing::warn!(connection = %self.settings.name, object, field,
+                    "custom_fields names {object}.{field}, but describe does not list it (missing, or hidden from the integration user); it is not synced");
+            }
+        }
+        let filterable = |name: &str| fields.iter().any(|f| f.name == name && f.filterable);
+        let stamp_field = ["SystemModstamp", "LastModifiedDate", "CreatedDate"]
+            .into_iter()
+            .find(|name| filterable(name))
+            .unwrap_or("CreatedDate");
+        let select = fields
+            .iter()
+            .filter(|f| !COMPOUND_TYPES.contains(&f.data_type.as_str()))
+            .map(|f| f.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let kind = record_kind(object).expect("record objects all have a kind");
+        Ok(Stream {
+            object,
+            cursor: "records",
+            select,
+            stamp_field,
+            // CampaignMember deletes are hard: queryAll shows no more than query does.
+            query_all: true,
+            rows: Rows::Records(kind),
+        })
+    }
+
+    /// Reads a stream from its checkpoint (less the lookback) to `until` (exclusive).
+    async fn run_stream(
+        &mut self,
+        stream: &Stream,
+        until: Option<Millis>,
+    ) -> Result<(), SyncError> {
+        let checkpoint = self
+            .store
+            .cursor(self.connection_id, stream.object, stream.cursor)
+            .await?
+            .and_then(|position| position.get("stamp").and_then(Value::as_i64));
+        let lookback = self.options.lookback.as_millis() as Millis;
+        let mut from = checkpoint.map(|stamp| stamp - lookback);
+        let mut window: Option<Duration> = None;
+        let mut restarts = 0;
+        loop {
+            let upper = match (window, from) {
+                (Some(width), Some(start)) => Some(start + width.as_millis() as Millis),
+                _ => None,
+            };
+            let upper = match (upper, until) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let soql = stream_soql(stream, from, upper);
+            let first = match self
+                .client
+                .query(&soql, stream.query_all, self.options.page_size)
+                .await
+            {
+                Ok(page) => page,
+                Err(err) if err.code() == Some("QUERY_TIMEOUT") => {
+                    window = Some(self.narrower(stream, window, from, err)?);
+                    from = Some(from.unwrap_or(self.oldest_possible()));
+                    continue;
+                }
+                Err(err) => return Err(err.into()),
+            };
+            match self.read_pages(stream, first).await? {
+                PagesEnd::Done => restarts = 0,
+                PagesEnd::LocatorLost(last_stamp) => {
+                    restarts += 1;
+                    if restarts > MAX_RESTARTS {
+                        return Err(SyncError::Crm(CrmError::Decode {
+                            connection: self.settings.name.clone(),
+                            request: format!("query of {}", stream.object),
+                            detail: format!(
+                                "the query locator was lost {MAX_RESTARTS} times in a row"
+                            ),
+                        }));
+                    }
+                    from = last_stamp.or(from);
+                    continue;
+                }
+            }
+            match upper {
+                Some(end) if until.is_none_or(|until| end < until) && end < self.now() => {
+                    from = Some(end)
+                }
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    /// Halves the time window of a query that timed out, down to an hour.
+    fn narrower(
+        &self,
+        stream: &Stream,
+        window: Option<Duration>,
+        from: Option<Millis>,
+        err: CrmError,
+    ) -> Result<Duration, SyncError> {
+        let span = Duration::from_millis(
+            (self.now() - from.unwrap_or(self.oldest_possible())).max(0) as u64,
+        );
+        let next = window.unwrap_or(span) / 2;
+        if next < NARROWEST_WINDOW {
+            return Err(err.into());
+        }
+        tracing::warn!(connection = %self.settings.name, object = stream.object,
+            window_hours = next.as_secs() / 3600, "query timed out; narrowing its time window");
+        Ok(next)
+    }
+
+    /// The start of time for a window over a stream that never ran: Salesforce's founding.
+    fn oldest_possible(&self) -> Millis {
+        946_684_800_000
+    }
+
+    /// Stores page after page; says where it stopped if the locator was lost.
+    async fn read_pages(
+        &mut self,
+        stream: &Stream,
+        first: QueryPage,
+    ) -> Result<PagesEnd, SyncError> {
+        let mut page = first;
+        let mut last_stamp = None;
+        loop {
+            self.server_now = page.server_time.or(self.server_now);
+            if let Some(stamp) = self.store_page(stream, &page).await? {
+                last_stamp = Some(stamp);
+            }
+            match self.client.next_page(&page).await {
+                Ok(Some(next)) => page = next,
+                Ok(None) => return Ok(PagesEnd::Done),
+                Err(NextPageError::LocatorLost) => {
+                    tracing::info!(connection = %self.settings.name, object = stream.object,
+                        "query locator lost (token renewed or locator expired); restarting the query at the last checkpoint");
+                    return Ok(PagesEnd::LocatorLost(last_stamp));
+                }
+                Err(NextPageError::Failed(err)) => return Err(err.into()),
+            }
+        }
+    }
+
+    /// One page and its cursor in one transaction; returns the page's newest stamp.
+    async fn store_page(
+        &mut self,
+        stream: &Stream,
+        page: &QueryPage,
+    ) -> Result<Option<Millis>, SyncError> {
+        let observed_at = page.server_time.unwrap_or_else(|| self.now());
+        let mut tx = self.store.begin().await?;
+        let mut newest = None;
+        for row in &page.records {
+            self.counters.records_seen += 1;
+            let stored = match &stream.rows {
+                Rows::Records(kind) => {
+                    self.store_record(&mut tx, stream, *kind, row, observed_at)
+                        .await?
+                }
+                Rows::History {
+                    parent_field,
+                    parent_kind,
+                } => {
+                    self.store_history(
+                        &mut tx,
+                        stream.object,
+                        parent_field,
+                        *parent_kind,
+                        row,
+                        observed_at,
+                    )
+                    .await?
+                }
+            };
+            match stored {
+                Ok(stamp) => newest = newest.max(Some(stamp)),
+                Err(bad) => {
+                    self.quarantine(&mut tx, stream.object, bad, row, observed_at)
+                        .await?
+                }
+            }
+        }
+        if let Some(stamp) = newest {
+            tx.save_cursor(
+                self.connection_id,
+                stream.object,
+                stream.cursor,
+                &json!({ "stamp": stamp }),
+                Some(self.run_id),
+                observed_at,
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(newest)
+    }
+
+    async fn quarantine(
+        &mut self,
+        tx: &mut StoreTx,
+        object: &str,
+        bad: BadRow,
+        row: &Map<String, Value>,
+        seen_at: Millis,
+    ) -> Result<(), SyncError> {
+        tracing::warn!(connection = %self.settings.name, object, id = %bad.crm_id, reason = %bad.reason, "record quarantined");
+        let payload = Value::Object(row.clone()).to_string();
+        tx.quarantine(&QuarantineEntry {
+            connection_id: self.connection_id,
+            crm_object: object,
+            crm_id: &bad.crm_id,
+            reason: &bad.reason,
+            payload: Some(&payload),
+            sync_run_id: Some(self.run_id),
+            seen_at,
+        })
+        .await?;
+        self.counters.quarantined += 1;
+        Ok(())
+    }
+
+    /// Stores a record row as an observation, and what its change says: an observed stage
+    /// move when the CRM's own history of it is not synced, its creation as a milestone.
+    async fn store_record(
+        &mut self,
+        tx: &mut StoreTx,
+        stream: &Stream,
+        kind: ObjectKind,
+        row: &Map<String, Value>,
+        observed_at: Millis,
+    ) -> Result<Result<Millis, BadRow>, SyncError> {
+        let parsed = match record_row(stream.object, stream.stamp_field, row) {
+            Ok(parsed) => parsed,
+            Err(bad) => return Ok(Err(bad)),
+        };
+        let observation = RecordObservation {
+            connection_id: self.connection_id,
+            kind,
+            crm_object: stream.object.to_string(),
+            crm_id: parsed.crm_id,
+            state: parsed.state,
+            deleted: parsed.deleted,
+            modified_at: parsed.modified_at,
+            observed_at,
+            sync_run_id: Some(self.run_id),
+        };
+        let outcome = tx.apply_observation(&observation).await?;
+        if !outcome.wrote_version() {
+            return Ok(Ok(observation.modified_at));
+        }
+        self.counters.versions_written += 1;
+        tx.release_from_quarantine(
+            self.connection_id,
+            stream.object,
+            &observation.crm_id,
+            observed_at,
+        )
+        .await?;
+        if let (ObservationOutcome::Created { record_id }, Some(created)) =
+            (&outcome, observation.state.crm_created_at)
+        {
+            self.milestone(
+                tx,
+                *record_id,
+                kind,
+                LifecycleEvent::Created,
+                created,
+                Origin::CrmField,
+                observed_at,
+            )
+            .await?;
+        }
+        if !self.history_covers(kind) {
+            self.observed_move(tx, &observation, &outcome).await?;
+        }
+        Ok(Ok(observation.modified_at))
+    }
+
+    /// Whether the CRM's own history of this kind's stage is synced.
+    fn history_covers(&self, kind: ObjectKind) -> bool {
+        match kind {
+            ObjectKind::Deal => self.configured("OpportunityHistory"),
+            ObjectKind::Lead => self.configured("LeadHistory"),
+            _ => true,
+        }
+    }
+
+    /// A stage or status change seen between two observations.
+    async fn observed_move(
+        &mut self,
+        tx: &mut StoreTx,
+        observation: &RecordObservation,
+        outcome: &ObservationOutcome,
+    ) -> Result<(), SyncError> {
+        let stage_of = |state: &crate::record::RecordState| match observation.kind {
+            ObjectKind::Deal => state.stage.clone(),
+            _ => state.status.clone(),
+        };
+        let Some(to) = stage_of(&observation.state) else {
+            return Ok(());
+        };
+        let (from, at) = match outcome {
+            ObservationOutcome::Created { .. } => (
+                None,
+                observation
+                    .state
+                    .crm_created_at
+                    .unwrap_or(observation.modified_at),
+            ),
+            ObservationOutcome::Changed { previous, .. } => {
+                let from = stage_of(&previous.state);
+                if from.as_deref() == Some(to.as_str()) {
+                    return Ok(());
+                }
+                (from, observation.modified_at)
+            }
+            _ => return Ok(()),
+        };
+        let move_ = Move {
+            record_id: outcome.record_id(),
+            kind: observation.kind,
+            from: from.as_deref(),
+            to: &to,
+            at,
+            by: None,
+            source: None,
+            origin: Origin::ObservedDiff,
+            history_id: None,
+            amount_cents: observation.state.amount_cents,
+            observed_at: observation.observed_at,
+        };
+        self.record_move(tx, &move_).await
+    }
+
+    /// Stores a history row: a stage change (OpportunityHistory), or a field change with the
+    /// status move it may be (LeadHistory `Status`).
+    async fn store_history(
+        &mut self,
+        tx: &mut StoreTx,
+        object: &str,
+        parent_field: &str,
+        parent_kind: ObjectKind,
+        row: &Map<String, Value>,
+        observed_at: Millis,
+    ) -> Result<Result<Millis, BadRow>, SyncError> {
+        let change = match history_row(object, parent_field, row) {
+            Ok(change) => change,
+            Err(bad) => return Ok(Err(bad)),
+        };
+        let Some(record_id) = tx
+            .record_id(self.connection_id, parent_kind, &change.parent_id)
+            .await?
+        else {
+            return Ok(Err(BadRow {
+                reason: format!(
+                    "{object} {}: its {parent_field} {} is not in the store (deleted and purged before it was synced?)",
+                    change.history_id, change.parent_id
+                ),
+                crm_id: change.history_id,
+            }));
+        };
+        let as_text =
+            |value: &Option<Value>| value.as_ref().and_then(Value::as_str).map(str::to_string);
+        let stage_move = match (object, change.field.as_str()) {
+            ("OpportunityHistory", _) => {
+                let to = as_text(&change.new_value);
+                let from = tx.stage_before(record_id, change.changed_at).await?;
+                to.filter(|to| from.as_deref() != Some(to.as_str()))
+                    .map(|to| (from, to))
+            }
+            ("LeadHistory", "Status") => {
+                as_text(&change.new_value).map(|to| (as_text(&change.old_value), to))
+            }
+            _ => None,
+        };
+        if object != "OpportunityHistory" {
+            tx.record_field_change(&FieldChange {
+                record_id,
+                field: &change.field,
+                old_value: change.old_value.as_ref(),
+                new_value: change.new_value.as_ref(),
+                changed_at: change.changed_at,
+                changed_by: change.changed_by.as_deref(),
+                change_source: Some(object),
+                dedupe_key: &change.history_id,
+            })
+            .await?;
+        }
+        if let Some((from, to)) = stage_move {
+            let move_ = Move {
+                record_id,
+                kind: parent_kind,
+                from: from.as_deref(),
+                to: &to,
+                at: change.changed_at,
+                by: change.changed_by.as_deref(),
+                source: Some(object),
+                origin: Origin::CrmHistory,
+                history_id: Some(&change.history_id),
+                amount_cents: change.amount_cents,
+                observed_at,
+            };
+            self.record_move(tx, &move_).await?;
+        }
+        Ok(Ok(change.changed_at))
+    }
+
+    /// Stores a stage or status move and the milestone it reaches.
+    async fn record_move(&mut self, tx: &mut StoreTx, m: &Move<'_>) -> Result<(), SyncError> {
+        let transition = NewStageTransition {
+            record_id: m.record_id,
+            connection_id: self.connection_id,
+            kind: m.kind,
+            pipeline: (m.kind == ObjectKind::Deal).then_some("default"),
+            from_stage: m.from,
+            to_stage: m.to,
+            changed_at: m.at,
+            changed_by: m.by,
+            // Who a user id is (person, integration, automation) is decided against the
+            // org's users when rules read the move, not here.
+            actor: ActorKind::Unknown,
+            change_source: m.source,
+            origin: m.origin,
+            crm_history_id: m.history_id,
+            amount_cents: m.amount_cents,
+            observed_at: m.observed_at,
+        };
+        if tx.record_stage_transition(&transition).await?.is_none() {
+            return Ok(());
+        }
+        self.counters.transitions_written += 1;
+        let event = match m.kind {
+            ObjectKind::Deal => {
+                self.stages
+                    .get(m.to)
+                    .and_then(|stage| match (stage.is_closed, stage.is_won) {
+                        (true, true) => Some(LifecycleEvent::Won),
+                        (true, false) => Some(LifecycleEvent::Lost),
+                        _ => None,
+                    })
+            }
+            ObjectKind::Lead => lead_status_event(m.to),
+            _ => None,
+        };
+        if let Some(event) = event {
+            self.milestone(
+                tx,
+                m.record_id,
+                m.kind,
+                event,
+                m.at,
+                m.origin,
+                m.observed_at,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn milestone(
+        &self,
+        tx: &mut StoreTx,
+        record_id: i64,
+        kind: ObjectKind,
+        event: LifecycleEvent,
+        at: Millis,
+        origin: Origin,
+        observed_at: Millis,
+    ) -> Result<(), SyncError> {
+        tx.record_lifecycle_event(&NewLifecycleEvent {
+            record_id,
+            connection_id: self.connection_id,
+            kind,
+            event,
+            occurred_at: at,
+            origin,
+            detail: None,
+            observed_at,
+        })
+        .await?;
+        Ok(())
+    }
+}
+
+/// How a run of pages ended.
+enum PagesEnd {
+    Done,
+    /// The locator was lost after the page with this newest stamp was stored.
+    LocatorLost(Option<Millis>),
+}
+
+/// A stage or status move to store.
+struct Move<'m> {
+    record_id: i64,
+    kind: ObjectKind,
+    from: Option<&'m str>,
+    to: &'m str,
+    at: Millis,
+    by: Option<&'m str>,
+    source: Option<&'m str>,
+    origin: Origin,
+    history_id: Option<&'m str>,
+    amount_cents: Option<i64>,
+    observed_at: Millis,
+}
+
+fn history_stream(
+    object: &'static str,
+    parent_field: &'static str,
+    parent_kind: ObjectKind,
+) -> Stream {
+    let select = match object {
+        "OpportunityHistory" => {
+            "Id, OpportunityId, StageName, Amount, CloseDate, Probability, CreatedDate, CreatedById"
+                .to_string()
+        }
+        _ => format!(
+            "Id, {parent_field}, Field, DataType, OldValue, NewValue, CreatedDate, CreatedById"
+        ),
+    };
+    Stream {
+        object,
+        cursor: "history",
+        select,
+        // History rows never change once written; their creation time orders them.
+        stamp_field: "CreatedDate",
+        query_all: false,
+        rows: Rows::History {
+            parent_field,
+            parent_kind,
+        },
+    }
+}
+
+/// `SELECT … FROM object WHERE stamp >= from AND stamp < upper ORDER BY stamp, Id`.
+fn stream_soql(stream: &Stream, from: Option<Millis>, upper: Option<Millis>) -> String {
+    let mut conditions = Vec::new();
+    if let Some(from) = from {
+        conditions.push(format!("{} >= {}", stream.stamp_field, soql_datetime(from)));
+    }
+    if let Some(upper) = upper {
+        conditions.push(format!("{} < {}", stream.stamp_field, soql_datetime(upper)));
+    }
+    let filter = if conditions.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", conditions.join(" AND "))
+    };
+    format!(
+        "SELECT {} FROM {}{filter} ORDER BY {} ASC, Id ASC",
+        stream.select, stream.object, stream.stamp_field
+    )
+}
+
+/// An OpportunityStage or LeadStatus row as a stage definition.
+fn stage_definition(kind: ObjectKind, row: &Map<String, Value>) -> StageDefinition {
+    let text = |field: &str| {
+        row.get(field)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let flag = |field: &str| row.get(field).and_then(Value::as_bool).unwrap_or(false);
+    StageDefinition {
+        kind,
+        pipeline: "default".into(),
+        stage: text("ApiName"),
+        label: text("MasterLabel"),
+        sort_order: row
+            .get("SortOrder")
+            .and_then(Value::as_i64)
+            .unwrap_or_default(),
+        probability_bp: row
+            .get("DefaultProbability")
+            .and_then(Value::as_f64)
+            .map(|percent| (percent * 100.0).round() as i64),
+        is_closed: flag("IsClosed") || (kind == ObjectKind::Lead && flag("IsConverted")),
+        is_won: flag("IsWon") || (kind == ObjectKind::Lead && flag("IsConverted")),
+        is_active: row.get("IsActive").and_then(Value::as_bool).unwrap_or(true),
+    }
+}

@@ -1,0 +1,336 @@
+//! The Salesforce sync against the emulator: what the store holds after a backfill, after
+//! scripted changes and simulated months, and under injected faults, compared with the
+//! emulator's ground truth.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use pipewarden::config::settings::{ConnectionSettings, CrmKind};
+use pipewarden::crm::RetryPolicy;
+use pipewarden::emulator::{self, EmulatorOptions, RunningEmulator, Scale};
+use pipewarden::record::ObjectKind;
+use pipewarden::store::{Store, SyncRunStatus};
+use pipewarden::sync::{self, SyncOptions};
+use serde_json::{json, Value};
+
+use crate::support::{on_both_backends, ConfigDir, TestStore};
+
+async fn start_emulator() -> RunningEmulator {
+    let options = EmulatorOptions {
+        scale: Scale::Tiny,
+        ..EmulatorOptions::default()
+    };
+    emulator::start("127.0.0.1:0".parse().unwrap(), options)
+        .await
+        .expect("emulator starts")
+}
+
+/// The demo's Salesforce connection, pointed at this emulator.
+fn salesforce_connection(emu: &RunningEmulator, dir: &ConfigDir) -> ConnectionSettings {
+    dir.write("refresh-token", "emulator-demo-refresh-token\n");
+    let config = format!(
+        r#"
+[[connections]]
+name = "sf"
+kind = "salesforce"
+login_url = "{}"
+objects = ["Opportunity", "OpportunityHistory", "Lead", "LeadHistory", "Contact", "Account", "Campaign", "CampaignMember"]
+
+[connections.auth]
+kind = "refresh_token"
+client_id = "pipewarden-demo"
+refresh_token = {{ file = "refresh-token" }}
+
+[connections.limits]
+requests_per_second = 200
+burst = 200
+"#,
+        emu.base_url()
+    );
+    let path = dir.write("pipewarden.toml", &config);
+    let settings = pipewarden::config::load(Some(&path)).expect("test config loads");
+    settings.connections.into_iter().next().unwrap()
+}
+
+/// Fast retries, so that fault tests take seconds.
+fn quick_options() -> SyncOptions {
+    SyncOptions {
+        retry: RetryPolicy {
+            max_attempts: 12,
+            base_delay: Duration::from_millis(5),
+            max_delay: Duration::from_millis(50),
+        },
+        ..SyncOptions::default()
+    }
+}
+
+async fn control(emu: &RunningEmulator, path: &str, method: reqwest::Method, body: Value) -> Value {
+    let url = emu.base_url().join(path.trim_start_matches('/')).unwrap();
+    let response = reqwest::Client::new()
+        .request(method, url)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        response.status().is_success(),
+        "{path}: {}",
+        response.status()
+    );
+    response.json().await.unwrap_or(Value::Null)
+}
+
+async fn truth(emu: &RunningEmulator, object: &str) -> Vec<Value> {
+    let url = emu
+        .base_url()
+        .join(&format!("__emulator/salesforce/truth/{object}"))
+        .unwrap();
+    let body: Value = reqwest::get(url).await.unwrap().json().await.unwrap();
+    body["records"].as_array().unwrap().clone()
+}
+
+fn millis(text: &str) -> i64 {
+    chrono::DateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f%z")
+        .unwrap()
+        .timestamp_millis()
+}
+
+/// Every opportunity and lead in the store is as the emulator last had it, none is missing,
+/// and each deal's stage changes are exactly those OpportunityHistory recorded.
+async fn assert_store_matches_truth(store: &Store, connection_id: i64, emu: &RunningEmulator) {
+    for (object, kind) in [
+        ("Opportunity", ObjectKind::Deal),
+        ("Lead", ObjectKind::Lead),
+    ] {
+        let records = truth(emu, object).await;
+        assert!(!records.is_empty(), "the emulator has {object} records");
+        for record in &records {
+            let latest = record["versions"].as_array().unwrap().last().unwrap();
+            let id = latest["record"]["Id"].as_str().unwrap();
+            let stored = store
+                .record(connection_id, kind, id)
+                .await
+                .unwrap()
+                .unwrap_or_else(|| panic!("{object} {id} is not in the store"));
+            let field = if kind == ObjectKind::Deal {
+                "StageName"
+            } else {
+                "Status"
+            };
+            let stored_value = if kind == ObjectKind::Deal {
+                &stored.state.stage
+            } else {
+                &stored.state.status
+            };
+            assert_eq!(
+                stored_value.as_deref(),
+                latest["record"][field].as_str(),
+                "{object} {id}: {field}"
+            );
+            let amount = latest["record"]["Amount"]
+                .as_f64()
+                .map(|a| (a * 100.0).round() as i64);
+            assert_eq!(stored.state.amount_cents, amount, "{object} {id}: Amount");
+            assert_eq!(
+                stored.deleted_at.is_some(),
+                latest["deleted"].as_bool().unwrap(),
+                "{object} {id}: deleted"
+            );
+        }
+    }
+    let mut expected: BTreeMap<String, Vec<(String, i64)>> = BTreeMap::new();
+    let mut rows: Vec<(i64, String, String, String)> = truth(emu, "OpportunityHistory")
+        .await
+        .iter()
+        .map(|r| &r["versions"].as_array().unwrap().last().unwrap()["record"])
+        .map(|row| {
+            (
+                millis(row["CreatedDate"].as_str().unwrap()),
+                row["Id"].as_str().unwrap().to_string(),
+                row["OpportunityId"].as_str().unwrap().to_string(),
+                row["StageName"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    rows.sort();
+    for (at, _, opportunity, stage) in rows {
+        let moves = expected.entry(opportunity).or_default();
+        if moves.last().map(|(last, _)| last) != Some(&stage) {
+            moves.push((stage, at));
+        }
+    }
+    for (opportunity, moves) in &expected {
+        let record = store
+            .record(connection_id, ObjectKind::Deal, opportunity)
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("Opportunity {opportunity} is not in the store"));
+        let stored: Vec<(String, i64)> = store
+            .transitions(record.id)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|t| (t.to_stage, t.changed_at))
+            .collect();
+        assert_eq!(&stored, moves, "stage changes of Opportunity {opportunity}");
+    }
+}
+
+async fn connection_id(store: &Store) -> i64 {
+    store
+        .ensure_connection("sf", CrmKind::Salesforce, 0)
+        .await
+        .unwrap()
+}
+
+async fn backfill_then_changes_then_months_match_the_truth(test: TestStore) {
+    let emu = start_emulator().await;
+    let dir = ConfigDir::new();
+    let connection = salesforce_connection(&emu, &dir);
+    let options = quick_options();
+
+    let first = sync::sync_once(&test.store, &connection, &options)
+        .await
+        .unwrap();
+    assert_eq!(
+        first.status,
+        SyncRunStatus::Succeeded,
+        "{:?}",
+        first.message
+    );
+    assert!(first.versions_written > 0 && first.transitions_written > 0);
+    let id = connection_id(&test.store).await;
+    assert_store_matches_truth(&test.store, id, &emu).await;
+
+    // A deal jumps ahead, as a rep would move it; the next run sees only what changed.
+    let open = truth(&emu, "Opportunity")
+        .await
+        .into_iter()
+        .map(|r| r["versions"].as_array().unwrap().last().unwrap()["record"].clone())
+        .find(|r| r["IsClosed"] == json!(false) && r["IsDeleted"] == json!(false))
+        .expect("an open opportunity");
+    let deal = open["Id"].as_str().unwrap().to_string();
+    control(
+        &emu,
+        "/__emulator/clock/advance",
+        reqwest::Method::POST,
+        json!({"by": "1h"}),
+    )
+    .await;
+    control(
+        &emu,
+        "/__emulator/salesforce/changes",
+        reqwest::Method::POST,
+        json!({"changes": [{"object": "Opportunity", "id": deal, "set": {"StageName": "Negotiation/Review"}, "by": {"kind": "rep", "number": 1}}]}),
+    )
+    .await;
+    let second = sync::sync_once(&test.store, &connection, &options)
+        .await
+        .unwrap();
+    assert_eq!(
+        second.status,
+        SyncRunStatus::Succeeded,
+        "{:?}",
+        second.message
+    );
+    assert!(
+        second.records_seen < first.records_seen / 4,
+        "an incremental run reads little: {} after {}",
+        second.records_seen,
+        first.records_seen
+    );
+    let stored = test
+        .store
+        .record(id, ObjectKind::Deal, &deal)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.state.stage.as_deref(), Some("Negotiation/Review"));
+    let last_move = test
+        .store
+        .transitions(stored.id)
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    assert_eq!(last_move.to_stage, "Negotiation/Review");
+    assert_eq!(last_move.origin, "crm_history");
+    assert_store_matches_truth(&test.store, id, &emu).await;
+
+    // Two simulated months of funnel activity, synced in two rounds.
+    for _ in 0..2 {
+        control(
+            &emu,
+            "/__emulator/clock/advance",
+            reqwest::Method::POST,
+            json!({"by": "30d"}),
+        )
+        .await;
+        let run = sync::sync_once(&test.store, &connection, &options)
+            .await
+            .unwrap();
+        assert_eq!(run.status, SyncRunStatus::Succeeded, "{:?}", run.message);
+    }
+    assert_store_matches_truth(&test.store, id, &emu).await;
+
+    // A replayed run stores nothing twice.
+    let replay = sync::sync_once(&test.store, &connection, &options)
+        .await
+        .unwrap();
+    assert_eq!(replay.versions_written, 0);
+    assert_eq!(replay.transitions_written, 0);
+    emu.stop().await.unwrap();
+}
+
+async fn faults_and_lost_locators_lose_nothing(test: TestStore) {
+    let emu = start_emulator().await;
+    let dir = ConfigDir::new();
+    let connection = salesforce_connection(&emu, &dir);
+    let options = SyncOptions {
+        page_size: 200,
+        ..quick_options()
+    };
+    control(
+        &emu,
+        "/__emulator/faults",
+        reqwest::Method::PUT,
+        json!({"faults": [
+            {"kind": "unavailable", "probability": 0.1},
+            {"kind": "server_error", "probability": 0.05},
+            {"kind": "truncated_json", "probability": 0.05},
+            {"kind": "expire_session", "path_contains": "/query/", "every": 4}
+        ]}),
+    )
+    .await;
+    let run = sync::sync_once(&test.store, &connection, &options)
+        .await
+        .unwrap();
+    assert_eq!(run.status, SyncRunStatus::Succeeded, "{:?}", run.message);
+    assert!(run.errors > 0, "faults were met and retried");
+    control(
+        &emu,
+        "/__emulator/clock/advance",
+        reqwest::Method::POST,
+        json!({"by": "20d"}),
+    )
+    .await;
+    let run = sync::sync_once(&test.store, &connection, &options)
+        .await
+        .unwrap();
+    assert_eq!(run.status, SyncRunStatus::Succeeded, "{:?}", run.message);
+    control(
+        &emu,
+        "/__emulator/faults",
+        reqwest::Method::PUT,
+        json!({"faults": []}),
+    )
+    .await;
+    let id = connection_id(&test.store).await;
+    assert_store_matches_truth(&test.store, id, &emu).await;
+    emu.stop().await.unwrap();
+}
+
+on_both_backends!(
+    backfill_then_changes_then_months_match_the_truth,
+    faults_and_lost_locators_lose_nothing,
+);
