@@ -51,10 +51,7 @@ pub(crate) fn record_row(
     stamp_field: &str,
     row: &Map<String, Value>,
 ) -> Result<RecordRow, BadRow> {
-    let crm_id = text(row, "Id").ok_or_else(|| BadRow {
-        crm_id: format!("(row without Id: {})", short(row)),
-        reason: format!("{object} row has no Id"),
-    })?;
+    let crm_id = row_id(object, row)?;
     let bad = |field: &str, why: &str| BadRow {
         crm_id: crm_id.clone(),
         reason: format!("{object} {crm_id}: field {field} {why}"),
@@ -124,10 +121,7 @@ pub(crate) fn history_row(
     parent_field: &str,
     row: &Map<String, Value>,
 ) -> Result<HistoryChange, BadRow> {
-    let history_id = text(row, "Id").ok_or_else(|| BadRow {
-        crm_id: format!("(row without Id: {})", short(row)),
-        reason: format!("{object} row has no Id"),
-    })?;
+    let history_id = row_id(object, row)?;
     let bad = |field: &str, why: &str| BadRow {
         crm_id: history_id.clone(),
         reason: format!("{object} {history_id}: field {field} {why}"),
@@ -172,6 +166,14 @@ pub(crate) fn lead_status_event(status: &str) -> Option<LifecycleEvent> {
         "Closed - Converted" => LifecycleEvent::OpportunityCreated,
         "Closed - Not Converted" => LifecycleEvent::Disqualified,
         _ => return None,
+    })
+}
+
+/// A row's `Id`; a row without one is named by its first characters.
+fn row_id(object: &str, row: &Map<String, Value>) -> Result<String, BadRow> {
+    text(row, "Id").ok_or_else(|| BadRow {
+        crm_id: format!("(row without Id: {})", short(row)),
+        reason: format!("{object} row has no Id"),
     })
 }
 

@@ -21,7 +21,7 @@ async fn start(seed: u64) -> RunningEmulator {
         .expect("emulator starts")
 }
 
-async fn set_faults(emu: &RunningEmulator, faults: Value) {
+pub(crate) async fn set_faults(emu: &RunningEmulator, faults: Value) {
     let response = reqwest::Client::new()
         .put(url(emu, "/__emulator/faults"))
         .json(&json!({ "faults": faults }))

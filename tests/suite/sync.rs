@@ -13,6 +13,8 @@ use pipewarden::store::{Store, SyncRunStatus};
 use pipewarden::sync::{self, SyncOptions};
 use serde_json::{json, Value};
 
+use super::emulator::control;
+use super::emulator_faults::set_faults;
 use crate::support::{on_both_backends, ConfigDir, TestStore};
 
 async fn start_emulator() -> RunningEmulator {
@@ -62,22 +64,6 @@ fn quick_options() -> SyncOptions {
         },
         ..SyncOptions::default()
     }
-}
-
-async fn control(emu: &RunningEmulator, path: &str, method: reqwest::Method, body: Value) -> Value {
-    let url = emu.base_url().join(path.trim_start_matches('/')).unwrap();
-    let response = reqwest::Client::new()
-        .request(method, url)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        response.status().is_success(),
-        "{path}: {}",
-        response.status()
-    );
-    response.json().await.unwrap_or(Value::Null)
 }
 
 async fn truth(emu: &RunningEmulator, object: &str) -> Vec<Value> {
@@ -210,17 +196,10 @@ async fn backfill_then_changes_then_months_match_the_truth(test: TestStore) {
         .find(|r| r["IsClosed"] == json!(false) && r["IsDeleted"] == json!(false))
         .expect("an open opportunity");
     let deal = open["Id"].as_str().unwrap().to_string();
-    control(
-        &emu,
-        "/__emulator/clock/advance",
-        reqwest::Method::POST,
-        json!({"by": "1h"}),
-    )
-    .await;
+    control(&emu, "/__emulator/clock/advance", json!({"by": "1h"})).await;
     control(
         &emu,
         "/__emulator/salesforce/changes",
-        reqwest::Method::POST,
         json!({"changes": [{"object": "Opportunity", "id": deal, "set": {"StageName": "Negotiation/Review"}, "by": {"kind": "rep", "number": 1}}]}),
     )
     .await;
@@ -259,13 +238,7 @@ async fn backfill_then_changes_then_months_match_the_truth(test: TestStore) {
 
     // Two simulated months of funnel activity, synced in two rounds.
     for _ in 0..2 {
-        control(
-            &emu,
-            "/__emulator/clock/advance",
-            reqwest::Method::POST,
-            json!({"by": "30d"}),
-        )
-        .await;
+        control(&emu, "/__emulator/clock/advance", json!({"by": "30d"})).await;
         let run = sync::sync_once(&test.store, &connection, &options)
             .await
             .unwrap();
@@ -290,16 +263,14 @@ async fn faults_and_lost_locators_lose_nothing(test: TestStore) {
         page_size: 200,
         ..quick_options()
     };
-    control(
+    set_faults(
         &emu,
-        "/__emulator/faults",
-        reqwest::Method::PUT,
-        json!({"faults": [
+        json!([
             {"kind": "unavailable", "probability": 0.1},
             {"kind": "server_error", "probability": 0.05},
             {"kind": "truncated_json", "probability": 0.05},
             {"kind": "expire_session", "path_contains": "/query/", "every": 4}
-        ]}),
+        ]),
     )
     .await;
     let run = sync::sync_once(&test.store, &connection, &options)
@@ -307,24 +278,12 @@ async fn faults_and_lost_locators_lose_nothing(test: TestStore) {
         .unwrap();
     assert_eq!(run.status, SyncRunStatus::Succeeded, "{:?}", run.message);
     assert!(run.errors > 0, "faults were met and retried");
-    control(
-        &emu,
-        "/__emulator/clock/advance",
-        reqwest::Method::POST,
-        json!({"by": "20d"}),
-    )
-    .await;
+    control(&emu, "/__emulator/clock/advance", json!({"by": "20d"})).await;
     let run = sync::sync_once(&test.store, &connection, &options)
         .await
         .unwrap();
     assert_eq!(run.status, SyncRunStatus::Succeeded, "{:?}", run.message);
-    control(
-        &emu,
-        "/__emulator/faults",
-        reqwest::Method::PUT,
-        json!({"faults": []}),
-    )
-    .await;
+    set_faults(&emu, json!([])).await;
     let id = connection_id(&test.store).await;
     assert_store_matches_truth(&test.store, id, &emu).await;
     emu.stop().await.unwrap();
