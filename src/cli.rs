@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand};
 use crate::config::{self, ConfigError, Settings};
 use crate::emulator::{self, EmulatorOptions};
 use crate::store::{Store, StoreError, SyncRunSummary};
-use crate::sync::{self, SyncOptions};
+use crate::sync::{self, StopSignal, SyncOptions};
 use crate::telemetry::LogFormat;
 
 /// pipewarden: CRM pipeline snapshots, stage gates, lead recycling and pipeline history.
@@ -207,7 +207,7 @@ async fn sync_once(path: Option<PathBuf>, args: SyncArgs) -> Result<(), CliError
     let options = SyncOptions::default();
     let mut failed = 0;
     for connection in &connections {
-        match sync::sync_once(&store, connection, &options).await {
+        match sync::sync_once(&store, connection, &options, &StopSignal::never()).await {
             Ok(summary) => println!("{}: {}", connection.name, describe_run(&summary)),
             Err(err) => {
                 failed += 1;

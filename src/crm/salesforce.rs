@@ -8,8 +8,8 @@ use super::CrmError;
 use crate::record::Millis;
 
 /// A Salesforce org, reached through one connection.
-pub struct SalesforceClient {
-    api: ApiClient,
+pub struct SalesforceClient<'a> {
+    api: &'a ApiClient,
     version: String,
 }
 
@@ -76,18 +76,13 @@ pub enum NextPageError {
     Failed(CrmError),
 }
 
-impl SalesforceClient {
+impl<'a> SalesforceClient<'a> {
     /// A client over `api` for REST version `version` (`v62.0`).
-    pub fn new(api: ApiClient, version: &str) -> SalesforceClient {
+    pub fn new(api: &'a ApiClient, version: &str) -> SalesforceClient<'a> {
         SalesforceClient {
             api,
             version: version.to_string(),
         }
-    }
-
-    /// The shared HTTP client (for budget and counters).
-    pub fn api(&self) -> &ApiClient {
-        &self.api
     }
 
     /// The fields of an object, from `describe`.

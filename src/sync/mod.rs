@@ -9,6 +9,8 @@ mod salesforce_map;
 
 use std::time::Duration;
 
+use tokio::sync::watch;
+
 use crate::config::settings::{ConnectionSettings, CrmKind};
 use crate::crm::{ApiClient, CrmError, RetryPolicy};
 use crate::record::Millis;
@@ -55,6 +57,9 @@ pub enum SyncError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A stop was asked for; the run ended at its last committed page.
+    #[error("stopped at the last checkpoint on request")]
+    Interrupted,
     /// The connection's CRM is one this build cannot sync yet.
     #[error("connection `{0}`: syncing HubSpot is not available in this version of pipewarden")]
     Unsupported(String),
@@ -69,12 +74,77 @@ pub(crate) struct RunCounters {
     pub quarantined: i64,
 }
 
+/// Asks runs to stop at their next checkpoint (shutdown); cheap to clone.
+#[derive(Debug, Clone)]
+pub struct StopSignal(watch::Receiver<bool>);
+
+/// The sending side of a [`StopSignal`].
+#[derive(Debug)]
+pub struct StopHandle(watch::Sender<bool>);
+
+impl StopSignal {
+    /// A pair: stop through the handle, runs watch the signal.
+    pub fn new() -> (StopHandle, StopSignal) {
+        let (sender, receiver) = watch::channel(false);
+        (StopHandle(sender), StopSignal(receiver))
+    }
+
+    /// A signal that never fires, for single runs that are not interrupted.
+    pub fn never() -> StopSignal {
+        StopSignal::new().1
+    }
+
+    /// Whether a stop was asked for.
+    pub fn is_set(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Resolves once a stop is asked for.
+    pub async fn stopped(&mut self) {
+        // An error means the handle is gone: nobody can ask any more, so never resolve.
+        if self.0.wait_for(|stop| *stop).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+impl StopHandle {
+    /// Asks every run watching the signal to stop at its next checkpoint.
+    pub fn stop(&self) {
+        self.0.send_replace(true);
+    }
+}
+
+/// What a CRM-specific run shares: where to store, what to call, what it has done.
+pub(crate) struct RunContext<'a> {
+    pub store: &'a Store,
+    pub settings: &'a ConnectionSettings,
+    pub options: &'a SyncOptions,
+    pub api: &'a ApiClient,
+    pub connection_id: i64,
+    pub run_id: i64,
+    pub counters: RunCounters,
+    stop: &'a StopSignal,
+}
+
+impl RunContext<'_> {
+    /// Ends the run (after the page just committed) when a stop was asked for.
+    pub fn check_stop(&self) -> Result<(), SyncError> {
+        if self.stop.is_set() {
+            return Err(SyncError::Interrupted);
+        }
+        Ok(())
+    }
+}
+
 /// Syncs one connection once: from its checkpoints to now, or until its API budget for the
-/// run is spent (then it stops cleanly and the next run resumes).
+/// run is spent or `stop` fires (then it stops at the last committed page, and the next run
+/// resumes there).
 pub async fn sync_once(
     store: &Store,
     settings: &ConnectionSettings,
     options: &SyncOptions,
+    stop: &StopSignal,
 ) -> Result<SyncRunSummary, SyncError> {
     if settings.kind != CrmKind::Salesforce {
         return Err(SyncError::Unsupported(settings.name.clone()));
@@ -92,23 +162,49 @@ pub async fn sync_once(
         )
         .await?;
     let api = ApiClient::new(settings, options.retry)?;
-    let mut run = salesforce::Run::new(store, settings, options, connection_id, run_id, api);
-    let outcome = run.sync().await;
-    let counters = run.counters();
-    let stats = run.api_stats();
-    let budget = run.budget_use();
-    tracing::info!(connection = %settings.name, api_calls = stats.calls, retries = stats.retries,
+    let mut ctx = RunContext {
+        store,
+        settings,
+        options,
+        api: &api,
+        connection_id,
+        run_id,
+        counters: RunCounters::default(),
+        stop,
+    };
+    let outcome = salesforce::sync(&mut ctx).await;
+    let summary = run_summary(&ctx, started_at, &outcome);
+    store.finish_sync_run(&summary).await?;
+    match outcome {
+        Ok(()) | Err(SyncError::Interrupted) | Err(SyncError::Crm(CrmError::Budget { .. })) => {
+            Ok(summary)
+        }
+        Err(err) => Err(err),
+    }
+}
+
+/// The audit row of a finished run, with its API use logged.
+fn run_summary(
+    ctx: &RunContext<'_>,
+    started_at: Millis,
+    outcome: &Result<(), SyncError>,
+) -> SyncRunSummary {
+    let stats = ctx.api.stats();
+    let budget = ctx.api.budget_use();
+    tracing::info!(connection = %ctx.settings.name, api_calls = stats.calls, retries = stats.retries,
         rate_limited = stats.rate_limited, org_used = budget.org_used, org_limit = budget.org_limit,
         "API use of the run");
-    let (status, message) = match &outcome {
+    let (status, message) = match outcome {
         Ok(()) => (SyncRunStatus::Succeeded, None),
+        Err(SyncError::Interrupted) => (SyncRunStatus::Interrupted, None),
         Err(SyncError::Crm(err @ CrmError::Budget { .. })) => {
             (SyncRunStatus::BudgetStopped, Some(err.to_string()))
         }
         Err(err) => (SyncRunStatus::Failed, Some(err.to_string())),
     };
-    let summary = SyncRunSummary {
-        id: run_id,
+    let counters = ctx.counters;
+    SyncRunSummary {
+        id: ctx.run_id,
         status,
         started_at,
         finished_at: Some(wall_clock()),
@@ -119,11 +215,6 @@ pub async fn sync_once(
         errors: stats.failures as i64,
         quarantined: counters.quarantined,
         message,
-    };
-    store.finish_sync_run(&summary).await?;
-    match outcome {
-        Ok(()) | Err(SyncError::Crm(CrmError::Budget { .. })) => Ok(summary),
-        Err(err) => Err(err),
     }
 }
 

@@ -17,15 +17,14 @@ use serde_json::{json, Map, Value};
 use super::salesforce_map::{
     history_row, lead_status_event, record_kind, record_row, soql_datetime, BadRow,
 };
-use super::{wall_clock, RunCounters, SyncError, SyncOptions};
-use crate::config::settings::{ConnectionSettings, Endpoints};
-use crate::crm::http::ApiStats;
+use super::{wall_clock, RunContext, SyncError};
+use crate::config::settings::Endpoints;
 use crate::crm::salesforce::{NextPageError, QueryPage, SalesforceClient};
-use crate::crm::{ApiClient, BudgetUse, CrmError};
+use crate::crm::CrmError;
 use crate::record::{ActorKind, LifecycleEvent, Millis, ObjectKind, Origin, RecordObservation};
 use crate::store::{
     FieldChange, NewLifecycleEvent, NewStageTransition, ObservationOutcome, QuarantineEntry,
-    StageDefinition, Store, StoreTx,
+    StageDefinition, StoreTx,
 };
 
 /// Record objects in the order they are synced.
@@ -70,62 +69,37 @@ enum Rows {
 }
 
 /// One run over one Salesforce connection.
-pub(crate) struct Run<'a> {
-    store: &'a Store,
-    settings: &'a ConnectionSettings,
-    options: &'a SyncOptions,
-    connection_id: i64,
-    run_id: i64,
-    client: SalesforceClient,
-    counters: RunCounters,
+struct Run<'c, 'a> {
+    ctx: &'c mut RunContext<'a>,
+    client: SalesforceClient<'a>,
     stages: HashMap<String, StageDefinition>,
     /// The org's clock at the last answer; observation times come from it, so that they are
     /// comparable with the org's own stamps whatever this host's clock says.
     server_now: Option<Millis>,
 }
 
-impl<'a> Run<'a> {
-    pub fn new(
-        store: &'a Store,
-        settings: &'a ConnectionSettings,
-        options: &'a SyncOptions,
-        connection_id: i64,
-        run_id: i64,
-        api: ApiClient,
-    ) -> Run<'a> {
-        let version = match &settings.endpoints {
+/// Syncs a Salesforce connection: stages, then records, then history.
+pub(crate) async fn sync(ctx: &mut RunContext<'_>) -> Result<(), SyncError> {
+    Run::new(ctx).sync().await
+}
+
+impl<'c, 'a> Run<'c, 'a> {
+    fn new(ctx: &'c mut RunContext<'a>) -> Run<'c, 'a> {
+        let version = match &ctx.settings.endpoints {
             Endpoints::Salesforce { api_version, .. } => api_version.as_str(),
             Endpoints::Hubspot { .. } => {
                 unreachable!("a Salesforce run needs a Salesforce connection")
             }
         };
         Run {
-            client: SalesforceClient::new(api, version),
-            store,
-            settings,
-            options,
-            connection_id,
-            run_id,
-            counters: RunCounters::default(),
+            client: SalesforceClient::new(ctx.api, version),
+            ctx,
             stages: HashMap::new(),
             server_now: None,
         }
     }
 
-    pub fn counters(&self) -> RunCounters {
-        self.counters
-    }
-
-    pub fn api_stats(&self) -> ApiStats {
-        self.client.api().stats()
-    }
-
-    pub fn budget_use(&self) -> BudgetUse {
-        self.client.api().budget_use()
-    }
-
-    /// Stages, then records, then history.
-    pub async fn sync(&mut self) -> Result<(), SyncError> {
+    async fn sync(&mut self) -> Result<(), SyncError> {
         self.sync_stages().await?;
         let history_until = self.now();
         for object in RECORD_OBJECTS {
@@ -144,7 +118,7 @@ impl<'a> Run<'a> {
     }
 
     fn configured(&self, object: &str) -> bool {
-        self.settings.objects.iter().any(|o| o == object)
+        self.ctx.settings.objects.iter().any(|o| o == object)
     }
 
     fn now(&self) -> Millis {
@@ -171,9 +145,9 @@ impl<'a> Run<'a> {
                     .map(|row| stage_definition(ObjectKind::Lead, row)),
             )
             .collect();
-        let mut tx = self.store.begin().await?;
+        let mut tx = self.ctx.store.begin().await?;
         for definition in &definitions {
-            tx.upsert_stage_definition(self.connection_id, definition, self.now())
+            tx.upsert_stage_definition(self.ctx.connection_id, definition, self.now())
                 .await?;
         }
         tx.commit().await?;
@@ -197,6 +171,7 @@ impl<'a> Run<'a> {
     async fn record_stream(&mut self, object: &'static str) -> Result<Stream, SyncError> {
         let fields = self.client.describe(object).await?;
         let wanted_custom = self
+            .ctx
             .settings
             .custom_fields
             .iter()
@@ -204,7 +179,7 @@ impl<'a> Run<'a> {
             .filter(|(owner, _)| *owner == object);
         for (_, field) in wanted_custom {
             if !fields.iter().any(|f| f.name == field) {
-                tracing::warn!(connection = %self.settings.name, object, field,
+                tracing::warn!(connection = %self.ctx.settings.name, object, field,
                     "custom_fields names {object}.{field}, but describe does not list it (missing, or hidden from the integration user); it is not synced");
             }
         }
@@ -238,11 +213,12 @@ impl<'a> Run<'a> {
         until: Option<Millis>,
     ) -> Result<(), SyncError> {
         let checkpoint = self
+            .ctx
             .store
-            .cursor(self.connection_id, stream.object, stream.cursor)
+            .cursor(self.ctx.connection_id, stream.object, stream.cursor)
             .await?
             .and_then(|position| position.get("stamp").and_then(Value::as_i64));
-        let lookback = self.options.lookback.as_millis() as Millis;
+        let lookback = self.ctx.options.lookback.as_millis() as Millis;
         let mut from = checkpoint.map(|stamp| stamp - lookback);
         let mut window: Option<Duration> = None;
         let mut restarts = 0;
@@ -258,7 +234,7 @@ impl<'a> Run<'a> {
             let soql = stream_soql(stream, from, upper);
             let first = match self
                 .client
-                .query(&soql, stream.query_all, self.options.page_size)
+                .query(&soql, stream.query_all, self.ctx.options.page_size)
                 .await
             {
                 Ok(page) => page,
@@ -275,7 +251,7 @@ impl<'a> Run<'a> {
                     restarts += 1;
                     if restarts > MAX_RESTARTS {
                         return Err(SyncError::Crm(CrmError::Decode {
-                            connection: self.settings.name.clone(),
+                            connection: self.ctx.settings.name.clone(),
                             request: format!("query of {}", stream.object),
                             detail: format!(
                                 "the query locator was lost {MAX_RESTARTS} times in a row"
@@ -310,7 +286,7 @@ impl<'a> Run<'a> {
         if next < NARROWEST_WINDOW {
             return Err(err.into());
         }
-        tracing::warn!(connection = %self.settings.name, object = stream.object,
+        tracing::warn!(connection = %self.ctx.settings.name, object = stream.object,
             window_hours = next.as_secs() / 3600, "query timed out; narrowing its time window");
         Ok(next)
     }
@@ -333,11 +309,12 @@ impl<'a> Run<'a> {
             if let Some(stamp) = self.store_page(stream, &page).await? {
                 last_stamp = Some(stamp);
             }
+            self.ctx.check_stop()?;
             match self.client.next_page(&page).await {
                 Ok(Some(next)) => page = next,
                 Ok(None) => return Ok(PagesEnd::Done),
                 Err(NextPageError::LocatorLost) => {
-                    tracing::info!(connection = %self.settings.name, object = stream.object,
+                    tracing::info!(connection = %self.ctx.settings.name, object = stream.object,
                         "query locator lost (token renewed or locator expired); restarting the query at the last checkpoint");
                     return Ok(PagesEnd::LocatorLost(last_stamp));
                 }
@@ -353,10 +330,10 @@ impl<'a> Run<'a> {
         page: &QueryPage,
     ) -> Result<Option<Millis>, SyncError> {
         let observed_at = page.server_time.unwrap_or_else(|| self.now());
-        let mut tx = self.store.begin().await?;
+        let mut tx = self.ctx.store.begin().await?;
         let mut newest = None;
         for row in &page.records {
-            self.counters.records_seen += 1;
+            self.ctx.counters.records_seen += 1;
             let stored = match &stream.rows {
                 Rows::Records(kind) => {
                     self.store_record(&mut tx, stream, *kind, row, observed_at)
@@ -387,11 +364,11 @@ impl<'a> Run<'a> {
         }
         if let Some(stamp) = newest {
             tx.save_cursor(
-                self.connection_id,
+                self.ctx.connection_id,
                 stream.object,
                 stream.cursor,
                 &json!({ "stamp": stamp }),
-                Some(self.run_id),
+                Some(self.ctx.run_id),
                 observed_at,
             )
             .await?;
@@ -408,19 +385,19 @@ impl<'a> Run<'a> {
         row: &Map<String, Value>,
         seen_at: Millis,
     ) -> Result<(), SyncError> {
-        tracing::warn!(connection = %self.settings.name, object, id = %bad.crm_id, reason = %bad.reason, "record quarantined");
+        tracing::warn!(connection = %self.ctx.settings.name, object, id = %bad.crm_id, reason = %bad.reason, "record quarantined");
         let payload = Value::Object(row.clone()).to_string();
         tx.quarantine(&QuarantineEntry {
-            connection_id: self.connection_id,
+            connection_id: self.ctx.connection_id,
             crm_object: object,
             crm_id: &bad.crm_id,
             reason: &bad.reason,
             payload: Some(&payload),
-            sync_run_id: Some(self.run_id),
+            sync_run_id: Some(self.ctx.run_id),
             seen_at,
         })
         .await?;
-        self.counters.quarantined += 1;
+        self.ctx.counters.quarantined += 1;
         Ok(())
     }
 
@@ -439,7 +416,7 @@ impl<'a> Run<'a> {
             Err(bad) => return Ok(Err(bad)),
         };
         let observation = RecordObservation {
-            connection_id: self.connection_id,
+            connection_id: self.ctx.connection_id,
             kind,
             crm_object: stream.object.to_string(),
             crm_id: parsed.crm_id,
@@ -447,15 +424,15 @@ impl<'a> Run<'a> {
             deleted: parsed.deleted,
             modified_at: parsed.modified_at,
             observed_at,
-            sync_run_id: Some(self.run_id),
+            sync_run_id: Some(self.ctx.run_id),
         };
         let outcome = tx.apply_observation(&observation).await?;
         if !outcome.wrote_version() {
             return Ok(Ok(observation.modified_at));
         }
-        self.counters.versions_written += 1;
+        self.ctx.counters.versions_written += 1;
         tx.release_from_quarantine(
-            self.connection_id,
+            self.ctx.connection_id,
             stream.object,
             &observation.crm_id,
             observed_at,
@@ -553,7 +530,7 @@ impl<'a> Run<'a> {
             Err(bad) => return Ok(Err(bad)),
         };
         let Some(record_id) = tx
-            .record_id(self.connection_id, parent_kind, &change.parent_id)
+            .record_id(self.ctx.connection_id, parent_kind, &change.parent_id)
             .await?
         else {
             return Ok(Err(BadRow {
@@ -614,7 +591,7 @@ impl<'a> Run<'a> {
     async fn record_move(&mut self, tx: &mut StoreTx, m: &Move<'_>) -> Result<(), SyncError> {
         let transition = NewStageTransition {
             record_id: m.record_id,
-            connection_id: self.connection_id,
+            connection_id: self.ctx.connection_id,
             kind: m.kind,
             pipeline: (m.kind == ObjectKind::Deal).then_some("default"),
             from_stage: m.from,
@@ -633,7 +610,7 @@ impl<'a> Run<'a> {
         if tx.record_stage_transition(&transition).await?.is_none() {
             return Ok(());
         }
-        self.counters.transitions_written += 1;
+        self.ctx.counters.transitions_written += 1;
         let event = match m.kind {
             ObjectKind::Deal => {
                 self.stages
@@ -675,7 +652,7 @@ impl<'a> Run<'a> {
     ) -> Result<(), SyncError> {
         tx.record_lifecycle_event(&NewLifecycleEvent {
             record_id,
-            connection_id: self.connection_id,
+            connection_id: self.ctx.connection_id,
             kind,
             event,
             occurred_at: at,

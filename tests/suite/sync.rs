@@ -10,7 +10,7 @@ use pipewarden::crm::RetryPolicy;
 use pipewarden::emulator::{self, EmulatorOptions, RunningEmulator, Scale};
 use pipewarden::record::ObjectKind;
 use pipewarden::store::{Store, SyncRunStatus};
-use pipewarden::sync::{self, SyncOptions};
+use pipewarden::sync::{self, StopSignal, SyncOptions};
 use serde_json::{json, Value};
 
 use super::emulator::control;
@@ -175,7 +175,7 @@ async fn backfill_then_changes_then_months_match_the_truth(test: TestStore) {
     let connection = salesforce_connection(&emu, &dir);
     let options = quick_options();
 
-    let first = sync::sync_once(&test.store, &connection, &options)
+    let first = sync::sync_once(&test.store, &connection, &options, &StopSignal::never())
         .await
         .unwrap();
     assert_eq!(
@@ -203,7 +203,7 @@ async fn backfill_then_changes_then_months_match_the_truth(test: TestStore) {
         json!({"changes": [{"object": "Opportunity", "id": deal, "set": {"StageName": "Negotiation/Review"}, "by": {"kind": "rep", "number": 1}}]}),
     )
     .await;
-    let second = sync::sync_once(&test.store, &connection, &options)
+    let second = sync::sync_once(&test.store, &connection, &options, &StopSignal::never())
         .await
         .unwrap();
     assert_eq!(
@@ -239,7 +239,7 @@ async fn backfill_then_changes_then_months_match_the_truth(test: TestStore) {
     // Two simulated months of funnel activity, synced in two rounds.
     for _ in 0..2 {
         control(&emu, "/__emulator/clock/advance", json!({"by": "30d"})).await;
-        let run = sync::sync_once(&test.store, &connection, &options)
+        let run = sync::sync_once(&test.store, &connection, &options, &StopSignal::never())
             .await
             .unwrap();
         assert_eq!(run.status, SyncRunStatus::Succeeded, "{:?}", run.message);
@@ -247,7 +247,7 @@ async fn backfill_then_changes_then_months_match_the_truth(test: TestStore) {
     assert_store_matches_truth(&test.store, id, &emu).await;
 
     // A replayed run stores nothing twice.
-    let replay = sync::sync_once(&test.store, &connection, &options)
+    let replay = sync::sync_once(&test.store, &connection, &options, &StopSignal::never())
         .await
         .unwrap();
     assert_eq!(replay.versions_written, 0);
@@ -273,13 +273,13 @@ async fn faults_and_lost_locators_lose_nothing(test: TestStore) {
         ]),
     )
     .await;
-    let run = sync::sync_once(&test.store, &connection, &options)
+    let run = sync::sync_once(&test.store, &connection, &options, &StopSignal::never())
         .await
         .unwrap();
     assert_eq!(run.status, SyncRunStatus::Succeeded, "{:?}", run.message);
     assert!(run.errors > 0, "faults were met and retried");
     control(&emu, "/__emulator/clock/advance", json!({"by": "20d"})).await;
-    let run = sync::sync_once(&test.store, &connection, &options)
+    let run = sync::sync_once(&test.store, &connection, &options, &StopSignal::never())
         .await
         .unwrap();
     assert_eq!(run.status, SyncRunStatus::Succeeded, "{:?}", run.message);
