@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::config::{self, ConfigError, Settings};
+use crate::daemon::{self, DaemonError};
 use crate::emulator::{self, EmulatorOptions};
 use crate::store::{Store, StoreError, SyncRunSummary};
 use crate::sync::{self, StopSignal, SyncOptions};
@@ -42,6 +43,9 @@ pub enum Command {
     Emulate(EmulateArgs),
     /// Sync the configured connections into the store.
     Sync(SyncArgs),
+    /// Run the daemon: sync every connection on its schedule and serve /healthz, /readyz and
+    /// /metrics, until SIGTERM or Ctrl-C.
+    Run,
 }
 
 /// `pipewarden sync …`
@@ -113,6 +117,9 @@ pub enum CliError {
         /// Connections attempted.
         total: usize,
     },
+    /// The daemon failed.
+    #[error(transparent)]
+    Daemon(DaemonError),
     /// Writing the command's output failed.
     #[error("cannot write output: {0}")]
     Output(#[from] std::io::Error),
@@ -138,6 +145,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Migrate => migrate(cli.config).await,
         Command::Emulate(args) => emulate(args).await,
         Command::Sync(args) => sync_once(cli.config, args).await,
+        Command::Run => run_daemon(cli.config).await,
     }
 }
 
@@ -208,7 +216,7 @@ async fn sync_once(path: Option<PathBuf>, args: SyncArgs) -> Result<(), CliError
     let mut failed = 0;
     for connection in &connections {
         match sync::sync_once(&store, connection, &options, &StopSignal::never()).await {
-            Ok(summary) => println!("{}: {}", connection.name, describe_run(&summary)),
+            Ok(report) => println!("{}: {}", connection.name, describe_run(&report.summary)),
             Err(err) => {
                 failed += 1;
                 tracing::error!(connection = %connection.name, error = %err, "sync failed");
@@ -241,6 +249,20 @@ fn describe_run(run: &SyncRunSummary) -> String {
         line.push_str(&format!(" ({message})"));
     }
     line
+}
+
+async fn run_daemon(path: Option<PathBuf>) -> Result<(), CliError> {
+    let settings = load_settings(path)?;
+    let (stopper, stop) = StopSignal::new();
+    let daemon = daemon::run(settings, stop);
+    tokio::pin!(daemon);
+    tokio::select! {
+        result = &mut daemon => return result.map_err(CliError::Daemon),
+        () = shutdown_signal() => {}
+    }
+    tracing::info!("stop requested; finishing the pages in flight");
+    stopper.stop();
+    daemon.await.map_err(CliError::Daemon)
 }
 
 async fn emulate(args: EmulateArgs) -> Result<(), CliError> {

@@ -10,7 +10,9 @@
 pub mod cli;
 pub mod config;
 pub mod crm;
+pub mod daemon;
 pub mod emulator;
+pub mod metrics;
 pub mod record;
 pub mod store;
 pub mod sync;

@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::config::settings::{ConnectionSettings, CrmKind};
-use crate::crm::{ApiClient, CrmError, RetryPolicy};
+use crate::crm::{ApiClient, ApiStats, BudgetUse, CrmError, RetryPolicy};
 use crate::record::Millis;
 use crate::store::{Store, StoreError, SyncRunStatus, SyncRunSummary};
 
@@ -63,6 +63,34 @@ pub enum SyncError {
     /// The connection's CRM is one this build cannot sync yet.
     #[error("connection `{0}`: syncing HubSpot is not available in this version of pipewarden")]
     Unsupported(String),
+}
+
+impl SyncError {
+    /// A short name of the kind of failure, for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SyncError::Crm(CrmError::Unavailable { .. }) => "crm_unavailable",
+            SyncError::Crm(CrmError::Api { .. }) => "crm_api",
+            SyncError::Crm(CrmError::Auth { .. }) => "crm_auth",
+            SyncError::Crm(CrmError::Budget { .. }) => "crm_budget",
+            SyncError::Crm(CrmError::Decode { .. }) => "crm_decode",
+            SyncError::Crm(CrmError::Setup { .. }) => "setup",
+            SyncError::Store(_) => "store",
+            SyncError::Interrupted => "interrupted",
+            SyncError::Unsupported(_) => "unsupported",
+        }
+    }
+}
+
+/// What a finished run did and what it cost.
+#[derive(Debug, Clone)]
+pub struct SyncReport {
+    /// The run's audit row.
+    pub summary: SyncRunSummary,
+    /// Its calls to the CRM.
+    pub api: ApiStats,
+    /// The CRM's daily allocation as last reported.
+    pub budget: BudgetUse,
 }
 
 /// What a run has done so far.
@@ -145,7 +173,7 @@ pub async fn sync_once(
     settings: &ConnectionSettings,
     options: &SyncOptions,
     stop: &StopSignal,
-) -> Result<SyncRunSummary, SyncError> {
+) -> Result<SyncReport, SyncError> {
     if settings.kind != CrmKind::Salesforce {
         return Err(SyncError::Unsupported(settings.name.clone()));
     }
@@ -177,7 +205,11 @@ pub async fn sync_once(
     store.finish_sync_run(&summary).await?;
     match outcome {
         Ok(()) | Err(SyncError::Interrupted) | Err(SyncError::Crm(CrmError::Budget { .. })) => {
-            Ok(summary)
+            Ok(SyncReport {
+                summary,
+                api: api.stats(),
+                budget: api.budget_use(),
+            })
         }
         Err(err) => Err(err),
     }

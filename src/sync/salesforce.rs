@@ -21,7 +21,9 @@ use super::{wall_clock, RunContext, SyncError};
 use crate::config::settings::Endpoints;
 use crate::crm::salesforce::{NextPageError, QueryPage, SalesforceClient};
 use crate::crm::CrmError;
-use crate::record::{ActorKind, LifecycleEvent, Millis, ObjectKind, Origin, RecordObservation};
+use crate::record::{
+    ActorKind, LifecycleEvent, Millis, ObjectKind, Origin, RecordObservation, RecordState,
+};
 use crate::store::{
     FieldChange, NewLifecycleEvent, NewStageTransition, ObservationOutcome, QuarantineEntry,
     StageDefinition, StoreTx,
@@ -474,11 +476,7 @@ impl<'c, 'a> Run<'c, 'a> {
         observation: &RecordObservation,
         outcome: &ObservationOutcome,
     ) -> Result<(), SyncError> {
-        let stage_of = |state: &crate::record::RecordState| match observation.kind {
-            ObjectKind::Deal => state.stage.clone(),
-            _ => state.status.clone(),
-        };
-        let Some(to) = stage_of(&observation.state) else {
+        let Some(to) = stage_of(observation.kind, &observation.state) else {
             return Ok(());
         };
         let (from, at) = match outcome {
@@ -490,7 +488,7 @@ impl<'c, 'a> Run<'c, 'a> {
                     .unwrap_or(observation.modified_at),
             ),
             ObservationOutcome::Changed { previous, .. } => {
-                let from = stage_of(&previous.state);
+                let from = stage_of(observation.kind, &previous.state);
                 if from.as_deref() == Some(to.as_str()) {
                     return Ok(());
                 }
@@ -541,17 +539,15 @@ impl<'c, 'a> Run<'c, 'a> {
                 crm_id: change.history_id,
             }));
         };
-        let as_text =
-            |value: &Option<Value>| value.as_ref().and_then(Value::as_str).map(str::to_string);
         let stage_move = match (object, change.field.as_str()) {
             ("OpportunityHistory", _) => {
-                let to = as_text(&change.new_value);
+                let to = value_text(&change.new_value);
                 let from = tx.stage_before(record_id, change.changed_at).await?;
                 to.filter(|to| from.as_deref() != Some(to.as_str()))
                     .map(|to| (from, to))
             }
             ("LeadHistory", "Status") => {
-                as_text(&change.new_value).map(|to| (as_text(&change.old_value), to))
+                value_text(&change.new_value).map(|to| (value_text(&change.old_value), to))
             }
             _ => None,
         };
@@ -662,6 +658,19 @@ impl<'c, 'a> Run<'c, 'a> {
         })
         .await?;
         Ok(())
+    }
+}
+
+/// A history value as text (stage and status values are text).
+fn value_text(value: &Option<Value>) -> Option<String> {
+    value.as_ref().and_then(Value::as_str).map(str::to_string)
+}
+
+/// The stage of a deal, the status of anything else.
+fn stage_of(kind: ObjectKind, state: &RecordState) -> Option<String> {
+    match kind {
+        ObjectKind::Deal => state.stage.clone(),
+        _ => state.status.clone(),
     }
 }
 

@@ -2,6 +2,7 @@
 
 mod cli;
 mod config_errors;
+mod daemon;
 mod emulator;
 mod emulator_failure_cases;
 mod emulator_faults;

@@ -16,6 +16,8 @@ pub const POSTGRES_URL_VAR: &str = "PIPEWARDEN_TEST_POSTGRES_URL";
 /// A migrated store of its own, removed when dropped.
 pub struct TestStore {
     pub store: Store,
+    /// The store's URL, for a `pipewarden` process to open the same store.
+    pub url: String,
     _cleanup: Cleanup,
 }
 
@@ -87,6 +89,7 @@ impl TestStore {
             .expect("sqlite store opens");
         TestStore {
             store,
+            url,
             _cleanup: Cleanup::Sqlite(dir),
         }
     }
@@ -116,6 +119,7 @@ impl TestStore {
             .expect("postgres store opens");
         Some(TestStore {
             store,
+            url: url.to_string(),
             _cleanup: cleanup,
         })
     }

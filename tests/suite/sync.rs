@@ -9,7 +9,7 @@ use pipewarden::config::settings::{ConnectionSettings, CrmKind};
 use pipewarden::crm::RetryPolicy;
 use pipewarden::emulator::{self, EmulatorOptions, RunningEmulator, Scale};
 use pipewarden::record::ObjectKind;
-use pipewarden::store::{Store, SyncRunStatus};
+use pipewarden::store::{Store, SyncRunStatus, SyncRunSummary};
 use pipewarden::sync::{self, StopSignal, SyncOptions};
 use serde_json::{json, Value};
 
@@ -17,7 +17,7 @@ use super::emulator::control;
 use super::emulator_faults::set_faults;
 use crate::support::{on_both_backends, ConfigDir, TestStore};
 
-async fn start_emulator() -> RunningEmulator {
+pub(crate) async fn start_emulator() -> RunningEmulator {
     let options = EmulatorOptions {
         scale: Scale::Tiny,
         ..EmulatorOptions::default()
@@ -83,7 +83,11 @@ fn millis(text: &str) -> i64 {
 
 /// Every opportunity and lead in the store is as the emulator last had it, none is missing,
 /// and each deal's stage changes are exactly those OpportunityHistory recorded.
-async fn assert_store_matches_truth(store: &Store, connection_id: i64, emu: &RunningEmulator) {
+pub(crate) async fn assert_store_matches_truth(
+    store: &Store,
+    connection_id: i64,
+    emu: &RunningEmulator,
+) {
     for (object, kind) in [
         ("Opportunity", ObjectKind::Deal),
         ("Lead", ObjectKind::Lead),
@@ -162,7 +166,18 @@ async fn assert_store_matches_truth(store: &Store, connection_id: i64, emu: &Run
     }
 }
 
-async fn connection_id(store: &Store) -> i64 {
+async fn run_once(
+    store: &Store,
+    connection: &ConnectionSettings,
+    options: &SyncOptions,
+) -> SyncRunSummary {
+    sync::sync_once(store, connection, options, &StopSignal::never())
+        .await
+        .unwrap()
+        .summary
+}
+
+pub(crate) async fn connection_id(store: &Store) -> i64 {
     store
         .ensure_connection("sf", CrmKind::Salesforce, 0)
         .await
@@ -175,9 +190,7 @@ async fn backfill_then_changes_then_months_match_the_truth(test: TestStore) {
     let connection = salesforce_connection(&emu, &dir);
     let options = quick_options();
 
-    let first = sync::sync_once(&test.store, &connection, &options, &StopSignal::never())
-        .await
-        .unwrap();
+    let first = run_once(&test.store, &connection, &options).await;
     assert_eq!(
         first.status,
         SyncRunStatus::Succeeded,
@@ -203,9 +216,7 @@ async fn backfill_then_changes_then_months_match_the_truth(test: TestStore) {
         json!({"changes": [{"object": "Opportunity", "id": deal, "set": {"StageName": "Negotiation/Review"}, "by": {"kind": "rep", "number": 1}}]}),
     )
     .await;
-    let second = sync::sync_once(&test.store, &connection, &options, &StopSignal::never())
-        .await
-        .unwrap();
+    let second = run_once(&test.store, &connection, &options).await;
     assert_eq!(
         second.status,
         SyncRunStatus::Succeeded,
@@ -239,17 +250,13 @@ async fn backfill_then_changes_then_months_match_the_truth(test: TestStore) {
     // Two simulated months of funnel activity, synced in two rounds.
     for _ in 0..2 {
         control(&emu, "/__emulator/clock/advance", json!({"by": "30d"})).await;
-        let run = sync::sync_once(&test.store, &connection, &options, &StopSignal::never())
-            .await
-            .unwrap();
+        let run = run_once(&test.store, &connection, &options).await;
         assert_eq!(run.status, SyncRunStatus::Succeeded, "{:?}", run.message);
     }
     assert_store_matches_truth(&test.store, id, &emu).await;
 
     // A replayed run stores nothing twice.
-    let replay = sync::sync_once(&test.store, &connection, &options, &StopSignal::never())
-        .await
-        .unwrap();
+    let replay = run_once(&test.store, &connection, &options).await;
     assert_eq!(replay.versions_written, 0);
     assert_eq!(replay.transitions_written, 0);
     emu.stop().await.unwrap();
@@ -273,15 +280,11 @@ async fn faults_and_lost_locators_lose_nothing(test: TestStore) {
         ]),
     )
     .await;
-    let run = sync::sync_once(&test.store, &connection, &options, &StopSignal::never())
-        .await
-        .unwrap();
+    let run = run_once(&test.store, &connection, &options).await;
     assert_eq!(run.status, SyncRunStatus::Succeeded, "{:?}", run.message);
     assert!(run.errors > 0, "faults were met and retried");
     control(&emu, "/__emulator/clock/advance", json!({"by": "20d"})).await;
-    let run = sync::sync_once(&test.store, &connection, &options, &StopSignal::never())
-        .await
-        .unwrap();
+    let run = run_once(&test.store, &connection, &options).await;
     assert_eq!(run.status, SyncRunStatus::Succeeded, "{:?}", run.message);
     set_faults(&emu, json!([])).await;
     let id = connection_id(&test.store).await;

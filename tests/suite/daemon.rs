@@ -1,0 +1,184 @@
+//! `pipewarden run` and `sync --once` as processes: probes, metrics, SIGTERM, and SIGKILL at
+//! random points followed by a restart that still reaches the emulator's ground truth.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use pipewarden::emulator::RunningEmulator;
+use pipewarden::store::SyncRunStatus;
+use rand::Rng;
+use serde_json::json;
+
+use super::emulator_faults::set_faults;
+use super::sync::{assert_store_matches_truth, connection_id, start_emulator};
+use crate::support::{on_both_backends, ConfigDir, TestStore};
+
+/// A config for one Salesforce connection to `emu`, storing into `store_url`.
+fn write_config(dir: &ConfigDir, emu: &RunningEmulator, store_url: &str, listen: &str) -> String {
+    dir.write("refresh-token", "emulator-demo-refresh-token\n");
+    let config = format!(
+        r#"
+[store]
+url = "{store_url}"
+
+[api]
+listen = "{listen}"
+
+[[connections]]
+name = "sf"
+kind = "salesforce"
+login_url = "{}"
+
+[connections.auth]
+kind = "refresh_token"
+client_id = "pipewarden-demo"
+refresh_token = {{ file = "refresh-token" }}
+
+[connections.limits]
+requests_per_second = 200
+burst = 200
+"#,
+        emu.base_url()
+    );
+    dir.write("pipewarden.toml", &config).display().to_string()
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn spawn(config: &str, args: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_pipewarden"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env("RUST_LOG", "pipewarden=warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("pipewarden starts")
+}
+
+fn signal(child: &Child, name: &str) {
+    let sent = Command::new("kill")
+        .args([name, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+}
+
+/// Waits for the process to end, at most `limit`.
+async fn wait_for_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "pipewarden did not exit within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Polls `url` until its body satisfies `done`, at most 30 seconds.
+async fn poll_until(url: &str, done: impl Fn(&str) -> bool) -> String {
+    for _ in 0..300 {
+        if let Ok(response) = reqwest::get(url).await {
+            let body = response.text().await.unwrap_or_default();
+            if done(&body) {
+                return body;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{url} never answered as expected");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_syncs_serves_probes_and_metrics_and_stops_on_sigterm() {
+    let emu = start_emulator().await;
+    let test = TestStore::sqlite().await;
+    let dir = ConfigDir::new();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let config = write_config(&dir, &emu, &test.url, &listen);
+    let mut child = spawn(&config, &["run"]);
+
+    assert_eq!(
+        poll_until(&format!("http://{listen}/healthz"), |b| b == "ok\n").await,
+        "ok\n"
+    );
+    let metrics = poll_until(&format!("http://{listen}/metrics"), |body| {
+        body.contains(r#"pipewarden_sync_runs_total{connection="sf",status="succeeded"} 1"#)
+    })
+    .await;
+    let records: f64 = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(r#"pipewarden_records_synced_total{connection="sf"} "#))
+        .expect("records counter")
+        .parse()
+        .unwrap();
+    assert!(records > 100.0, "{metrics}");
+    assert!(
+        metrics.contains(r#"pipewarden_api_daily_remaining{connection="sf"}"#),
+        "{metrics}"
+    );
+    let ready = reqwest::get(format!("http://{listen}/readyz"))
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), reqwest::StatusCode::OK);
+
+    signal(&child, "-TERM");
+    let status = wait_for_exit(&mut child, Duration::from_secs(30)).await;
+    assert!(
+        status.success(),
+        "SIGTERM ends the daemon cleanly, got {status}"
+    );
+    let id = connection_id(&test.store).await;
+    assert_store_matches_truth(&test.store, id, &emu).await;
+    emu.stop().await.unwrap();
+}
+
+async fn sigkill_at_random_points_then_resume_reaches_the_truth(test: TestStore) {
+    let emu = start_emulator().await;
+    let dir = ConfigDir::new();
+    let config = write_config(&dir, &emu, &test.url, "127.0.0.1:0");
+    // Slow answers stretch the run so that kills land between and inside pages.
+    set_faults(
+        &emu,
+        json!([{"kind": "slow", "delay_ms": 150, "target": "salesforce"}]),
+    )
+    .await;
+    let mut rng = rand::rng();
+    for round in 0..4 {
+        if round == 2 {
+            // Half-way, simulated weeks pass: the later kills hit an incremental run.
+            super::emulator::control(&emu, "/__emulator/clock/advance", json!({"by": "20d"})).await;
+        }
+        let mut child = spawn(&config, &["sync", "--once"]);
+        tokio::time::sleep(Duration::from_millis(rng.random_range(300..2_500))).await;
+        signal(&child, "-KILL");
+        wait_for_exit(&mut child, Duration::from_secs(10)).await;
+    }
+    set_faults(&emu, json!([])).await;
+    let mut last = spawn(&config, &["sync", "--once"]);
+    let status = wait_for_exit(&mut last, Duration::from_secs(120)).await;
+    assert!(status.success(), "the resumed run finishes, got {status}");
+    let id = connection_id(&test.store).await;
+    let runs = test.store.recent_sync_runs(id, 10).await.unwrap();
+    let killed = runs
+        .iter()
+        .filter(|r| r.status == SyncRunStatus::Running)
+        .count();
+    assert!(killed >= 2, "kills landed inside runs: {runs:?}");
+    assert_eq!(runs[0].status, SyncRunStatus::Succeeded);
+    assert_store_matches_truth(&test.store, id, &emu).await;
+    emu.stop().await.unwrap();
+}
+
+on_both_backends!(sigkill_at_random_points_then_resume_reaches_the_truth);
