@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 
 use crate::config::{self, ConfigError, Settings};
 use crate::daemon::{self, DaemonError};
+use crate::demo::{self, DemoError, DemoOptions};
 use crate::emulator::{self, EmulatorOptions};
 use crate::store::{Store, StoreError, SyncRunSummary};
 use crate::sync::{self, StopSignal, SyncOptions};
@@ -46,6 +47,23 @@ pub enum Command {
     /// Run the daemon: sync every connection on its schedule and serve /healthz, /readyz and
     /// /metrics, until SIGTERM or Ctrl-C.
     Run,
+    /// Serve the built-in CRM emulator where the configuration points (config/demo.toml), sync
+    /// it, let simulated months pass while syncing, and print what was stored.
+    Demo(DemoArgs),
+}
+
+/// `pipewarden demo …`
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// Seed of the emulated data.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Size of the emulated funnel.
+    #[arg(long, value_enum, default_value = "tiny")]
+    pub scale: emulator::Scale,
+    /// Simulated months to let pass, syncing after each.
+    #[arg(long, default_value_t = 3)]
+    pub months: u32,
 }
 
 /// `pipewarden sync …`
@@ -117,6 +135,9 @@ pub enum CliError {
         /// Connections attempted.
         total: usize,
     },
+    /// The demo failed.
+    #[error(transparent)]
+    Demo(DemoError),
     /// The daemon failed.
     #[error(transparent)]
     Daemon(DaemonError),
@@ -146,6 +167,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Emulate(args) => emulate(args).await,
         Command::Sync(args) => sync_once(cli.config, args).await,
         Command::Run => run_daemon(cli.config).await,
+        Command::Demo(args) => demo(cli.config, args).await,
     }
 }
 
@@ -263,6 +285,19 @@ async fn run_daemon(path: Option<PathBuf>) -> Result<(), CliError> {
     tracing::info!("stop requested; finishing the pages in flight");
     stopper.stop();
     daemon.await.map_err(CliError::Daemon)
+}
+
+async fn demo(path: Option<PathBuf>, args: DemoArgs) -> Result<(), CliError> {
+    let settings = load_settings(path)?;
+    let options = DemoOptions {
+        seed: args.seed,
+        scale: args.scale,
+        months: args.months,
+    };
+    let mut out = std::io::stdout();
+    demo::run(&settings, &options, &mut out)
+        .await
+        .map_err(CliError::Demo)
 }
 
 async fn emulate(args: EmulateArgs) -> Result<(), CliError> {

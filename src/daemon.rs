@@ -95,7 +95,8 @@ async fn sync_loop(
                 let run = &report.summary;
                 tracing::info!(connection = %connection.name, status = run.status.as_str(),
                     records = run.records_seen, versions = run.versions_written,
-                    transitions = run.transitions_written, api_calls = run.api_calls, "sync run finished");
+                    transitions = run.transitions_written, api_calls = run.api_calls,
+                    daily_used = report.budget.org_used, daily_limit = report.budget.org_limit, "sync run finished");
             }
             Err(err) => {
                 metrics.record_errors(&connection.name, err.kind(), 1);

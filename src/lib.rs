@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod crm;
 pub mod daemon;
+pub mod demo;
 pub mod emulator;
 pub mod metrics;
 pub mod record;

@@ -27,7 +27,9 @@ pub use history::{
 };
 pub use metadata::StageDefinition;
 pub use records::{ObservationOutcome, RecordVersion, StoredRecord, ValidFromBasis};
-pub use sync_state::{QuarantineEntry, QuarantinedRecord, SyncRunStatus, SyncRunSummary};
+pub use sync_state::{
+    ConnectionTotals, QuarantineEntry, QuarantinedRecord, SyncRunStatus, SyncRunSummary,
+};
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");

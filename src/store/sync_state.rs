@@ -356,3 +356,78 @@ impl StoreTx {
         Ok(result > 0)
     }
 }
+
+/// How much the store holds for one connection.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConnectionTotals {
+    /// Current records by object kind name, with how many of them are deleted.
+    pub records: Vec<(String, i64, i64)>,
+    /// Record versions.
+    pub versions: i64,
+    /// Stage transitions.
+    pub transitions: i64,
+    /// Lifecycle milestones.
+    pub lifecycle_events: i64,
+    /// Field changes from CRM history.
+    pub field_changes: i64,
+    /// Unresolved quarantined records.
+    pub quarantined: i64,
+}
+
+impl Store {
+    /// Counts of what is stored for a connection.
+    pub async fn connection_totals(
+        &self,
+        connection_id: i64,
+    ) -> Result<ConnectionTotals, StoreError> {
+        let records: Vec<(String, i64, i64)> = dispatch!(self.pool(), pool => sqlx::query_as(
+            "SELECT object_kind, COUNT(*), COUNT(deleted_at_ms) FROM records WHERE connection_id = $1 \
+             GROUP BY object_kind ORDER BY object_kind",
+        )
+        .bind(connection_id)
+        .fetch_all(pool)
+        .await)
+        .during("count records")?;
+        let versions = self
+            .count_for(
+                connection_id,
+                "SELECT COUNT(*) FROM record_versions WHERE connection_id = $1",
+            )
+            .await?;
+        let transitions = self
+            .count_for(
+                connection_id,
+                "SELECT COUNT(*) FROM stage_transitions WHERE connection_id = $1",
+            )
+            .await?;
+        let lifecycle_events = self
+            .count_for(
+                connection_id,
+                "SELECT COUNT(*) FROM lifecycle_events WHERE connection_id = $1",
+            )
+            .await?;
+        let field_changes = self.count_for(
+            connection_id,
+            "SELECT COUNT(*) FROM field_history f JOIN records r ON r.id = f.record_id WHERE r.connection_id = $1",
+        )
+        .await?;
+        let quarantined = self.count_for(
+            connection_id,
+            "SELECT COUNT(*) FROM quarantined_records WHERE connection_id = $1 AND resolved_at_ms IS NULL",
+        )
+        .await?;
+        Ok(ConnectionTotals {
+            records,
+            versions,
+            transitions,
+            lifecycle_events,
+            field_changes,
+            quarantined,
+        })
+    }
+
+    async fn count_for(&self, connection_id: i64, sql: &'static str) -> Result<i64, StoreError> {
+        dispatch!(self.pool(), pool => sqlx::query_scalar(sql).bind(connection_id).fetch_one(pool).await)
+            .during("count stored rows")
+    }
+}

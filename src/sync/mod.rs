@@ -223,7 +223,7 @@ fn run_summary(
 ) -> SyncRunSummary {
     let stats = ctx.api.stats();
     let budget = ctx.api.budget_use();
-    tracing::info!(connection = %ctx.settings.name, api_calls = stats.calls, retries = stats.retries,
+    tracing::debug!(connection = %ctx.settings.name, api_calls = stats.calls, retries = stats.retries,
         rate_limited = stats.rate_limited, org_used = budget.org_used, org_limit = budget.org_limit,
         "API use of the run");
     let (status, message) = match outcome {
