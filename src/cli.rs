@@ -14,7 +14,7 @@ use crate::daemon::{self, DaemonError};
 use crate::demo::{self, DemoError, DemoOptions};
 use crate::emulator::{self, EmulatorOptions};
 use crate::store::{Store, StoreError, SyncRunSummary};
-use crate::sync::{self, StopSignal, SyncOptions};
+use crate::sync::{self, StopSignal, SyncError, SyncOptions};
 use crate::telemetry::LogFormat;
 
 /// pipewarden: CRM pipeline snapshots, stage gates, lead recycling and pipeline history.
@@ -234,11 +234,13 @@ async fn sync_once(path: Option<PathBuf>, args: SyncArgs) -> Result<(), CliError
         None => settings.connections.iter().collect(),
     };
     let store = Store::open_migrated(&settings.store).await?;
+    let _sole = store.claim_sole_replica(&settings.store.url)?;
     let options = SyncOptions::default();
     let mut failed = 0;
     for connection in &connections {
         match sync::sync_once(&store, connection, &options, &StopSignal::never()).await {
             Ok(report) => println!("{}: {}", connection.name, describe_run(&report.summary)),
+            Err(err @ SyncError::LeaseHeld(_)) => println!("{}: skipped: {err}", connection.name),
             Err(err) => {
                 failed += 1;
                 tracing::error!(connection = %connection.name, error = %err, "sync failed");

@@ -19,7 +19,7 @@ use crate::config::settings::ConnectionSettings;
 use crate::config::Settings;
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
-use crate::sync::{sync_once, StopSignal, SyncOptions};
+use crate::sync::{sync_once, StopSignal, SyncError, SyncOptions};
 
 /// Why the daemon could not run.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +46,7 @@ struct AppState {
 /// Runs every connection's sync loop and the HTTP listener until `stop` fires.
 pub async fn run(settings: Settings, stop: StopSignal) -> Result<(), DaemonError> {
     let store = Store::open_migrated(&settings.store).await?;
+    let _sole = store.claim_sole_replica(&settings.store.url)?;
     let metrics = Arc::new(Metrics::new());
     let address = settings.api.listen;
     let listener = TcpListener::bind(address)
@@ -97,6 +98,9 @@ async fn sync_loop(
                     records = run.records_seen, versions = run.versions_written,
                     transitions = run.transitions_written, api_calls = run.api_calls,
                     daily_used = report.budget.org_used, daily_limit = report.budget.org_limit, "sync run finished");
+            }
+            Err(SyncError::LeaseHeld(_)) => {
+                tracing::debug!(connection = %connection.name, "another replica is syncing this connection");
             }
             Err(err) => {
                 metrics.record_errors(&connection.name, err.kind(), 1);

@@ -78,6 +78,7 @@ pub async fn run(
         options.scale
     )?;
     let store = Store::open_migrated(&settings.store).await?;
+    let _sole = store.claim_sole_replica(&settings.store.url)?;
     writeln!(out, "storing into {}", settings.store.url)?;
     if holds_earlier_runs(&store, settings).await? {
         writeln!(out, "note: the store already holds an earlier demo run; syncs resume from its checkpoints (delete the store file for a fresh start)")?;

@@ -9,6 +9,7 @@
 //! go through a [`StoreTx`]; a crash before `commit` leaves none of them.
 
 mod history;
+mod lease;
 mod metadata;
 mod records;
 mod sync_state;
@@ -25,6 +26,7 @@ use crate::config::settings::{StoreSettings, StoreUrl};
 pub use history::{
     FieldChange, NewLifecycleEvent, NewStageTransition, StageTransition, StoredLifecycleEvent,
 };
+pub use lease::{SoleReplica, SyncLease};
 pub use metadata::StageDefinition;
 pub use records::{ObservationOutcome, RecordVersion, StoredRecord, ValidFromBasis};
 pub use sync_state::{

@@ -57,6 +57,9 @@ pub enum SyncError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Another replica is syncing this connection right now.
+    #[error("connection `{0}`: another replica is syncing it")]
+    LeaseHeld(String),
     /// A stop was asked for; the run ended at its last committed page.
     #[error("stopped at the last checkpoint on request")]
     Interrupted,
@@ -77,6 +80,7 @@ impl SyncError {
             SyncError::Crm(CrmError::Setup { .. }) => "setup",
             SyncError::Store(_) => "store",
             SyncError::Interrupted => "interrupted",
+            SyncError::LeaseHeld(_) => "lease_held",
             SyncError::Unsupported(_) => "unsupported",
         }
     }
@@ -177,6 +181,9 @@ pub async fn sync_once(
     if settings.kind != CrmKind::Salesforce {
         return Err(SyncError::Unsupported(settings.name.clone()));
     }
+    let Some(lease) = store.try_lease(&settings.name).await? else {
+        return Err(SyncError::LeaseHeld(settings.name.clone()));
+    };
     let started_at = wall_clock();
     let connection_id = store
         .ensure_connection(&settings.name, settings.kind, started_at)
@@ -203,6 +210,7 @@ pub async fn sync_once(
     let outcome = salesforce::sync(&mut ctx).await;
     let summary = run_summary(&ctx, started_at, &outcome);
     store.finish_sync_run(&summary).await?;
+    lease.release().await;
     match outcome {
         Ok(()) | Err(SyncError::Interrupted) | Err(SyncError::Crm(CrmError::Budget { .. })) => {
             Ok(SyncReport {

@@ -182,3 +182,85 @@ async fn sigkill_at_random_points_then_resume_reaches_the_truth(test: TestStore)
 }
 
 on_both_backends!(sigkill_at_random_points_then_resume_reaches_the_truth);
+
+/// Runs `sync --once` to the end and returns its standard output.
+async fn sync_to_end(config: &str) -> String {
+    let config = config.to_string();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_pipewarden"))
+            .args(["--config", &config, "sync", "--once"])
+            .env("RUST_LOG", "pipewarden=warn")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8(output.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_on_postgres_take_turns_and_a_killed_one_hands_over() {
+    let Some(test) = TestStore::postgres().await else {
+        return;
+    };
+    let emu = start_emulator().await;
+    let dir = ConfigDir::new();
+    let config = write_config(&dir, &emu, &test.url, "127.0.0.1:0");
+    set_faults(
+        &emu,
+        json!([{"kind": "slow", "delay_ms": 300, "target": "salesforce"}]),
+    )
+    .await;
+    let mut first = spawn(&config, &["sync", "--once"]);
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert!(
+        first.try_wait().unwrap().is_none(),
+        "the first replica is still syncing"
+    );
+    let second = sync_to_end(&config).await;
+    assert!(
+        second.contains("sf: skipped: connection `sf`: another replica is syncing it"),
+        "{second}"
+    );
+
+    signal(&first, "-KILL");
+    wait_for_exit(&mut first, Duration::from_secs(10)).await;
+    set_faults(&emu, json!([])).await;
+    let third = sync_to_end(&config).await;
+    assert!(
+        third.contains("sf: succeeded"),
+        "the lease died with the killed replica: {third}"
+    );
+    let id = connection_id(&test.store).await;
+    assert_store_matches_truth(&test.store, id, &emu).await;
+    emu.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_process_on_one_sqlite_store_is_refused_with_the_reason() {
+    let emu = start_emulator().await;
+    let test = TestStore::sqlite().await;
+    let dir = ConfigDir::new();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let config = write_config(&dir, &emu, &test.url, &listen);
+    let mut daemon = spawn(&config, &["run"]);
+    poll_until(&format!("http://{listen}/healthz"), |b| b == "ok\n").await;
+    let config_path = config.clone();
+    let refused = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_pipewarden"))
+            .args(["--config", &config_path, "sync", "--once"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(refused.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("SQLite serves one replica"), "{stderr}");
+    signal(&daemon, "-TERM");
+    assert!(wait_for_exit(&mut daemon, Duration::from_secs(30))
+        .await
+        .success());
+    emu.stop().await.unwrap();
+}

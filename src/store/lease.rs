@@ -1,0 +1,113 @@
+//! Who syncs a connection: one process at a time.
+//!
+//! On PostgreSQL several replicas share the store; each run takes a session-level advisory
+//! lock named after its connection on a connection of its own. The lock lives exactly as
+//! long as that database session, so a replica that dies (crash, SIGKILL, lost network)
+//! releases it with its session and another replica takes over at its next interval.
+//!
+//! SQLite is for one replica. A process that syncs claims the store with an exclusive lock
+//! on a file beside it, and a second one is refused with a message that says why.
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::path::PathBuf;
+
+use sha2::{Digest, Sha256};
+use sqlx::pool::PoolConnection;
+use sqlx::Postgres;
+
+use super::{Backend, QueryContext, Store, StoreError};
+use crate::config::settings::StoreUrl;
+
+/// The right to sync one connection, held until dropped.
+#[derive(Debug)]
+pub struct SyncLease {
+    /// The PostgreSQL session holding the advisory lock; SQLite needs none.
+    session: Option<sqlx::PgConnection>,
+}
+
+/// The claim of a process on a SQLite store, held until dropped.
+#[derive(Debug)]
+pub struct SoleReplica {
+    _lock_file: Option<File>,
+}
+
+impl Store {
+    /// Takes the lease on `connection`, or `None` when another replica holds it.
+    pub async fn try_lease(&self, connection: &str) -> Result<Option<SyncLease>, StoreError> {
+        let Backend::Postgres(pool) = self.pool() else {
+            return Ok(Some(SyncLease { session: None }));
+        };
+        let pooled: PoolConnection<Postgres> = pool.acquire().await.during("take a lease")?;
+        // Out of the pool: a pooled session would keep the lock after the lease is dropped.
+        let mut session = pooled.detach();
+        let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(lock_key(connection))
+            .fetch_one(&mut session)
+            .await
+            .during("take a lease")?;
+        Ok(taken.then_some(SyncLease {
+            session: Some(session),
+        }))
+    }
+
+    /// Claims a SQLite store for this process; refuses when another process holds it.
+    /// PostgreSQL stores need no claim (their replicas coordinate through leases).
+    pub fn claim_sole_replica(&self, url: &StoreUrl) -> Result<SoleReplica, StoreError> {
+        let Some(path) = sqlite_file(url) else {
+            return Ok(SoleReplica { _lock_file: None });
+        };
+        let lock_path = PathBuf::from(format!("{}.replica-lock", path.display()));
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|err| {
+                StoreError::Conflict(format!("cannot open {}: {err}", lock_path.display()))
+            })?;
+        match file.try_lock() {
+            Ok(()) => Ok(SoleReplica {
+                _lock_file: Some(file),
+            }),
+            Err(TryLockError::WouldBlock) => Err(StoreError::Conflict(format!(
+                "another pipewarden process is syncing into the SQLite store {}; SQLite serves one replica \
+                 (use a PostgreSQL store to run several)",
+                path.display()
+            ))),
+            Err(TryLockError::Error(err)) => Err(StoreError::Conflict(format!(
+                "cannot lock {}: {err}",
+                lock_path.display()
+            ))),
+        }
+    }
+}
+
+impl SyncLease {
+    /// Gives the lease back at once (dropping it does too, when its session closes).
+    pub async fn release(self) {
+        if let Some(session) = self.session {
+            // Closing the session releases every lock it holds.
+            let _ = sqlx::Connection::close(session).await;
+        }
+    }
+}
+
+/// The advisory lock key of a connection: the first eight bytes of a hash of its name.
+fn lock_key(connection: &str) -> i64 {
+    let digest = Sha256::digest(format!("pipewarden sync {connection}"));
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(&digest[..8]);
+    i64::from_be_bytes(bytes)
+}
+
+/// The file of a SQLite URL, unless it is in memory.
+fn sqlite_file(url: &StoreUrl) -> Option<PathBuf> {
+    let StoreUrl::Sqlite(url) = url else {
+        return None;
+    };
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or_default();
+    (!path.is_empty() && !path.contains(":memory:")).then(|| PathBuf::from(path))
+}
