@@ -505,7 +505,7 @@ pub fn format_duration(value: Duration) -> String {
     let millis = value.as_millis();
     UNITS
         .iter()
-        .find(|(size, _)| millis > 0 && millis % size == 0)
+        .find(|(size, _)| millis > 0 && millis.is_multiple_of(*size))
         .map_or_else(
             || format!("{millis}ms"),
             |(size, unit)| format!("{}{unit}", millis / size),

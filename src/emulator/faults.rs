@@ -113,7 +113,7 @@ impl FaultRule {
         let fire = if let Some(remaining) = self.next {
             remaining > self.fired
         } else if let Some(every) = self.every {
-            every > 0 && self.matched % every == 0
+            every > 0 && self.matched.is_multiple_of(every)
         } else {
             rng.random_bool(self.probability.unwrap_or(1.0).clamp(0.0, 1.0))
         };

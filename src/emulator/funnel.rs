@@ -262,7 +262,9 @@ impl LeadLife {
 
     /// The conversion number of the deal this lead becomes, if it is one that converts.
     pub fn conversion(&self) -> Option<u64> {
-        (self.index % CONVERSION_EVERY == 0).then_some(self.index / CONVERSION_EVERY)
+        self.index
+            .is_multiple_of(CONVERSION_EVERY)
+            .then_some(self.index / CONVERSION_EVERY)
     }
 }
 
@@ -598,7 +600,7 @@ impl Funnel {
                 rep
             }
         };
-        let converts = lead.index % CONVERSION_EVERY == 0;
+        let converts = lead.index.is_multiple_of(CONVERSION_EVERY);
         if !converts && rng.random_bool(self.shape.unworked_share) {
             return self.maybe_deleted(rng, steps, at);
         }
@@ -685,7 +687,7 @@ impl Funnel {
     pub fn deal(&self, index: u64) -> Option<DealLife> {
         let mut rng = self.rng(Stream::Deal, index);
         let number = index / 2;
-        let base = if index % 2 == 0 {
+        let base = if index.is_multiple_of(2) {
             let lead = self.lead(number.saturating_mul(CONVERSION_EVERY));
             let (created_at, by) = self.conversion_time(&lead)?;
             let owner = match by {
@@ -792,7 +794,7 @@ impl Funnel {
                 break;
             }
         }
-        if deal.index % 4 == 0 {
+        if deal.index.is_multiple_of(4) {
             self.add_forecast_job_touches(&mut steps, deal.created_at, stage, at);
         }
         if rng.random_bool(0.005) {
@@ -877,7 +879,7 @@ impl Funnel {
     /// Account `index`, whether or not it exists yet.
     pub fn account(&self, index: u64) -> AccountLife {
         let mut rng = self.rng(Stream::Account, index);
-        let (created_at, name, owner) = if index % 2 == 0 {
+        let (created_at, name, owner) = if index.is_multiple_of(2) {
             // Created by converting lead CONVERSION_EVERY * n; fall back to its creation time
             // when the lead never converts, since then nothing references the account.
             let lead = self.lead((index / 2).saturating_mul(CONVERSION_EVERY));

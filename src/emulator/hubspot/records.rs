@@ -275,7 +275,7 @@ impl PortalView<'_> {
         if account.created_at > self.now {
             return None;
         }
-        if number % 2 == 0 {
+        if number.is_multiple_of(2) {
             let lead = self
                 .funnel
                 .lead((number / 2).saturating_mul(CONVERSION_EVERY));
@@ -372,16 +372,20 @@ impl PortalView<'_> {
                 Some(DealOrigin::Direct(k)) => vec![2 * (k / 3) + 1],
                 None => Vec::new(),
             },
-            (ObjectType::Contacts, ObjectType::Companies) if number % CONVERSION_EVERY == 0 => {
+            (ObjectType::Contacts, ObjectType::Companies)
+                if number.is_multiple_of(CONVERSION_EVERY) =>
+            {
                 vec![2 * (number / CONVERSION_EVERY)]
             }
-            (ObjectType::Contacts, ObjectType::Deals) if number % CONVERSION_EVERY == 0 => {
+            (ObjectType::Contacts, ObjectType::Deals)
+                if number.is_multiple_of(CONVERSION_EVERY) =>
+            {
                 vec![2 * (number / CONVERSION_EVERY)]
             }
-            (ObjectType::Companies, ObjectType::Contacts) if number % 2 == 0 => {
+            (ObjectType::Companies, ObjectType::Contacts) if number.is_multiple_of(2) => {
                 vec![(number / 2).saturating_mul(CONVERSION_EVERY)]
             }
-            (ObjectType::Companies, ObjectType::Deals) if number % 2 == 0 => vec![number],
+            (ObjectType::Companies, ObjectType::Deals) if number.is_multiple_of(2) => vec![number],
             (ObjectType::Companies, ObjectType::Deals) => {
                 let first = number / 2 * 3;
                 (first..first + 3).map(|k| 2 * k + 1).collect()

@@ -959,7 +959,7 @@ impl<'a> OrgView<'a> {
         record.set("Name", text(&account.name));
         record.set(
             "Type",
-            text(if number % 2 == 0 {
+            text(if number.is_multiple_of(2) {
                 "Prospect"
             } else {
                 "Customer"
@@ -1009,7 +1009,7 @@ impl<'a> OrgView<'a> {
     fn contact(&self, number: u64) -> Option<SfRecord> {
         let account = self.account(number)?;
         let mut record = SfRecord::empty(&CONTACT);
-        let (first, last, title, email, source, opted_out) = if number % 2 == 0 {
+        let (first, last, title, email, source, opted_out) = if number.is_multiple_of(2) {
             let lead = self
                 .funnel
                 .lead((number / 2).saturating_mul(CONVERSION_EVERY));
