@@ -5,6 +5,7 @@
 //! holds one value per field of its object, in the order listed here.
 
 use chrono::{DateTime, NaiveDate};
+use serde::{Serialize, Serializer};
 use serde_json::Value;
 
 use crate::emulator::timefmt::{four_digit_year, push_date, Civil};
@@ -48,6 +49,31 @@ impl SfValue {
             SfValue::Text(text) => Value::String(text.clone()),
             SfValue::Date(days) => Value::String(format_date(*days)),
             SfValue::DateTime(ms) => Value::String(format_datetime(*ms)),
+        }
+    }
+}
+
+/// A value written straight into a serializer as [`SfValue::to_json`] would give it, without
+/// building a `Value` first: pages serialize tens of thousands of them.
+pub(crate) struct JsonValue<'a> {
+    /// The value.
+    pub value: &'a SfValue,
+    /// The type of its field, which decides how numbers are written.
+    pub kind: FieldType,
+}
+
+impl Serialize for JsonValue<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.value {
+            SfValue::Null => serializer.serialize_unit(),
+            SfValue::Bool(flag) => serializer.serialize_bool(*flag),
+            SfValue::Number(number) if self.kind == FieldType::Int => {
+                serializer.serialize_i64(number.round() as i64)
+            }
+            SfValue::Number(number) => serializer.serialize_f64(*number),
+            SfValue::Text(text) => serializer.serialize_str(text),
+            SfValue::Date(days) => serializer.serialize_str(&format_date(*days)),
+            SfValue::DateTime(ms) => serializer.serialize_str(&format_datetime(*ms)),
         }
     }
 }
