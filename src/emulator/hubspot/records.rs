@@ -99,13 +99,20 @@ impl HsRecord {
     /// Adds a version unless the property already holds that value.
     fn set(&mut self, name: &str, value: impl Into<String>, at: Millis, source: Source) {
         let value = value.into();
-        if self.current(name) == Some(value.as_str()) {
-            return;
+        // One lookup, and a key allocated only for a property's first version: records are
+        // rebuilt on every read, with dozens of versions each.
+        match self.props.get_mut(name) {
+            Some(versions) => {
+                if versions.last().is_some_and(|last| last.value == value) {
+                    return;
+                }
+                versions.push(Version { value, at, source });
+            }
+            None => {
+                self.props
+                    .insert(name.to_string(), vec![Version { value, at, source }]);
+            }
         }
-        self.props
-            .entry(name.to_string())
-            .or_default()
-            .push(Version { value, at, source });
     }
 
     /// The property's value now, if it ever had one.
