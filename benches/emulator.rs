@@ -1,5 +1,6 @@
 //! Throughput of the CRM emulator: the funnel generator on its own, then Salesforce REST
-//! queries, Bulk API 2.0 query jobs and HubSpot listings served over real HTTP on loopback.
+//! queries, Bulk API 2.0 query jobs, HubSpot listings (plain and with property history) and
+//! HubSpot search served over real HTTP on loopback.
 //!
 //! `cargo bench --bench emulator -- tiny small large` (default `small`). A plain `main`
 //! that prints figures; the emulator and the client share this process, so the peak RSS
@@ -25,6 +26,10 @@ const SEED: u64 = 1;
 const REST_PAGE: u64 = 2_000;
 const BULK_CHUNK: u64 = 50_000;
 const HUBSPOT_PAGE: u64 = 100;
+/// HubSpot's cap on a page that asks for property history.
+const HUBSPOT_HISTORY_PAGE: u64 = 50;
+/// HubSpot's largest search page.
+const HUBSPOT_SEARCH_PAGE: u64 = 200;
 /// Polls of a Bulk job before giving up (the emulator completes on the second).
 const MAX_POLLS: u32 = 1_000;
 
@@ -127,7 +132,20 @@ async fn bench_scale(scale: Scale) -> BenchResult<()> {
     println!(
         "    not the 100-per-10-s Starter burst limit, which would cap a real client at 10 pages/s = 1,000 records/s)"
     );
-    hubspot_deals(&client, max_hubspot_pages).await?;
+    hubspot_deals(&client, "deals", HUBSPOT_PAGE, "", max_hubspot_pages).await?;
+    println!(
+        "-- HubSpot GET /crm/v3/objects/deals?limit={HUBSPOT_HISTORY_PAGE}&propertiesWithHistory=dealstage,amount"
+    );
+    hubspot_deals(
+        &client,
+        "history",
+        HUBSPOT_HISTORY_PAGE,
+        "dealstage,amount",
+        max_hubspot_pages * 2,
+    )
+    .await?;
+    println!("-- HubSpot POST /crm/v3/objects/deals/search (limit={HUBSPOT_SEARCH_PAGE}, sorted by amount, paged by offset up to 10,000)");
+    hubspot_search(&client, max_hubspot_pages).await?;
 
     emu.stop()
         .await
@@ -487,7 +505,13 @@ async fn bulk_query(
     Ok(())
 }
 
-async fn hubspot_deals(client: &Client, max_pages: u64) -> BenchResult<()> {
+async fn hubspot_deals(
+    client: &Client,
+    label: &str,
+    page_size: u64,
+    with_history: &str,
+    max_pages: u64,
+) -> BenchResult<()> {
     let calls_before = client.requests.get();
     let (hwm_before, _) = memory();
     let started = Instant::now();
@@ -506,7 +530,10 @@ async fn hubspot_deals(client: &Client, max_pages: u64) -> BenchResult<()> {
         let mut address = client.url("/crm/v3/objects/deals")?;
         {
             let mut pairs = address.query_pairs_mut();
-            pairs.append_pair("limit", &HUBSPOT_PAGE.to_string());
+            pairs.append_pair("limit", &page_size.to_string());
+            if !with_history.is_empty() {
+                pairs.append_pair("propertiesWithHistory", with_history);
+            }
             if let Some(after) = &after {
                 pairs.append_pair("after", after);
             }
@@ -546,7 +573,7 @@ async fn hubspot_deals(client: &Client, max_pages: u64) -> BenchResult<()> {
         ));
     }
     println!(
-        "   deals       {records:>9} records, {pages:>4} pages, {calls:>4} API calls, wall {:>9.1} ms = {:>9} records/s",
+        "   {label:<11} {records:>9} records, {pages:>4} pages, {calls:>4} API calls, wall {:>9.1} ms = {:>9} records/s",
         ms(wall),
         rate(records, wall)
     );
@@ -555,6 +582,75 @@ async fn hubspot_deals(client: &Client, max_pages: u64) -> BenchResult<()> {
         ms(first_page.unwrap_or_default()),
         ms(wall) / pages.max(1) as f64,
         ms(slowest)
+    );
+    Ok(())
+}
+
+/// Pages through a sorted deal search. Search answers five calls a wall-clock second, so a
+/// refused call waits and retries, and the rate counts only the time of answered pages.
+async fn hubspot_search(client: &Client, max_pages: u64) -> BenchResult<()> {
+    let calls_before = client.requests.get();
+    let (hwm_before, _) = memory();
+    let mut after: Option<String> = None;
+    let mut records = 0u64;
+    let mut pages = 0u64;
+    let mut throttled = 0u64;
+    let mut served = Duration::ZERO;
+    let mut first_page = None;
+    let total = loop {
+        if pages >= max_pages {
+            return Err(format!(
+                "HubSpot search: not done after {pages} pages (max {max_pages})"
+            ));
+        }
+        let mut request = json!({
+            "limit": HUBSPOT_SEARCH_PAGE,
+            "sorts": [{"propertyName": "amount", "direction": "DESCENDING"}],
+            "properties": ["dealname", "amount", "dealstage", "hs_lastmodifieddate"],
+        });
+        if let Some(after) = &after {
+            request["after"] = json!(after);
+        }
+        let page_started = Instant::now();
+        let response = client
+            .send(
+                client
+                    .http
+                    .post(client.url("/crm/v3/objects/deals/search")?)
+                    .bearer_auth(HUBSPOT_TOKEN)
+                    .json(&request),
+            )
+            .await?;
+        if response.status() == reqwest::StatusCode::TOO_MANY_REQUESTS {
+            throttled += 1;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        }
+        let body = json_ok(response).await?;
+        let took = page_started.elapsed();
+        served += took;
+        first_page.get_or_insert(took);
+        let results = body["results"]
+            .as_array()
+            .ok_or_else(|| format!("page without results: {}", truncate(&body.to_string())))?;
+        records += results.len() as u64;
+        pages += 1;
+        match body["paging"]["next"]["after"].as_str() {
+            Some(next) => after = Some(next.to_string()),
+            None => break body["total"].as_u64().unwrap_or(0),
+        }
+    };
+    let calls = client.requests.get() - calls_before;
+    let (hwm_after, _) = memory();
+    println!(
+        "   search      {records:>9} records, {pages:>4} pages, {calls:>4} API calls, served {:>7.1} ms = {:>9} records/s",
+        ms(served),
+        rate(records, served)
+    );
+    println!(
+        "               total {total} matches; first page {:.1} ms, mean page {:.2} ms; {throttled} calls refused by the 5/s search limit; VmHWM {hwm_before} -> {hwm_after} kB",
+        ms(first_page.unwrap_or_default()),
+        ms(served) / pages.max(1) as f64,
     );
     Ok(())
 }

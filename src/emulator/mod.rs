@@ -17,6 +17,7 @@ mod faults;
 pub mod funnel;
 mod hubspot;
 mod salesforce;
+mod timefmt;
 mod tls;
 
 use std::net::SocketAddr;

@@ -33,6 +33,7 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+use super::timefmt::Civil;
 use super::Shared;
 use crate::record::Millis;
 
@@ -244,12 +245,21 @@ pub(crate) fn iso(ms: Millis) -> String {
     let Some(at) = chrono::DateTime::from_timestamp_millis(ms) else {
         return String::new();
     };
-    let format = if ms.rem_euclid(1000) == 0 {
-        chrono::SecondsFormat::Secs
-    } else {
-        chrono::SecondsFormat::Millis
+    let Some(civil) = Civil::of(&at) else {
+        let format = if ms.rem_euclid(1000) == 0 {
+            chrono::SecondsFormat::Secs
+        } else {
+            chrono::SecondsFormat::Millis
+        };
+        return at.to_rfc3339_opts(format, true);
     };
-    at.to_rfc3339_opts(format, true)
+    let mut text = String::with_capacity(24);
+    civil.push_date_time(&mut text);
+    if !civil.whole_second() {
+        civil.push_millis(&mut text);
+    }
+    text.push('Z');
+    text
 }
 
 pub(crate) fn routes(shared: Arc<Shared>) -> Router<Arc<Shared>> {

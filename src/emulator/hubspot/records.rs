@@ -99,13 +99,20 @@ impl HsRecord {
     /// Adds a version unless the property already holds that value.
     fn set(&mut self, name: &str, value: impl Into<String>, at: Millis, source: Source) {
         let value = value.into();
-        if self.current(name) == Some(value.as_str()) {
-            return;
+        // One lookup, and a key allocated only for a property's first version: records are
+        // rebuilt on every read, with dozens of versions each.
+        match self.props.get_mut(name) {
+            Some(versions) => {
+                if versions.last().is_some_and(|last| last.value == value) {
+                    return;
+                }
+                versions.push(Version { value, at, source });
+            }
+            None => {
+                self.props
+                    .insert(name.to_string(), vec![Version { value, at, source }]);
+            }
         }
-        self.props
-            .entry(name.to_string())
-            .or_default()
-            .push(Version { value, at, source });
     }
 
     /// The property's value now, if it ever had one.
@@ -213,6 +220,36 @@ impl PortalView<'_> {
             .filter(|record| record.archived_at.is_none())
     }
 
+    /// Whether record `number` exists now and is not archived, as [`PortalView::live`] says,
+    /// but read off the funnel life without building the record's properties: search and
+    /// associations ask it of every candidate.
+    pub fn is_live(&self, object: ObjectType, number: u64) -> bool {
+        let archived_by_client = self
+            .overlays
+            .get(&(object, number))
+            .and_then(|overlay| overlay.archived_at)
+            .is_some_and(|at| at <= self.now);
+        if archived_by_client {
+            return false;
+        }
+        match object {
+            ObjectType::Contacts => {
+                let lead = self.funnel.lead(number);
+                lead.created_at <= self.now
+                    && !seen(&lead.steps, self.now)
+                        .iter()
+                        .any(|step| step.change == LeadChange::Deleted)
+            }
+            ObjectType::Companies => self.company_exists(number),
+            ObjectType::Deals => self.funnel.deal(number).is_some_and(|deal| {
+                deal.created_at <= self.now
+                    && !seen(&deal.steps, self.now)
+                        .iter()
+                        .any(|step| step.change == DealChange::Deleted)
+            }),
+        }
+    }
+
     fn contact(&self, number: u64) -> Option<HsRecord> {
         let lead = self.funnel.lead(number);
         if lead.created_at > self.now {
@@ -270,22 +307,26 @@ impl PortalView<'_> {
     }
 
     /// Converted accounts exist once their lead converted; direct ones from their creation.
+    fn company_exists(&self, number: u64) -> bool {
+        if self.funnel.account(number).created_at > self.now {
+            return false;
+        }
+        if !number.is_multiple_of(2) {
+            return true;
+        }
+        let lead = self
+            .funnel
+            .lead((number / 2).saturating_mul(CONVERSION_EVERY));
+        seen(&lead.steps, self.now)
+            .iter()
+            .any(|step| step.change == LeadChange::Converted)
+    }
+
     fn company(&self, number: u64) -> Option<HsRecord> {
-        let account = self.funnel.account(number);
-        if account.created_at > self.now {
+        if !self.company_exists(number) {
             return None;
         }
-        if number.is_multiple_of(2) {
-            let lead = self
-                .funnel
-                .lead((number / 2).saturating_mul(CONVERSION_EVERY));
-            let converted = seen(&lead.steps, self.now)
-                .iter()
-                .any(|step| step.change == LeadChange::Converted);
-            if !converted {
-                return None;
-            }
-        }
+        let account = self.funnel.account(number);
         let mut record = HsRecord::new(ObjectType::Companies, number, account.created_at);
         let (at, by) = (account.created_at, Source::Actor(Actor::Rep(account.owner)));
         record.set("name", account.name.as_str(), at, by);
@@ -395,8 +436,8 @@ impl PortalView<'_> {
         candidates
             .into_iter()
             .filter(|&candidate| {
-                self.live(to, candidate).is_some()
-                    && (to != ObjectType::Contacts || self.live(from, number).is_some())
+                self.is_live(to, candidate)
+                    && (to != ObjectType::Contacts || self.is_live(from, number))
             })
             .collect()
     }
@@ -655,6 +696,47 @@ mod tests {
                     for (a, b) in versions.iter().zip(now_versions) {
                         assert_eq!((a.at, &a.value), (b.at, &b.value), "{name}");
                     }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn liveness_read_off_lives_agrees_with_built_records() {
+        let funnel = tiny();
+        let now = DEFAULT_START_MS;
+        let mut overlays = Overlays::new();
+        for (object, number, at) in [
+            (ObjectType::Deals, 3, now - DAY_MS),
+            (ObjectType::Contacts, 10, now + DAY_MS),
+            (ObjectType::Companies, 1, now),
+        ] {
+            overlays.insert(
+                (object, number),
+                Overlay {
+                    writes: Vec::new(),
+                    archived_at: Some(at),
+                },
+            );
+        }
+        for at in [
+            now - 90 * DAY_MS,
+            now,
+            now + 30 * DAY_MS,
+            now + 200 * DAY_MS,
+        ] {
+            let view = view_at(&funnel, &overlays, at);
+            for object in [
+                ObjectType::Contacts,
+                ObjectType::Companies,
+                ObjectType::Deals,
+            ] {
+                for number in 0..view.bound(object) + 5 {
+                    assert_eq!(
+                        view.is_live(object, number),
+                        view.live(object, number).is_some(),
+                        "{object:?} {number} at {at}"
+                    );
                 }
             }
         }

@@ -320,33 +320,99 @@ fn matches_query(record: &HsRecord, query: &str) -> bool {
     })
 }
 
-fn sort_key_cmp(object: ObjectType, name: &str, a: &HsRecord, b: &HsRecord) -> Ordering {
+/// One sort value of a hit, read once: comparing records directly would re-read and re-parse
+/// both values at every comparison.
+enum SortValue {
+    /// Empty or never set: sorts after every value when ascending.
+    Missing,
+    /// A numeric property (instants as epoch ms; unparseable text as 0).
+    Number(f64),
+    /// Any other property, lower-cased.
+    Text(String),
+}
+
+fn sort_value(object: ObjectType, name: &str, record: &HsRecord) -> SortValue {
+    let Some(text) = record.current(name).filter(|v| !v.is_empty()) else {
+        return SortValue::Missing;
+    };
     let numeric = object
         .property(name)
         .is_some_and(|def| def.kind.is_numeric());
-    let value = |record: &HsRecord| {
-        record
-            .current(name)
-            .filter(|v| !v.is_empty())
-            .map(str::to_string)
-    };
-    match (value(a), value(b)) {
-        (None, None) => Ordering::Equal,
-        (None, Some(_)) => Ordering::Greater,
-        (Some(_), None) => Ordering::Less,
-        (Some(x), Some(y)) if numeric => {
-            let number = |text: &str| {
-                text.parse::<f64>()
-                    .ok()
-                    .or_else(|| parse_instant(text).map(|ms| ms as f64))
-                    .unwrap_or(0.0)
-            };
-            number(&x)
-                .partial_cmp(&number(&y))
-                .unwrap_or(Ordering::Equal)
-        }
-        (Some(x), Some(y)) => x.to_lowercase().cmp(&y.to_lowercase()),
+    if numeric {
+        let number = text
+            .parse::<f64>()
+            .ok()
+            .or_else(|| parse_instant(text).map(|ms| ms as f64))
+            .unwrap_or(0.0);
+        SortValue::Number(number)
+    } else {
+        SortValue::Text(text.to_lowercase())
     }
+}
+
+fn sort_value_cmp(a: &SortValue, b: &SortValue) -> Ordering {
+    match (a, b) {
+        (SortValue::Missing, SortValue::Missing) => Ordering::Equal,
+        (SortValue::Missing, _) => Ordering::Greater,
+        (_, SortValue::Missing) => Ordering::Less,
+        (SortValue::Number(x), SortValue::Number(y)) => x.partial_cmp(y).unwrap_or(Ordering::Equal),
+        (SortValue::Text(x), SortValue::Text(y)) => x.cmp(y),
+        _ => Ordering::Equal,
+    }
+}
+
+/// Whether a record passes the filter groups (any group, all its filters) and the free text.
+fn found(request: &SearchRequest, record: &HsRecord) -> bool {
+    let filtered = request.groups.is_empty()
+        || request
+            .groups
+            .iter()
+            .any(|group| group.iter().all(|filter| matches(filter, record)));
+    filtered
+        && request
+            .query
+            .as_deref()
+            .is_none_or(|q| matches_query(record, q))
+}
+
+/// Numbers of the records the index finds, in the order the sorts give (ties by number).
+/// Only numbers and sort values are kept, never whole records.
+fn ranked_hits(
+    view: &PortalView,
+    indexed: &PortalView,
+    object: ObjectType,
+    request: &SearchRequest,
+) -> Vec<u64> {
+    let mut hits: Vec<(u64, Vec<SortValue>)> = (0..indexed.bound(object))
+        .filter(|number| view.is_live(object, *number))
+        .filter_map(|number| indexed.live(object, number))
+        .filter(|record| found(request, record))
+        .map(|record| {
+            let values = request
+                .sorts
+                .iter()
+                .map(|(name, _)| sort_value(object, name, &record))
+                .collect();
+            (record.number, values)
+        })
+        .collect();
+    hits.sort_by(|(a_number, a), (b_number, b)| {
+        request
+            .sorts
+            .iter()
+            .zip(a.iter().zip(b))
+            .map(|((_, ascending), (a, b))| {
+                let order = sort_value_cmp(a, b);
+                if *ascending {
+                    order
+                } else {
+                    order.reverse()
+                }
+            })
+            .find(|order| *order != Ordering::Equal)
+            .unwrap_or_else(|| a_number.cmp(b_number))
+    });
+    hits.into_iter().map(|(number, _)| number).collect()
 }
 
 async fn search(
@@ -382,44 +448,14 @@ async fn search(
             now: view.now - lag,
             overlays: view.overlays,
         };
-        let mut hits: Vec<HsRecord> = (0..indexed.bound(object))
-            .filter(|number| view.live(object, *number).is_some())
-            .filter_map(|number| indexed.live(object, number))
-            .filter(|record| {
-                request.groups.is_empty()
-                    || request
-                        .groups
-                        .iter()
-                        .any(|group| group.iter().all(|filter| matches(filter, record)))
-            })
-            .filter(|record| {
-                request
-                    .query
-                    .as_deref()
-                    .is_none_or(|q| matches_query(record, q))
-            })
-            .collect();
-        hits.sort_by(|a, b| {
-            request
-                .sorts
-                .iter()
-                .map(|(name, ascending)| {
-                    let order = sort_key_cmp(object, name, a, b);
-                    if *ascending {
-                        order
-                    } else {
-                        order.reverse()
-                    }
-                })
-                .find(|order| *order != Ordering::Equal)
-                .unwrap_or_else(|| a.number.cmp(&b.number))
-        });
+        let hits = ranked_hits(view, &indexed, object, &request);
         let total = hits.len();
         let page: Vec<Value> = hits
             .iter()
             .skip(request.after)
             .take(request.limit)
-            .map(|record| render(&indexed, record, &request.selection))
+            .filter_map(|number| indexed.live(object, *number))
+            .map(|record| render(&indexed, &record, &request.selection))
             .collect();
         (total, page)
     });

@@ -336,42 +336,60 @@ fn decode_locator(locator: &str) -> Option<usize> {
 /// CSV as Bulk API 2.0 writes it: a header of field paths, every value quoted, empty for null.
 fn render_csv(paths: &[FieldPath], rows: &[SfRecord], resolver: &ViewResolver<'_>) -> String {
     let mut csv = String::new();
-    let header: Vec<String> = paths
-        .iter()
-        .map(|path| {
-            let mut name = path.relationships.join(".");
-            if !name.is_empty() {
-                name.push('.');
-            }
-            name.push_str(path.field.name);
-            quote(&name)
-        })
-        .collect();
-    csv.push_str(&header.join(","));
+    for (column, path) in paths.iter().enumerate() {
+        if column > 0 {
+            csv.push(',');
+        }
+        let mut name = path.relationships.join(".");
+        if !name.is_empty() {
+            name.push('.');
+        }
+        name.push_str(path.field.name);
+        push_quoted(&mut csv, &name);
+    }
     csv.push('\n');
+    let mut cell = String::new();
     for row in rows {
-        let cells: Vec<String> = paths
-            .iter()
-            .map(|path| quote(&csv_value(&path.value(row, resolver), path.field.kind)))
-            .collect();
-        csv.push_str(&cells.join(","));
+        for (column, path) in paths.iter().enumerate() {
+            if column > 0 {
+                csv.push(',');
+            }
+            cell.clear();
+            if path.steps.is_empty() {
+                write_csv_value(&mut cell, &row.values[path.index], path.field.kind);
+            } else {
+                write_csv_value(&mut cell, &path.value(row, resolver), path.field.kind);
+            }
+            push_quoted(&mut csv, &cell);
+        }
         csv.push('\n');
     }
     csv
 }
 
-fn csv_value(value: &SfValue, kind: FieldType) -> String {
+/// A value as Bulk results write it, before quoting: JSON's rendering without the quotes of
+/// strings, empty for null.
+fn write_csv_value(out: &mut String, value: &SfValue, kind: FieldType) {
     match value {
-        SfValue::Null => String::new(),
+        SfValue::Null => {}
         // Bulk results write datetimes with a `Z`, unlike the REST API's `+0000`.
-        SfValue::DateTime(ms) => schema::format_datetime(*ms).replace("+0000", "Z"),
+        SfValue::DateTime(ms) => out.push_str(&schema::format_datetime(*ms).replace("+0000", "Z")),
+        SfValue::Text(text) => out.push_str(text),
         other => match other.to_json(kind) {
-            Value::String(text) => text,
-            json => json.to_string(),
+            Value::String(text) => out.push_str(&text),
+            json => out.push_str(&json.to_string()),
         },
     }
 }
 
-fn quote(text: &str) -> String {
-    format!("\"{}\"", text.replace('"', "\"\""))
+/// Appends `text` in double quotes, doubling the quotes inside.
+fn push_quoted(out: &mut String, text: &str) {
+    out.push('"');
+    for (index, part) in text.split('"').enumerate() {
+        if index > 0 {
+            out.push_str("\"\"");
+        }
+        out.push_str(part);
+    }
+    out.push('"');
 }

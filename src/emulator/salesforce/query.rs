@@ -13,13 +13,14 @@ use axum::extract::{Path, Query as QueryParams, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use serde::Deserialize;
+use serde::ser::{SerializeMap, SerializeSeq};
+use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{json, Map, Value};
 
 use super::auth::SessionToken;
 use super::ids::sf_id;
 use super::records::OrgView;
-use super::schema::{FieldDef, SfRecord, SfValue};
+use super::schema::{FieldDef, JsonValue, SfRecord, SfValue};
 use super::soql::{self, FieldPath, Resolver, Selection};
 use super::{error, served_version};
 use crate::emulator::Shared;
@@ -245,6 +246,9 @@ pub(crate) fn evaluate(
         (false, Some(limit)) => limit.saturating_add(parsed.offset.unwrap_or(0)),
         _ => usize::MAX,
     };
+    if parsed.filter.is_none() && !ordered && !is_history {
+        return Ok(present_numbers(view, parsed, include_deleted, enough));
+    }
     let mut matched: Vec<(u64, Vec<SfValue>)> = Vec::new();
     for (number, row) in view.scan(parsed.object) {
         if matched.len() >= enough {
@@ -280,6 +284,25 @@ pub(crate) fn evaluate(
         .take(limit)
         .map(|(number, _)| number)
         .collect())
+}
+
+/// [`evaluate`] for a query without WHERE or ORDER BY on a non-history object: every record
+/// that exists matches, so records are only asked whether they exist and are deleted.
+fn present_numbers(
+    view: &OrgView<'_>,
+    parsed: &soql::Query,
+    include_deleted: bool,
+    enough: usize,
+) -> Vec<u64> {
+    view.numbers(parsed.object)
+        .filter_map(|number| {
+            let deleted = view.presence(parsed.object, number)?;
+            (include_deleted || !deleted).then_some(number)
+        })
+        .take(enough)
+        .skip(parsed.offset.unwrap_or(0))
+        .take(parsed.limit.unwrap_or(usize::MAX))
+        .collect()
 }
 
 /// The page size a client asked for, within what Salesforce honours.
@@ -352,36 +375,153 @@ fn page(
     let Selection::Fields(fields) = &query.select else {
         return Json(json!({ "totalSize": total, "done": true, "records": [] })).into_response();
     };
-    let resolver = ViewResolver(view);
-    let records: Vec<Value> = rows
-        .iter()
-        .map(|row| render(row, fields, &resolver, version))
-        .collect();
-    let mut body = Map::new();
-    body.insert("totalSize".into(), json!(total));
-    body.insert("done".into(), json!(next.is_none()));
-    if let Some(next) = next {
-        body.insert(
-            "nextRecordsUrl".into(),
-            json!(format!("/services/data/{version}/query/{next}")),
-        );
+    Json(PageJson {
+        total,
+        next: next.map(|next| format!("/services/data/{version}/query/{next}")),
+        records: RowsJson {
+            rows,
+            fields,
+            own_fields: own_fields(fields),
+            resolver: &ViewResolver(view),
+            version,
+        },
+    })
+    .into_response()
+}
+
+/// The selected fields when none is a parent's, each once, in the order first written;
+/// `None` when some path walks a relationship and the record needs [`render`]'s nesting.
+fn own_fields(fields: &[FieldPath]) -> Option<Vec<&FieldPath>> {
+    let mut own: Vec<&FieldPath> = Vec::with_capacity(fields.len());
+    for path in fields {
+        if !path.steps.is_empty() {
+            return None;
+        }
+        // A field selected twice keeps its first place, as a JSON map insert does.
+        if !own.iter().any(|seen| seen.field.name == path.field.name) {
+            own.push(path);
+        }
     }
-    body.insert("records".into(), Value::Array(records));
-    Json(Value::Object(body)).into_response()
+    Some(own)
+}
+
+/// `{"totalSize", "done", "nextRecordsUrl"?, "records"}`, serialized without building a `Value`
+/// per record.
+struct PageJson<'a> {
+    total: usize,
+    next: Option<String>,
+    records: RowsJson<'a>,
+}
+
+impl Serialize for PageJson<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("totalSize", &self.total)?;
+        map.serialize_entry("done", &self.next.is_none())?;
+        if let Some(next) = &self.next {
+            map.serialize_entry("nextRecordsUrl", next)?;
+        }
+        map.serialize_entry("records", &self.records)?;
+        map.end()
+    }
+}
+
+/// The records of a page.
+struct RowsJson<'a> {
+    rows: &'a [SfRecord],
+    fields: &'a [FieldPath],
+    own_fields: Option<Vec<&'a FieldPath>>,
+    resolver: &'a ViewResolver<'a>,
+    version: &'a str,
+}
+
+impl Serialize for RowsJson<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut seq = serializer.serialize_seq(Some(self.rows.len()))?;
+        for row in self.rows {
+            match &self.own_fields {
+                Some(own) => seq.serialize_element(&OwnRowJson {
+                    record: row,
+                    fields: own,
+                    version: self.version,
+                })?,
+                None => {
+                    seq.serialize_element(&render(row, self.fields, self.resolver, self.version))?
+                }
+            }
+        }
+        seq.end()
+    }
+}
+
+/// A record whose selected fields are all its own: attributes, then each field.
+struct OwnRowJson<'a> {
+    record: &'a SfRecord,
+    fields: &'a [&'a FieldPath],
+    version: &'a str,
+}
+
+impl Serialize for OwnRowJson<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.fields.len() + 1))?;
+        map.serialize_entry(
+            "attributes",
+            &AttributesJson {
+                record: self.record,
+                version: self.version,
+            },
+        )?;
+        for path in self.fields {
+            let value = JsonValue {
+                value: &self.record.values[path.index],
+                kind: path.field.kind,
+            };
+            map.serialize_entry(path.field.name, &value)?;
+        }
+        map.end()
+    }
+}
+
+/// [`attributes`] written straight into a serializer.
+struct AttributesJson<'a> {
+    record: &'a SfRecord,
+    version: &'a str,
+}
+
+impl Serialize for AttributesJson<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let (shown, actual) = attribute_types(self.record);
+        let mut map = serializer.serialize_map(Some(2))?;
+        map.serialize_entry("type", shown)?;
+        map.serialize_entry(
+            "url",
+            &format!(
+                "/services/data/{}/sobjects/{actual}/{}",
+                self.version,
+                self.record.id()
+            ),
+        )?;
+        map.end()
+    }
+}
+
+/// The type a record's attributes show and the one its URL names: polymorphic parents show
+/// `Name` but link to the user or queue behind it.
+fn attribute_types(record: &SfRecord) -> (&'static str, &str) {
+    if record.object.name != "Name" {
+        return (record.object.name, record.object.name);
+    }
+    let actual = match record.get("Type") {
+        SfValue::Text(kind) if kind == "Queue" => "Group",
+        SfValue::Text(kind) => kind.as_str(),
+        _ => "User",
+    };
+    ("Name", actual)
 }
 
 /// `{"attributes":{"type":…,"url":…}}` of a record (polymorphic parents say `Name`).
 fn attributes(record: &SfRecord, version: &str) -> Value {
-    let (shown, actual) = if record.object.name == "Name" {
-        let actual = match record.get("Type") {
-            SfValue::Text(kind) if kind == "Queue" => "Group",
-            SfValue::Text(kind) => kind.as_str(),
-            _ => "User",
-        };
-        ("Name", actual)
-    } else {
-        (record.object.name, record.object.name)
-    };
+    let (shown, actual) = attribute_types(record);
     json!({
         "type": shown,
         "url": format!("/services/data/{version}/sobjects/{actual}/{}", record.id()),

@@ -5,8 +5,10 @@
 //! holds one value per field of its object, in the order listed here.
 
 use chrono::{DateTime, NaiveDate};
+use serde::{Serialize, Serializer};
 use serde_json::Value;
 
+use crate::emulator::timefmt::{four_digit_year, push_date, Civil};
 use crate::record::Millis;
 
 /// A field value as the emulated org holds it.
@@ -51,18 +53,61 @@ impl SfValue {
     }
 }
 
+/// A value written straight into a serializer as [`SfValue::to_json`] would give it, without
+/// building a `Value` first: pages serialize tens of thousands of them.
+pub(crate) struct JsonValue<'a> {
+    /// The value.
+    pub value: &'a SfValue,
+    /// The type of its field, which decides how numbers are written.
+    pub kind: FieldType,
+}
+
+impl Serialize for JsonValue<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.value {
+            SfValue::Null => serializer.serialize_unit(),
+            SfValue::Bool(flag) => serializer.serialize_bool(*flag),
+            SfValue::Number(number) if self.kind == FieldType::Int => {
+                serializer.serialize_i64(number.round() as i64)
+            }
+            SfValue::Number(number) => serializer.serialize_f64(*number),
+            SfValue::Text(text) => serializer.serialize_str(text),
+            SfValue::Date(days) => serializer.serialize_str(&format_date(*days)),
+            SfValue::DateTime(ms) => serializer.serialize_str(&format_datetime(*ms)),
+        }
+    }
+}
+
 /// `2024-01-31`.
 pub(crate) fn format_date(days: i32) -> String {
-    NaiveDate::from_num_days_from_ce_opt(days + EPOCH_DAYS_FROM_CE)
-        .map(|date| date.format("%Y-%m-%d").to_string())
-        .unwrap_or_default()
+    let Some(date) = NaiveDate::from_num_days_from_ce_opt(days + EPOCH_DAYS_FROM_CE) else {
+        return String::new();
+    };
+    match four_digit_year(date) {
+        Some(date) => {
+            let mut text = String::with_capacity(10);
+            push_date(&mut text, date);
+            text
+        }
+        None => date.format("%Y-%m-%d").to_string(),
+    }
 }
 
 /// `2024-01-31T09:15:00.000+0000`: always UTC, milliseconds, no colon in the offset.
 pub(crate) fn format_datetime(ms: Millis) -> String {
-    DateTime::from_timestamp_millis(ms)
-        .map(|at| at.format("%Y-%m-%dT%H:%M:%S%.3f+0000").to_string())
-        .unwrap_or_default()
+    let Some(at) = DateTime::from_timestamp_millis(ms) else {
+        return String::new();
+    };
+    match Civil::of(&at) {
+        Some(civil) => {
+            let mut text = String::with_capacity(28);
+            civil.push_date_time(&mut text);
+            civil.push_millis(&mut text);
+            text.push_str("+0000");
+            text
+        }
+        None => at.format("%Y-%m-%dT%H:%M:%S%.3f+0000").to_string(),
+    }
 }
 
 /// Days from 0001-01-01 (chrono's day 1) to 1970-01-01.
