@@ -9,6 +9,7 @@
 //! go through a [`StoreTx`]; a crash before `commit` leaves none of them.
 
 mod history;
+mod links;
 mod metadata;
 mod records;
 mod sync_state;
@@ -25,7 +26,8 @@ use crate::config::settings::{StoreSettings, StoreUrl};
 pub use history::{
     FieldChange, NewLifecycleEvent, NewStageTransition, StageTransition, StoredLifecycleEvent,
 };
-pub use metadata::StageDefinition;
+pub use links::RecordLink;
+pub use metadata::{CrmOwner, StageDefinition};
 pub use records::{ObservationOutcome, RecordVersion, StoredRecord, ValidFromBasis};
 pub use sync_state::{QuarantineEntry, QuarantinedRecord, SyncRunStatus, SyncRunSummary};
 
