@@ -7,7 +7,7 @@ use std::time::Duration;
 use pipewarden::config::settings::{ConnectionSettings, CrmKind};
 use pipewarden::crm::RetryPolicy;
 use pipewarden::emulator::{self, EmulatorOptions, HubspotOptions, RunningEmulator, Scale};
-use pipewarden::record::ObjectKind;
+use pipewarden::record::{ActorKind, LifecycleEvent, ObjectKind};
 use pipewarden::store::{Store, SyncRunStatus, SyncRunSummary};
 use pipewarden::sync::{self, StopSignal, SyncOptions};
 use reqwest::Method;
@@ -19,14 +19,22 @@ use crate::support::{on_both_backends, ConfigDir, TestStore};
 
 const TOKEN: &str = "pat-na1-emulator-demo-token";
 
+/// A portal whose burst limit the tests do not reach (the fault test injects 429s).
+fn roomy() -> HubspotOptions {
+    HubspotOptions {
+        burst_per_ten_seconds: 100_000,
+        ..HubspotOptions::default()
+    }
+}
+
 async fn start_emulator() -> RunningEmulator {
+    start_emulator_with(roomy()).await
+}
+
+async fn start_emulator_with(hubspot: HubspotOptions) -> RunningEmulator {
     let options = EmulatorOptions {
         scale: Scale::Tiny,
-        hubspot: HubspotOptions {
-            // The functional tests are not about the burst limit (the fault test injects 429s).
-            burst_per_ten_seconds: 100_000,
-            ..HubspotOptions::default()
-        },
+        hubspot,
         ..EmulatorOptions::default()
     };
     emulator::start("127.0.0.1:0".parse().unwrap(), options)
@@ -220,6 +228,19 @@ async fn assert_store_matches_truth(store: &Store, id: i64, emu: &RunningEmulato
             .map(|t| (t.to_stage, t.changed_at))
             .collect();
         assert_eq!(moves, history, "stage changes of deal {crm_id}");
+        let outcomes: Vec<(LifecycleEvent, i64)> = history
+            .iter()
+            .filter_map(|(stage, at)| match stage.as_str() {
+                "closedwon" => Some((LifecycleEvent::Won, *at)),
+                "closedlost" => Some((LifecycleEvent::Lost, *at)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            milestones(store, stored.id).await,
+            outcomes,
+            "outcomes of deal {crm_id}"
+        );
         if truth["archivedAt"].is_null() {
             let contacts: Vec<String> = deal["associations"]["contacts"]["results"]
                 .as_array()
@@ -266,7 +287,46 @@ async fn assert_store_matches_truth(store: &Store, id: i64, emu: &RunningEmulato
             !truth["archivedAt"].is_null(),
             "contact {crm_id}: archived"
         );
+        let reached: Vec<(LifecycleEvent, i64)> = truth["properties"]["lifecyclestage"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|v| {
+                let event = match v["value"].as_str().unwrap() {
+                    "marketingqualifiedlead" => LifecycleEvent::Mql,
+                    "salesqualifiedlead" => LifecycleEvent::Sql,
+                    "opportunity" => LifecycleEvent::OpportunityCreated,
+                    "customer" => LifecycleEvent::Won,
+                    _ => return None,
+                };
+                Some((event, millis(v["timestamp"].as_str().unwrap())))
+            })
+            .collect();
+        assert_eq!(
+            milestones(store, stored.id).await,
+            reached,
+            "milestones of contact {crm_id}"
+        );
     }
+}
+
+/// A record's stored funnel milestones (creation, contact and lead-status events left out).
+async fn milestones(store: &Store, record_id: i64) -> Vec<(LifecycleEvent, i64)> {
+    let funnel = [
+        LifecycleEvent::Mql,
+        LifecycleEvent::Sql,
+        LifecycleEvent::OpportunityCreated,
+        LifecycleEvent::Won,
+        LifecycleEvent::Lost,
+    ];
+    store
+        .lifecycle_events(record_id)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| funnel.contains(&e.event))
+        .map(|e| (e.event, e.occurred_at))
+        .collect()
 }
 
 /// A live deal untouched for at least `quiet_ms` before the emulator's now.
@@ -362,6 +422,11 @@ async fn backfill_then_writes_and_months_match_the_truth(test: TestStore) {
         (last_move.to_stage.as_str(), last_move.origin.as_str()),
         ("contractsent", "crm_history")
     );
+    // The emulator's private app (id 3141592) made the change, as HubSpot's history says.
+    assert_eq!(
+        (last_move.actor, last_move.changed_by.as_deref()),
+        (ActorKind::Integration, Some("3141592"))
+    );
 
     for _ in 0..2 {
         control(&emu, "/__emulator/clock/advance", json!({"by": "30d"})).await;
@@ -378,7 +443,13 @@ async fn backfill_then_writes_and_months_match_the_truth(test: TestStore) {
 }
 
 async fn an_archived_deal_is_stored_as_deleted(test: TestStore) {
-    let emu = start_emulator().await;
+    // Property lists travel in POST bodies only, so even a portal refusing URLs over 300
+    // characters (HubSpot: 414 at about 8–16 k) serves every call of a run.
+    let emu = start_emulator_with(HubspotOptions {
+        max_url_chars: 300,
+        ..roomy()
+    })
+    .await;
     let dir = ConfigDir::new();
     let connection = hubspot_connection(&emu, &dir, "v3", Auth::PrivateApp);
     let options = quick_options();
