@@ -34,7 +34,8 @@ use super::hubspot_map::{
 use super::{wall_clock, RunContext, SyncError};
 use crate::config::settings::Endpoints;
 use crate::crm::hubspot::{
-    HubspotClient, ListQuery, ObjectPage, Pipeline, LIST_PAGE_MAX, SEARCH_PAGE_MAX,
+    HubspotClient, ListQuery, ObjectPage, Owner, Pipeline, PropertyInfo, LIST_PAGE_MAX,
+    SEARCH_PAGE_MAX,
 };
 use crate::record::{ActorKind, LifecycleEvent, Millis, ObjectKind, Origin, RecordObservation};
 use crate::store::{
@@ -225,24 +226,7 @@ impl<'c, 'a> Run<'c, 'a> {
         let now = self.now();
         let mut tx = self.ctx.store.begin().await?;
         for owner in &owners {
-            let name = [owner.first_name.as_deref(), owner.last_name.as_deref()]
-                .into_iter()
-                .flatten()
-                .collect::<Vec<_>>()
-                .join(" ");
-            let stored = CrmOwner {
-                crm_id: owner.id.clone(),
-                kind: if owner.owner_type.as_deref() == Some("QUEUE") {
-                    "queue".into()
-                } else {
-                    "person".into()
-                },
-                name: (!name.is_empty()).then_some(name),
-                email: owner.email.clone(),
-                teams: serde_json::to_value(&owner.teams).unwrap_or_else(|_| json!([])),
-                is_active: !owner.archived,
-            };
-            tx.upsert_owner(self.ctx.connection_id, &stored, now)
+            tx.upsert_owner(self.ctx.connection_id, &owner_row(owner), now)
                 .await?;
         }
         tx.commit().await?;
@@ -266,34 +250,14 @@ impl<'c, 'a> Run<'c, 'a> {
             );
         }
         if object == "contacts" {
-            let definitions: Vec<StageDefinition> = listed
-                .iter()
-                .filter(|p| p.name == LIFECYCLE_PIPELINE || p.name == LEAD_STATUS_PIPELINE)
-                .flat_map(|p| {
-                    p.options.iter().map(|option| StageDefinition {
-                        kind: ObjectKind::Contact,
-                        pipeline: p.name.clone(),
-                        stage: option.value.clone(),
-                        label: option.label.clone(),
-                        sort_order: option.display_order,
-                        probability_bp: None,
-                        is_closed: option.value == "UNQUALIFIED",
-                        is_won: option.value == "customer",
-                        is_active: true,
-                    })
-                })
-                .collect();
             let now = self.now();
-            self.store_stage_definitions(&definitions, now).await?;
+            self.store_stage_definitions(&contact_stage_definitions(&listed), now)
+                .await?;
         }
         Ok(names)
     }
 
-    fn warn_about_missing_custom_fields(
-        &self,
-        object: &str,
-        listed: &[crate::crm::hubspot::PropertyInfo],
-    ) {
+    fn warn_about_missing_custom_fields(&self, object: &str, listed: &[PropertyInfo]) {
         let wanted = self
             .ctx
             .settings
@@ -679,14 +643,7 @@ impl<'c, 'a> Run<'c, 'a> {
             let amount_cents = value_at(amounts, entry.at)
                 .and_then(|amount| amount.parse::<f64>().ok())
                 .map(|amount| (amount * 100.0).round() as i64);
-            let event = pipeline
-                .as_ref()
-                .and_then(|p| self.stages.get(&(p.clone(), entry.value.clone())))
-                .and_then(|stage| match (stage.is_closed, stage.is_won) {
-                    (true, true) => Some(LifecycleEvent::Won),
-                    (true, false) => Some(LifecycleEvent::Lost),
-                    _ => None,
-                });
+            let event = self.deal_outcome(pipeline.as_deref(), &entry.value);
             let stage_move = Move {
                 pipeline: pipeline.as_deref(),
                 from,
@@ -702,6 +659,18 @@ impl<'c, 'a> Run<'c, 'a> {
             self.record_move(tx, context, &stage_move).await?;
         }
         Ok(())
+    }
+
+    /// Won or lost, when `stage` is a closed stage of `pipeline`.
+    fn deal_outcome(&self, pipeline: Option<&str>, stage: &str) -> Option<LifecycleEvent> {
+        let definition = self
+            .stages
+            .get(&(pipeline?.to_string(), stage.to_string()))?;
+        match (definition.is_closed, definition.is_won) {
+            (true, true) => Some(LifecycleEvent::Won),
+            (true, false) => Some(LifecycleEvent::Lost),
+            _ => None,
+        }
     }
 
     /// A stage change seen between two observations, for deals read without history.
@@ -966,6 +935,49 @@ fn deal_stage_definitions(pipeline: &Pipeline) -> Vec<StageDefinition> {
             }
         })
         .collect()
+}
+
+/// Lifecycle stages and lead statuses as the stage definitions of two contact "pipelines",
+/// in the order the portal shows them.
+fn contact_stage_definitions(listed: &[PropertyInfo]) -> Vec<StageDefinition> {
+    listed
+        .iter()
+        .filter(|p| p.name == LIFECYCLE_PIPELINE || p.name == LEAD_STATUS_PIPELINE)
+        .flat_map(|p| {
+            p.options.iter().map(|option| StageDefinition {
+                kind: ObjectKind::Contact,
+                pipeline: p.name.clone(),
+                stage: option.value.clone(),
+                label: option.label.clone(),
+                sort_order: option.display_order,
+                probability_bp: None,
+                is_closed: option.value == "UNQUALIFIED",
+                is_won: option.value == "customer",
+                is_active: true,
+            })
+        })
+        .collect()
+}
+
+/// An owner as the store keeps it.
+fn owner_row(owner: &Owner) -> CrmOwner {
+    let name = [owner.first_name.as_deref(), owner.last_name.as_deref()]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join(" ");
+    CrmOwner {
+        crm_id: owner.id.clone(),
+        kind: if owner.owner_type.as_deref() == Some("QUEUE") {
+            "queue".into()
+        } else {
+            "person".into()
+        },
+        name: (!name.is_empty()).then_some(name),
+        email: owner.email.clone(),
+        teams: serde_json::to_value(&owner.teams).unwrap_or_else(|_| json!([])),
+        is_active: !owner.archived,
+    }
 }
 
 /// The ids a listing page names, and the links its records carry.

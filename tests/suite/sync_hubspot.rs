@@ -589,6 +589,39 @@ async fn many_changes_in_one_millisecond_page_by_id(test: TestStore) {
     emu.stop().await.unwrap();
 }
 
+async fn an_interrupted_backfill_resumes_at_its_last_page(test: TestStore) {
+    let emu = start_emulator().await;
+    let dir = ConfigDir::new();
+    let connection = hubspot_connection(&emu, &dir, "2026-03", Auth::PrivateApp);
+    let options = SyncOptions {
+        page_size: 10,
+        ..quick_options()
+    };
+    let (stop, signal) = StopSignal::new();
+    stop.stop();
+    let stopped = sync::sync_once(&test.store, &connection, &options, &signal)
+        .await
+        .unwrap();
+    assert_eq!(stopped.status, SyncRunStatus::Interrupted);
+    assert_eq!(stopped.records_seen, 10, "one page was stored");
+    let id = connection_id(&test.store).await;
+    let cursor = test.store.cursor(id, "companies", "records").await.unwrap();
+    assert!(
+        cursor
+            .as_ref()
+            .is_some_and(|c| c["backfill"]["after"].is_string()),
+        "{cursor:?}"
+    );
+
+    let resumed = run(&test.store, &connection, &options).await;
+    assert_eq!(
+        resumed.versions_written, resumed.records_seen,
+        "every record the resumed run read was new to the store: it did not list the first page again"
+    );
+    assert_store_matches_truth(&test.store, id, &emu).await;
+    emu.stop().await.unwrap();
+}
+
 async fn faults_and_expired_tokens_lose_nothing(test: TestStore) {
     let emu = start_emulator().await;
     let dir = ConfigDir::new();
@@ -623,5 +656,6 @@ on_both_backends!(
     an_archived_deal_is_stored_as_deleted,
     a_change_the_index_had_not_taken_in_is_found_by_the_lookback,
     many_changes_in_one_millisecond_page_by_id,
+    an_interrupted_backfill_resumes_at_its_last_page,
     faults_and_expired_tokens_lose_nothing,
 );
