@@ -141,9 +141,6 @@ async fn sync_months(
                         run.api_calls
                     )?;
                 }
-                Err(err @ SyncError::Unsupported(_)) => {
-                    writeln!(out, "  {}: skipped: {err}", connection.name)?
-                }
                 Err(err) => return Err(err.into()),
             }
         }

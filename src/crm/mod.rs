@@ -3,9 +3,10 @@
 //! [`http::ApiClient`] is what both connectors call through: it holds the connection's token
 //! manager, rate limiter, retry policy and daily API budget, so that a connector only says
 //! which request to make and how to read the answer. [`salesforce`] speaks the Salesforce
-//! REST API.
+//! REST API, [`hubspot`] the HubSpot CRM API.
 
 pub mod http;
+pub mod hubspot;
 mod limits;
 pub mod salesforce;
 mod tokens;

@@ -1,4 +1,8 @@
-//! CRM metadata: stage order and meaning, which rules, funnels and lifecycle events read.
+//! CRM metadata: stage order and meaning, which rules, funnels and lifecycle events read,
+//! and record owners, which rules read to tell people from queues.
+
+use serde_json::Value;
+use sqlx::types::Json;
 
 use super::{dispatch, QueryContext, Store, StoreError, StoreTx};
 use crate::record::{Millis, ObjectKind};
@@ -26,7 +30,52 @@ pub struct StageDefinition {
     pub is_active: bool,
 }
 
+/// A user or queue that can own records, as the CRM lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CrmOwner {
+    /// The CRM's owner id (what records' owner fields hold).
+    pub crm_id: String,
+    /// `person`, `queue` or `integration`.
+    pub kind: String,
+    /// Display name.
+    pub name: Option<String>,
+    /// Email.
+    pub email: Option<String>,
+    /// Teams, as a JSON array.
+    pub teams: Value,
+    /// Not deactivated.
+    pub is_active: bool,
+}
+
 impl StoreTx {
+    /// Stores an owner as last seen, replacing what was stored for it.
+    pub async fn upsert_owner(
+        &mut self,
+        connection_id: i64,
+        owner: &CrmOwner,
+        observed_at: Millis,
+    ) -> Result<(), StoreError> {
+        dispatch!(self.inner(), tx => sqlx::query(
+            "INSERT INTO crm_owners (connection_id, crm_id, kind, name, email, teams, is_active, observed_at_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (connection_id, crm_id) DO UPDATE SET \
+             kind = excluded.kind, name = excluded.name, email = excluded.email, teams = excluded.teams, \
+             is_active = excluded.is_active, observed_at_ms = excluded.observed_at_ms",
+        )
+        .bind(connection_id)
+        .bind(&owner.crm_id)
+        .bind(&owner.kind)
+        .bind(owner.name.as_deref())
+        .bind(owner.email.as_deref())
+        .bind(Json(&owner.teams))
+        .bind(owner.is_active)
+        .bind(observed_at)
+        .execute(&mut **tx)
+        .await
+        .map(|done| done.rows_affected()))
+        .during("store owner")
+        .map(drop)
+    }
+
     /// Stores a stage definition as last seen, replacing what was stored for it.
     pub async fn upsert_stage_definition(
         &mut self,
@@ -61,6 +110,38 @@ impl StoreTx {
 }
 
 impl Store {
+    /// The stored owners of a connection, by CRM id.
+    pub async fn owners(&self, connection_id: i64) -> Result<Vec<CrmOwner>, StoreError> {
+        type Row = (
+            String,
+            String,
+            Option<String>,
+            Option<String>,
+            Json<Value>,
+            bool,
+        );
+        let rows: Vec<Row> = dispatch!(self.pool(), pool => sqlx::query_as(
+            "SELECT crm_id, kind, name, email, teams, is_active FROM crm_owners WHERE connection_id = $1 ORDER BY crm_id",
+        )
+        .bind(connection_id)
+        .fetch_all(pool)
+        .await)
+        .during("read owners")?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(crm_id, kind, name, email, Json(teams), is_active)| CrmOwner {
+                    crm_id,
+                    kind,
+                    name,
+                    email,
+                    teams,
+                    is_active,
+                },
+            )
+            .collect())
+    }
+
     /// The stored stages of a connection's deals or leads, in pipeline order.
     pub async fn stage_definitions(
         &self,

@@ -10,6 +10,7 @@
 
 mod history;
 mod lease;
+mod links;
 mod metadata;
 mod records;
 mod sync_state;
@@ -27,7 +28,8 @@ pub use history::{
     FieldChange, NewLifecycleEvent, NewStageTransition, StageTransition, StoredLifecycleEvent,
 };
 pub use lease::{SoleReplica, SyncLease};
-pub use metadata::StageDefinition;
+pub use links::RecordLink;
+pub use metadata::{CrmOwner, StageDefinition};
 pub use records::{ObservationOutcome, RecordVersion, StoredRecord, ValidFromBasis};
 pub use sync_state::{
     ConnectionTotals, QuarantineEntry, QuarantinedRecord, SyncRunStatus, SyncRunSummary,

@@ -4,6 +4,8 @@
 //! with the cursor that follows it, so a run that dies anywhere resumes at its last page and
 //! neither loses nor duplicates anything. Each run leaves an audit row (`sync_runs`).
 
+mod hubspot;
+mod hubspot_map;
 mod salesforce;
 mod salesforce_map;
 
@@ -63,9 +65,6 @@ pub enum SyncError {
     /// A stop was asked for; the run ended at its last committed page.
     #[error("stopped at the last checkpoint on request")]
     Interrupted,
-    /// The connection's CRM is one this build cannot sync yet.
-    #[error("connection `{0}`: syncing HubSpot is not available in this version of pipewarden")]
-    Unsupported(String),
 }
 
 impl SyncError {
@@ -81,7 +80,6 @@ impl SyncError {
             SyncError::Store(_) => "store",
             SyncError::Interrupted => "interrupted",
             SyncError::LeaseHeld(_) => "lease_held",
-            SyncError::Unsupported(_) => "unsupported",
         }
     }
 }
@@ -178,9 +176,6 @@ pub async fn sync_once(
     options: &SyncOptions,
     stop: &StopSignal,
 ) -> Result<SyncReport, SyncError> {
-    if settings.kind != CrmKind::Salesforce {
-        return Err(SyncError::Unsupported(settings.name.clone()));
-    }
     let Some(lease) = store.try_lease(&settings.name).await? else {
         return Err(SyncError::LeaseHeld(settings.name.clone()));
     };
@@ -207,7 +202,10 @@ pub async fn sync_once(
         counters: RunCounters::default(),
         stop,
     };
-    let outcome = salesforce::sync(&mut ctx).await;
+    let outcome = match settings.kind {
+        CrmKind::Salesforce => salesforce::sync(&mut ctx).await,
+        CrmKind::Hubspot => hubspot::sync(&mut ctx).await,
+    };
     let summary = run_summary(&ctx, started_at, &outcome);
     store.finish_sync_run(&summary).await?;
     lease.release().await;

@@ -12,3 +12,4 @@ mod emulator_writes;
 mod store;
 mod support;
 mod sync;
+mod sync_hubspot;
