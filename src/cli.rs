@@ -13,7 +13,7 @@ use crate::config::{self, ConfigError, Settings};
 use crate::daemon::{self, DaemonError};
 use crate::demo::{self, DemoError, DemoOptions};
 use crate::emulator::{self, EmulatorOptions};
-use crate::store::{Store, StoreError, SyncRunSummary};
+use crate::store::{Store, StoreError};
 use crate::sync::{self, StopSignal, SyncError, SyncOptions};
 use crate::telemetry::LogFormat;
 
@@ -239,7 +239,11 @@ async fn sync_once(path: Option<PathBuf>, args: SyncArgs) -> Result<(), CliError
     let mut failed = 0;
     for connection in &connections {
         match sync::sync_once(&store, connection, &options, &StopSignal::never()).await {
-            Ok(report) => println!("{}: {}", connection.name, describe_run(&report.summary)),
+            Ok(report) => println!(
+                "{}: {}",
+                connection.name,
+                sync::describe_run(&report.summary)
+            ),
             Err(err @ SyncError::LeaseHeld(_)) => println!("{}: skipped: {err}", connection.name),
             Err(err) => {
                 failed += 1;
@@ -256,23 +260,6 @@ async fn sync_once(path: Option<PathBuf>, args: SyncArgs) -> Result<(), CliError
         });
     }
     Ok(())
-}
-
-/// One line about a finished run.
-fn describe_run(run: &SyncRunSummary) -> String {
-    let mut line = format!(
-        "{} — {} records read, {} new versions, {} stage changes, {} quarantined, {} API calls",
-        run.status.as_str(),
-        run.records_seen,
-        run.versions_written,
-        run.transitions_written,
-        run.quarantined,
-        run.api_calls
-    );
-    if let Some(message) = &run.message {
-        line.push_str(&format!(" ({message})"));
-    }
-    line
 }
 
 async fn run_daemon(path: Option<PathBuf>) -> Result<(), CliError> {

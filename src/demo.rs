@@ -15,7 +15,7 @@ use crate::config::Settings;
 use crate::emulator::{self, EmulatorOptions, Scale};
 use crate::record::Millis;
 use crate::store::{ConnectionTotals, Store, StoreError};
-use crate::sync::{sync_once, StopSignal, SyncError, SyncOptions};
+use crate::sync::{describe_run, sync_once, StopSignal, SyncError, SyncOptions};
 
 /// What the demo generates and how long it lets time run.
 #[derive(Debug, Clone)]
@@ -128,19 +128,12 @@ async fn sync_months(
         writeln!(out, "\n{} (simulated)", day(emu.clock().now_ms()))?;
         for connection in &settings.connections {
             match sync_once(store, connection, &sync_options, &StopSignal::never()).await {
-                Ok(report) => {
-                    let run = &report.summary;
-                    writeln!(
-                        out,
-                        "  {}: {} — {} records read, {} new versions, {} stage changes, {} API calls",
-                        connection.name,
-                        run.status.as_str(),
-                        run.records_seen,
-                        run.versions_written,
-                        run.transitions_written,
-                        run.api_calls
-                    )?;
-                }
+                Ok(report) => writeln!(
+                    out,
+                    "  {}: {}",
+                    connection.name,
+                    describe_run(&report.summary)
+                )?,
                 Err(err) => return Err(err.into()),
             }
         }

@@ -27,6 +27,7 @@ use tokio::sync::Mutex;
 use url::Url;
 
 use super::http::RetryPolicy;
+use super::limits::lock;
 use super::CrmError;
 use crate::config::settings::{AuthSettings, ConnectionSettings, Endpoints};
 
@@ -313,12 +314,6 @@ impl TokenManager {
             }
         }
     }
-}
-
-fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The token endpoint of the connection's CRM.

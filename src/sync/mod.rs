@@ -256,6 +256,23 @@ fn run_summary(
     }
 }
 
+/// One line about a finished run, as `sync --once` and the demo print it.
+pub fn describe_run(run: &SyncRunSummary) -> String {
+    let mut line = format!(
+        "{} — {} records read, {} new versions, {} stage changes, {} quarantined, {} API calls",
+        run.status.as_str(),
+        run.records_seen,
+        run.versions_written,
+        run.transitions_written,
+        run.quarantined,
+        run.api_calls
+    );
+    if let Some(message) = &run.message {
+        line.push_str(&format!(" ({message})"));
+    }
+    line
+}
+
 /// This host's clock, for the audit rows.
 fn wall_clock() -> Millis {
     chrono::Utc::now().timestamp_millis()

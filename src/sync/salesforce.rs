@@ -48,6 +48,8 @@ const HISTORY_OBJECTS: &[(&str, &str, ObjectKind)] = &[
 const COMPOUND_TYPES: &[&str] = &["address", "location", "base64"];
 /// The narrowest window a timed-out query is split into before the run gives up.
 const NARROWEST_WINDOW: Duration = Duration::from_secs(3600);
+/// The start of time for a window over a stream that never ran (2000-01-01, before any org).
+const OLDEST_POSSIBLE: Millis = 946_684_800_000;
 /// Locator losses in a row after which the query is not restarted again.
 const MAX_RESTARTS: u32 = 10;
 
@@ -242,7 +244,7 @@ impl<'c, 'a> Run<'c, 'a> {
                 Ok(page) => page,
                 Err(err) if err.code() == Some("QUERY_TIMEOUT") => {
                     window = Some(self.narrower(stream, window, from, err)?);
-                    from = Some(from.unwrap_or(self.oldest_possible()));
+                    from = Some(from.unwrap_or(OLDEST_POSSIBLE));
                     continue;
                 }
                 Err(err) => return Err(err.into()),
@@ -281,9 +283,8 @@ impl<'c, 'a> Run<'c, 'a> {
         from: Option<Millis>,
         err: CrmError,
     ) -> Result<Duration, SyncError> {
-        let span = Duration::from_millis(
-            (self.now() - from.unwrap_or(self.oldest_possible())).max(0) as u64,
-        );
+        let span =
+            Duration::from_millis((self.now() - from.unwrap_or(OLDEST_POSSIBLE)).max(0) as u64);
         let next = window.unwrap_or(span) / 2;
         if next < NARROWEST_WINDOW {
             return Err(err.into());
@@ -291,11 +292,6 @@ impl<'c, 'a> Run<'c, 'a> {
         tracing::warn!(connection = %self.ctx.settings.name, object = stream.object,
             window_hours = next.as_secs() / 3600, "query timed out; narrowing its time window");
         Ok(next)
-    }
-
-    /// The start of time for a window over a stream that never ran: Salesforce's founding.
-    fn oldest_possible(&self) -> Millis {
-        946_684_800_000
     }
 
     /// Stores page after page; says where it stopped if the locator was lost.

@@ -270,29 +270,9 @@ async fn sync_once_stores_the_emulated_org_and_logs_no_secret_at_trace_level() {
         .await
         .unwrap();
     let dir = ConfigDir::new();
-    dir.write("refresh-token", "emulator-demo-refresh-token\n");
-    let config = dir.write(
-        "pipewarden.toml",
-        &format!(
-            r#"
-[store]
-url = "sqlite://{}"
-
-[[connections]]
-name = "sf"
-kind = "salesforce"
-login_url = "{}"
-
-[connections.auth]
-kind = "refresh_token"
-client_id = "pipewarden-demo"
-refresh_token = {{ file = "refresh-token" }}
-"#,
-            dir.path().join("store.db").display(),
-            emu.base_url()
-        ),
-    );
-    let config = config.display().to_string();
+    let store_url = format!("sqlite://{}", dir.path().join("store.db").display());
+    let config = super::sync::write_config(&dir, &emu, &store_url, "127.0.0.1:0");
+    let unknown_config = config.clone();
     let output = tokio::task::spawn_blocking(move || {
         pipewarden(&["--config", &config, "sync", "--once"], &[])
     })
@@ -309,7 +289,7 @@ refresh_token = {{ file = "refresh-token" }}
     let unknown = pipewarden(
         &[
             "--config",
-            &dir.path().join("pipewarden.toml").display().to_string(),
+            &unknown_config,
             "sync",
             "--once",
             "--connection",

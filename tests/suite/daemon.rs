@@ -5,44 +5,13 @@ use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use pipewarden::emulator::RunningEmulator;
 use pipewarden::store::SyncRunStatus;
 use rand::Rng;
 use serde_json::json;
 
 use super::emulator_faults::set_faults;
-use super::sync::{assert_store_matches_truth, connection_id, start_emulator};
+use super::sync::{assert_store_matches_truth, connection_id, start_emulator, write_config};
 use crate::support::{on_both_backends, ConfigDir, TestStore};
-
-/// A config for one Salesforce connection to `emu`, storing into `store_url`.
-fn write_config(dir: &ConfigDir, emu: &RunningEmulator, store_url: &str, listen: &str) -> String {
-    dir.write("refresh-token", "emulator-demo-refresh-token\n");
-    let config = format!(
-        r#"
-[store]
-url = "{store_url}"
-
-[api]
-listen = "{listen}"
-
-[[connections]]
-name = "sf"
-kind = "salesforce"
-login_url = "{}"
-
-[connections.auth]
-kind = "refresh_token"
-client_id = "pipewarden-demo"
-refresh_token = {{ file = "refresh-token" }}
-
-[connections.limits]
-requests_per_second = 200
-burst = 200
-"#,
-        emu.base_url()
-    );
-    dir.write("pipewarden.toml", &config).display().to_string()
-}
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

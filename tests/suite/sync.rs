@@ -27,16 +27,27 @@ pub(crate) async fn start_emulator() -> RunningEmulator {
         .expect("emulator starts")
 }
 
-/// The demo's Salesforce connection, pointed at this emulator.
-fn salesforce_connection(emu: &RunningEmulator, dir: &ConfigDir) -> ConnectionSettings {
+/// A config file with one Salesforce connection `sf` to `emu`, storing into `store_url` and
+/// listening on `listen`; returns its path.
+pub(crate) fn write_config(
+    dir: &ConfigDir,
+    emu: &RunningEmulator,
+    store_url: &str,
+    listen: &str,
+) -> String {
     dir.write("refresh-token", "emulator-demo-refresh-token\n");
     let config = format!(
         r#"
+[store]
+url = "{store_url}"
+
+[api]
+listen = "{listen}"
+
 [[connections]]
 name = "sf"
 kind = "salesforce"
 login_url = "{}"
-objects = ["Opportunity", "OpportunityHistory", "Lead", "LeadHistory", "Contact", "Account", "Campaign", "CampaignMember"]
 
 [connections.auth]
 kind = "refresh_token"
@@ -49,8 +60,13 @@ burst = 200
 "#,
         emu.base_url()
     );
-    let path = dir.write("pipewarden.toml", &config);
-    let settings = pipewarden::config::load(Some(&path)).expect("test config loads");
+    dir.write("pipewarden.toml", &config).display().to_string()
+}
+
+/// The Salesforce connection of [`write_config`], as the sync reads it.
+fn salesforce_connection(emu: &RunningEmulator, dir: &ConfigDir) -> ConnectionSettings {
+    let path = write_config(dir, emu, "sqlite::memory:", "127.0.0.1:0");
+    let settings = pipewarden::config::load(Some(path.as_ref())).expect("test config loads");
     settings.connections.into_iter().next().unwrap()
 }
 
