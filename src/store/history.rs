@@ -5,8 +5,9 @@
 
 use serde_json::Value;
 use sqlx::types::Json;
+use sqlx::QueryBuilder;
 
-use super::{dispatch, QueryContext, Store, StoreError, StoreTx};
+use super::{dispatch, QueryContext, Store, StoreError, StoreTx, ROWS_PER_STATEMENT};
 use crate::record::{ActorKind, LifecycleEvent, Millis, ObjectKind, Origin};
 
 /// A stage change to store.
@@ -191,6 +192,36 @@ impl StoreTx {
         .await)
         .during("record lifecycle event")?;
         Ok(inserted.is_some())
+    }
+
+    /// Stores many lifecycle milestones in a few statements (a backfill's creations); the
+    /// ones already stored are left as they are.
+    pub async fn record_lifecycle_events(
+        &mut self,
+        events: &[NewLifecycleEvent<'_>],
+    ) -> Result<(), StoreError> {
+        for chunk in events.chunks(ROWS_PER_STATEMENT) {
+            dispatch!(self.inner(), tx => {
+                let mut query = QueryBuilder::new(
+                    "INSERT INTO lifecycle_events (record_id, connection_id, object_kind, event, occurred_at_ms, \
+                     origin, detail, observed_at_ms) ",
+                );
+                query.push_values(chunk, |mut row, e| {
+                    row.push_bind(e.record_id)
+                        .push_bind(e.connection_id)
+                        .push_bind(e.kind.as_str())
+                        .push_bind(e.event.as_str())
+                        .push_bind(e.occurred_at)
+                        .push_bind(e.origin.as_str())
+                        .push_bind(e.detail.map(Json))
+                        .push_bind(e.observed_at);
+                });
+                query.push(" ON CONFLICT (record_id, event, occurred_at_ms) DO NOTHING");
+                query.build().execute(&mut **tx).await.map(|done| done.rows_affected())
+            })
+            .during("record lifecycle events")?;
+        }
+        Ok(())
     }
 
     /// Stores a field change from CRM history; returns whether it was new.

@@ -50,6 +50,10 @@ macro_rules! dispatch {
 }
 pub(crate) use dispatch;
 
+/// Most rows one multi-row statement carries. A version row binds 25 values, so 500 rows stay
+/// well inside SQLite's 32,766 and PostgreSQL's 65,535 bound parameters per statement.
+pub(crate) const ROWS_PER_STATEMENT: usize = 500;
+
 /// One value per backend: a pool, a transaction.
 #[derive(Debug, Clone)]
 pub(crate) enum Backend<S, P> {

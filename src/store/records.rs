@@ -5,10 +5,13 @@
 //! the CRM moving its modification time (Salesforce formula fields), the version starts at
 //! the moment pipewarden observed it, and says so in `valid_from_basis`.
 
+use std::collections::{BTreeMap, HashMap, HashSet};
+
 use serde_json::{Map, Value};
 use sqlx::types::Json;
+use sqlx::QueryBuilder;
 
-use super::{dispatch, QueryContext, Store, StoreError, StoreTx};
+use super::{dispatch, QueryContext, Store, StoreError, StoreTx, ROWS_PER_STATEMENT};
 use crate::record::{Millis, ObjectKind, RecordObservation, RecordState};
 
 /// What storing an observation did.
@@ -148,26 +151,30 @@ macro_rules! version_columns {
     };
 }
 
-/// Binds a [`RecordState`] in `state_columns!` order; a macro because the query type differs per backend.
+/// Binds a [`RecordState`] in `state_columns!` order with `$bind` (`bind` on a query,
+/// `push_bind` on a multi-row builder); a macro because the query type differs per backend.
 macro_rules! bind_state {
     ($query:expr, $state:expr) => {
+        bind_state!($query, $state, bind)
+    };
+    ($query:expr, $state:expr, $bind:ident) => {
         $query
-            .bind($state.name.as_deref())
-            .bind($state.pipeline.as_deref())
-            .bind($state.stage.as_deref())
-            .bind($state.status.as_deref())
-            .bind($state.lifecycle_stage.as_deref())
-            .bind($state.amount_cents)
-            .bind($state.probability_bp)
-            .bind($state.close_date.as_deref())
-            .bind($state.owner_id.as_deref())
-            .bind($state.source.as_deref())
-            .bind($state.campaign_id.as_deref())
-            .bind($state.is_closed)
-            .bind($state.is_won)
-            .bind($state.crm_created_at)
-            .bind($state.last_activity_at)
-            .bind(Json(&$state.fields))
+            .$bind($state.name.as_deref())
+            .$bind($state.pipeline.as_deref())
+            .$bind($state.stage.as_deref())
+            .$bind($state.status.as_deref())
+            .$bind($state.lifecycle_stage.as_deref())
+            .$bind($state.amount_cents)
+            .$bind($state.probability_bp)
+            .$bind($state.close_date.as_deref())
+            .$bind($state.owner_id.as_deref())
+            .$bind($state.source.as_deref())
+            .$bind($state.campaign_id.as_deref())
+            .$bind($state.is_closed)
+            .$bind($state.is_won)
+            .$bind($state.crm_created_at)
+            .$bind($state.last_activity_at)
+            .$bind(Json(&$state.fields))
     };
 }
 
@@ -284,6 +291,7 @@ impl RecordRow {
 /// What is stored now for a record, enough to decide what an observation means.
 #[derive(sqlx::FromRow)]
 struct CurrentRow {
+    crm_id: String,
     record_id: i64,
     content_hash: Vec<u8>,
     crm_modified_at_ms: i64,
@@ -297,27 +305,80 @@ impl StoreTx {
         &mut self,
         obs: &RecordObservation,
     ) -> Result<ObservationOutcome, StoreError> {
-        let hash = obs.content_hash();
-        let Some(current) = self.current_row(obs).await? else {
-            let record_id = self.insert_record(obs, &hash).await?;
-            self.insert_version(
-                record_id,
-                obs,
-                &hash,
-                obs.modified_at,
-                ValidFromBasis::CrmModified,
-            )
-            .await?;
-            return Ok(ObservationOutcome::Created { record_id });
-        };
-        let record_id = current.record_id;
-        if current.content_hash == hash {
-            self.touch_record(record_id, obs.observed_at).await?;
-            return Ok(ObservationOutcome::Unchanged { record_id });
+        let mut outcomes = self.apply_observations(std::slice::from_ref(obs)).await?;
+        Ok(outcomes.remove(0))
+    }
+
+    /// Stores a page of observations with the same meaning as [`Self::apply_observation`]
+    /// applied to each in order, but in a few multi-row statements: a backfill is mostly
+    /// first sightings, and one statement per row would make the database round trip the
+    /// cost of the whole sync. Returns one outcome per observation, in order.
+    pub async fn apply_observations(
+        &mut self,
+        batch: &[RecordObservation],
+    ) -> Result<Vec<ObservationOutcome>, StoreError> {
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for group in statement_groups(batch) {
+            outcomes.extend(self.apply_group(group).await?);
         }
-        if obs.modified_at < current.crm_modified_at_ms {
-            return Ok(ObservationOutcome::Stale { record_id });
+        Ok(outcomes)
+    }
+
+    /// Applies observations of distinct records of one connection and kind.
+    async fn apply_group(
+        &mut self,
+        group: &[RecordObservation],
+    ) -> Result<Vec<ObservationOutcome>, StoreError> {
+        let hashes: Vec<Vec<u8>> = group.iter().map(RecordObservation::content_hash).collect();
+        let mut current = self.current_rows(group).await?;
+        let mut decided = Vec::with_capacity(group.len());
+        let mut first_sightings = Vec::new();
+        let mut unchanged: BTreeMap<Millis, Vec<i64>> = BTreeMap::new();
+        for (obs, hash) in group.iter().zip(&hashes) {
+            let outcome = match current.remove(&obs.crm_id) {
+                None => {
+                    first_sightings.push((obs, hash.as_slice()));
+                    None
+                }
+                Some(row) if row.content_hash == *hash => {
+                    unchanged
+                        .entry(obs.observed_at)
+                        .or_default()
+                        .push(row.record_id);
+                    Some(ObservationOutcome::Unchanged {
+                        record_id: row.record_id,
+                    })
+                }
+                Some(row) if obs.modified_at < row.crm_modified_at_ms => {
+                    Some(ObservationOutcome::Stale {
+                        record_id: row.record_id,
+                    })
+                }
+                Some(row) => Some(self.replace_version(obs, hash, &row).await?),
+            };
+            decided.push(outcome);
         }
+        for (observed_at, record_ids) in unchanged {
+            self.touch_records(&record_ids, observed_at).await?;
+        }
+        let mut created = self.insert_records(&first_sightings).await?.into_iter();
+        Ok(decided
+            .into_iter()
+            .map(|outcome| {
+                outcome.unwrap_or_else(|| ObservationOutcome::Created {
+                    record_id: created.next().expect("one id per first sighting"),
+                })
+            })
+            .collect())
+    }
+
+    /// Closes the current version and opens one for the observed state.
+    async fn replace_version(
+        &mut self,
+        obs: &RecordObservation,
+        hash: &[u8],
+        current: &CurrentRow,
+    ) -> Result<ObservationOutcome, StoreError> {
         let (valid_from, basis) = if obs.modified_at > current.valid_from_ms {
             (obs.modified_at, ValidFromBasis::CrmModified)
         } else {
@@ -329,11 +390,11 @@ impl StoreTx {
             )
         };
         let previous = self.close_version(current.version_id, valid_from).await?;
-        self.insert_version(record_id, obs, &hash, valid_from, basis)
+        self.insert_versions(&[(current.record_id, obs, hash, valid_from, basis)])
             .await?;
-        self.update_record(record_id, obs, &hash).await?;
+        self.update_record(current.record_id, obs, hash).await?;
         Ok(ObservationOutcome::Changed {
-            record_id,
+            record_id: current.record_id,
             previous: Box::new(previous),
         })
     }
@@ -356,41 +417,88 @@ impl StoreTx {
         .during("find record")
     }
 
-    async fn current_row(
+    /// The current rows of a group's records, by CRM id.
+    async fn current_rows(
         &mut self,
-        obs: &RecordObservation,
-    ) -> Result<Option<CurrentRow>, StoreError> {
-        dispatch!(self.inner(), tx => sqlx::query_as(
-            "SELECT r.id AS record_id, r.content_hash, r.crm_modified_at_ms, v.id AS version_id, v.valid_from_ms \
-             FROM records r JOIN record_versions v ON v.record_id = r.id AND v.valid_to_ms IS NULL \
-             WHERE r.connection_id = $1 AND r.object_kind = $2 AND r.crm_id = $3",
-        )
-        .bind(obs.connection_id)
-        .bind(obs.kind.as_str())
-        .bind(&obs.crm_id)
-        .fetch_optional(&mut **tx)
-        .await)
-        .during("read current record")
+        group: &[RecordObservation],
+    ) -> Result<HashMap<String, CurrentRow>, StoreError> {
+        let rows: Vec<CurrentRow> = dispatch!(self.inner(), tx => {
+            let mut query = QueryBuilder::new(
+                "SELECT r.crm_id, r.id AS record_id, r.content_hash, r.crm_modified_at_ms, v.id AS version_id, \
+                 v.valid_from_ms FROM records r JOIN record_versions v ON v.record_id = r.id AND v.valid_to_ms IS NULL \
+                 WHERE r.connection_id = ",
+            );
+            query.push_bind(group[0].connection_id);
+            query.push(" AND r.object_kind = ").push_bind(group[0].kind.as_str());
+            query.push(" AND r.crm_id IN (");
+            let mut ids = query.separated(", ");
+            for obs in group {
+                ids.push_bind(obs.crm_id.as_str());
+            }
+            query.push(")");
+            query.build_query_as().fetch_all(&mut **tx).await
+        })
+        .during("read current records")?;
+        Ok(rows
+            .into_iter()
+            .map(|row| (row.crm_id.clone(), row))
+            .collect())
     }
 
-    async fn insert_record(
+    /// Inserts first sightings and their first versions; returns their ids, in order.
+    async fn insert_records(
         &mut self,
-        obs: &RecordObservation,
-        hash: &[u8],
-    ) -> Result<i64, StoreError> {
-        let deleted_at = obs.deleted.then_some(obs.modified_at);
-        dispatch!(self.inner(), tx => bind_state!(sqlx::query_scalar(INSERT_RECORD_SQL)
-            .bind(obs.connection_id)
-            .bind(obs.kind.as_str())
-            .bind(&obs.crm_object)
-            .bind(&obs.crm_id)
-            .bind(obs.modified_at)
-            .bind(hash)
-            .bind(deleted_at)
-            .bind(obs.observed_at), obs.state)
-            .fetch_one(&mut **tx)
-            .await)
-        .during("insert record")
+        sightings: &[(&RecordObservation, &[u8])],
+    ) -> Result<Vec<i64>, StoreError> {
+        if sightings.is_empty() {
+            return Ok(Vec::new());
+        }
+        let inserted: Vec<(i64, String)> = dispatch!(self.inner(), tx => {
+            let mut query = QueryBuilder::new(concat!(
+                "INSERT INTO records (connection_id, object_kind, crm_object, crm_id, crm_modified_at_ms, \
+                 content_hash, deleted_at_ms, first_seen_at_ms, last_seen_at_ms, ",
+                state_columns!(),
+                ") "
+            ));
+            query.push_values(sightings, |mut row, (obs, hash)| {
+                bind_state!(
+                    row.push_bind(obs.connection_id)
+                        .push_bind(obs.kind.as_str())
+                        .push_bind(obs.crm_object.as_str())
+                        .push_bind(obs.crm_id.as_str())
+                        .push_bind(obs.modified_at)
+                        .push_bind(*hash)
+                        .push_bind(obs.deleted.then_some(obs.modified_at))
+                        .push_bind(obs.observed_at)
+                        .push_bind(obs.observed_at),
+                    obs.state,
+                    push_bind
+                );
+            });
+            query.push(" RETURNING id, crm_id");
+            query.build_query_as().fetch_all(&mut **tx).await
+        })
+        .during("insert records")?;
+        let ids: HashMap<String, i64> = inserted
+            .into_iter()
+            .map(|(id, crm_id)| (crm_id, id))
+            .collect();
+        let ids: Vec<i64> = sightings.iter().map(|(obs, _)| ids[&obs.crm_id]).collect();
+        let versions: Vec<_> = sightings
+            .iter()
+            .zip(&ids)
+            .map(|((obs, hash), id)| {
+                (
+                    *id,
+                    *obs,
+                    *hash,
+                    obs.modified_at,
+                    ValidFromBasis::CrmModified,
+                )
+            })
+            .collect();
+        self.insert_versions(&versions).await?;
+        Ok(ids)
     }
 
     async fn update_record(
@@ -418,45 +526,58 @@ impl StoreTx {
         .map(drop)
     }
 
-    async fn touch_record(
+    /// Moves the last-seen time of records seen again unchanged.
+    async fn touch_records(
         &mut self,
-        record_id: i64,
+        record_ids: &[i64],
         observed_at: Millis,
     ) -> Result<(), StoreError> {
-        dispatch!(self.inner(), tx => sqlx::query(
-            "UPDATE records SET last_seen_at_ms = $2 WHERE id = $1 AND last_seen_at_ms < $2",
-        )
-        .bind(record_id)
-        .bind(observed_at)
-        .execute(&mut **tx)
-        .await
-        .map(|done| done.rows_affected()))
-        .during("touch record")
+        dispatch!(self.inner(), tx => {
+            let mut query = QueryBuilder::new("UPDATE records SET last_seen_at_ms = ");
+            query.push_bind(observed_at);
+            query.push(" WHERE last_seen_at_ms < ").push_bind(observed_at);
+            query.push(" AND id IN (");
+            let mut ids = query.separated(", ");
+            for id in record_ids {
+                ids.push_bind(*id);
+            }
+            query.push(")");
+            query.build().execute(&mut **tx).await.map(|done| done.rows_affected())
+        })
+        .during("touch records")
         .map(drop)
     }
 
-    async fn insert_version(
+    /// Inserts versions: (record id, observation, content hash, valid from, its basis).
+    async fn insert_versions(
         &mut self,
-        record_id: i64,
-        obs: &RecordObservation,
-        hash: &[u8],
-        valid_from: Millis,
-        basis: ValidFromBasis,
+        versions: &[(i64, &RecordObservation, &[u8], Millis, ValidFromBasis)],
     ) -> Result<(), StoreError> {
-        dispatch!(self.inner(), tx => bind_state!(sqlx::query(INSERT_VERSION_SQL)
-            .bind(record_id)
-            .bind(obs.connection_id)
-            .bind(obs.kind.as_str())
-            .bind(valid_from)
-            .bind(basis.as_str())
-            .bind(obs.observed_at)
-            .bind(hash)
-            .bind(obs.deleted)
-            .bind(obs.sync_run_id), obs.state)
-            .execute(&mut **tx)
-            .await
-            .map(|done| done.rows_affected()))
-        .during("insert version")
+        dispatch!(self.inner(), tx => {
+            let mut query = QueryBuilder::new(concat!(
+                "INSERT INTO record_versions (record_id, connection_id, object_kind, valid_from_ms, valid_from_basis, \
+                 observed_at_ms, content_hash, deleted, sync_run_id, ",
+                state_columns!(),
+                ") "
+            ));
+            query.push_values(versions, |mut row, (record_id, obs, hash, valid_from, basis)| {
+                bind_state!(
+                    row.push_bind(*record_id)
+                        .push_bind(obs.connection_id)
+                        .push_bind(obs.kind.as_str())
+                        .push_bind(*valid_from)
+                        .push_bind(basis.as_str())
+                        .push_bind(obs.observed_at)
+                        .push_bind(*hash)
+                        .push_bind(obs.deleted)
+                        .push_bind(obs.sync_run_id),
+                    obs.state,
+                    push_bind
+                );
+            });
+            query.build().execute(&mut **tx).await.map(|done| done.rows_affected())
+        })
+        .during("insert versions")
         .map(drop)
     }
 
@@ -475,25 +596,35 @@ impl StoreTx {
     }
 }
 
+/// Splits a batch into runs that one set of multi-row statements can apply: one connection
+/// and kind, each record at most once (a record changed while a query was paging can come
+/// back on a later row), at most [`ROWS_PER_STATEMENT`] rows.
+fn statement_groups(batch: &[RecordObservation]) -> Vec<&[RecordObservation]> {
+    let mut groups = Vec::new();
+    let mut start = 0;
+    let mut seen = HashSet::new();
+    for (index, obs) in batch.iter().enumerate() {
+        let first = &batch[start];
+        let fits = index - start < ROWS_PER_STATEMENT
+            && obs.connection_id == first.connection_id
+            && obs.kind == first.kind
+            && !seen.contains(obs.crm_id.as_str());
+        if !fits {
+            groups.push(&batch[start..index]);
+            start = index;
+            seen.clear();
+        }
+        seen.insert(obs.crm_id.as_str());
+    }
+    if start < batch.len() {
+        groups.push(&batch[start..]);
+    }
+    groups
+}
+
 const VERSION_CLOSE_SQL: &str = concat!(
     "UPDATE record_versions SET valid_to_ms = $2 WHERE id = $1 RETURNING ",
     version_columns!()
-);
-
-const INSERT_RECORD_SQL: &str = concat!(
-    "INSERT INTO records (connection_id, object_kind, crm_object, crm_id, crm_modified_at_ms, content_hash, \
-     deleted_at_ms, first_seen_at_ms, last_seen_at_ms, ",
-    state_columns!(),
-    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, \
-     $21, $22, $23, $24) RETURNING id"
-);
-
-const INSERT_VERSION_SQL: &str = concat!(
-    "INSERT INTO record_versions (record_id, connection_id, object_kind, valid_from_ms, valid_from_basis, \
-     observed_at_ms, content_hash, deleted, sync_run_id, ",
-    state_columns!(),
-    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, \
-     $22, $23, $24, $25)"
 );
 
 impl Store {

@@ -2,8 +2,9 @@
 
 use serde_json::Value;
 use sqlx::types::Json;
+use sqlx::QueryBuilder;
 
-use super::{dispatch, QueryContext, Store, StoreError, StoreTx};
+use super::{dispatch, QueryContext, Store, StoreError, StoreTx, ROWS_PER_STATEMENT};
 use crate::config::settings::CrmKind;
 use crate::record::Millis;
 
@@ -333,27 +334,33 @@ impl StoreTx {
         .map(drop)
     }
 
-    /// Marks a quarantined record as resolved, once a later sighting parsed cleanly.
+    /// Marks quarantined records as resolved, once a later sighting of each parsed cleanly;
+    /// returns how many were.
     pub async fn release_from_quarantine(
         &mut self,
         connection_id: i64,
         crm_object: &str,
-        crm_id: &str,
+        crm_ids: &[&str],
         now: Millis,
-    ) -> Result<bool, StoreError> {
-        let result = dispatch!(self.inner(), tx => sqlx::query(
-            "UPDATE quarantined_records SET resolved_at_ms = $4 \
-             WHERE connection_id = $1 AND crm_object = $2 AND crm_id = $3 AND resolved_at_ms IS NULL",
-        )
-        .bind(connection_id)
-        .bind(crm_object)
-        .bind(crm_id)
-        .bind(now)
-        .execute(&mut **tx)
-        .await
-        .map(|done| done.rows_affected()))
-        .during("release quarantined record")?;
-        Ok(result > 0)
+    ) -> Result<u64, StoreError> {
+        let mut released = 0;
+        for chunk in crm_ids.chunks(ROWS_PER_STATEMENT) {
+            released += dispatch!(self.inner(), tx => {
+                let mut query = QueryBuilder::new("UPDATE quarantined_records SET resolved_at_ms = ");
+                query.push_bind(now);
+                query.push(" WHERE connection_id = ").push_bind(connection_id);
+                query.push(" AND crm_object = ").push_bind(crm_object);
+                query.push(" AND resolved_at_ms IS NULL AND crm_id IN (");
+                let mut ids = query.separated(", ");
+                for id in chunk {
+                    ids.push_bind(*id);
+                }
+                query.push(")");
+                query.build().execute(&mut **tx).await.map(|done| done.rows_affected())
+            })
+            .during("release quarantined records")?;
+        }
+        Ok(released)
     }
 }
 

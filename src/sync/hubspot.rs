@@ -587,7 +587,7 @@ impl<'c, 'a> Run<'c, 'a> {
             tx.release_from_quarantine(
                 self.ctx.connection_id,
                 object,
-                &observation.crm_id,
+                &[observation.crm_id.as_str()],
                 observed_at,
             )
             .await?;

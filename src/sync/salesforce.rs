@@ -329,37 +329,39 @@ impl<'c, 'a> Run<'c, 'a> {
     ) -> Result<Option<Millis>, SyncError> {
         let observed_at = page.server_time.unwrap_or_else(|| self.now());
         let mut tx = self.ctx.store.begin().await?;
-        let mut newest = None;
-        for row in &page.records {
-            self.ctx.counters.records_seen += 1;
-            let stored = match &stream.rows {
-                Rows::Records(kind) => {
-                    self.store_record(&mut tx, stream, *kind, row, observed_at)
-                        .await?
-                }
-                Rows::History {
-                    parent_field,
-                    parent_kind,
-                } => {
-                    self.store_history(
-                        &mut tx,
-                        stream.object,
-                        parent_field,
-                        *parent_kind,
-                        row,
-                        observed_at,
-                    )
+        let newest = match &stream.rows {
+            Rows::Records(kind) => {
+                self.store_records(&mut tx, stream, *kind, &page.records, observed_at)
                     .await?
-                }
-            };
-            match stored {
-                Ok(stamp) => newest = newest.max(Some(stamp)),
-                Err(bad) => {
-                    self.quarantine(&mut tx, stream.object, bad, row, observed_at)
-                        .await?
-                }
             }
-        }
+            Rows::History {
+                parent_field,
+                parent_kind,
+            } => {
+                let mut newest = None;
+                for row in &page.records {
+                    self.ctx.counters.records_seen += 1;
+                    match self
+                        .store_history(
+                            &mut tx,
+                            stream.object,
+                            parent_field,
+                            *parent_kind,
+                            row,
+                            observed_at,
+                        )
+                        .await?
+                    {
+                        Ok(stamp) => newest = newest.max(Some(stamp)),
+                        Err(bad) => {
+                            self.quarantine(&mut tx, stream.object, bad, row, observed_at)
+                                .await?
+                        }
+                    }
+                }
+                newest
+            }
+        };
         if let Some(stamp) = newest {
             tx.save_cursor(
                 self.ctx.connection_id,
@@ -399,61 +401,67 @@ impl<'c, 'a> Run<'c, 'a> {
         Ok(())
     }
 
-    /// Stores a record row as an observation, and what its change says: an observed stage
-    /// move when the CRM's own history of it is not synced, its creation as a milestone.
-    async fn store_record(
+    /// Stores a page of record rows as observations, and what their changes say: an observed
+    /// stage move when the CRM's own history of it is not synced, a creation as a milestone.
+    /// Returns the page's newest stamp.
+    async fn store_records(
         &mut self,
         tx: &mut StoreTx,
         stream: &Stream,
         kind: ObjectKind,
-        row: &Map<String, Value>,
+        rows: &[Map<String, Value>],
         observed_at: Millis,
-    ) -> Result<Result<Millis, BadRow>, SyncError> {
-        let parsed = match record_row(stream.object, stream.stamp_field, row) {
-            Ok(parsed) => parsed,
-            Err(bad) => return Ok(Err(bad)),
-        };
-        let observation = RecordObservation {
-            connection_id: self.ctx.connection_id,
-            kind,
-            crm_object: stream.object.to_string(),
-            crm_id: parsed.crm_id,
-            state: parsed.state,
-            deleted: parsed.deleted,
-            modified_at: parsed.modified_at,
-            observed_at,
-            sync_run_id: Some(self.ctx.run_id),
-        };
-        let outcome = tx.apply_observation(&observation).await?;
-        if !outcome.wrote_version() {
-            return Ok(Ok(observation.modified_at));
+    ) -> Result<Option<Millis>, SyncError> {
+        self.ctx.counters.records_seen += rows.len() as i64;
+        let mut observations = Vec::with_capacity(rows.len());
+        for row in rows {
+            match record_row(stream.object, stream.stamp_field, row) {
+                Ok(parsed) => observations.push(RecordObservation {
+                    connection_id: self.ctx.connection_id,
+                    kind,
+                    crm_object: stream.object.to_string(),
+                    crm_id: parsed.crm_id,
+                    state: parsed.state,
+                    deleted: parsed.deleted,
+                    modified_at: parsed.modified_at,
+                    observed_at,
+                    sync_run_id: Some(self.ctx.run_id),
+                }),
+                Err(bad) => {
+                    self.quarantine(tx, stream.object, bad, row, observed_at)
+                        .await?
+                }
+            }
         }
-        self.ctx.counters.versions_written += 1;
-        tx.release_from_quarantine(
-            self.ctx.connection_id,
-            stream.object,
-            &observation.crm_id,
-            observed_at,
-        )
-        .await?;
-        if let (ObservationOutcome::Created { record_id }, Some(created)) =
-            (&outcome, observation.state.crm_created_at)
-        {
-            self.milestone(
-                tx,
-                *record_id,
-                kind,
-                LifecycleEvent::Created,
-                created,
-                Origin::CrmField,
-                observed_at,
-            )
+        let outcomes = tx.apply_observations(&observations).await?;
+        let mut written = Vec::new();
+        let mut milestones = Vec::new();
+        for (observation, outcome) in observations.iter().zip(&outcomes) {
+            if !outcome.wrote_version() {
+                continue;
+            }
+            written.push(observation.crm_id.as_str());
+            if let (ObservationOutcome::Created { record_id }, Some(created)) =
+                (outcome, observation.state.crm_created_at)
+            {
+                milestones.push(self.milestone(
+                    *record_id,
+                    kind,
+                    LifecycleEvent::Created,
+                    created,
+                    Origin::CrmField,
+                    observed_at,
+                ));
+            }
+            if !self.history_covers(kind) {
+                self.observed_move(tx, observation, outcome).await?;
+            }
+        }
+        self.ctx.counters.versions_written += written.len() as i64;
+        tx.release_from_quarantine(self.ctx.connection_id, stream.object, &written, observed_at)
             .await?;
-        }
-        if !self.history_covers(kind) {
-            self.observed_move(tx, &observation, &outcome).await?;
-        }
-        Ok(Ok(observation.modified_at))
+        tx.record_lifecycle_events(&milestones).await?;
+        Ok(observations.iter().map(|obs| obs.modified_at).max())
     }
 
     /// Whether the CRM's own history of this kind's stage is synced.
@@ -617,32 +625,30 @@ impl<'c, 'a> Run<'c, 'a> {
             _ => None,
         };
         if let Some(event) = event {
-            self.milestone(
-                tx,
+            tx.record_lifecycle_event(&self.milestone(
                 m.record_id,
                 m.kind,
                 event,
                 m.at,
                 m.origin,
                 m.observed_at,
-            )
+            ))
             .await?;
         }
         Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn milestone(
+    /// A milestone of a record of this connection.
+    fn milestone(
         &self,
-        tx: &mut StoreTx,
         record_id: i64,
         kind: ObjectKind,
         event: LifecycleEvent,
         at: Millis,
         origin: Origin,
         observed_at: Millis,
-    ) -> Result<(), SyncError> {
-        tx.record_lifecycle_event(&NewLifecycleEvent {
+    ) -> NewLifecycleEvent<'static> {
+        NewLifecycleEvent {
             record_id,
             connection_id: self.ctx.connection_id,
             kind,
@@ -651,9 +657,7 @@ impl<'c, 'a> Run<'c, 'a> {
             origin,
             detail: None,
             observed_at,
-        })
-        .await?;
-        Ok(())
+        }
     }
 }
 

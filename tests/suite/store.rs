@@ -422,10 +422,19 @@ async fn quarantine_counts_repeats_and_release_resolves_it(t: TestStore) {
     assert_eq!(held[0].reason, "Amount: `twelve` is not a number");
 
     let mut tx = t.store.begin().await.unwrap();
-    assert!(tx
-        .release_from_quarantine(conn, "Opportunity", "006000000000003AAA", T0 + 9)
+    let released = tx
+        .release_from_quarantine(
+            conn,
+            "Opportunity",
+            &["006000000000003AAA", "006000000000009AAA"],
+            T0 + 9,
+        )
         .await
-        .unwrap());
+        .unwrap();
+    assert_eq!(
+        released, 1,
+        "only the quarantined one of the two is released"
+    );
     tx.commit().await.unwrap();
     assert!(t.store.quarantined(conn).await.unwrap().is_empty());
 }
