@@ -3,6 +3,8 @@
 //! Each is unique on its natural key, so replaying a page after a crash, or reading the same
 //! CRM history twice, stores nothing twice; the insert reports whether the fact was new.
 
+use std::collections::HashMap;
+
 use serde_json::Value;
 use sqlx::types::Json;
 use sqlx::QueryBuilder;
@@ -100,6 +102,20 @@ pub struct StoredLifecycleEvent {
     pub detail: Option<Value>,
 }
 
+/// A stage transition a multi-row insert stored (it was not stored before).
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct InsertedTransition {
+    /// Its id.
+    pub id: i64,
+    /// The record.
+    pub record_id: i64,
+    /// When it happened.
+    #[sqlx(rename = "changed_at_ms")]
+    pub changed_at: Millis,
+    /// The stage it entered.
+    pub to_stage: String,
+}
+
 /// A field change the CRM recorded in its own history.
 #[derive(Debug, Clone)]
 pub struct FieldChange<'a> {
@@ -127,47 +143,80 @@ impl StoreTx {
         &mut self,
         t: &NewStageTransition<'_>,
     ) -> Result<Option<i64>, StoreError> {
-        dispatch!(self.inner(), tx => sqlx::query_scalar(
-            "INSERT INTO stage_transitions (record_id, connection_id, object_kind, pipeline, from_stage, to_stage, \
-             changed_at_ms, changed_by, actor_kind, change_source, origin, crm_history_id, amount_cents, observed_at_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
-             ON CONFLICT (record_id, changed_at_ms, to_stage) DO NOTHING RETURNING id",
-        )
-        .bind(t.record_id)
-        .bind(t.connection_id)
-        .bind(t.kind.as_str())
-        .bind(t.pipeline)
-        .bind(t.from_stage)
-        .bind(t.to_stage)
-        .bind(t.changed_at)
-        .bind(t.changed_by)
-        .bind(t.actor.as_str())
-        .bind(t.change_source)
-        .bind(t.origin.as_str())
-        .bind(t.crm_history_id)
-        .bind(t.amount_cents)
-        .bind(t.observed_at)
-        .fetch_optional(&mut **tx)
-        .await)
-        .during("record stage transition")
+        let inserted = self
+            .record_stage_transitions(std::slice::from_ref(t))
+            .await?;
+        Ok(inserted.first().map(|new| new.id))
     }
 
-    /// The stage a record was in just before `at`, by the transitions stored so far
-    /// (this transaction's included).
-    pub async fn stage_before(
+    /// Stores stage transitions in a few statements; returns the ones that were new (the
+    /// others were already stored).
+    pub async fn record_stage_transitions(
         &mut self,
-        record_id: i64,
-        at: Millis,
-    ) -> Result<Option<String>, StoreError> {
-        dispatch!(self.inner(), tx => sqlx::query_scalar(
-            "SELECT to_stage FROM stage_transitions WHERE record_id = $1 AND changed_at_ms < $2 \
-             ORDER BY changed_at_ms DESC, id DESC LIMIT 1",
-        )
-        .bind(record_id)
-        .bind(at)
-        .fetch_optional(&mut **tx)
-        .await)
-        .during("read stage before")
+        transitions: &[NewStageTransition<'_>],
+    ) -> Result<Vec<InsertedTransition>, StoreError> {
+        let mut inserted = Vec::new();
+        for chunk in transitions.chunks(ROWS_PER_STATEMENT) {
+            let rows: Vec<InsertedTransition> = dispatch!(self.inner(), tx => {
+                let mut query = QueryBuilder::new(
+                    "INSERT INTO stage_transitions (record_id, connection_id, object_kind, pipeline, from_stage, \
+                     to_stage, changed_at_ms, changed_by, actor_kind, change_source, origin, crm_history_id, \
+                     amount_cents, observed_at_ms) ",
+                );
+                query.push_values(chunk, |mut row, t| {
+                    row.push_bind(t.record_id)
+                        .push_bind(t.connection_id)
+                        .push_bind(t.kind.as_str())
+                        .push_bind(t.pipeline)
+                        .push_bind(t.from_stage)
+                        .push_bind(t.to_stage)
+                        .push_bind(t.changed_at)
+                        .push_bind(t.changed_by)
+                        .push_bind(t.actor.as_str())
+                        .push_bind(t.change_source)
+                        .push_bind(t.origin.as_str())
+                        .push_bind(t.crm_history_id)
+                        .push_bind(t.amount_cents)
+                        .push_bind(t.observed_at);
+                });
+                query.push(
+                    " ON CONFLICT (record_id, changed_at_ms, to_stage) DO NOTHING \
+                     RETURNING id, record_id, changed_at_ms, to_stage",
+                );
+                query.build_query_as().fetch_all(&mut **tx).await
+            })
+            .during("record stage transitions")?;
+            inserted.extend(rows);
+        }
+        Ok(inserted)
+    }
+
+    /// Every stored stage of these records with its start, oldest first (this transaction's
+    /// included), so a page of history can tell each move's previous stage without a query
+    /// per row.
+    pub async fn stage_timelines(
+        &mut self,
+        record_ids: &[i64],
+    ) -> Result<HashMap<i64, Vec<(Millis, String)>>, StoreError> {
+        let mut timelines: HashMap<i64, Vec<(Millis, String)>> = HashMap::new();
+        for chunk in record_ids.chunks(ROWS_PER_STATEMENT) {
+            let rows: Vec<(i64, Millis, String)> = dispatch!(self.inner(), tx => {
+                let mut query = QueryBuilder::new(
+                    "SELECT record_id, changed_at_ms, to_stage FROM stage_transitions WHERE record_id IN (",
+                );
+                let mut ids = query.separated(", ");
+                for id in chunk {
+                    ids.push_bind(*id);
+                }
+                query.push(") ORDER BY record_id, changed_at_ms, id");
+                query.build_query_as().fetch_all(&mut **tx).await
+            })
+            .during("read stage timelines")?;
+            for (record_id, at, stage) in rows {
+                timelines.entry(record_id).or_default().push((at, stage));
+            }
+        }
+        Ok(timelines)
     }
 
     /// Stores a lifecycle milestone; returns whether it was new.
@@ -226,23 +275,37 @@ impl StoreTx {
 
     /// Stores a field change from CRM history; returns whether it was new.
     pub async fn record_field_change(&mut self, c: &FieldChange<'_>) -> Result<bool, StoreError> {
-        let inserted: Option<i64> = dispatch!(self.inner(), tx => sqlx::query_scalar(
-            "INSERT INTO field_history (record_id, field, old_value, new_value, changed_at_ms, changed_by, change_source, \
-             dedupe_key) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-             ON CONFLICT (record_id, field, changed_at_ms, dedupe_key) DO NOTHING RETURNING id",
-        )
-        .bind(c.record_id)
-        .bind(c.field)
-        .bind(c.old_value.map(Json))
-        .bind(c.new_value.map(Json))
-        .bind(c.changed_at)
-        .bind(c.changed_by)
-        .bind(c.change_source)
-        .bind(c.dedupe_key)
-        .fetch_optional(&mut **tx)
-        .await)
-        .during("record field change")?;
-        Ok(inserted.is_some())
+        Ok(self.record_field_changes(std::slice::from_ref(c)).await? > 0)
+    }
+
+    /// Stores field changes from CRM history in a few statements; returns how many were new.
+    pub async fn record_field_changes(
+        &mut self,
+        changes: &[FieldChange<'_>],
+    ) -> Result<u64, StoreError> {
+        let mut inserted = 0;
+        for chunk in changes.chunks(ROWS_PER_STATEMENT) {
+            inserted += dispatch!(self.inner(), tx => {
+                let mut query = QueryBuilder::new(
+                    "INSERT INTO field_history (record_id, field, old_value, new_value, changed_at_ms, changed_by, \
+                     change_source, dedupe_key) ",
+                );
+                query.push_values(chunk, |mut row, c| {
+                    row.push_bind(c.record_id)
+                        .push_bind(c.field)
+                        .push_bind(c.old_value.map(Json))
+                        .push_bind(c.new_value.map(Json))
+                        .push_bind(c.changed_at)
+                        .push_bind(c.changed_by)
+                        .push_bind(c.change_source)
+                        .push_bind(c.dedupe_key);
+                });
+                query.push(" ON CONFLICT (record_id, field, changed_at_ms, dedupe_key) DO NOTHING");
+                query.build().execute(&mut **tx).await.map(|done| done.rows_affected())
+            })
+            .during("record field changes")?;
+        }
+        Ok(inserted)
     }
 }
 

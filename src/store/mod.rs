@@ -25,7 +25,8 @@ use sqlx::{PgPool, Postgres, Sqlite, SqlitePool, Transaction};
 use crate::config::settings::{StoreSettings, StoreUrl};
 
 pub use history::{
-    FieldChange, NewLifecycleEvent, NewStageTransition, StageTransition, StoredLifecycleEvent,
+    FieldChange, InsertedTransition, NewLifecycleEvent, NewStageTransition, StageTransition,
+    StoredLifecycleEvent,
 };
 pub use lease::{SoleReplica, SyncLease};
 pub use links::RecordLink;

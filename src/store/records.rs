@@ -399,22 +399,31 @@ impl StoreTx {
         })
     }
 
-    /// The store's id of a record, by its CRM id, as this transaction sees it.
-    pub async fn record_id(
+    /// The store's ids of records of one kind, by CRM id; ids not stored are left out.
+    pub async fn record_ids(
         &mut self,
         connection_id: i64,
         kind: ObjectKind,
-        crm_id: &str,
-    ) -> Result<Option<i64>, StoreError> {
-        dispatch!(self.inner(), tx => sqlx::query_scalar(
-            "SELECT id FROM records WHERE connection_id = $1 AND object_kind = $2 AND crm_id = $3",
-        )
-        .bind(connection_id)
-        .bind(kind.as_str())
-        .bind(crm_id)
-        .fetch_optional(&mut **tx)
-        .await)
-        .during("find record")
+        crm_ids: &[&str],
+    ) -> Result<HashMap<String, i64>, StoreError> {
+        let mut found = HashMap::with_capacity(crm_ids.len());
+        for chunk in crm_ids.chunks(ROWS_PER_STATEMENT) {
+            let rows: Vec<(String, i64)> = dispatch!(self.inner(), tx => {
+                let mut query = QueryBuilder::new("SELECT crm_id, id FROM records WHERE connection_id = ");
+                query.push_bind(connection_id);
+                query.push(" AND object_kind = ").push_bind(kind.as_str());
+                query.push(" AND crm_id IN (");
+                let mut ids = query.separated(", ");
+                for id in chunk {
+                    ids.push_bind(*id);
+                }
+                query.push(")");
+                query.build_query_as().fetch_all(&mut **tx).await
+            })
+            .during("find records")?;
+            found.extend(rows);
+        }
+        Ok(found)
     }
 
     /// The current rows of a group's records, by CRM id.

@@ -9,7 +9,7 @@
 //! lost query locator (the token was renewed, the locator expired) restarts the query at the
 //! last committed page; `QUERY_TIMEOUT` narrows the time window and tries again.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use serde_json::{json, Map, Value};
@@ -338,28 +338,15 @@ impl<'c, 'a> Run<'c, 'a> {
                 parent_field,
                 parent_kind,
             } => {
-                let mut newest = None;
-                for row in &page.records {
-                    self.ctx.counters.records_seen += 1;
-                    match self
-                        .store_history(
-                            &mut tx,
-                            stream.object,
-                            parent_field,
-                            *parent_kind,
-                            row,
-                            observed_at,
-                        )
-                        .await?
-                    {
-                        Ok(stamp) => newest = newest.max(Some(stamp)),
-                        Err(bad) => {
-                            self.quarantine(&mut tx, stream.object, bad, row, observed_at)
-                                .await?
-                        }
-                    }
-                }
-                newest
+                self.store_history(
+                    &mut tx,
+                    stream.object,
+                    parent_field,
+                    *parent_kind,
+                    &page.records,
+                    observed_at,
+                )
+                .await?
             }
         };
         if let Some(stamp) = newest {
@@ -513,67 +500,97 @@ impl<'c, 'a> Run<'c, 'a> {
             amount_cents: observation.state.amount_cents,
             observed_at: observation.observed_at,
         };
-        self.record_move(tx, &move_).await
+        self.record_moves(tx, &[move_]).await
     }
 
-    /// Stores a history row: a stage change (OpportunityHistory), or a field change with the
-    /// status move it may be (LeadHistory `Status`).
+    /// Stores a page of history rows: stage changes (OpportunityHistory), or field changes
+    /// with the status moves they may be (LeadHistory `Status`). Returns the page's newest
+    /// stamp.
     async fn store_history(
         &mut self,
         tx: &mut StoreTx,
         object: &str,
         parent_field: &str,
         parent_kind: ObjectKind,
-        row: &Map<String, Value>,
+        rows: &[Map<String, Value>],
         observed_at: Millis,
-    ) -> Result<Result<Millis, BadRow>, SyncError> {
-        let change = match history_row(object, parent_field, row) {
-            Ok(change) => change,
-            Err(bad) => return Ok(Err(bad)),
-        };
-        let Some(record_id) = tx
-            .record_id(self.ctx.connection_id, parent_kind, &change.parent_id)
-            .await?
-        else {
-            return Ok(Err(BadRow {
-                reason: format!(
-                    "{object} {}: its {parent_field} {} is not in the store (deleted and purged before it was synced?)",
-                    change.history_id, change.parent_id
-                ),
-                crm_id: change.history_id,
-            }));
-        };
-        let stage_move = match (object, change.field.as_str()) {
-            ("OpportunityHistory", _) => {
-                let to = value_text(&change.new_value);
-                let from = tx.stage_before(record_id, change.changed_at).await?;
-                to.filter(|to| from.as_deref() != Some(to.as_str()))
-                    .map(|to| (from, to))
+    ) -> Result<Option<Millis>, SyncError> {
+        self.ctx.counters.records_seen += rows.len() as i64;
+        let mut changes = Vec::with_capacity(rows.len());
+        for row in rows {
+            match history_row(object, parent_field, row) {
+                Ok(change) => changes.push((change, row)),
+                Err(bad) => self.quarantine(tx, object, bad, row, observed_at).await?,
             }
-            ("LeadHistory", "Status") => {
-                value_text(&change.new_value).map(|to| (value_text(&change.old_value), to))
-            }
-            _ => None,
-        };
-        if object != "OpportunityHistory" {
-            tx.record_field_change(&FieldChange {
-                record_id,
-                field: &change.field,
-                old_value: change.old_value.as_ref(),
-                new_value: change.new_value.as_ref(),
-                changed_at: change.changed_at,
-                changed_by: change.changed_by.as_deref(),
-                change_source: Some(object),
-                dedupe_key: &change.history_id,
-            })
-            .await?;
         }
-        if let Some((from, to)) = stage_move {
-            let move_ = Move {
-                record_id,
+        let parent_ids: Vec<&str> = changes.iter().map(|(c, _)| c.parent_id.as_str()).collect();
+        let parents = tx
+            .record_ids(self.ctx.connection_id, parent_kind, &parent_ids)
+            .await?;
+        let mut timelines = if object == "OpportunityHistory" {
+            let ids: Vec<i64> = parents.values().copied().collect();
+            tx.stage_timelines(&ids).await?
+        } else {
+            HashMap::new()
+        };
+        let mut stored = Vec::with_capacity(changes.len());
+        for (change, row) in &changes {
+            match parents.get(&change.parent_id) {
+                Some(record_id) => stored.push((*record_id, change)),
+                None => {
+                    let bad = BadRow {
+                        reason: format!(
+                            "{object} {}: its {parent_field} {} is not in the store (deleted and purged before it was synced?)",
+                            change.history_id, change.parent_id
+                        ),
+                        crm_id: change.history_id.clone(),
+                    };
+                    self.quarantine(tx, object, bad, row, observed_at).await?
+                }
+            }
+        }
+        let mut moves = Vec::new();
+        let mut field_changes = Vec::new();
+        for (record_id, change) in &stored {
+            let stage_move = match (object, change.field.as_str()) {
+                ("OpportunityHistory", _) => value_text(&change.new_value).and_then(|to| {
+                    let timeline = timelines.entry(*record_id).or_default();
+                    let from = stage_before(timeline, change.changed_at);
+                    if from.as_deref() == Some(to.as_str()) {
+                        return None;
+                    }
+                    enter_stage(timeline, change.changed_at, &to);
+                    Some((from, to))
+                }),
+                ("LeadHistory", "Status") => {
+                    value_text(&change.new_value).map(|to| (value_text(&change.old_value), to))
+                }
+                _ => None,
+            };
+            if object != "OpportunityHistory" {
+                field_changes.push(FieldChange {
+                    record_id: *record_id,
+                    field: &change.field,
+                    old_value: change.old_value.as_ref(),
+                    new_value: change.new_value.as_ref(),
+                    changed_at: change.changed_at,
+                    changed_by: change.changed_by.as_deref(),
+                    change_source: Some(object),
+                    dedupe_key: &change.history_id,
+                });
+            }
+            if let Some((from, to)) = stage_move {
+                moves.push((*record_id, change, from, to));
+            }
+        }
+        tx.record_field_changes(&field_changes).await?;
+        let moves: Vec<Move> = moves
+            .iter()
+            .map(|(record_id, change, from, to)| Move {
+                record_id: *record_id,
                 kind: parent_kind,
                 from: from.as_deref(),
-                to: &to,
+                to,
                 at: change.changed_at,
                 by: change.changed_by.as_deref(),
                 source: Some(object),
@@ -581,61 +598,71 @@ impl<'c, 'a> Run<'c, 'a> {
                 history_id: Some(&change.history_id),
                 amount_cents: change.amount_cents,
                 observed_at,
-            };
-            self.record_move(tx, &move_).await?;
-        }
-        Ok(Ok(change.changed_at))
+            })
+            .collect();
+        self.record_moves(tx, &moves).await?;
+        Ok(stored.iter().map(|(_, change)| change.changed_at).max())
     }
 
-    /// Stores a stage or status move and the milestone it reaches.
-    async fn record_move(&mut self, tx: &mut StoreTx, m: &Move<'_>) -> Result<(), SyncError> {
-        let transition = NewStageTransition {
-            record_id: m.record_id,
-            connection_id: self.ctx.connection_id,
-            kind: m.kind,
-            pipeline: (m.kind == ObjectKind::Deal).then_some("default"),
-            from_stage: m.from,
-            to_stage: m.to,
-            changed_at: m.at,
-            changed_by: m.by,
-            // Who a user id is (person, integration, automation) is decided against the
-            // org's users when rules read the move, not here.
-            actor: ActorKind::Unknown,
-            change_source: m.source,
-            origin: m.origin,
-            crm_history_id: m.history_id,
-            amount_cents: m.amount_cents,
-            observed_at: m.observed_at,
-        };
-        if tx.record_stage_transition(&transition).await?.is_none() {
-            return Ok(());
-        }
-        self.ctx.counters.transitions_written += 1;
-        let event = match m.kind {
+    /// Stores stage or status moves and the milestones the new ones reach.
+    async fn record_moves(
+        &mut self,
+        tx: &mut StoreTx,
+        moves: &[Move<'_>],
+    ) -> Result<(), SyncError> {
+        let transitions: Vec<NewStageTransition> = moves
+            .iter()
+            .map(|m| NewStageTransition {
+                record_id: m.record_id,
+                connection_id: self.ctx.connection_id,
+                kind: m.kind,
+                pipeline: (m.kind == ObjectKind::Deal).then_some("default"),
+                from_stage: m.from,
+                to_stage: m.to,
+                changed_at: m.at,
+                changed_by: m.by,
+                // Who a user id is (person, integration, automation) is decided against the
+                // org's users when rules read the move, not here.
+                actor: ActorKind::Unknown,
+                change_source: m.source,
+                origin: m.origin,
+                crm_history_id: m.history_id,
+                amount_cents: m.amount_cents,
+                observed_at: m.observed_at,
+            })
+            .collect();
+        let inserted = tx.record_stage_transitions(&transitions).await?;
+        self.ctx.counters.transitions_written += inserted.len() as i64;
+        let new: HashSet<(i64, Millis, &str)> = inserted
+            .iter()
+            .map(|t| (t.record_id, t.changed_at, t.to_stage.as_str()))
+            .collect();
+        let milestones: Vec<NewLifecycleEvent> = moves
+            .iter()
+            .filter(|m| new.contains(&(m.record_id, m.at, m.to)))
+            .filter_map(|m| {
+                let event = self.move_milestone(m)?;
+                Some(self.milestone(m.record_id, m.kind, event, m.at, m.origin, m.observed_at))
+            })
+            .collect();
+        tx.record_lifecycle_events(&milestones).await?;
+        Ok(())
+    }
+
+    /// The milestone a move reaches: won or lost for a deal, a lead status's event.
+    fn move_milestone(&self, m: &Move<'_>) -> Option<LifecycleEvent> {
+        match m.kind {
             ObjectKind::Deal => {
-                self.stages
-                    .get(m.to)
-                    .and_then(|stage| match (stage.is_closed, stage.is_won) {
-                        (true, true) => Some(LifecycleEvent::Won),
-                        (true, false) => Some(LifecycleEvent::Lost),
-                        _ => None,
-                    })
+                let stage = self.stages.get(m.to)?;
+                match (stage.is_closed, stage.is_won) {
+                    (true, true) => Some(LifecycleEvent::Won),
+                    (true, false) => Some(LifecycleEvent::Lost),
+                    _ => None,
+                }
             }
             ObjectKind::Lead => lead_status_event(m.to),
             _ => None,
-        };
-        if let Some(event) = event {
-            tx.record_lifecycle_event(&self.milestone(
-                m.record_id,
-                m.kind,
-                event,
-                m.at,
-                m.origin,
-                m.observed_at,
-            ))
-            .await?;
         }
-        Ok(())
     }
 
     /// A milestone of a record of this connection.
@@ -770,4 +797,19 @@ fn stage_definition(kind: ObjectKind, row: &Map<String, Value>) -> StageDefiniti
         is_won: flag("IsWon") || (kind == ObjectKind::Lead && flag("IsConverted")),
         is_active: row.get("IsActive").and_then(Value::as_bool).unwrap_or(true),
     }
+}
+
+/// The stage a timeline (oldest first) shows just before `at`: the last one entered earlier.
+fn stage_before(timeline: &[(Millis, String)], at: Millis) -> Option<String> {
+    let earlier = timeline.partition_point(|(entered, _)| *entered < at);
+    earlier
+        .checked_sub(1)
+        .map(|index| timeline[index].1.clone())
+}
+
+/// Adds a stage entry to a timeline, after any entry at the same time, as the store orders
+/// equal-time transitions by insertion.
+fn enter_stage(timeline: &mut Vec<(Millis, String)>, at: Millis, stage: &str) {
+    let position = timeline.partition_point(|(entered, _)| *entered <= at);
+    timeline.insert(position, (at, stage.to_string()));
 }
