@@ -426,6 +426,34 @@ impl StoreTx {
         Ok(found)
     }
 
+    /// Marks records of one kind as seen at `at` by CRM id (an id sweep found them in the CRM).
+    pub async fn mark_seen(
+        &mut self,
+        connection_id: i64,
+        kind: ObjectKind,
+        crm_ids: &[&str],
+        at: Millis,
+    ) -> Result<(), StoreError> {
+        for chunk in crm_ids.chunks(ROWS_PER_STATEMENT) {
+            dispatch!(self.inner(), tx => {
+                let mut query = QueryBuilder::new("UPDATE records SET last_seen_at_ms = ");
+                query.push_bind(at);
+                query.push(" WHERE last_seen_at_ms < ").push_bind(at);
+                query.push(" AND connection_id = ").push_bind(connection_id);
+                query.push(" AND object_kind = ").push_bind(kind.as_str());
+                query.push(" AND crm_id IN (");
+                let mut ids = query.separated(", ");
+                for id in chunk {
+                    ids.push_bind(*id);
+                }
+                query.push(")");
+                query.build().execute(&mut **tx).await.map(|done| done.rows_affected())
+            })
+            .during("mark records seen")?;
+        }
+        Ok(())
+    }
+
     /// The current rows of a group's records, by CRM id.
     async fn current_rows(
         &mut self,
@@ -659,6 +687,34 @@ impl Store {
         .await)
         .during("read record")?;
         row.map(RecordRow::into_record).transpose()
+    }
+
+    /// Live records of one kind not seen since `before`, at most `limit` of them: after an id
+    /// sweep that began at `before`, the ones the CRM no longer has.
+    pub async fn unseen_since(
+        &self,
+        connection_id: i64,
+        kind: ObjectKind,
+        before: Millis,
+        limit: i64,
+    ) -> Result<Vec<StoredRecord>, StoreError> {
+        let rows: Vec<RecordRow> = dispatch!(self.pool(), pool => sqlx::query_as(
+            concat!(
+                "SELECT id, connection_id, object_kind, crm_object, crm_id, crm_modified_at_ms, deleted_at_ms, \
+                 first_seen_at_ms, last_seen_at_ms, ",
+                state_columns!(),
+                " FROM records WHERE connection_id = $1 AND object_kind = $2 AND deleted_at_ms IS NULL \
+                 AND last_seen_at_ms < $3 ORDER BY id LIMIT $4"
+            ),
+        )
+        .bind(connection_id)
+        .bind(kind.as_str())
+        .bind(before)
+        .bind(limit)
+        .fetch_all(pool)
+        .await)
+        .during("read unseen records")?;
+        rows.into_iter().map(RecordRow::into_record).collect()
     }
 
     /// Every version of a record, oldest first.

@@ -50,6 +50,13 @@ const COMPOUND_TYPES: &[&str] = &["address", "location", "base64"];
 const NARROWEST_WINDOW: Duration = Duration::from_secs(3600);
 /// The start of time for a window over a stream that never ran (2000-01-01, before any org).
 const OLDEST_POSSIBLE: Millis = 946_684_800_000;
+/// Objects Salesforce deletes for good: queryAll never shows them deleted, so the ones gone
+/// are found by an id sweep.
+const HARD_DELETED_OBJECTS: &[&str] = &["CampaignMember"];
+/// How often an id sweep looks for hard-deleted records: nightly, as it reads every id.
+const ID_SWEEP_EVERY: Duration = Duration::from_secs(24 * 3600);
+/// The cursor that remembers when the last id sweep of an object began.
+const ID_SWEEP_CURSOR: &str = "id_sweep";
 /// Locator losses in a row after which the query is not restarted again.
 const MAX_RESTARTS: u32 = 10;
 
@@ -118,7 +125,134 @@ impl<'c, 'a> Run<'c, 'a> {
                 self.run_stream(&stream, Some(history_until)).await?;
             }
         }
+        for object in HARD_DELETED_OBJECTS {
+            if self.configured(object) {
+                self.sweep_ids(object).await?;
+            }
+        }
         Ok(())
+    }
+
+    /// Finds hard-deleted records of `object`, at most once per [`ID_SWEEP_EVERY`]: every id
+    /// the org still has is marked seen, then the records not seen since the sweep began are
+    /// stored as deleted. A sweep cut short marks nothing deleted; the next run sweeps again.
+    async fn sweep_ids(&mut self, object: &'static str) -> Result<(), SyncError> {
+        let kind = record_kind(object).expect("hard-deleted objects are record objects");
+        let started = self.now();
+        let last = self
+            .ctx
+            .store
+            .cursor(self.ctx.connection_id, object, ID_SWEEP_CURSOR)
+            .await?
+            .and_then(|position| position.get("started").and_then(Value::as_i64));
+        // The first run's backfill has just seen every id: it counts as a sweep.
+        let due = last.is_some_and(|at| started - at >= ID_SWEEP_EVERY.as_millis() as Millis);
+        if last.is_some() && !due {
+            return Ok(());
+        }
+        if due && !self.mark_ids_seen(object, kind, started).await? {
+            return Ok(());
+        }
+        let deleted = self.store_unseen_as_deleted(object, kind, started).await?;
+        if deleted > 0 {
+            tracing::info!(connection = %self.ctx.settings.name, object, deleted,
+                "id sweep found records deleted for good in the CRM");
+        }
+        let mut tx = self.ctx.store.begin().await?;
+        tx.save_cursor(
+            self.ctx.connection_id,
+            object,
+            ID_SWEEP_CURSOR,
+            &json!({ "started": started }),
+            Some(self.ctx.run_id),
+            self.now(),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Pages through every id of `object`, marking each stored record seen; false when the
+    /// query locator was lost and the sweep must wait for the next run.
+    async fn mark_ids_seen(
+        &mut self,
+        object: &str,
+        kind: ObjectKind,
+        started: Millis,
+    ) -> Result<bool, SyncError> {
+        let mut page = self
+            .client
+            .query(&format!("SELECT Id FROM {object}"), false, 2_000)
+            .await?;
+        loop {
+            self.server_now = page.server_time.or(self.server_now);
+            let ids: Vec<&str> = page
+                .records
+                .iter()
+                .filter_map(|row| row.get("Id").and_then(Value::as_str))
+                .collect();
+            let mut tx = self.ctx.store.begin().await?;
+            tx.mark_seen(self.ctx.connection_id, kind, &ids, self.now().max(started))
+                .await?;
+            tx.commit().await?;
+            self.ctx.check_stop()?;
+            match self.client.next_page(&page).await {
+                Ok(Some(next)) => page = next,
+                Ok(None) => return Ok(true),
+                Err(NextPageError::LocatorLost) => {
+                    tracing::info!(connection = %self.ctx.settings.name, object,
+                        "query locator lost during the id sweep; the next run sweeps again");
+                    return Ok(false);
+                }
+                Err(NextPageError::Failed(err)) => return Err(err.into()),
+            }
+        }
+    }
+
+    /// Stores a deleted version of every live record of `kind` not seen since `started`;
+    /// returns how many there were. The CRM keeps no trace of when, so the sweep's start
+    /// stands for the deletion time.
+    async fn store_unseen_as_deleted(
+        &mut self,
+        object: &str,
+        kind: ObjectKind,
+        started: Millis,
+    ) -> Result<u64, SyncError> {
+        let mut deleted = 0;
+        loop {
+            let gone = self
+                .ctx
+                .store
+                .unseen_since(self.ctx.connection_id, kind, started, 500)
+                .await?;
+            if gone.is_empty() {
+                return Ok(deleted);
+            }
+            let observations: Vec<RecordObservation> = gone
+                .into_iter()
+                .map(|record| RecordObservation {
+                    connection_id: self.ctx.connection_id,
+                    kind,
+                    crm_object: object.to_string(),
+                    crm_id: record.crm_id,
+                    state: record.state,
+                    deleted: true,
+                    modified_at: started.max(record.crm_modified_at),
+                    observed_at: started.max(record.last_seen_at),
+                    sync_run_id: Some(self.ctx.run_id),
+                })
+                .collect();
+            let mut tx = self.ctx.store.begin().await?;
+            let outcomes = tx.apply_observations(&observations).await?;
+            tx.commit().await?;
+            let written = outcomes.iter().filter(|o| o.wrote_version()).count();
+            if written == 0 {
+                // Nothing changed, so the same records would come back: stop rather than spin.
+                return Ok(deleted);
+            }
+            deleted += written as u64;
+            self.ctx.counters.versions_written += written as i64;
+        }
     }
 
     fn configured(&self, object: &str) -> bool {

@@ -13,7 +13,7 @@ use pipewarden::store::{Store, SyncRunStatus, SyncRunSummary};
 use pipewarden::sync::{self, StopSignal, SyncOptions};
 use serde_json::{json, Value};
 
-use super::emulator::control;
+use super::emulator::{access_token, control, url};
 use super::emulator_faults::set_faults;
 use crate::support::{on_both_backends, ConfigDir, TestStore};
 
@@ -308,7 +308,107 @@ async fn faults_and_lost_locators_lose_nothing(test: TestStore) {
     emu.stop().await.unwrap();
 }
 
+/// Campaign members Salesforce deleted for good (queryAll never shows them) are found by the
+/// nightly id sweep, and only by it.
+async fn hard_deleted_campaign_members_are_found_by_the_nightly_id_sweep(test: TestStore) {
+    let emu = start_emulator().await;
+    let dir = ConfigDir::new();
+    let connection = salesforce_connection(&emu, &dir);
+    let options = quick_options();
+    let first = run_once(&test.store, &connection, &options).await;
+    assert_eq!(
+        first.status,
+        SyncRunStatus::Succeeded,
+        "{:?}",
+        first.message
+    );
+    let id = connection_id(&test.store).await;
+    let token = access_token(&emu).await;
+    let members = campaign_member_ids(&emu, &token).await;
+    assert!(members.len() >= 3, "the emulator has campaign members");
+    for member in &members[..2] {
+        let address = url(
+            &emu,
+            &format!("/services/data/v62.0/sobjects/CampaignMember/{member}"),
+        );
+        let response = reqwest::Client::new()
+            .delete(address)
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), reqwest::StatusCode::NO_CONTENT);
+    }
+    let is_deleted = |member: String| {
+        let store = test.store.clone();
+        async move {
+            let stored = store
+                .record(id, ObjectKind::CampaignMember, &member)
+                .await
+                .unwrap()
+                .unwrap_or_else(|| panic!("CampaignMember {member} is in the store"));
+            stored.deleted_at.is_some()
+        }
+    };
+
+    control(&emu, "/__emulator/clock/advance", json!({"by": "1h"})).await;
+    run_once(&test.store, &connection, &options).await;
+    assert!(
+        !is_deleted(members[0].clone()).await,
+        "within a day of the last sweep the ids are not swept again"
+    );
+
+    control(&emu, "/__emulator/clock/advance", json!({"by": "1d"})).await;
+    let swept = run_once(&test.store, &connection, &options).await;
+    assert_eq!(
+        swept.status,
+        SyncRunStatus::Succeeded,
+        "{:?}",
+        swept.message
+    );
+    assert!(is_deleted(members[0].clone()).await);
+    assert!(is_deleted(members[1].clone()).await);
+    assert!(
+        !is_deleted(members[2].clone()).await,
+        "a member the org still has stays live"
+    );
+    let gone = test
+        .store
+        .record(id, ObjectKind::CampaignMember, &members[0])
+        .await
+        .unwrap()
+        .unwrap();
+    let versions = test.store.versions(gone.id).await.unwrap();
+    assert_eq!(versions.len(), 2, "the live version, then the deleted one");
+    assert!(versions[1].deleted && !versions[0].deleted);
+    assert_eq!(versions[0].valid_to, Some(versions[1].valid_from));
+    emu.stop().await.unwrap();
+}
+
+async fn campaign_member_ids(emu: &RunningEmulator, token: &str) -> Vec<String> {
+    let mut address = url::Url::parse(&url(emu, "/services/data/v62.0/query")).unwrap();
+    address
+        .query_pairs_mut()
+        .append_pair("q", "SELECT Id FROM CampaignMember ORDER BY Id LIMIT 3");
+    let body: Value = reqwest::Client::new()
+        .get(address)
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    body["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| row["Id"].as_str().unwrap().to_string())
+        .collect()
+}
+
 on_both_backends!(
     backfill_then_changes_then_months_match_the_truth,
     faults_and_lost_locators_lose_nothing,
+    hard_deleted_campaign_members_are_found_by_the_nightly_id_sweep,
 );
