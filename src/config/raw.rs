@@ -53,6 +53,8 @@ pub(crate) struct RawConnection {
     pub poll_interval: Option<String>,
     pub poll_jitter: Option<f64>,
     pub request_timeout: Option<String>,
+    pub page_size: Option<u32>,
+    pub lookback: Option<String>,
     pub extra_ca_file: Option<PathBuf>,
     #[serde(default)]
     pub limits: RawLimits,

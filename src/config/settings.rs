@@ -138,6 +138,13 @@ pub struct ConnectionSettings {
     /// Time limit for one HTTP request.
     #[serde(serialize_with = "serialize_duration")]
     pub request_timeout: Duration,
+    /// Rows asked for per page (Salesforce query batch size 200–2,000; HubSpot search page 1–200,
+    /// list pages capped at 100).
+    pub page_size: u32,
+    /// How far before the last checkpoint an incremental run starts again, for changes that
+    /// became visible late (transactions committing after their stamp, search index lag).
+    #[serde(serialize_with = "serialize_duration")]
+    pub lookback: Duration,
     /// Extra CA certificate (PEM) to trust, e.g. behind a TLS-inspecting proxy.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub extra_ca_file: Option<PathBuf>,

@@ -337,6 +337,15 @@ fn one_connection(
         raw.request_timeout.as_deref(),
         Duration::from_secs(300),
     );
+    let page_size = page_size(check, key, kind, raw.page_size);
+    let lookback = check.duration(
+        &format!("{key}.lookback"),
+        raw.lookback.as_deref(),
+        Duration::from_secs(5 * 60),
+    );
+    if lookback > Duration::from_secs(24 * 3600) {
+        check.fail(format!("{key}.lookback"), "must be at most 1d");
+    }
     let extra_ca_file = raw
         .extra_ca_file
         .as_ref()
@@ -360,9 +369,33 @@ fn one_connection(
         poll_interval,
         poll_jitter,
         request_timeout,
+        page_size,
+        lookback,
         extra_ca_file,
         limits,
     })
+}
+
+/// The page size: Salesforce accepts query batch sizes of 200–2,000; HubSpot search pages of up
+/// to 200 (its list pages stop at 100 whatever is asked).
+fn page_size(check: &mut Checker, key: &str, kind: CrmKind, value: Option<u32>) -> u32 {
+    let (range, default) = match kind {
+        CrmKind::Salesforce => (200..=2_000, 2_000),
+        CrmKind::Hubspot => (1..=200, 200),
+    };
+    let size = value.unwrap_or(default);
+    if !range.contains(&size) {
+        check.fail(
+            format!("{key}.page_size"),
+            format!(
+                "must be between {} and {} for {}",
+                range.start(),
+                range.end(),
+                kind.as_str()
+            ),
+        );
+    }
+    size
 }
 
 fn endpoints(

@@ -300,7 +300,7 @@ impl<'c, 'a> Run<'c, 'a> {
         since: Millis,
     ) -> Result<Millis, SyncError> {
         let modified = [modified_property(object)];
-        let limit = self.ctx.options.page_size.clamp(1, LIST_PAGE_MAX);
+        let limit = self.ctx.settings.page_size.clamp(1, LIST_PAGE_MAX);
         loop {
             let query = ListQuery {
                 after: after.as_deref(),
@@ -345,9 +345,9 @@ impl<'c, 'a> Run<'c, 'a> {
         properties: &[String],
         stamp: Millis,
     ) -> Result<(), SyncError> {
-        let lookback = i64::try_from(self.ctx.options.lookback.as_millis()).unwrap_or(i64::MAX);
+        let lookback = i64::try_from(self.ctx.settings.lookback.as_millis()).unwrap_or(i64::MAX);
         let upper = self.now();
-        let limit = self.ctx.options.page_size.clamp(1, SEARCH_PAGE_MAX) as usize;
+        let limit = self.ctx.settings.page_size.clamp(1, SEARCH_PAGE_MAX) as usize;
         let mut window = Window::From(stamp.saturating_sub(lookback).min(upper));
         while window != Window::Done {
             let body = search_body(object, window, upper, limit);

@@ -9,8 +9,6 @@ mod hubspot_map;
 mod salesforce;
 mod salesforce_map;
 
-use std::time::Duration;
-
 use tokio::sync::watch;
 
 use crate::config::settings::{ConnectionSettings, CrmKind};
@@ -23,11 +21,6 @@ use crate::store::{Store, StoreError, SyncRunStatus, SyncRunSummary};
 pub struct SyncOptions {
     /// Retries of failed CRM calls.
     pub retry: RetryPolicy,
-    /// Rows asked for per query page (Salesforce: 200–2,000).
-    pub page_size: u32,
-    /// How far before the last checkpoint an incremental run starts again, for changes that
-    /// became visible late (transactions committing after their stamp, index lag).
-    pub lookback: Duration,
     /// What started the run (`cli`, `scheduler`), for the audit row.
     pub triggered_by: String,
     /// Which process ran it, for the audit row.
@@ -38,8 +31,6 @@ impl Default for SyncOptions {
     fn default() -> Self {
         SyncOptions {
             retry: RetryPolicy::default(),
-            page_size: 2_000,
-            lookback: Duration::from_secs(300),
             triggered_by: "cli".into(),
             replica: hostname(),
         }
@@ -149,7 +140,6 @@ impl StopHandle {
 pub(crate) struct RunContext<'a> {
     pub store: &'a Store,
     pub settings: &'a ConnectionSettings,
-    pub options: &'a SyncOptions,
     pub api: &'a ApiClient,
     pub connection_id: i64,
     pub run_id: i64,
@@ -195,7 +185,6 @@ pub async fn sync_once(
     let mut ctx = RunContext {
         store,
         settings,
-        options,
         api: &api,
         connection_id,
         run_id,

@@ -356,7 +356,7 @@ impl<'c, 'a> Run<'c, 'a> {
             .cursor(self.ctx.connection_id, stream.object, stream.cursor)
             .await?
             .and_then(|position| position.get("stamp").and_then(Value::as_i64));
-        let lookback = self.ctx.options.lookback.as_millis() as Millis;
+        let lookback = self.ctx.settings.lookback.as_millis() as Millis;
         let mut from = checkpoint.map(|stamp| stamp - lookback);
         let mut window: Option<Duration> = None;
         let mut restarts = 0;
@@ -372,7 +372,7 @@ impl<'c, 'a> Run<'c, 'a> {
             let soql = stream_soql(stream, from, upper);
             let first = match self
                 .client
-                .query(&soql, stream.query_all, self.ctx.options.page_size)
+                .query(&soql, stream.query_all, self.ctx.settings.page_size)
                 .await
             {
                 Ok(page) => page,

@@ -109,6 +109,35 @@ fn an_invalid_url_names_the_key() {
 }
 
 #[test]
+fn page_size_and_lookback_are_checked_per_crm() {
+    let dir = ConfigDir::new();
+    let text = SALESFORCE.replace(
+        "kind = \"salesforce\"",
+        "kind = \"salesforce\"\npage_size = 100\nlookback = \"2d\"",
+    );
+    let err = load(&dir, &text, &[("SF_REFRESH", "x")]).unwrap_err();
+    assert_eq!(
+        problem_keys(&err),
+        vec!["connections[0].page_size", "connections[0].lookback"]
+    );
+    assert!(
+        err.to_string()
+            .contains("must be between 200 and 2000 for salesforce"),
+        "{err}"
+    );
+    let text = SALESFORCE.replace(
+        "kind = \"salesforce\"",
+        "kind = \"salesforce\"\npage_size = 500\nlookback = \"10m\"",
+    );
+    let settings = load(&dir, &text, &[("SF_REFRESH", "x")]).unwrap();
+    assert_eq!(settings.connections[0].page_size, 500);
+    assert_eq!(
+        settings.connections[0].lookback,
+        std::time::Duration::from_secs(600)
+    );
+}
+
+#[test]
 fn plain_http_is_refused_off_loopback_and_allowed_on_it() {
     let dir = ConfigDir::new();
     let remote = SALESFORCE.replace(

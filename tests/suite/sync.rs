@@ -281,11 +281,11 @@ async fn backfill_then_changes_then_months_match_the_truth(test: TestStore) {
 async fn faults_and_lost_locators_lose_nothing(test: TestStore) {
     let emu = start_emulator().await;
     let dir = ConfigDir::new();
-    let connection = salesforce_connection(&emu, &dir);
-    let options = SyncOptions {
+    let connection = ConnectionSettings {
         page_size: 200,
-        ..quick_options()
+        ..salesforce_connection(&emu, &dir)
     };
+    let options = quick_options();
     set_faults(
         &emu,
         json!([

@@ -500,9 +500,9 @@ async fn a_change_the_index_had_not_taken_in_is_found_by_the_lookback(test: Test
     let dir = ConfigDir::new();
     let connection = hubspot_connection(&emu, &dir, "2026-03", Auth::PrivateApp);
     let options = quick_options();
-    let no_lookback = SyncOptions {
+    let no_lookback = ConnectionSettings {
         lookback: Duration::ZERO,
-        ..quick_options()
+        ..connection.clone()
     };
     run(&test.store, &connection, &options).await;
     let id = connection_id(&test.store).await;
@@ -518,14 +518,14 @@ async fn a_change_the_index_had_not_taken_in_is_found_by_the_lookback(test: Test
     let lost = quiet_live_deal(&emu, 3_600_000, &[]).await;
     set_amount(&emu, &lost, "1234.5").await;
     control(&emu, "/__emulator/clock/advance", json!({"by": "10s"})).await;
-    run(&test.store, &connection, &no_lookback).await;
+    run(&test.store, &no_lookback, &options).await;
     assert_ne!(
         stored_amount(&test.store, id, &lost).await,
         Some(123_450),
         "the index had not taken the change in"
     );
     control(&emu, "/__emulator/clock/advance", json!({"by": "2m"})).await;
-    run(&test.store, &connection, &no_lookback).await;
+    run(&test.store, &no_lookback, &options).await;
     assert_ne!(
         stored_amount(&test.store, id, &lost).await,
         Some(123_450),
@@ -575,11 +575,11 @@ async fn many_changes_in_one_millisecond_page_by_id(test: TestStore) {
     .await;
     control(&emu, "/__emulator/clock/advance", json!({"by": "1m"})).await;
 
-    let small_pages = SyncOptions {
+    let small_pages = ConnectionSettings {
         page_size: 10,
-        ..quick_options()
+        ..connection.clone()
     };
-    run(&test.store, &connection, &small_pages).await;
+    run(&test.store, &small_pages, &quick_options()).await;
     for deal in &deals {
         assert_eq!(
             stored_amount(&test.store, id, deal).await,
@@ -593,11 +593,11 @@ async fn many_changes_in_one_millisecond_page_by_id(test: TestStore) {
 async fn an_interrupted_backfill_resumes_at_its_last_page(test: TestStore) {
     let emu = start_emulator().await;
     let dir = ConfigDir::new();
-    let connection = hubspot_connection(&emu, &dir, "2026-03", Auth::PrivateApp);
-    let options = SyncOptions {
+    let connection = ConnectionSettings {
         page_size: 10,
-        ..quick_options()
+        ..hubspot_connection(&emu, &dir, "2026-03", Auth::PrivateApp)
     };
+    let options = quick_options();
     let (stop, signal) = StopSignal::new();
     stop.stop();
     let stopped = sync::sync_once(&test.store, &connection, &options, &signal)
@@ -627,11 +627,11 @@ async fn an_interrupted_backfill_resumes_at_its_last_page(test: TestStore) {
 async fn faults_and_expired_tokens_lose_nothing(test: TestStore) {
     let emu = start_emulator().await;
     let dir = ConfigDir::new();
-    let connection = hubspot_connection(&emu, &dir, "2026-03", Auth::Oauth);
-    let options = SyncOptions {
+    let connection = ConnectionSettings {
         page_size: 50,
-        ..quick_options()
+        ..hubspot_connection(&emu, &dir, "2026-03", Auth::Oauth)
     };
+    let options = quick_options();
     set_faults(
         &emu,
         json!([
