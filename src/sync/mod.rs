@@ -6,6 +6,7 @@
 
 mod hubspot;
 mod hubspot_map;
+mod progress;
 mod salesforce;
 mod salesforce_map;
 

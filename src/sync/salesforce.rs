@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use serde_json::{json, Map, Value};
 
+use super::progress::Progress;
 use super::salesforce_map::{
     history_row, lead_status_event, record_kind, record_row, soql_datetime, BadRow,
 };
@@ -434,6 +435,8 @@ impl<'c, 'a> Run<'c, 'a> {
         stream: &Stream,
         first: QueryPage,
     ) -> Result<PagesEnd, SyncError> {
+        let connection = self.ctx.settings.name.clone();
+        let mut progress = Progress::new(&connection, stream.object, first.total_size);
         let mut page = first;
         let mut last_stamp = None;
         loop {
@@ -441,6 +444,7 @@ impl<'c, 'a> Run<'c, 'a> {
             if let Some(stamp) = self.store_page(stream, &page).await? {
                 last_stamp = Some(stamp);
             }
+            progress.advance(page.records.len());
             self.ctx.check_stop()?;
             match self.client.next_page(&page).await {
                 Ok(Some(next)) => page = next,
