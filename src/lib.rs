@@ -14,6 +14,7 @@ pub mod daemon;
 pub mod demo;
 pub mod emulator;
 pub mod metrics;
+pub mod query;
 pub mod record;
 pub mod store;
 pub mod sync;
