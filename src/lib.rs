@@ -7,6 +7,7 @@
 //! Data flows one way: fetch → normalise → [`store`] → evaluate → act. The modules are named
 //! for those steps; [`cli`] is the command-line face of the library.
 
+pub mod api;
 pub mod cli;
 pub mod config;
 pub mod crm;
