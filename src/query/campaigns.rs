@@ -89,17 +89,23 @@ pub struct CampaignsReport {
     pub campaigns: Vec<CampaignResult>,
 }
 
-const MEMBERS_SQLITE: &str = "SELECT json_extract(m.fields, '$.CampaignId'), p.id, \
+/// Members whose lead or contact is stored carry its id; others count without one. The person
+/// is looked up per kind, each on the unique index, rather than with an `IN` over two columns.
+const MEMBERS_SQLITE: &str = "SELECT json_extract(m.fields, '$.CampaignId'), \
+     COALESCE((SELECT p.id FROM records p WHERE p.connection_id = m.connection_id AND p.object_kind = 'lead' \
+               AND p.crm_id = json_extract(m.fields, '$.LeadId')), \
+              (SELECT p.id FROM records p WHERE p.connection_id = m.connection_id AND p.object_kind = 'contact' \
+               AND p.crm_id = json_extract(m.fields, '$.ContactId'))), \
      COALESCE(json_extract(m.fields, '$.HasResponded'), 0) = 1 \
-     FROM records m LEFT JOIN records p ON p.connection_id = m.connection_id AND p.object_kind IN ('lead', 'contact') \
-     AND p.crm_id IN (json_extract(m.fields, '$.LeadId'), json_extract(m.fields, '$.ContactId')) \
-     WHERE m.connection_id = $1 AND m.object_kind = 'campaign_member' AND m.deleted_at_ms IS NULL \
+     FROM records m WHERE m.connection_id = $1 AND m.object_kind = 'campaign_member' AND m.deleted_at_ms IS NULL \
      AND m.crm_created_at_ms >= $2 AND m.crm_created_at_ms < $3";
-const MEMBERS_POSTGRES: &str = "SELECT m.fields->>'CampaignId', p.id, \
+const MEMBERS_POSTGRES: &str = "SELECT m.fields->>'CampaignId', \
+     COALESCE((SELECT p.id FROM records p WHERE p.connection_id = m.connection_id AND p.object_kind = 'lead' \
+               AND p.crm_id = m.fields->>'LeadId'), \
+              (SELECT p.id FROM records p WHERE p.connection_id = m.connection_id AND p.object_kind = 'contact' \
+               AND p.crm_id = m.fields->>'ContactId')), \
      COALESCE(m.fields->>'HasResponded', 'false') = 'true' \
-     FROM records m LEFT JOIN records p ON p.connection_id = m.connection_id AND p.object_kind IN ('lead', 'contact') \
-     AND p.crm_id IN (m.fields->>'LeadId', m.fields->>'ContactId') \
-     WHERE m.connection_id = $1 AND m.object_kind = 'campaign_member' AND m.deleted_at_ms IS NULL \
+     FROM records m WHERE m.connection_id = $1 AND m.object_kind = 'campaign_member' AND m.deleted_at_ms IS NULL \
      AND m.crm_created_at_ms >= $2 AND m.crm_created_at_ms < $3";
 const PRIMARY_DEALS: &str = "SELECT campaign_id, id FROM records WHERE connection_id = $1 AND object_kind = 'deal' \
      AND campaign_id IS NOT NULL AND deleted_at_ms IS NULL AND crm_created_at_ms >= $2 AND crm_created_at_ms < $3";

@@ -390,13 +390,16 @@ async fn events(
 /// Salesforce lead conversions, as the lead's JSON fields hold them; the JSON operator is
 /// each backend's own.
 const CONVERSIONS_SQLITE: &str = "SELECT l.id, o.id FROM records l JOIN records o ON o.connection_id = l.connection_id \
-     AND ((o.object_kind = 'deal' AND o.crm_id = json_extract(l.fields, '$.ConvertedOpportunityId')) \
-     OR (o.object_kind = 'contact' AND o.crm_id = json_extract(l.fields, '$.ConvertedContactId'))) \
+     AND o.object_kind = 'deal' AND o.crm_id = json_extract(l.fields, '$.ConvertedOpportunityId') \
+     WHERE l.connection_id = $1 AND l.object_kind = 'lead' \
+     UNION ALL SELECT l.id, o.id FROM records l JOIN records o ON o.connection_id = l.connection_id \
+     AND o.object_kind = 'contact' AND o.crm_id = json_extract(l.fields, '$.ConvertedContactId') \
      WHERE l.connection_id = $1 AND l.object_kind = 'lead'";
-const CONVERSIONS_POSTGRES: &str =
-    "SELECT l.id, o.id FROM records l JOIN records o ON o.connection_id = l.connection_id \
-     AND ((o.object_kind = 'deal' AND o.crm_id = l.fields->>'ConvertedOpportunityId') \
-     OR (o.object_kind = 'contact' AND o.crm_id = l.fields->>'ConvertedContactId')) \
+const CONVERSIONS_POSTGRES: &str = "SELECT l.id, o.id FROM records l JOIN records o ON o.connection_id = l.connection_id \
+     AND o.object_kind = 'deal' AND o.crm_id = l.fields->>'ConvertedOpportunityId' \
+     WHERE l.connection_id = $1 AND l.object_kind = 'lead' \
+     UNION ALL SELECT l.id, o.id FROM records l JOIN records o ON o.connection_id = l.connection_id \
+     AND o.object_kind = 'contact' AND o.crm_id = l.fields->>'ConvertedContactId' \
      WHERE l.connection_id = $1 AND l.object_kind = 'lead'";
 const ASSOCIATIONS: &str = "SELECT a.id, b.id FROM record_links k \
      JOIN records a ON a.connection_id = k.connection_id AND a.object_kind = k.from_kind AND a.crm_id = k.from_crm_id \
@@ -430,16 +433,23 @@ pub(crate) async fn linked_records(
 }
 
 /// Campaign memberships (Salesforce CampaignMember rows) by the lead or contact they hold.
+/// Each join matches on one indexed column: an `OR` or `IN` over two would scan every record.
 const MEMBERSHIPS_SQLITE: &str = "SELECT p.id, COALESCE(m.crm_created_at_ms, m.first_seen_at_ms), \
      json_extract(m.fields, '$.CampaignId') FROM records m JOIN records p ON p.connection_id = m.connection_id \
-     AND p.object_kind IN ('lead', 'contact') \
-     AND p.crm_id IN (json_extract(m.fields, '$.LeadId'), json_extract(m.fields, '$.ContactId')) \
+     AND p.object_kind = 'lead' AND p.crm_id = json_extract(m.fields, '$.LeadId') \
+     WHERE m.connection_id = $1 AND m.object_kind = 'campaign_member' AND m.deleted_at_ms IS NULL \
+     UNION ALL SELECT p.id, COALESCE(m.crm_created_at_ms, m.first_seen_at_ms), \
+     json_extract(m.fields, '$.CampaignId') FROM records m JOIN records p ON p.connection_id = m.connection_id \
+     AND p.object_kind = 'contact' AND p.crm_id = json_extract(m.fields, '$.ContactId') \
      WHERE m.connection_id = $1 AND m.object_kind = 'campaign_member' AND m.deleted_at_ms IS NULL";
 const MEMBERSHIPS_POSTGRES: &str =
     "SELECT p.id, COALESCE(m.crm_created_at_ms, m.first_seen_at_ms), \
      m.fields->>'CampaignId' FROM records m JOIN records p ON p.connection_id = m.connection_id \
-     AND p.object_kind IN ('lead', 'contact') \
-     AND p.crm_id IN (m.fields->>'LeadId', m.fields->>'ContactId') \
+     AND p.object_kind = 'lead' AND p.crm_id = m.fields->>'LeadId' \
+     WHERE m.connection_id = $1 AND m.object_kind = 'campaign_member' AND m.deleted_at_ms IS NULL \
+     UNION ALL SELECT p.id, COALESCE(m.crm_created_at_ms, m.first_seen_at_ms), \
+     m.fields->>'CampaignId' FROM records m JOIN records p ON p.connection_id = m.connection_id \
+     AND p.object_kind = 'contact' AND p.crm_id = m.fields->>'ContactId' \
      WHERE m.connection_id = $1 AND m.object_kind = 'campaign_member' AND m.deleted_at_ms IS NULL";
 
 const OWNER_PATH: &str =
