@@ -11,7 +11,7 @@
 //! `ConvertedContactId`) or a HubSpot association, either way round.
 //!
 //! With `--by`, records are grouped by owner, source or campaign, seen in one of three views
-//! of their path: `first-touch` (the first value the store saw), `nurture` (every value along
+//! of their path: `first_touch` (the first value the store saw), `nurture` (every value along
 //! the way, so a record counts once in each), or `latest` (the value now). Campaigns come from
 //! the record's own campaign field and from its campaign memberships.
 
@@ -84,6 +84,7 @@ pub enum CohortBy {
 pub enum PathView {
     /// The first value the store saw.
     #[default]
+    #[value(name = "first_touch")]
     FirstTouch,
     /// Every value along the path (a record counts in each).
     Nurture,
@@ -111,7 +112,7 @@ pub struct CohortParams {
     /// Group by campaign, source or owner.
     #[arg(long, value_enum)]
     pub by: Option<CohortBy>,
-    /// Which value of the path groups a record: first_touch, nurture or latest.
+    /// Which value of the path groups a record (default first_touch).
     #[arg(long, value_enum)]
     pub view: Option<PathView>,
     /// Only records of this kind (lead, contact, deal).
