@@ -13,6 +13,7 @@ use crate::config::{self, ConfigError, Settings};
 use crate::daemon::{self, DaemonError};
 use crate::demo::{self, DemoError, DemoOptions};
 use crate::emulator::{self, EmulatorOptions};
+use crate::query::{self, Format, QueryError, Report};
 use crate::store::{Store, StoreError};
 use crate::sync::{self, StopSignal, SyncError, SyncOptions};
 use crate::telemetry::LogFormat;
@@ -50,6 +51,37 @@ pub enum Command {
     /// Serve the built-in CRM emulator where the configuration points (config/demo.toml), sync
     /// it, let simulated months pass while syncing, and print what was stored.
     Demo(DemoArgs),
+    /// Answer a question about the pipeline's past from the store (the CRM is not called).
+    #[command(subcommand)]
+    Query(QueryCommand),
+}
+
+/// `pipewarden query …`: one subcommand per question, each also served at `/api/v1/…`.
+#[derive(Debug, Subcommand)]
+pub enum QueryCommand {
+    /// Every open deal as it was at an instant, with totals by stage.
+    AsOf(QueryArgs<query::as_of::AsOfParams>),
+    /// Every version, stage move, milestone, violation and recycle action of one record.
+    History(QueryArgs<query::history::HistoryParams>),
+    /// Deals created, won, lost, removed, moved, re-priced or re-dated between two instants.
+    PipelineDiff(QueryArgs<query::pipeline_diff::PipelineDiffParams>),
+    /// Per stage: entries, conversion to the next stage and to won, dwell times, stuck deals.
+    Funnel(QueryArgs<query::funnel::FunnelParams>),
+    /// Records by the period of a start event, and when they reached an outcome.
+    Cohort(QueryArgs<query::cohort::CohortParams>),
+    /// Per campaign: members, responses, the deals and wins they led to, against the average.
+    Campaigns(QueryArgs<query::campaigns::CampaignsParams>),
+}
+
+/// A query's own parameters and the output format.
+#[derive(Debug, clap::Args)]
+pub struct QueryArgs<P: clap::Args> {
+    /// The query's parameters.
+    #[command(flatten)]
+    pub params: P,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: Format,
 }
 
 /// `pipewarden demo …`
@@ -138,6 +170,9 @@ pub enum CliError {
     /// The demo failed.
     #[error(transparent)]
     Demo(DemoError),
+    /// A query could not be answered (a bad parameter, or the store failed).
+    #[error(transparent)]
+    Query(#[from] QueryError),
     /// The daemon failed.
     #[error(transparent)]
     Daemon(DaemonError),
@@ -154,6 +189,7 @@ impl CliError {
     pub fn exit_code(&self) -> ExitCode {
         match self {
             CliError::Config(_) => ExitCode::from(3),
+            CliError::Query(QueryError::BadParameter { .. }) => ExitCode::from(2),
             _ => ExitCode::FAILURE,
         }
     }
@@ -168,7 +204,54 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Sync(args) => sync_once(cli.config, args).await,
         Command::Run => run_daemon(cli.config).await,
         Command::Demo(args) => demo(cli.config, args).await,
+        Command::Query(command) => run_query(cli.config, command).await,
     }
+}
+
+async fn run_query(path: Option<PathBuf>, command: QueryCommand) -> Result<(), CliError> {
+    let settings = load_settings(path)?;
+    let store = Store::open_migrated(&settings.store).await?;
+    let answered = answer_query(&store, &settings, command).await;
+    store.close().await;
+    answered
+}
+
+async fn answer_query(
+    store: &Store,
+    settings: &Settings,
+    command: QueryCommand,
+) -> Result<(), CliError> {
+    match command {
+        QueryCommand::AsOf(args) => {
+            print_report(&query::as_of::run(store, &args.params).await?, args.format)
+        }
+        QueryCommand::History(args) => print_report(
+            &query::history::run(store, &args.params).await?,
+            args.format,
+        ),
+        QueryCommand::PipelineDiff(args) => print_report(
+            &query::pipeline_diff::run(store, &args.params).await?,
+            args.format,
+        ),
+        QueryCommand::Funnel(args) => print_report(
+            &query::funnel::run(store, settings, &args.params).await?,
+            args.format,
+        ),
+        QueryCommand::Cohort(args) => {
+            print_report(&query::cohort::run(store, &args.params).await?, args.format)
+        }
+        QueryCommand::Campaigns(args) => print_report(
+            &query::campaigns::run(store, &args.params).await?,
+            args.format,
+        ),
+    }
+}
+
+fn print_report(report: &impl Report, format: Format) -> Result<(), CliError> {
+    let mut out = std::io::stdout().lock();
+    query::render(report, format, &mut out)?;
+    out.flush()?;
+    Ok(())
 }
 
 fn load_settings(path: Option<PathBuf>) -> Result<Settings, ConfigError> {

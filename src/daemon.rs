@@ -1,4 +1,5 @@
-//! `pipewarden run`: a sync loop per connection and the HTTP listener for probes and metrics.
+//! `pipewarden run`: a sync loop per connection and the HTTP listener for probes, metrics and
+//! the query API (`/api/v1/…`).
 //!
 //! Each connection syncs at its own interval plus a random share of it (`poll_jitter`), so
 //! connections and replicas do not hit the APIs in step. A stop (SIGTERM, SIGINT) lets each
@@ -15,6 +16,7 @@ use axum::Router;
 use rand::Rng;
 use tokio::net::TcpListener;
 
+use crate::api::{self, ApiState};
 use crate::config::settings::ConnectionSettings;
 use crate::config::Settings;
 use crate::metrics::Metrics;
@@ -53,10 +55,17 @@ pub async fn run(settings: Settings, stop: StopSignal) -> Result<(), DaemonError
         .await
         .map_err(|source| DaemonError::Listener { address, source })?;
     tracing::info!(%address, connections = settings.connections.len(), "pipewarden running");
-    let app = router(AppState {
+    let api = Arc::new(ApiState {
         store: store.clone(),
-        metrics: metrics.clone(),
+        settings: settings.clone(),
     });
+    let app = router(
+        AppState {
+            store: store.clone(),
+            metrics: metrics.clone(),
+        },
+        api,
+    );
     let mut listener_stop = stop.clone();
     let http = tokio::spawn(async move {
         axum::serve(listener, app)
@@ -121,12 +130,13 @@ fn jittered(interval: Duration, jitter: f64) -> Duration {
     interval + spread
 }
 
-fn router(state: AppState) -> Router {
+fn router(state: AppState, api: Arc<ApiState>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readiness))
         .route("/metrics", get(metrics_text))
         .with_state(Arc::new(state))
+        .merge(api::routes(api))
 }
 
 /// Ready when the store answers; a replica that cannot reach its store should get no traffic.

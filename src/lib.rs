@@ -7,6 +7,7 @@
 //! Data flows one way: fetch → normalise → [`store`] → evaluate → act. The modules are named
 //! for those steps; [`cli`] is the command-line face of the library.
 
+pub mod api;
 pub mod cli;
 pub mod config;
 pub mod crm;
@@ -14,6 +15,7 @@ pub mod daemon;
 pub mod demo;
 pub mod emulator;
 pub mod metrics;
+pub mod query;
 pub mod record;
 pub mod store;
 pub mod sync;

@@ -101,6 +101,16 @@ async fn run_syncs_serves_probes_and_metrics_and_stops_on_sigterm() {
         .await
         .unwrap();
     assert_eq!(ready.status(), reqwest::StatusCode::OK);
+    let openapi: serde_json::Value = reqwest::get(format!("http://{listen}/api/v1/openapi.json"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        openapi["paths"]["/api/v1/as-of"].is_object(),
+        "the daemon serves the query API: {openapi}"
+    );
 
     signal(&child, "-TERM");
     let status = wait_for_exit(&mut child, Duration::from_secs(30)).await;

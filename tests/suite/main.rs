@@ -1,5 +1,6 @@
 //! Integration tests, one binary: configuration, the command line and the store.
 
+mod api;
 mod cli;
 mod config_errors;
 mod daemon;
@@ -9,6 +10,7 @@ mod emulator_faults;
 mod emulator_hubspot;
 mod emulator_query;
 mod emulator_writes;
+mod queries;
 mod store;
 mod support;
 mod sync;

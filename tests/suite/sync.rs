@@ -64,14 +64,14 @@ burst = 200
 }
 
 /// The Salesforce connection of [`write_config`], as the sync reads it.
-fn salesforce_connection(emu: &RunningEmulator, dir: &ConfigDir) -> ConnectionSettings {
+pub(crate) fn salesforce_connection(emu: &RunningEmulator, dir: &ConfigDir) -> ConnectionSettings {
     let path = write_config(dir, emu, "sqlite::memory:", "127.0.0.1:0");
     let settings = pipewarden::config::load(Some(path.as_ref())).expect("test config loads");
     settings.connections.into_iter().next().unwrap()
 }
 
 /// Fast retries, so that fault tests take seconds.
-fn quick_options() -> SyncOptions {
+pub(crate) fn quick_options() -> SyncOptions {
     SyncOptions {
         retry: RetryPolicy {
             max_attempts: 12,
@@ -82,7 +82,7 @@ fn quick_options() -> SyncOptions {
     }
 }
 
-async fn truth(emu: &RunningEmulator, object: &str) -> Vec<Value> {
+pub(crate) async fn truth(emu: &RunningEmulator, object: &str) -> Vec<Value> {
     let url = emu
         .base_url()
         .join(&format!("__emulator/salesforce/truth/{object}"))
@@ -91,7 +91,7 @@ async fn truth(emu: &RunningEmulator, object: &str) -> Vec<Value> {
     body["records"].as_array().unwrap().clone()
 }
 
-fn millis(text: &str) -> i64 {
+pub(crate) fn millis(text: &str) -> i64 {
     chrono::DateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f%z")
         .unwrap()
         .timestamp_millis()

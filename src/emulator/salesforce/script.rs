@@ -61,7 +61,7 @@ impl By {
     }
 }
 
-/// One scripted change: update, create, delete or merge.
+/// One scripted change: update, create, delete, merge or lead conversion.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Change {
@@ -76,6 +76,9 @@ struct Change {
     delete: bool,
     #[serde(default)]
     merge_into: Option<String>,
+    /// Converts the lead `id` into this existing opportunity.
+    #[serde(default)]
+    convert_to: Option<String>,
     #[serde(default)]
     by: By,
 }
@@ -150,14 +153,20 @@ fn apply_change(
         &change.set,
         change.delete,
         &change.merge_into,
+        &change.convert_to,
     ) {
-        (Some(fields), None, false, None) => batch.create(object, fields, &[]),
-        (None, Some(fields), false, None) => batch.update(object, id()?, fields, &[]),
-        (None, None, true, None) => batch.delete(object, id()?),
-        (None, None, false, Some(master)) => batch.merge(object, master, &[id()?.to_string()]),
+        (Some(fields), None, false, None, None) => batch.create(object, fields, &[]),
+        (None, Some(fields), false, None, None) => batch.update(object, id()?, fields, &[]),
+        (None, None, true, None, None) => batch.delete(object, id()?),
+        (None, None, false, Some(master), None) => {
+            batch.merge(object, master, &[id()?.to_string()])
+        }
+        (None, None, false, None, Some(deal)) if object.name == "Lead" => {
+            batch.convert_lead(id()?, deal)
+        }
         _ => Err(RecordError::bad(
             "MALFORMED_REQUEST",
-            "a change has exactly one of `create`, `set`, `delete: true` or `merge_into`",
+            "a change has exactly one of `create`, `set`, `delete: true`, `merge_into` or `convert_to` (leads only)",
             &[],
         )),
     }

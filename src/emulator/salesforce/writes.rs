@@ -584,6 +584,51 @@ impl<'f> Batch<'f> {
         Ok(id)
     }
 
+    /// Converts a lead into an existing opportunity, as the conversion wizard would: the lead
+    /// gets the converted status and the converted fields, which clients cannot write.
+    pub fn convert_lead(&mut self, id: &str, opportunity: &str) -> Result<String, RecordError> {
+        let lead = &super::schema::LEAD;
+        let view = self.view();
+        let (number, before) = locate(&view, lead, id)?;
+        if matches!(before.get("IsConverted"), SfValue::Bool(true)) {
+            return Err(RecordError::bad(
+                "CANNOT_UPDATE_CONVERTED_LEAD",
+                "cannot reference converted lead",
+                &[],
+            ));
+        }
+        let (_, deal) = locate(&view, &super::schema::OPPORTUNITY, opportunity)?;
+        let converted = LEAD_STATUSES
+            .iter()
+            .find(|(_, is_converted)| *is_converted)
+            .map_or("Closed - Converted", |(label, _)| label);
+        let field = |name: &str| {
+            lead.field_index(name)
+                .expect("Lead defines the converted fields")
+        };
+        let write = Write {
+            at: self.at,
+            by: self.by.clone(),
+            values: vec![
+                (field("Status"), SfValue::Text(converted.into())),
+                (field("IsConverted"), SfValue::Bool(true)),
+                (
+                    field("ConvertedDate"),
+                    SfValue::Date(super::schema::day_of(self.at)),
+                ),
+                (
+                    field("ConvertedOpportunityId"),
+                    SfValue::Text(deal.id().to_string()),
+                ),
+            ],
+            delete: false,
+            seq: 0,
+        };
+        let id = before.id().to_string();
+        self.overlay.record_write(lead, number, write);
+        Ok(id)
+    }
+
     /// Creates a record and returns its id.
     pub fn create(
         &mut self,

@@ -1,0 +1,289 @@
+//! Latency of the historical queries on a store synced from the emulated Salesforce org.
+//!
+//! `cargo bench --bench queries -- small [tiny|large] [--postgres] [--runs N]`. The emulator
+//! and the sync run in this process; the store is synced once, then each query runs N times
+//! (default 20) and p50/p95 are printed next to the issue's targets. PostgreSQL runs use
+//! `PIPEWARDEN_TEST_POSTGRES_URL` (default the local server) and create a database of their own.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use pipewarden::config::Settings;
+use pipewarden::emulator::{self, EmulatorOptions, Scale};
+use pipewarden::query::{self, format_instant};
+use pipewarden::store::Store;
+use pipewarden::sync::{self, StopSignal, SyncOptions};
+use sqlx::Connection;
+
+const DAY_MS: i64 = 86_400_000;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let postgres = args.iter().any(|a| a == "--postgres");
+    let runs: usize = args
+        .iter()
+        .position(|a| a == "--runs")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(20);
+    let scale = match args
+        .iter()
+        .find(|a| !a.starts_with('-') && a.parse::<usize>().is_err())
+        .map(String::as_str)
+    {
+        None | Some("small") => Scale::Small,
+        Some("tiny") => Scale::Tiny,
+        Some("large") => Scale::Large,
+        Some(other) => {
+            eprintln!("unknown scale {other:?}: expected tiny, small or large");
+            std::process::exit(2);
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    if let Err(err) = runtime.block_on(bench(scale, postgres, runs)) {
+        eprintln!("benchmark failed: {err}");
+        std::process::exit(1);
+    }
+}
+
+async fn bench(scale: Scale, postgres: bool, runs: usize) -> Result<(), String> {
+    let emu = emulator::start(
+        "127.0.0.1:0".parse().unwrap(),
+        EmulatorOptions {
+            scale,
+            ..EmulatorOptions::default()
+        },
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let store_url = match postgres {
+        true => create_postgres_database().await?,
+        false => format!("sqlite://{}", dir.path().join("bench.db").display()),
+    };
+    let settings = settings(dir.path(), emu.base_url().as_str(), &store_url)?;
+    let store = Store::open_migrated(&settings.store)
+        .await
+        .map_err(|e| e.to_string())?;
+    println!(
+        "query benchmark: {scale:?} funnel, store {}, {runs} runs per query, {} CPU(s)",
+        if postgres { "PostgreSQL" } else { "SQLite" },
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    let started = Instant::now();
+    let report = sync::sync_once(
+        &store,
+        &settings.connections[0],
+        &SyncOptions::default(),
+        &StopSignal::never(),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    println!(
+        "synced {} records, {} versions, {} stage changes in {:.1}s",
+        report.summary.records_seen,
+        report.summary.versions_written,
+        report.summary.transitions_written,
+        started.elapsed().as_secs_f64()
+    );
+    if postgres {
+        // A freshly loaded database has no planner statistics until autovacuum gets to it;
+        // without them PostgreSQL picks nested loops over the whole store.
+        let mut connection = sqlx::PgConnection::connect(&store_url)
+            .await
+            .map_err(|e| e.to_string())?;
+        sqlx::raw_sql("ANALYZE")
+            .execute(&mut connection)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    let now = emu.clock().now_ms();
+    let at = |days_ago: i64| format_instant(now - days_ago * DAY_MS);
+    let deal = some_deal(&store, now).await?;
+
+    let as_of = query::as_of::AsOfParams {
+        at: at(40),
+        ..Default::default()
+    };
+    time("as-of (quarter end)", Some(100), runs, || {
+        query::as_of::run(&store, &as_of)
+    })
+    .await?;
+    let history = query::history::HistoryParams {
+        id: deal.clone(),
+        ..Default::default()
+    };
+    time("history (one deal)", None, runs, || {
+        query::history::run(&store, &history)
+    })
+    .await?;
+    let diff = query::pipeline_diff::PipelineDiffParams {
+        from: at(91),
+        to: at(0),
+        ..Default::default()
+    };
+    time("pipeline-diff (a quarter)", Some(500), runs, || {
+        query::pipeline_diff::run(&store, &diff)
+    })
+    .await?;
+    let funnel = query::funnel::FunnelParams {
+        from: at(365),
+        to: at(0),
+        ..Default::default()
+    };
+    time("funnel (a year)", Some(1_000), runs, || {
+        query::funnel::run(&store, &settings, &funnel)
+    })
+    .await?;
+    let cohort = query::cohort::CohortParams {
+        period: "month".into(),
+        start: "created".into(),
+        outcome: "won".into(),
+        horizon: Some(24),
+        kind: Some("lead".into()),
+        from: Some(at(730)),
+        ..Default::default()
+    };
+    time("cohort (24 months, won)", Some(1_000), runs, || {
+        query::cohort::run(&store, &cohort)
+    })
+    .await?;
+    let campaigns = query::campaigns::CampaignsParams {
+        from: at(91),
+        to: at(0),
+        ..Default::default()
+    };
+    time("campaigns (a quarter)", None, runs, || {
+        query::campaigns::run(&store, &campaigns)
+    })
+    .await?;
+    store.close().await;
+    if postgres {
+        drop_postgres_database(&store_url).await?;
+    }
+    emu.stop().await.map_err(|e| e.to_string())
+}
+
+/// Removes the database [`create_postgres_database`] made, from the server's admin database.
+async fn drop_postgres_database(store_url: &str) -> Result<(), String> {
+    let mut url = url::Url::parse(store_url).map_err(|e| e.to_string())?;
+    let name = url.path().trim_start_matches('/').to_string();
+    url.set_path("/postgres");
+    let mut conn = sqlx::PgConnection::connect(url.as_str())
+        .await
+        .map_err(|e| e.to_string())?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+    )))
+    .execute(&mut conn)
+    .await
+    .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// Runs `query` `runs` times and prints p50/p95 (and the target, in milliseconds).
+async fn time<F, Fut, T>(
+    name: &str,
+    target_ms: Option<u64>,
+    runs: usize,
+    query: F,
+) -> Result<(), String>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<T, query::QueryError>>,
+{
+    let mut took: Vec<Duration> = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let started = Instant::now();
+        query().await.map_err(|e| format!("{name}: {e}"))?;
+        took.push(started.elapsed());
+    }
+    took.sort();
+    let pick = |q: f64| took[((q * runs as f64).ceil() as usize).clamp(1, runs) - 1];
+    let (p50, p95) = (pick(0.5), pick(0.95));
+    let verdict = match target_ms {
+        Some(target) if p95 <= Duration::from_millis(target) => {
+            format!("(target p95 ≤ {target} ms: met)")
+        }
+        Some(target) => format!("(target p95 ≤ {target} ms: MISSED)"),
+        None => String::new(),
+    };
+    println!(
+        "{name:<28} p50 {:>9.1} ms   p95 {:>9.1} ms   {verdict}",
+        p50.as_secs_f64() * 1e3,
+        p95.as_secs_f64() * 1e3
+    );
+    Ok(())
+}
+
+async fn some_deal(store: &Store, now: i64) -> Result<String, String> {
+    let report = query::as_of::run(
+        store,
+        &query::as_of::AsOfParams {
+            at: format_instant(now),
+            ..Default::default()
+        },
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    report
+        .deals
+        .first()
+        .map(|d| d.crm_id.clone())
+        .ok_or_else(|| "no open deal to read the history of".to_string())
+}
+
+fn settings(dir: &std::path::Path, base_url: &str, store_url: &str) -> Result<Settings, String> {
+    std::fs::write(dir.join("refresh-token"), "emulator-demo-refresh-token\n")
+        .map_err(|e| e.to_string())?;
+    let config = format!(
+        r#"
+[store]
+url = "{store_url}"
+
+[[connections]]
+name = "sf"
+kind = "salesforce"
+login_url = "{base_url}"
+
+[connections.auth]
+kind = "refresh_token"
+client_id = "pipewarden-demo"
+refresh_token = {{ file = "refresh-token" }}
+
+[connections.limits]
+requests_per_second = 1000
+burst = 1000
+
+[[rules]]
+name = "gates"
+connection = "sf"
+
+[[rules.stages]]
+stage = "Qualification"
+max_dwell = "30d"
+"#
+    );
+    let path = dir.join("pipewarden.toml");
+    std::fs::write(&path, config).map_err(|e| e.to_string())?;
+    pipewarden::config::load(Some(&path)).map_err(|e| e.to_string())
+}
+
+async fn create_postgres_database() -> Result<String, String> {
+    let admin = std::env::var("PIPEWARDEN_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let name = format!("pw_query_bench_{}", std::process::id());
+    let mut conn = sqlx::PgConnection::connect(&admin)
+        .await
+        .map_err(|e| format!("PostgreSQL at {admin}: {e}"))?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+        .execute(&mut conn)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut url = url::Url::parse(&admin).map_err(|e| e.to_string())?;
+    url.set_path(&name);
+    Ok(url.to_string())
+}

@@ -1,0 +1,276 @@
+//! `query as-of`: every open deal as it was at an instant, with totals by stage.
+//!
+//! A deal's state at T is the version valid at T. Versions are as fine as the syncs were:
+//! between two syncs only the last state the CRM had is known, from its modification time.
+
+use serde::{Deserialize, Serialize};
+
+use super::{
+    check_pipeline, check_stage, deal_stages, format_cents, format_instant, parse_instant,
+    resolve_connection, Connection, QueryError, Report, Table,
+};
+use crate::record::Millis;
+use crate::store::{dispatch, QueryContext, StageDefinition, Store};
+
+/// Parameters of `query as-of` and `GET /api/v1/as-of`.
+#[derive(Debug, Clone, Default, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct AsOfParams {
+    /// The instant: 2026-03-31, or 2026-03-31T23:59:59Z.
+    #[arg(long)]
+    pub at: String,
+    /// Connection name (needed when the store holds several).
+    #[arg(long)]
+    pub connection: Option<String>,
+    /// Only this pipeline.
+    #[arg(long)]
+    pub pipeline: Option<String>,
+    /// Only deals of this owner id.
+    #[arg(long)]
+    pub owner: Option<String>,
+    /// Only deals in this stage.
+    #[arg(long)]
+    pub stage: Option<String>,
+}
+
+/// One open deal as it was.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DealAsOf {
+    /// CRM id.
+    pub crm_id: String,
+    /// Name.
+    pub name: Option<String>,
+    /// Pipeline.
+    pub pipeline: Option<String>,
+    /// Stage.
+    pub stage: Option<String>,
+    /// Owner id.
+    pub owner_id: Option<String>,
+    /// Amount, cents.
+    pub amount_cents: Option<i64>,
+    /// Win probability, basis points (the deal's own, else the stage's default).
+    pub probability_bp: Option<i64>,
+    /// Expected close date.
+    pub close_date: Option<String>,
+    /// Since when the deal was in this state.
+    pub state_since: String,
+}
+
+/// Totals of one stage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StageTotal {
+    /// Pipeline.
+    pub pipeline: Option<String>,
+    /// Stage.
+    pub stage: Option<String>,
+    /// Open deals.
+    pub count: i64,
+    /// Sum of amounts, cents.
+    pub amount_cents: i64,
+    /// Sum of amount × probability, cents (rounded once, after summing).
+    pub weighted_cents: i64,
+}
+
+/// The answer of `query as-of`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AsOfReport {
+    /// The connection.
+    pub connection: String,
+    /// The instant, RFC 3339.
+    pub at: String,
+    /// Totals by stage, in pipeline order.
+    pub stages: Vec<StageTotal>,
+    /// Totals over every stage.
+    pub total: StageTotal,
+    /// Every open deal, by stage order then CRM id.
+    pub deals: Vec<DealAsOf>,
+}
+
+type Row = (
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+    Option<i64>,
+    Option<String>,
+    i64,
+);
+
+const OPEN_DEALS_AT: &str = "SELECT r.crm_id, v.name, v.pipeline, v.stage, v.owner_id, v.amount_cents, \
+     v.probability_bp, v.close_date, v.valid_from_ms \
+     FROM record_versions v JOIN records r ON r.id = v.record_id \
+     WHERE v.connection_id = $1 AND v.object_kind = 'deal' AND v.valid_from_ms <= $2 \
+     AND (v.valid_to_ms IS NULL OR v.valid_to_ms > $2) AND v.deleted = $3 AND v.is_closed = $3 \
+     AND (CAST($4 AS TEXT) IS NULL OR v.pipeline = $4) AND (CAST($5 AS TEXT) IS NULL OR v.owner_id = $5) \
+     AND (CAST($6 AS TEXT) IS NULL OR v.stage = $6)";
+
+/// Answers `query as-of`.
+pub async fn run(store: &Store, params: &AsOfParams) -> Result<AsOfReport, QueryError> {
+    let at = parse_instant("at", &params.at)?;
+    let connection = resolve_connection(store, params.connection.as_deref()).await?;
+    let stages = deal_stages(store, &connection).await?;
+    check_pipeline(&stages, params.pipeline.as_deref())?;
+    check_stage(&stages, params.stage.as_deref())?;
+    let rows: Vec<Row> = dispatch!(store.pool(), pool => sqlx::query_as(OPEN_DEALS_AT)
+        .bind(connection.id)
+        .bind(at)
+        .bind(false)
+        .bind(params.pipeline.as_deref())
+        .bind(params.owner.as_deref())
+        .bind(params.stage.as_deref())
+        .fetch_all(pool)
+        .await)
+    .during("read deals as of")?;
+    Ok(assemble(&connection, at, &stages, rows))
+}
+
+/// Position of a stage in its pipeline; unknown stages sort last.
+pub(crate) fn stage_rank(
+    stages: &[StageDefinition],
+    pipeline: Option<&str>,
+    stage: Option<&str>,
+) -> (i64, i64) {
+    let pipeline_rank = stages
+        .iter()
+        .position(|s| Some(s.pipeline.as_str()) == pipeline)
+        .map_or(i64::MAX, |p| p as i64);
+    let stage_rank = stages
+        .iter()
+        .find(|s| Some(s.pipeline.as_str()) == pipeline && Some(s.stage.as_str()) == stage)
+        .map_or(i64::MAX, |s| s.sort_order);
+    (pipeline_rank, stage_rank)
+}
+
+fn assemble(
+    connection: &Connection,
+    at: Millis,
+    stages: &[StageDefinition],
+    rows: Vec<Row>,
+) -> AsOfReport {
+    let default_probability = |pipeline: &Option<String>, stage: &Option<String>| {
+        stages
+            .iter()
+            .find(|s| Some(&s.pipeline) == pipeline.as_ref() && Some(&s.stage) == stage.as_ref())
+            .and_then(|s| s.probability_bp)
+    };
+    let mut deals: Vec<DealAsOf> = rows
+        .into_iter()
+        .map(|r| DealAsOf {
+            probability_bp: r.6.or_else(|| default_probability(&r.2, &r.3)),
+            crm_id: r.0,
+            name: r.1,
+            pipeline: r.2,
+            stage: r.3,
+            owner_id: r.4,
+            amount_cents: r.5,
+            close_date: r.7,
+            state_since: format_instant(r.8),
+        })
+        .collect();
+    deals.sort_by(|a, b| {
+        let rank = |d: &DealAsOf| stage_rank(stages, d.pipeline.as_deref(), d.stage.as_deref());
+        rank(a)
+            .cmp(&rank(b))
+            .then_with(|| a.stage.cmp(&b.stage))
+            .then_with(|| a.crm_id.cmp(&b.crm_id))
+    });
+    let mut totals: Vec<(StageTotal, i128)> = Vec::new();
+    let mut grand = (total_row(None, None), 0i128);
+    for deal in &deals {
+        let amount = deal.amount_cents.unwrap_or(0);
+        let weighted = i128::from(amount) * i128::from(deal.probability_bp.unwrap_or(0));
+        let index = match totals
+            .iter()
+            .position(|(t, _)| t.pipeline == deal.pipeline && t.stage == deal.stage)
+        {
+            Some(index) => index,
+            None => {
+                totals.push((total_row(deal.pipeline.clone(), deal.stage.clone()), 0));
+                totals.len() - 1
+            }
+        };
+        for (total, weighted_sum) in [&mut totals[index], &mut grand] {
+            total.count += 1;
+            total.amount_cents += amount;
+            *weighted_sum += weighted;
+        }
+    }
+    let finish = |(mut total, weighted): (StageTotal, i128)| {
+        total.weighted_cents = ((weighted + 5_000) / 10_000) as i64;
+        total
+    };
+    AsOfReport {
+        connection: connection.name.clone(),
+        at: format_instant(at),
+        stages: totals.into_iter().map(finish).collect(),
+        total: finish(grand),
+        deals,
+    }
+}
+
+fn total_row(pipeline: Option<String>, stage: Option<String>) -> StageTotal {
+    StageTotal {
+        pipeline,
+        stage,
+        count: 0,
+        amount_cents: 0,
+        weighted_cents: 0,
+    }
+}
+
+fn opt(value: &Option<String>) -> String {
+    value.clone().unwrap_or_default()
+}
+
+impl Report for AsOfReport {
+    fn tables(&self) -> Vec<Table> {
+        let mut by_stage = Table::new(
+            format!("Open pipeline of {} at {}", self.connection, self.at),
+            &["pipeline", "stage", "deals", "amount", "weighted"],
+        );
+        for total in self.stages.iter().chain([&self.total]) {
+            let is_total = std::ptr::eq(total, &self.total);
+            by_stage.push(vec![
+                if is_total {
+                    "TOTAL".into()
+                } else {
+                    opt(&total.pipeline)
+                },
+                opt(&total.stage),
+                total.count.to_string(),
+                format_cents(total.amount_cents),
+                format_cents(total.weighted_cents),
+            ]);
+        }
+        let mut deals = Table::new(
+            "Open deals",
+            &[
+                "id",
+                "name",
+                "stage",
+                "owner",
+                "amount",
+                "probability",
+                "close date",
+                "since",
+            ],
+        );
+        for deal in &self.deals {
+            deals.push(vec![
+                deal.crm_id.clone(),
+                opt(&deal.name),
+                opt(&deal.stage),
+                opt(&deal.owner_id),
+                deal.amount_cents.map(format_cents).unwrap_or_default(),
+                deal.probability_bp
+                    .map(super::format_bp)
+                    .unwrap_or_default(),
+                opt(&deal.close_date),
+                deal.state_since.clone(),
+            ]);
+        }
+        vec![by_stage, deals]
+    }
+}

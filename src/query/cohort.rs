@@ -1,0 +1,554 @@
+//! `query cohort`: records grouped by the period in which a start event happened (leads
+//! created in April), and how many reached an outcome (meeting, won, …) in that period and in
+//! each later one, with cumulative rates.
+//!
+//! Outcomes are counted in the period they happened, not the period the record started in,
+//! which is what per-month counting gets wrong: a lead created in April that books a meeting
+//! in May and is won in August counts for the April cohort in the May and August columns.
+//!
+//! An outcome counts when it happens, at or after the start, on the record itself or on a
+//! record it is linked to: the deal a Salesforce lead converted into (`ConvertedOpportunityId`,
+//! `ConvertedContactId`) or a HubSpot association, either way round.
+//!
+//! With `--by`, records are grouped by owner, source or campaign, seen in one of three views
+//! of their path: `first_touch` (the first value the store saw), `nurture` (every value along
+//! the way, so a record counts once in each), or `latest` (the value now). Campaigns come from
+//! the record's own campaign field and from its campaign memberships.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use chrono::{DateTime, Datelike};
+use serde::{Deserialize, Serialize};
+
+use super::{format_bp, parse_instant, resolve_connection, share_bp, QueryError, Report, Table};
+use crate::record::{LifecycleEvent, Millis, ObjectKind};
+use crate::store::{dispatch, BackendKind, QueryContext, Store};
+
+/// The length of a cohort.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Period {
+    /// Calendar month, UTC.
+    Month,
+    /// Calendar quarter, UTC.
+    Quarter,
+    /// Calendar year, UTC.
+    Year,
+}
+
+impl Period {
+    /// A running number of the period that holds `at`; consecutive periods differ by one.
+    pub fn index(self, at: Millis) -> i64 {
+        let date = DateTime::from_timestamp_millis(at).unwrap_or_default();
+        let (year, month0) = (i64::from(date.year()), i64::from(date.month0()));
+        match self {
+            Period::Month => year * 12 + month0,
+            Period::Quarter => year * 4 + month0 / 3,
+            Period::Year => year,
+        }
+    }
+
+    /// The name of period number `index`: `2026-04`, `2026-Q2`, `2026`.
+    pub fn label(self, index: i64) -> String {
+        match self {
+            Period::Month => format!("{}-{:02}", index.div_euclid(12), index.rem_euclid(12) + 1),
+            Period::Quarter => format!("{}-Q{}", index.div_euclid(4), index.rem_euclid(4) + 1),
+            Period::Year => index.to_string(),
+        }
+    }
+
+    fn default_horizon(self) -> u32 {
+        match self {
+            Period::Month => 12,
+            Period::Quarter => 4,
+            Period::Year => 2,
+        }
+    }
+}
+
+/// What `--by` groups records by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CohortBy {
+    /// Campaign (the record's campaign field and its campaign memberships).
+    Campaign,
+    /// Lead source.
+    Source,
+    /// Owner.
+    Owner,
+}
+
+/// Which value of a record's path a group is taken from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PathView {
+    /// The first value the store saw.
+    #[default]
+    #[value(name = "first_touch")]
+    FirstTouch,
+    /// Every value along the path (a record counts in each).
+    Nurture,
+    /// The value now.
+    Latest,
+}
+
+/// Parameters of `query cohort` and `GET /api/v1/cohort`.
+#[derive(Debug, Clone, Default, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct CohortParams {
+    /// Cohort length: month, quarter or year.
+    #[arg(long)]
+    pub period: String,
+    /// The event that puts a record in a cohort (created, first_contacted, mql, sql,
+    /// meeting_booked, opportunity_created, won, lost, disqualified, recycled, returned).
+    #[arg(long)]
+    pub start: String,
+    /// The event counted as the outcome (same names).
+    #[arg(long)]
+    pub outcome: String,
+    /// Periods after the start period to report (default 12 months, 4 quarters, 2 years).
+    #[arg(long)]
+    pub horizon: Option<u32>,
+    /// Group by campaign, source or owner.
+    #[arg(long, value_enum)]
+    pub by: Option<CohortBy>,
+    /// Which value of the path groups a record (default first_touch).
+    #[arg(long, value_enum)]
+    pub view: Option<PathView>,
+    /// Only records of this kind (lead, contact, deal).
+    #[arg(long)]
+    pub kind: Option<String>,
+    /// Only start events at or after this instant.
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Only start events before this instant.
+    #[arg(long)]
+    pub to: Option<String>,
+    /// Connection name (needed when the store holds several).
+    #[arg(long)]
+    pub connection: Option<String>,
+}
+
+/// Outcomes of one cohort in one period.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CohortColumn {
+    /// Periods after the cohort's own (0 = the same period).
+    pub offset: u32,
+    /// The period's name.
+    pub period: String,
+    /// Records whose first outcome fell in this period.
+    pub reached: i64,
+    /// Records that reached the outcome by the end of this period.
+    pub cumulative: i64,
+    /// `cumulative / size`, basis points.
+    pub cumulative_bp: i64,
+}
+
+/// One cohort.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Cohort {
+    /// The group (with `--by`; `null` for records without a value).
+    pub group: Option<String>,
+    /// The start period's name.
+    pub period: String,
+    /// Records in the cohort.
+    pub size: i64,
+    /// One column per period, from the start period to the horizon.
+    pub columns: Vec<CohortColumn>,
+    /// Records that reached the outcome after the horizon.
+    pub later: i64,
+}
+
+/// The answer of `query cohort`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CohortReport {
+    /// The connection.
+    pub connection: String,
+    /// Cohort length.
+    pub period: Period,
+    /// Start event.
+    pub start: String,
+    /// Outcome event.
+    pub outcome: String,
+    /// Periods reported after the start period.
+    pub horizon: u32,
+    /// Grouping.
+    pub by: Option<CohortBy>,
+    /// View of the path used for grouping.
+    pub view: PathView,
+    /// Cohorts by group then period.
+    pub cohorts: Vec<Cohort>,
+}
+
+/// The checked parameters.
+struct Plan {
+    period: Period,
+    start: LifecycleEvent,
+    outcome: LifecycleEvent,
+    horizon: u32,
+    by: Option<CohortBy>,
+    view: PathView,
+    kind: Option<ObjectKind>,
+    from: Option<Millis>,
+    to: Option<Millis>,
+}
+
+fn event(parameter: &'static str, text: &str) -> Result<LifecycleEvent, QueryError> {
+    LifecycleEvent::parse(text.trim()).ok_or_else(|| {
+        let known: Vec<&str> = LifecycleEvent::ALL.iter().map(|e| e.as_str()).collect();
+        QueryError::bad(
+            parameter,
+            format!("`{text}` is not an event; use one of {}", known.join(", ")),
+        )
+    })
+}
+
+fn plan(params: &CohortParams) -> Result<Plan, QueryError> {
+    let period = match params.period.trim() {
+        "month" => Period::Month,
+        "quarter" => Period::Quarter,
+        "year" => Period::Year,
+        other => {
+            return Err(QueryError::bad(
+                "period",
+                format!("`{other}` is not a period; use month, quarter or year"),
+            ))
+        }
+    };
+    let kind = match params.kind.as_deref() {
+        None => None,
+        Some(text) => Some(
+            ObjectKind::parse(text)
+                .filter(|k| matches!(k, ObjectKind::Lead | ObjectKind::Contact | ObjectKind::Deal))
+                .ok_or_else(|| {
+                    QueryError::bad(
+                        "kind",
+                        format!("`{text}` is not one of lead, contact, deal"),
+                    )
+                })?,
+        ),
+    };
+    let from = params
+        .from
+        .as_deref()
+        .map(|t| parse_instant("from", t))
+        .transpose()?;
+    let to = params
+        .to
+        .as_deref()
+        .map(|t| parse_instant("to", t))
+        .transpose()?;
+    if let (Some(from), Some(to)) = (from, to) {
+        if from >= to {
+            return Err(QueryError::bad("from", "is not before `to`"));
+        }
+    }
+    let horizon = params.horizon.unwrap_or(period.default_horizon());
+    if horizon > 120 {
+        return Err(QueryError::bad(
+            "horizon",
+            format!("{horizon} is more than 120 periods"),
+        ));
+    }
+    Ok(Plan {
+        period,
+        start: event("start", &params.start)?,
+        outcome: event("outcome", &params.outcome)?,
+        horizon,
+        by: params.by,
+        view: params.view.unwrap_or_default(),
+        kind,
+        from,
+        to,
+    })
+}
+
+/// Answers `query cohort`.
+pub async fn run(store: &Store, params: &CohortParams) -> Result<CohortReport, QueryError> {
+    let plan = plan(params)?;
+    let connection = resolve_connection(store, params.connection.as_deref()).await?;
+    let starts = first_events(store, connection.id, plan.start, plan.kind).await?;
+    let starts: Vec<(i64, Millis)> = starts
+        .into_iter()
+        .filter(|(_, at)| {
+            plan.from.is_none_or(|from| *at >= from) && plan.to.is_none_or(|to| *at < to)
+        })
+        .collect();
+    let outcomes = events(store, connection.id, plan.outcome).await?;
+    let links = linked_records(store, connection.id).await?;
+    let groups = match plan.by {
+        Some(by) => Some(touches(store, connection.id, by).await?),
+        None => None,
+    };
+    // (group, start period) -> (size, first outcomes per offset, outcomes after the horizon)
+    type Tally = (i64, Vec<i64>, i64);
+    let mut cohorts: BTreeMap<(Option<String>, i64), Tally> = BTreeMap::new();
+    for (record, started) in starts {
+        let first_outcome = std::iter::once(record)
+            .chain(links.get(&record).into_iter().flatten().copied())
+            .filter_map(|r| outcomes.get(&r))
+            .flatten()
+            .copied()
+            .filter(|at| *at >= started)
+            .min();
+        let start_period = plan.period.index(started);
+        let offset = first_outcome.map(|at| plan.period.index(at) - start_period);
+        let names: Vec<Option<String>> = match &groups {
+            None => vec![None],
+            Some(touches) => group_names(touches.get(&record), plan.view),
+        };
+        for name in names {
+            let cohort = cohorts
+                .entry((name, start_period))
+                .or_insert_with(|| (0, vec![0; plan.horizon as usize + 1], 0));
+            cohort.0 += 1;
+            match offset {
+                Some(offset) if offset <= i64::from(plan.horizon) => cohort.1[offset as usize] += 1,
+                Some(_) => cohort.2 += 1,
+                None => {}
+            }
+        }
+    }
+    let cohorts = cohorts
+        .into_iter()
+        .map(|((group, start_period), (size, reached, later))| {
+            let mut cumulative = 0;
+            let columns = reached
+                .iter()
+                .enumerate()
+                .map(|(offset, reached)| {
+                    cumulative += reached;
+                    CohortColumn {
+                        offset: offset as u32,
+                        period: plan.period.label(start_period + offset as i64),
+                        reached: *reached,
+                        cumulative,
+                        cumulative_bp: share_bp(cumulative, size),
+                    }
+                })
+                .collect();
+            Cohort {
+                group,
+                period: plan.period.label(start_period),
+                size,
+                columns,
+                later,
+            }
+        })
+        .collect();
+    Ok(CohortReport {
+        connection: connection.name,
+        period: plan.period,
+        start: plan.start.as_str().into(),
+        outcome: plan.outcome.as_str().into(),
+        horizon: plan.horizon,
+        by: plan.by,
+        view: plan.view,
+        cohorts,
+    })
+}
+
+/// Each record's first occurrence of `event`.
+async fn first_events(
+    store: &Store,
+    connection_id: i64,
+    event: LifecycleEvent,
+    kind: Option<ObjectKind>,
+) -> Result<Vec<(i64, Millis)>, QueryError> {
+    Ok(dispatch!(store.pool(), pool => sqlx::query_as(
+        "SELECT record_id, MIN(occurred_at_ms) FROM lifecycle_events WHERE connection_id = $1 AND event = $2 \
+         AND (CAST($3 AS TEXT) IS NULL OR object_kind = $3) GROUP BY record_id ORDER BY record_id",
+    )
+    .bind(connection_id)
+    .bind(event.as_str())
+    .bind(kind.map(ObjectKind::as_str))
+    .fetch_all(pool)
+    .await)
+    .during("read cohort start events")?)
+}
+
+/// Every occurrence of `event`, by record.
+async fn events(
+    store: &Store,
+    connection_id: i64,
+    event: LifecycleEvent,
+) -> Result<HashMap<i64, Vec<Millis>>, QueryError> {
+    let rows: Vec<(i64, Millis)> = dispatch!(store.pool(), pool => sqlx::query_as(
+        "SELECT record_id, occurred_at_ms FROM lifecycle_events WHERE connection_id = $1 AND event = $2",
+    )
+    .bind(connection_id)
+    .bind(event.as_str())
+    .fetch_all(pool)
+    .await)
+    .during("read cohort outcome events")?;
+    let mut by_record: HashMap<i64, Vec<Millis>> = HashMap::new();
+    for (record, at) in rows {
+        by_record.entry(record).or_default().push(at);
+    }
+    Ok(by_record)
+}
+
+/// Salesforce lead conversions, as the lead's JSON fields hold them; the JSON operator is
+/// each backend's own.
+const CONVERSIONS_SQLITE: &str = "SELECT l.id, o.id FROM records l JOIN records o ON o.connection_id = l.connection_id \
+     AND o.object_kind = 'deal' AND o.crm_id = json_extract(l.fields, '$.ConvertedOpportunityId') \
+     WHERE l.connection_id = $1 AND l.object_kind = 'lead' \
+     UNION ALL SELECT l.id, o.id FROM records l JOIN records o ON o.connection_id = l.connection_id \
+     AND o.object_kind = 'contact' AND o.crm_id = json_extract(l.fields, '$.ConvertedContactId') \
+     WHERE l.connection_id = $1 AND l.object_kind = 'lead'";
+const CONVERSIONS_POSTGRES: &str = "SELECT l.id, o.id FROM records l JOIN records o ON o.connection_id = l.connection_id \
+     AND o.object_kind = 'deal' AND o.crm_id = l.fields->>'ConvertedOpportunityId' \
+     WHERE l.connection_id = $1 AND l.object_kind = 'lead' \
+     UNION ALL SELECT l.id, o.id FROM records l JOIN records o ON o.connection_id = l.connection_id \
+     AND o.object_kind = 'contact' AND o.crm_id = l.fields->>'ConvertedContactId' \
+     WHERE l.connection_id = $1 AND l.object_kind = 'lead'";
+const ASSOCIATIONS: &str = "SELECT a.id, b.id FROM record_links k \
+     JOIN records a ON a.connection_id = k.connection_id AND a.object_kind = k.from_kind AND a.crm_id = k.from_crm_id \
+     JOIN records b ON b.connection_id = k.connection_id AND b.object_kind = k.to_kind AND b.crm_id = k.to_crm_id \
+     WHERE k.connection_id = $1 AND k.removed_at_ms IS NULL AND k.relation IN ('converted_to', 'associated_with')";
+
+/// Records linked to each record, both ways round.
+pub(crate) async fn linked_records(
+    store: &Store,
+    connection_id: i64,
+) -> Result<HashMap<i64, Vec<i64>>, QueryError> {
+    let conversions = match store.backend() {
+        BackendKind::Sqlite => CONVERSIONS_SQLITE,
+        BackendKind::Postgres => CONVERSIONS_POSTGRES,
+    };
+    let mut pairs: Vec<(i64, i64)> = Vec::new();
+    for sql in [conversions, ASSOCIATIONS] {
+        let rows: Vec<(i64, i64)> = dispatch!(store.pool(), pool => sqlx::query_as(sql)
+            .bind(connection_id)
+            .fetch_all(pool)
+            .await)
+        .during("read record links for cohorts")?;
+        pairs.extend(rows);
+    }
+    let mut linked: HashMap<i64, Vec<i64>> = HashMap::new();
+    for (a, b) in pairs {
+        linked.entry(a).or_default().push(b);
+        linked.entry(b).or_default().push(a);
+    }
+    Ok(linked)
+}
+
+/// Campaign memberships (Salesforce CampaignMember rows) by the lead or contact they hold.
+/// Each join matches on one indexed column: an `OR` or `IN` over two would scan every record.
+const MEMBERSHIPS_SQLITE: &str = "SELECT p.id, COALESCE(m.crm_created_at_ms, m.first_seen_at_ms), \
+     json_extract(m.fields, '$.CampaignId') FROM records m JOIN records p ON p.connection_id = m.connection_id \
+     AND p.object_kind = 'lead' AND p.crm_id = json_extract(m.fields, '$.LeadId') \
+     WHERE m.connection_id = $1 AND m.object_kind = 'campaign_member' AND m.deleted_at_ms IS NULL \
+     UNION ALL SELECT p.id, COALESCE(m.crm_created_at_ms, m.first_seen_at_ms), \
+     json_extract(m.fields, '$.CampaignId') FROM records m JOIN records p ON p.connection_id = m.connection_id \
+     AND p.object_kind = 'contact' AND p.crm_id = json_extract(m.fields, '$.ContactId') \
+     WHERE m.connection_id = $1 AND m.object_kind = 'campaign_member' AND m.deleted_at_ms IS NULL";
+const MEMBERSHIPS_POSTGRES: &str =
+    "SELECT p.id, COALESCE(m.crm_created_at_ms, m.first_seen_at_ms), \
+     m.fields->>'CampaignId' FROM records m JOIN records p ON p.connection_id = m.connection_id \
+     AND p.object_kind = 'lead' AND p.crm_id = m.fields->>'LeadId' \
+     WHERE m.connection_id = $1 AND m.object_kind = 'campaign_member' AND m.deleted_at_ms IS NULL \
+     UNION ALL SELECT p.id, COALESCE(m.crm_created_at_ms, m.first_seen_at_ms), \
+     m.fields->>'CampaignId' FROM records m JOIN records p ON p.connection_id = m.connection_id \
+     AND p.object_kind = 'contact' AND p.crm_id = m.fields->>'ContactId' \
+     WHERE m.connection_id = $1 AND m.object_kind = 'campaign_member' AND m.deleted_at_ms IS NULL";
+
+const OWNER_PATH: &str =
+    "SELECT record_id, valid_from_ms, owner_id FROM record_versions WHERE connection_id = $1";
+const SOURCE_PATH: &str =
+    "SELECT record_id, valid_from_ms, source FROM record_versions WHERE connection_id = $1";
+const CAMPAIGN_PATH: &str =
+    "SELECT record_id, valid_from_ms, campaign_id FROM record_versions WHERE connection_id = $1";
+
+/// Each record's values of the grouping field over time, oldest first.
+async fn touches(
+    store: &Store,
+    connection_id: i64,
+    by: CohortBy,
+) -> Result<HashMap<i64, Vec<(Millis, String)>>, QueryError> {
+    let mut sqls = vec![match by {
+        CohortBy::Owner => OWNER_PATH,
+        CohortBy::Source => SOURCE_PATH,
+        CohortBy::Campaign => CAMPAIGN_PATH,
+    }];
+    if by == CohortBy::Campaign {
+        sqls.push(match store.backend() {
+            BackendKind::Sqlite => MEMBERSHIPS_SQLITE,
+            BackendKind::Postgres => MEMBERSHIPS_POSTGRES,
+        });
+    }
+    let mut by_record: HashMap<i64, Vec<(Millis, String)>> = HashMap::new();
+    for sql in sqls {
+        let rows: Vec<(i64, Millis, Option<String>)> =
+            dispatch!(store.pool(), pool => sqlx::query_as(sql)
+            .bind(connection_id)
+            .fetch_all(pool)
+            .await)
+            .during("read the paths of cohort records")?;
+        for (record, at, value) in rows {
+            if let Some(value) = value {
+                by_record.entry(record).or_default().push((at, value));
+            }
+        }
+    }
+    for path in by_record.values_mut() {
+        path.sort();
+    }
+    Ok(by_record)
+}
+
+/// The groups a record counts in, under a view of its path.
+fn group_names(path: Option<&Vec<(Millis, String)>>, view: PathView) -> Vec<Option<String>> {
+    let Some(path) = path.filter(|p| !p.is_empty()) else {
+        return vec![None];
+    };
+    match view {
+        PathView::FirstTouch => vec![path.first().map(|(_, v)| v.clone())],
+        PathView::Latest => vec![path.last().map(|(_, v)| v.clone())],
+        PathView::Nurture => path
+            .iter()
+            .map(|(_, v)| v.clone())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .map(Some)
+            .collect(),
+    }
+}
+
+impl Report for CohortReport {
+    fn tables(&self) -> Vec<Table> {
+        let mut columns: Vec<String> = vec!["group".into(), "cohort".into(), "size".into()];
+        columns.extend((0..=self.horizon).map(|o| format!("+{o}")));
+        columns.push("later".into());
+        let mut table = Table::new(
+            format!(
+                "Cohorts by {} of `{}`, reaching `{}` (reached, cumulative rate)",
+                match self.period {
+                    Period::Month => "month",
+                    Period::Quarter => "quarter",
+                    Period::Year => "year",
+                },
+                self.start,
+                self.outcome
+            ),
+            &[],
+        );
+        table.columns = columns;
+        for cohort in &self.cohorts {
+            let mut row = vec![
+                cohort.group.clone().unwrap_or_default(),
+                cohort.period.clone(),
+                cohort.size.to_string(),
+            ];
+            row.extend(
+                cohort
+                    .columns
+                    .iter()
+                    .map(|c| format!("{} ({})", c.reached, format_bp(c.cumulative_bp))),
+            );
+            row.push(cohort.later.to_string());
+            table.push(row);
+        }
+        vec![table]
+    }
+}
