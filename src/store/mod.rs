@@ -14,6 +14,7 @@ mod links;
 mod metadata;
 mod records;
 mod sync_state;
+mod violations;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -33,6 +34,10 @@ pub use metadata::{CrmOwner, StageDefinition};
 pub use records::{ObservationOutcome, RecordVersion, StoredRecord, ValidFromBasis};
 pub use sync_state::{
     ConnectionTotals, QuarantineEntry, QuarantinedRecord, SyncRunStatus, SyncRunSummary,
+};
+pub use violations::{
+    MoveAtVersion, NewAlert, NewViolation, OpenViolation, PendingAlert, StoredAlert, Violation,
+    ViolationFilter,
 };
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");

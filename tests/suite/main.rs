@@ -9,6 +9,7 @@ mod emulator_faults;
 mod emulator_hubspot;
 mod emulator_query;
 mod emulator_writes;
+mod rules;
 mod store;
 mod support;
 mod sync;
