@@ -1,5 +1,6 @@
 //! Integration tests, one binary: configuration, the command line and the store.
 
+mod alerts;
 mod cli;
 mod config_errors;
 mod daemon;
