@@ -17,6 +17,7 @@ use rand::Rng;
 use tokio::net::TcpListener;
 
 use crate::alerts::{Deliverer, DeliveryOptions};
+use crate::api;
 use crate::config::settings::ConnectionSettings;
 use crate::config::Settings;
 use crate::metrics::Metrics;
@@ -56,17 +57,18 @@ pub async fn run(settings: Settings, stop: StopSignal) -> Result<(), DaemonError
         .await
         .map_err(|source| DaemonError::Listener { address, source })?;
     tracing::info!(%address, connections = settings.connections.len(), "pipewarden running");
+    let settings = Arc::new(settings);
     let app = router(AppState {
         store: store.clone(),
         metrics: metrics.clone(),
-    });
+    })
+    .merge(api::violations::routes(store.clone(), settings.clone()));
     let mut listener_stop = stop.clone();
     let http = tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(async move { listener_stop.stopped().await })
             .await
     });
-    let settings = Arc::new(settings);
     let alerts = settings.slack.as_ref().map(|slack| {
         let deliverer = Deliverer::new(store.clone(), slack, DeliveryOptions::default());
         tokio::spawn(deliverer.run(stop.clone()))

@@ -8,6 +8,7 @@
 //! for those steps; [`cli`] is the command-line face of the library.
 
 pub mod alerts;
+pub mod api;
 pub mod cli;
 pub mod config;
 pub mod crm;

@@ -64,7 +64,11 @@ fn jump(id: &str) -> Value {
 }
 
 /// Three deals jump stages after the baseline; returns their ids in creation order.
-async fn three_jumps(emu: &RunningEmulator, store: &Store, settings: &Settings) -> Vec<String> {
+pub(crate) async fn three_jumps(
+    emu: &RunningEmulator,
+    store: &Store,
+    settings: &Settings,
+) -> Vec<String> {
     let baseline = sync_and_evaluate(store, settings).await;
     assert!(
         baseline.iter().all(|r| r.alerts == 0),

@@ -15,3 +15,4 @@ mod store;
 mod support;
 mod sync;
 mod sync_hubspot;
+mod violations_api;

@@ -33,10 +33,7 @@ pub(crate) fn salesforce_settings(
         r#"
 [store]
 url = "{store_url}"
-
-[api]
-listen = "127.0.0.1:0"
-
+{api}
 [[connections]]
 name = "sf"
 kind = "salesforce"
@@ -54,7 +51,12 @@ burst = 200
 {extra}
 {rules}
 "#,
-        emu.base_url()
+        emu.base_url(),
+        api = if extra.contains("[api]") {
+            ""
+        } else {
+            "[api]\nlisten = \"127.0.0.1:0\"\n"
+        }
     );
     let path = dir.write("pipewarden.toml", &config);
     pipewarden::config::load(Some(&path)).expect("test config loads")

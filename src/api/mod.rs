@@ -1,0 +1,3 @@
+//! The HTTP API beyond probes and metrics.
+
+pub mod violations;
