@@ -11,7 +11,8 @@ use crate::config::settings::{ConnectionSettings, RuleMode, RuleSettings, SlackD
 use crate::config::Settings;
 use crate::record::{Millis, ObjectKind};
 use crate::store::{
-    MoveAtVersion, NewAlert, NewViolation, OpenViolation, Store, StoreError, StoreTx,
+    LaterMove, LaterVersion, MoveAtVersion, NewAlert, NewViolation, OpenViolation, Store,
+    StoreError, StoreTx,
 };
 
 /// Moves read and judged per transaction.
@@ -235,6 +236,7 @@ impl<'a> RuleRun<'a> {
 
     /// Open violations on records that changed since the last evaluation: resolved late when
     /// a later version has every missing field, superseded when the deal moved back first.
+    /// All of them are read in three queries and settled in one transaction.
     async fn resolve(
         &mut self,
         after_transition: i64,
@@ -249,14 +251,31 @@ impl<'a> RuleRun<'a> {
                 after_version,
             )
             .await?;
-        for violation in open {
-            let Some((status, at)) = self.outcome(&violation).await? else {
-                continue;
-            };
-            let mut tx = self.store.begin().await?;
-            let note = (status == "resolved_late")
-                .then(|| format!("filled {} ms after the move", at - violation.changed_at_ms));
-            if tx
+        let mut versions = open.versions.iter().peekable();
+        let mut moves = open.moves.iter().peekable();
+        let mut endings = Vec::new();
+        for violation in &open.violations {
+            let mut later_versions = Vec::new();
+            while let Some(v) = versions.next_if(|v| v.violation_id == violation.id) {
+                later_versions.push(v);
+            }
+            let mut later_moves = Vec::new();
+            while let Some(m) = moves.next_if(|m| m.violation_id == violation.id) {
+                later_moves.push(m);
+            }
+            if let Some(ending) = self.outcome(violation, &later_versions, &later_moves) {
+                endings.push((violation, ending));
+            }
+        }
+        if endings.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.store.begin().await?;
+        for (violation, (status, at)) in endings {
+            let delay = at - violation.changed_at_ms;
+            let note =
+                (status == "resolved_late").then(|| format!("filled {delay} ms after the move"));
+            if !tx
                 .close_violation(
                     violation.id,
                     status,
@@ -267,44 +286,42 @@ impl<'a> RuleRun<'a> {
                 )
                 .await?
             {
-                match status {
-                    "resolved_late" => self.report.resolved_late += 1,
-                    _ => self.report.superseded += 1,
-                }
-                let delay = at - violation.changed_at_ms;
-                reply_in_thread(
-                    &mut tx,
-                    self.settings,
-                    &self.rule.settings,
-                    violation.id,
-                    status,
-                    Some(delay),
-                    None,
-                    self.now,
-                )
-                .await?;
+                continue;
             }
-            tx.commit().await?;
+            match status {
+                "resolved_late" => self.report.resolved_late += 1,
+                _ => self.report.superseded += 1,
+            }
+            reply_in_thread(
+                &mut tx,
+                self.settings,
+                &self.rule.settings,
+                violation.id,
+                status,
+                Some(delay),
+                None,
+                self.now,
+            )
+            .await?;
         }
+        tx.commit().await?;
         Ok(())
     }
 
     /// What ended an open violation first, and when, if anything did.
-    async fn outcome(
+    fn outcome(
         &self,
         violation: &OpenViolation,
-    ) -> Result<Option<(&'static str, Millis)>, StoreError> {
+        later_versions: &[&LaterVersion],
+        later_moves: &[&LaterMove],
+    ) -> Option<(&'static str, Millis)> {
         let kind = ViolationKind::parse(&violation.kind).unwrap_or(ViolationKind::Forward);
         let target = self.rule.position_of(&violation.to_stage);
-        let moved_back = self
-            .store
-            .transitions(violation.record_id)
-            .await?
-            .into_iter()
-            .filter(|t| t.changed_at > violation.changed_at_ms)
-            .find(|t| match kind {
+        let moved_back = later_moves
+            .iter()
+            .find(|m| match kind {
                 ViolationKind::Forward | ViolationKind::Skip => {
-                    match (self.rule.position_of(&t.to_stage), target) {
+                    match (self.rule.position_of(&m.to_stage), target) {
                         (Some(now), Some(then)) => now < then,
                         _ => false,
                     }
@@ -312,32 +329,30 @@ impl<'a> RuleRun<'a> {
                 // A closed-lost deal reopened, or a deal moved on from where it went back to.
                 ViolationKind::ClosedLost | ViolationKind::Backward => true,
             })
-            .map(|t| t.changed_at);
+            .map(|m| m.changed_at_ms);
         let missing: Vec<MissingField> =
             serde_json::from_value(violation.missing_fields.0.clone()).unwrap_or_default();
         // A skip with nothing missing cannot be mended by filling fields: it stays open until
         // waived or the deal moves back.
-        let filled = if !missing.is_empty() {
-            self.store
-                .versions(violation.record_id)
-                .await?
-                .into_iter()
-                .filter(|v| v.valid_from > violation.changed_at_ms && !v.deleted)
+        let filled = if missing.is_empty() {
+            None
+        } else {
+            later_versions
+                .iter()
+                .filter(|v| !v.deleted)
                 .find(|v| {
                     missing
                         .iter()
-                        .all(|m| super::gate::is_filled(v.state.fields.get(&m.field)))
+                        .all(|m| super::gate::is_filled(v.fields.0.get(&m.field)))
                 })
-                .map(|v| v.valid_from)
-        } else {
-            None
+                .map(|v| v.valid_from_ms)
         };
-        Ok(match (filled, moved_back) {
+        match (filled, moved_back) {
             (Some(fill), Some(back)) if back < fill => Some(("superseded", back)),
             (Some(fill), _) => Some(("resolved_late", fill)),
             (None, Some(back)) => Some(("superseded", back)),
             (None, None) => None,
-        })
+        }
     }
 }
 

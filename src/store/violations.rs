@@ -182,6 +182,51 @@ pub struct OpenViolation {
     pub missing_fields: Json<Value>,
 }
 
+/// A version of a violation's record that came after its move.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct LaterVersion {
+    /// The violation.
+    pub violation_id: i64,
+    /// When the version started.
+    pub valid_from_ms: Millis,
+    /// The record was deleted in it.
+    pub deleted: bool,
+    /// Its field values.
+    pub fields: Json<Map<String, Value>>,
+}
+
+/// A move of a violation's record that came after its move.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct LaterMove {
+    /// The violation.
+    pub violation_id: i64,
+    /// When.
+    pub changed_at_ms: Millis,
+    /// Stage entered.
+    pub to_stage: String,
+}
+
+/// Open violations with what followed them, oldest first.
+#[derive(Debug, Clone, Default)]
+pub struct OpenViolations {
+    /// The violations.
+    pub violations: Vec<OpenViolation>,
+    /// Later versions of their records, by violation then time.
+    pub versions: Vec<LaterVersion>,
+    /// Later moves of their records, by violation then time.
+    pub moves: Vec<LaterMove>,
+}
+
+/// The filter of open violations on touched records; `$1` rule, `$2` connection, `$3` last
+/// transition id, `$4` last version id.
+macro_rules! open_touched {
+    () => {
+        "WHERE v.rule_name = $1 AND v.connection_id = $2 AND v.status = 'open' AND v.record_id IN ( \
+         SELECT record_id FROM record_versions WHERE connection_id = $2 AND id > $4 \
+         UNION SELECT record_id FROM stage_transitions WHERE connection_id = $2 AND id > $3)"
+    };
+}
+
 /// A Slack message to deliver.
 #[derive(Debug, Clone)]
 pub struct NewAlert<'a> {
@@ -399,7 +444,8 @@ impl Store {
     }
 
     /// Deal moves of a connection after transition `after_id` (and, when given, at or after
-    /// `since`), oldest id first, each with the record's version valid at the move.
+    /// `since`), oldest id first, each with the record's version valid at the move. (The `+`
+    /// keeps SQLite from reading the time index and sorting: the id range is the cheap path.)
     pub async fn moves_at_version(
         &self,
         connection_id: i64,
@@ -413,7 +459,7 @@ impl Store {
              FROM stage_transitions t JOIN records r ON r.id = t.record_id \
              LEFT JOIN record_versions v ON v.id = (SELECT w.id FROM record_versions w WHERE w.record_id = t.record_id \
                AND w.valid_from_ms <= t.changed_at_ms ORDER BY w.valid_from_ms DESC LIMIT 1) \
-             WHERE t.connection_id = $1 AND t.object_kind = 'deal' AND t.id > $2 AND t.changed_at_ms >= $3 \
+             WHERE +t.connection_id = $1 AND t.object_kind = 'deal' AND t.id > $2 AND t.changed_at_ms >= $3 \
              ORDER BY t.id LIMIT $4",
         )
         .bind(connection_id)
@@ -425,28 +471,62 @@ impl Store {
         .during("read moves with their versions")
     }
 
-    /// A rule's open violations on records that got a new version or move after the marks.
+    /// A rule's open violations on records that got a new version or move after the marks,
+    /// with every later version and move of their records: what the resolution pass needs,
+    /// in three queries whatever the number of violations.
     pub async fn open_violations_touched(
         &self,
         rule_name: &str,
         connection_id: i64,
         after_transition_id: i64,
         after_version_id: i64,
-    ) -> Result<Vec<OpenViolation>, StoreError> {
-        dispatch!(self.pool(), pool => sqlx::query_as(
-            "SELECT id, record_id, kind, to_stage, changed_at_ms, missing_fields FROM violations \
-             WHERE rule_name = $1 AND connection_id = $2 AND status = 'open' AND record_id IN ( \
-               SELECT record_id FROM record_versions WHERE connection_id = $2 AND id > $4 \
-               UNION SELECT record_id FROM stage_transitions WHERE connection_id = $2 AND id > $3) \
-             ORDER BY id",
-        )
+    ) -> Result<OpenViolations, StoreError> {
+        let violations: Vec<OpenViolation> = dispatch!(self.pool(), pool => sqlx::query_as(concat!(
+            "SELECT v.id, v.record_id, v.kind, v.to_stage, v.changed_at_ms, v.missing_fields FROM violations v ",
+            open_touched!(),
+            " ORDER BY v.id"
+        ))
         .bind(rule_name)
         .bind(connection_id)
         .bind(after_transition_id)
         .bind(after_version_id)
         .fetch_all(pool)
         .await)
-        .during("read open violations")
+        .during("read open violations")?;
+        if violations.is_empty() {
+            return Ok(OpenViolations::default());
+        }
+        let versions: Vec<LaterVersion> = dispatch!(self.pool(), pool => sqlx::query_as(concat!(
+            "SELECT v.id AS violation_id, w.valid_from_ms, w.deleted, w.fields FROM violations v \
+             JOIN record_versions w ON w.record_id = v.record_id AND w.valid_from_ms > v.changed_at_ms ",
+            open_touched!(),
+            " ORDER BY v.id, w.valid_from_ms"
+        ))
+        .bind(rule_name)
+        .bind(connection_id)
+        .bind(after_transition_id)
+        .bind(after_version_id)
+        .fetch_all(pool)
+        .await)
+        .during("read versions after open violations")?;
+        let moves: Vec<LaterMove> = dispatch!(self.pool(), pool => sqlx::query_as(concat!(
+            "SELECT v.id AS violation_id, t.changed_at_ms, t.to_stage FROM violations v \
+             JOIN stage_transitions t ON t.record_id = v.record_id AND t.changed_at_ms > v.changed_at_ms ",
+            open_touched!(),
+            " ORDER BY v.id, t.changed_at_ms, t.id"
+        ))
+        .bind(rule_name)
+        .bind(connection_id)
+        .bind(after_transition_id)
+        .bind(after_version_id)
+        .fetch_all(pool)
+        .await)
+        .during("read moves after open violations")?;
+        Ok(OpenViolations {
+            violations,
+            versions,
+            moves,
+        })
     }
 
     /// Field names the stored deals of a connection carry (a sample of the newest), which

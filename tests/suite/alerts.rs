@@ -7,7 +7,9 @@ use std::time::Duration;
 use pipewarden::alerts::{Deliverer, DeliveryOptions};
 use pipewarden::config::Settings;
 use pipewarden::emulator::{RunningEmulator, SLACK_BOT_TOKEN};
+use pipewarden::rules;
 use pipewarden::store::{Store, StoredAlert};
+use pipewarden::sync::{self, StopSignal, SyncOptions};
 use serde_json::{json, Value};
 
 use super::emulator::control;
@@ -239,7 +241,68 @@ async fn a_revoked_webhook_fails_clearly_without_leaking_its_url(test: TestStore
     emu.stop().await.unwrap();
 }
 
+async fn a_daily_digest_sends_one_message_per_channel(test: TestStore) {
+    let emu = start_emulator().await;
+    let dir = ConfigDir::new();
+    dir.write("slack-token", &format!("{SLACK_BOT_TOKEN}\n"));
+    let slack = format!(
+        "[slack]\nbot_token = {{ file = \"slack-token\" }}\napi_base_url = \"{}slack/api\"\ndefault_channel = \"#revops\"\ndigest_at = \"09:00\"\n",
+        emu.base_url()
+    );
+    let rules = SALESFORCE_RULE.replace(
+        "forbid_skipping = true",
+        "forbid_skipping = true\nmode = \"alert\"",
+    );
+    let settings = salesforce_settings(&dir, &emu, &test.url, &rules, &slack);
+    sync_and_evaluate(&test.store, &settings).await;
+    advance(&emu, "1h").await;
+    let ids = salesforce_changes(
+        &emu,
+        json!([deal("Deal one"), deal("Deal two"), deal("Deal three")]),
+    )
+    .await;
+    sync_and_evaluate(&test.store, &settings).await;
+    advance(&emu, "1h").await;
+    salesforce_changes(
+        &emu,
+        json!(ids.iter().map(|id| jump(id)).collect::<Vec<_>>()),
+    )
+    .await;
+
+    // Evaluated as if two days ago: the digest time since then has passed, so it is due now.
+    let connection = &settings.connections[0];
+    sync::sync_once(
+        &test.store,
+        connection,
+        &SyncOptions::default(),
+        &StopSignal::never(),
+    )
+    .await
+    .unwrap();
+    let two_days_ago = chrono::Utc::now().timestamp_millis() - 2 * 86_400_000;
+    let report = rules::evaluate_connection(&test.store, &settings, connection, two_days_ago)
+        .await
+        .unwrap();
+    assert_eq!(report[0].alerts, 3);
+    let alerts = deliver_all(&test.store, &settings).await;
+    assert!(alerts
+        .iter()
+        .all(|a| a.kind == "digest_item" && a.status == "delivered"));
+    let messages = received(&emu).await;
+    assert_eq!(messages.len(), 1, "one digest for #revops: {messages:?}");
+    assert_eq!(messages[0]["channel"], json!("#revops"));
+    let body = messages[0]["blocks"].to_string();
+    for name in ["Deal one", "Deal two", "Deal three"] {
+        assert!(body.contains(name), "{body}");
+    }
+    assert!(alerts
+        .iter()
+        .all(|a| a.slack_ts.as_deref() == messages[0]["ts"].as_str()));
+    emu.stop().await.unwrap();
+}
+
 on_both_backends!(
+    a_daily_digest_sends_one_message_per_channel,
     bot_token_alerts_arrive_once_in_order_with_thread_replies,
     a_revoked_webhook_fails_clearly_without_leaking_its_url,
 );
