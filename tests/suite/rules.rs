@@ -669,3 +669,21 @@ on_both_backends!(
     salesforce_gates_judge_each_move_at_its_time,
     hubspot_gates_judge_each_move_at_its_time,
 );
+
+#[test]
+fn revert_mode_is_refused_until_it_exists() {
+    let dir = ConfigDir::new();
+    dir.write("token", "t\n");
+    let path = dir.write(
+        "pipewarden.toml",
+        "[[connections]]\nname = \"sf\"\nkind = \"salesforce\"\n[connections.auth]\nkind = \"refresh_token\"\n\
+         client_id = \"c\"\nrefresh_token = { file = \"token\" }\n\n[[rules]]\nname = \"r\"\nconnection = \"sf\"\nmode = \"revert\"\n",
+    );
+    let err = pipewarden::config::load(Some(&path))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("rules[0].mode") && err.contains("`revert` is not available"),
+        "{err}"
+    );
+}
