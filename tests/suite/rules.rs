@@ -266,9 +266,9 @@ required = ["Bogus__c"]
     salesforce_changes(
         &emu,
         json!([
-            set(&a, json!({"StageName": "Qualification"})),
+            json!({"object": "Opportunity", "id": a, "set": {"StageName": "Qualification"}, "by": {"kind": "integration"}}),
             set(&b, json!({"StageName": "Value Proposition"})),
-            set(&c, json!({"StageName": "Closed Lost"})),
+            json!({"object": "Opportunity", "id": c, "set": {"StageName": "Closed Lost"}, "by": {"kind": "workflow"}}),
             set(&d, json!({"StageName": "Value Proposition"})),
             set(&e, json!({"StageName": "Value Proposition"})),
         ]),
@@ -310,9 +310,29 @@ required = ["Bogus__c"]
         "{:?}",
         jump.changed_by
     );
+    assert_eq!(jump.actor_kind, "person", "a rep moved it");
     let lost = violations_of(&test.store, &c).await;
     assert_eq!(lost.len(), 1);
     assert_eq!(lost[0].kind, "closed_lost");
+    assert_eq!(lost[0].actor_kind, "workflow", "a flow closed it");
+    let a_record = test
+        .store
+        .record(connection_id, ObjectKind::Deal, &a)
+        .await
+        .unwrap()
+        .unwrap();
+    let a_move = test
+        .store
+        .transitions(a_record.id)
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    assert_eq!(
+        a_move.actor,
+        pipewarden::record::ActorKind::Integration,
+        "the session's own user"
+    );
     assert_eq!(
         fields_of(&lost[0]),
         pairs(&[("Closed Lost", "Loss_Reason__c")])
