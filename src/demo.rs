@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use url::Url;
 
+use crate::alerts::{Deliverer, DeliveryOptions};
 use crate::config::settings::{ConnectionSettings, Endpoints};
 use crate::config::Settings;
 use crate::emulator::{self, EmulatorOptions, Scale};
@@ -142,6 +143,16 @@ async fn sync_months(
                 }
                 Err(err) => return Err(err.into()),
             }
+        }
+        if let Some(slack) = &settings.slack {
+            let delivered = Deliverer::new(store.clone(), slack, DeliveryOptions::default())
+                .deliver_due()
+                .await?;
+            writeln!(
+                out,
+                "  slack: {} alert(s) delivered, {} to retry, {} failed",
+                delivered.delivered, delivered.retried, delivered.failed
+            )?;
         }
     }
     Ok(())

@@ -69,6 +69,14 @@ pub async fn evaluate_connection(
                 "no stage metadata stored for the rule's pipeline yet; the rule waits for a sync that brings it");
             continue;
         }
+        for gate in rule
+            .stages
+            .iter()
+            .filter(|g| !compiled.knows_stage(&g.stage))
+        {
+            tracing::warn!(rule = %rule.name, stage = %gate.stage, pipeline = %rule.pipeline,
+                "the rule names a stage the CRM's metadata does not have; its gate never applies (see `pipewarden rules check`)");
+        }
         let mut run = RuleRun {
             store,
             settings,
@@ -83,7 +91,7 @@ pub async fn evaluate_connection(
             },
         };
         run.evaluate().await?;
-        tracing::info!(rule = %rule.name, judged = run.report.judged, unjudged = run.report.unjudged,
+        tracing::debug!(rule = %rule.name, judged = run.report.judged, unjudged = run.report.unjudged,
             violations = run.report.violations, alerts = run.report.alerts,
             resolved_late = run.report.resolved_late, superseded = run.report.superseded, "rule evaluated");
         reports.push(run.report);
