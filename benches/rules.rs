@@ -90,6 +90,22 @@ required = ["Budget__c", "Need__c", "NextStep"]
         filled.elapsed().as_secs_f64()
     );
 
+    // Reading alone: every move with the version at the move, as evaluation reads them.
+    let reading = Instant::now();
+    let (mut last, mut read) = (0, 0u64);
+    loop {
+        let moves = store
+            .moves_at_version(connection_id, last, None, 5_000)
+            .await
+            .map_err(|e| e.to_string())?;
+        let Some(newest) = moves.last().map(|m| m.transition_id) else {
+            break;
+        };
+        read += moves.len() as u64;
+        last = newest;
+    }
+    print_rate("reading moves with their versions", read, reading.elapsed());
+
     let connection = &settings.connections[0];
     let started = Instant::now();
     let reports = rules::evaluate_connection(&store, &settings, connection, START_MS)
