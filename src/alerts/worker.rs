@@ -62,6 +62,10 @@ pub struct Deliverer {
     options: DeliveryOptions,
 }
 
+/// The lease name delivery runs under; connection names cannot contain parentheses, so it
+/// never collides with a connection's sync lease.
+const DELIVERY_LEASE: &str = "(alert delivery)";
+
 /// The rate key of messages without a channel (the webhook's own channel).
 const WEBHOOK_KEY: &str = "(webhook)";
 
@@ -192,16 +196,32 @@ impl Deliverer {
             .min(self.options.max_backoff)
     }
 
-    /// Delivers until `stop` fires, looking at the outbox every poll interval.
+    /// Delivers until `stop` fires, looking at the outbox every poll interval. Replicas sharing
+    /// a PostgreSQL store take turns through a lease: one delivers, so none sends twice.
     pub async fn run(self, mut stop: StopSignal) {
+        let mut lease = None;
         while !stop.is_set() {
-            if let Err(err) = self.deliver_due().await {
-                tracing::error!(error = %err, "alert delivery pass failed");
+            if lease.is_none() {
+                lease = match self.store.try_lease(DELIVERY_LEASE).await {
+                    Ok(taken) => taken,
+                    Err(err) => {
+                        tracing::error!(error = %err, "cannot take the alert delivery lease");
+                        None
+                    }
+                };
+            }
+            if lease.is_some() {
+                if let Err(err) = self.deliver_due().await {
+                    tracing::error!(error = %err, "alert delivery pass failed");
+                }
             }
             tokio::select! {
                 () = tokio::time::sleep(self.options.poll_interval) => {}
                 () = stop.stopped() => {}
             }
+        }
+        if let Some(lease) = lease {
+            lease.release().await;
         }
     }
 }

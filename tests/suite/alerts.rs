@@ -306,3 +306,50 @@ on_both_backends!(
     bot_token_alerts_arrive_once_in_order_with_thread_replies,
     a_revoked_webhook_fails_clearly_without_leaking_its_url,
 );
+
+/// Replicas on one PostgreSQL store take turns delivering: each alert still arrives once.
+#[tokio::test]
+async fn two_replicas_on_postgres_deliver_each_alert_once() {
+    let Some(test) = TestStore::postgres().await else {
+        return;
+    };
+    let emu = start_emulator().await;
+    let dir = ConfigDir::new();
+    dir.write("slack-token", &format!("{SLACK_BOT_TOKEN}\n"));
+    let slack = format!(
+        "[slack]\nbot_token = {{ file = \"slack-token\" }}\napi_base_url = \"{}slack/api\"\ndefault_channel = \"#revops\"\n",
+        emu.base_url()
+    );
+    let rules = SALESFORCE_RULE.replace(
+        "forbid_skipping = true",
+        "forbid_skipping = true\nmode = \"alert\"",
+    );
+    let settings = salesforce_settings(&dir, &emu, &test.url, &rules, &slack);
+    three_jumps(&emu, &test.store, &settings).await;
+
+    let (stopper, stop) = StopSignal::new();
+    let slack_settings = settings.slack.as_ref().unwrap();
+    let replicas: Vec<_> = (0..2)
+        .map(|_| {
+            tokio::spawn(
+                Deliverer::new(test.store.clone(), slack_settings, quick()).run(stop.clone()),
+            )
+        })
+        .collect();
+    let mut delivered = false;
+    for _ in 0..500 {
+        let alerts = test.store.alerts().await.unwrap();
+        if alerts.iter().all(|a| a.status == "delivered") {
+            delivered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stopper.stop();
+    for replica in replicas {
+        replica.await.unwrap();
+    }
+    assert!(delivered, "{:?}", test.store.alerts().await.unwrap());
+    assert_eq!(received(&emu).await.len(), 3);
+    emu.stop().await.unwrap();
+}
