@@ -587,6 +587,8 @@ async fn hubspot_gates_judge_each_move_at_its_time(test: TestStore) {
     let dir = ConfigDir::new();
     let mut settings = hubspot_settings(&dir, &emu, &test.url);
     sync_and_evaluate(&test.store, &settings).await;
+    let checks = rules::check(&test.store, &settings).await.unwrap();
+    assert!(checks[0].problems.is_empty(), "{:?}", checks[0].problems);
     let connection_id = test.store.connection_id("hs").await.unwrap().unwrap();
     let owners = test.store.owners(connection_id).await.unwrap();
     let exempt = owners
