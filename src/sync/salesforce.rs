@@ -153,9 +153,19 @@ impl<'c, 'a> Run<'c, 'a> {
                     .map(|row| stage_definition(ObjectKind::Lead, row)),
             )
             .collect();
-        let users = self
+        let users = match self
             .query_small("SELECT Id, Name, Email, IsActive, Department, UserType FROM User")
-            .await?;
+            .await
+        {
+            Ok(users) => users,
+            // Without users, moves keep an unknown actor; that must not stop the sync.
+            Err(SyncError::Crm(err @ CrmError::Api { .. })) => {
+                tracing::warn!(connection = %self.ctx.settings.name, error = %err,
+                    "cannot read User; stage moves are stored without their actor kind");
+                Vec::new()
+            }
+            Err(err) => return Err(err),
+        };
         let session_user = self.ctx.api.session_user_id().await?;
         let mut tx = self.ctx.store.begin().await?;
         for definition in &definitions {
