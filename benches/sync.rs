@@ -26,7 +26,7 @@ const RECORD_OBJECTS: &[&str] = &[
 const HISTORY_OBJECTS: &[&str] = &["OpportunityHistory", "LeadHistory"];
 const REST_PAGE: u64 = 2_000;
 /// Metadata and describe calls a run makes besides paging.
-const FIXED_CALLS: u64 = 2 + 6;
+const FIXED_CALLS: u64 = 3 + 6;
 const CHANGES: usize = 1_000;
 
 fn main() {

@@ -14,6 +14,7 @@ use crate::daemon::{self, DaemonError};
 use crate::demo::{self, DemoError, DemoOptions};
 use crate::emulator::{self, EmulatorOptions};
 use crate::query::{self, Format, QueryError, Report};
+use crate::rules::{self, RulesError, Severity, WaiveError};
 use crate::store::{Store, StoreError};
 use crate::sync::{self, StopSignal, SyncError, SyncOptions};
 use crate::telemetry::LogFormat;
@@ -54,6 +55,12 @@ pub enum Command {
     /// Answer a question about the pipeline's past from the store (the CRM is not called).
     #[command(subcommand)]
     Query(QueryCommand),
+    /// Check stage-gate rules against the stored CRM metadata, or replay them over history.
+    #[command(subcommand)]
+    Rules(RulesCommand),
+    /// Work with stage-gate violations.
+    #[command(subcommand)]
+    Violations(ViolationsCommand),
 }
 
 /// `pipewarden query …`: one subcommand per question, each also served at `/api/v1/…`.
@@ -82,6 +89,60 @@ pub struct QueryArgs<P: clap::Args> {
     /// Output format.
     #[arg(long, value_enum, default_value = "table")]
     pub format: Format,
+}
+
+/// `pipewarden rules …`
+#[derive(Debug, Subcommand)]
+pub enum RulesCommand {
+    /// Validate each rule's pipeline, stages and fields against what the last sync stored.
+    Check,
+    /// Evaluate the rules over the stage changes already stored, and report what would have
+    /// fired; nothing is stored or sent.
+    Backtest(BacktestArgs),
+}
+
+/// `pipewarden rules backtest …`
+#[derive(Debug, clap::Args)]
+pub struct BacktestArgs {
+    /// Judge stage changes from this day on (YYYY-MM-DD, UTC) or this instant (RFC 3339).
+    #[arg(long, value_name = "DATE", value_parser = parse_since)]
+    pub since: i64,
+    /// Only this rule (by name).
+    #[arg(long, value_name = "NAME")]
+    pub rule: Option<String>,
+}
+
+/// `pipewarden violations …`
+#[derive(Debug, Subcommand)]
+pub enum ViolationsCommand {
+    /// Waive an open violation, with a reason that is kept with it.
+    Waive(WaiveArgs),
+}
+
+/// `pipewarden violations waive …`
+#[derive(Debug, clap::Args)]
+pub struct WaiveArgs {
+    /// The violation's id.
+    pub id: i64,
+    /// Why it is waived.
+    #[arg(long)]
+    pub reason: String,
+    /// Who waives it (default: $USER).
+    #[arg(long, env = "USER", default_value = "cli")]
+    pub by: String,
+}
+
+/// `YYYY-MM-DD` (midnight UTC) or an RFC 3339 instant, as epoch milliseconds.
+fn parse_since(text: &str) -> Result<i64, String> {
+    if let Ok(day) = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+        return Ok(day
+            .and_time(chrono::NaiveTime::MIN)
+            .and_utc()
+            .timestamp_millis());
+    }
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|at| at.timestamp_millis())
+        .map_err(|_| format!("`{text}` is neither a date (YYYY-MM-DD) nor an RFC 3339 instant"))
 }
 
 /// `pipewarden demo …`
@@ -156,6 +217,9 @@ pub enum CliError {
         /// Why.
         source: std::io::Error,
     },
+    /// `--rule` names no configured rule.
+    #[error("no rule named `{0}` in the configuration")]
+    UnknownRule(String),
     /// `--connection` names no configured connection.
     #[error("no connection named `{0}` in the configuration")]
     UnknownConnection(String),
@@ -173,6 +237,15 @@ pub enum CliError {
     /// A query could not be answered (a bad parameter, or the store failed).
     #[error(transparent)]
     Query(#[from] QueryError),
+    /// Rules could not be evaluated.
+    #[error(transparent)]
+    Rules(#[from] RulesError),
+    /// `rules check` found rules naming what the CRM does not have.
+    #[error("{0} rule problem(s) found; see above")]
+    RuleProblems(usize),
+    /// A waiver was refused.
+    #[error(transparent)]
+    Waive(#[from] WaiveError),
     /// The daemon failed.
     #[error(transparent)]
     Daemon(DaemonError),
@@ -205,6 +278,9 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Run => run_daemon(cli.config).await,
         Command::Demo(args) => demo(cli.config, args).await,
         Command::Query(command) => run_query(cli.config, command).await,
+        Command::Rules(RulesCommand::Check) => rules_check(cli.config).await,
+        Command::Rules(RulesCommand::Backtest(args)) => rules_backtest(cli.config, args).await,
+        Command::Violations(ViolationsCommand::Waive(args)) => waive(cli.config, args).await,
     }
 }
 
@@ -322,11 +398,16 @@ async fn sync_once(path: Option<PathBuf>, args: SyncArgs) -> Result<(), CliError
     let mut failed = 0;
     for connection in &connections {
         match sync::sync_once(&store, connection, &options, &StopSignal::never()).await {
-            Ok(report) => println!(
-                "{}: {}",
-                connection.name,
-                sync::describe_run(&report.summary)
-            ),
+            Ok(report) => {
+                println!(
+                    "{}: {}",
+                    connection.name,
+                    sync::describe_run(&report.summary)
+                );
+                for evaluation in rules::evaluate_after_sync(&store, &settings, connection).await {
+                    println!("  {}", rules::describe_evaluation(&evaluation));
+                }
+            }
             Err(err @ SyncError::LeaseHeld(_)) => println!("{}: skipped: {err}", connection.name),
             Err(err) => {
                 failed += 1;
@@ -414,4 +495,79 @@ async fn shutdown_signal() {
         () = interrupt => {}
         () = terminate => {}
     }
+}
+
+async fn rules_check(path: Option<PathBuf>) -> Result<(), CliError> {
+    let settings = load_settings(path)?;
+    let store = Store::open_migrated(&settings.store).await?;
+    let checks = rules::check(&store, &settings).await;
+    store.close().await;
+    let mut errors = 0;
+    let mut out = std::io::stdout().lock();
+    for check in checks? {
+        if check.problems.is_empty() {
+            writeln!(out, "rule {}: OK", check.rule)?;
+        }
+        for problem in &check.problems {
+            let label = match problem.severity {
+                Severity::Error => {
+                    errors += 1;
+                    "error"
+                }
+                Severity::Warning => "warning",
+            };
+            writeln!(out, "rule {}: {label}: {}", check.rule, problem.message)?;
+        }
+    }
+    if errors > 0 {
+        return Err(CliError::RuleProblems(errors));
+    }
+    Ok(())
+}
+
+async fn rules_backtest(path: Option<PathBuf>, args: BacktestArgs) -> Result<(), CliError> {
+    let settings = load_settings(path)?;
+    if let Some(name) = &args.rule {
+        if !settings.rules.iter().any(|rule| &rule.name == name) {
+            return Err(CliError::UnknownRule(name.clone()));
+        }
+    }
+    let store = Store::open_migrated(&settings.store).await?;
+    let reports = rules::backtest(&store, &settings, args.since, args.rule.as_deref()).await;
+    store.close().await;
+    let mut out = std::io::stdout().lock();
+    for report in reports? {
+        let counts = &report.counts;
+        writeln!(
+            out,
+            "rule {}: {} stage changes judged ({} before the oldest stored state, {} exempt); {} would have fired",
+            counts.rule, counts.judged, counts.unjudged, counts.exempt, report.would_fire
+        )?;
+        let listing = |map: &std::collections::BTreeMap<String, u64>| {
+            map.iter()
+                .map(|(key, count)| format!("{key} {count}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if report.would_fire > 0 {
+            writeln!(out, "  by kind:  {}", listing(&report.by_kind))?;
+            writeln!(out, "  by actor: {}", listing(&report.by_actor))?;
+            writeln!(out, "  missing:  {}", listing(&report.by_field))?;
+            for line in &report.examples {
+                writeln!(out, "  {line}")?;
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn waive(path: Option<PathBuf>, args: WaiveArgs) -> Result<(), CliError> {
+    let settings = load_settings(path)?;
+    let store = Store::open_migrated(&settings.store).await?;
+    let now = chrono::Utc::now().timestamp_millis();
+    let result = rules::waive(&store, &settings, args.id, &args.by, &args.reason, now).await;
+    store.close().await;
+    result?;
+    println!("violation {} waived by {}", args.id, args.by);
+    Ok(())
 }

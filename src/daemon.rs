@@ -1,5 +1,6 @@
-//! `pipewarden run`: a sync loop per connection and the HTTP listener for probes, metrics and
-//! the query API (`/api/v1/…`).
+//! `pipewarden run`: a sync loop per connection (each sync followed by the stage-gate
+//! evaluation), the Slack delivery worker, and the HTTP listener for probes, metrics and the
+//! API (`/api/v1/…`).
 //!
 //! Each connection syncs at its own interval plus a random share of it (`poll_jitter`), so
 //! connections and replicas do not hit the APIs in step. A stop (SIGTERM, SIGINT) lets each
@@ -16,10 +17,12 @@ use axum::Router;
 use rand::Rng;
 use tokio::net::TcpListener;
 
+use crate::alerts::{Deliverer, DeliveryOptions};
 use crate::api::{self, ApiState};
 use crate::config::settings::ConnectionSettings;
 use crate::config::Settings;
 use crate::metrics::Metrics;
+use crate::rules::evaluate_after_sync;
 use crate::store::{Store, StoreError};
 use crate::sync::{sync_once, StopSignal, SyncError, SyncOptions};
 
@@ -55,9 +58,10 @@ pub async fn run(settings: Settings, stop: StopSignal) -> Result<(), DaemonError
         .await
         .map_err(|source| DaemonError::Listener { address, source })?;
     tracing::info!(%address, connections = settings.connections.len(), "pipewarden running");
+    let settings = Arc::new(settings);
     let api = Arc::new(ApiState {
         store: store.clone(),
-        settings: settings.clone(),
+        settings: settings.as_ref().clone(),
     });
     let app = router(
         AppState {
@@ -72,12 +76,25 @@ pub async fn run(settings: Settings, stop: StopSignal) -> Result<(), DaemonError
             .with_graceful_shutdown(async move { listener_stop.stopped().await })
             .await
     });
+    let alerts = settings.slack.as_ref().map(|slack| {
+        let deliverer = Deliverer::new(store.clone(), slack, DeliveryOptions::default());
+        tokio::spawn(deliverer.run(stop.clone()))
+    });
     // The loops share this task: they spend their time waiting on the network and the clock.
-    let loops = settings
-        .connections
-        .into_iter()
-        .map(|connection| sync_loop(store.clone(), connection, metrics.clone(), stop.clone()));
+    let loops = settings.connections.iter().map(|connection| {
+        sync_loop(
+            store.clone(),
+            settings.clone(),
+            connection,
+            metrics.clone(),
+            stop.clone(),
+        )
+    });
     futures_util::future::join_all(loops).await;
+    if let Some(alerts) = alerts {
+        // The worker ends at the stop signal; a panic in it is already logged by the runtime.
+        let _ = alerts.await;
+    }
     let served = http.await.map_err(|err| DaemonError::Listener {
         address,
         source: std::io::Error::other(err),
@@ -90,7 +107,8 @@ pub async fn run(settings: Settings, stop: StopSignal) -> Result<(), DaemonError
 /// Syncs one connection, then waits its jittered interval, until stopped.
 async fn sync_loop(
     store: Store,
-    connection: ConnectionSettings,
+    settings: Arc<Settings>,
+    connection: &ConnectionSettings,
     metrics: Arc<Metrics>,
     mut stop: StopSignal,
 ) {
@@ -99,7 +117,7 @@ async fn sync_loop(
         ..SyncOptions::default()
     };
     while !stop.is_set() {
-        match sync_once(&store, &connection, &options, &stop).await {
+        match sync_once(&store, connection, &options, &stop).await {
             Ok(report) => {
                 metrics.record_run(&connection.name, &report);
                 let run = &report.summary;
@@ -107,6 +125,7 @@ async fn sync_loop(
                     records = run.records_seen, versions = run.versions_written,
                     transitions = run.transitions_written, api_calls = run.api_calls,
                     daily_used = report.budget.org_used, daily_limit = report.budget.org_limit, "sync run finished");
+                evaluate_after_sync(&store, &settings, connection).await;
             }
             Err(SyncError::LeaseHeld(_)) => {
                 tracing::debug!(connection = %connection.name, "another replica is syncing this connection");

@@ -10,10 +10,12 @@ use std::time::Duration;
 
 use url::Url;
 
+use crate::alerts::{Deliverer, DeliveryOptions};
 use crate::config::settings::{ConnectionSettings, Endpoints};
 use crate::config::Settings;
 use crate::emulator::{self, EmulatorOptions, Scale};
 use crate::record::Millis;
+use crate::rules::{describe_evaluation, evaluate_after_sync};
 use crate::store::{ConnectionTotals, Store, StoreError};
 use crate::sync::{describe_run, sync_once, StopSignal, SyncError, SyncOptions};
 
@@ -128,14 +130,29 @@ async fn sync_months(
         writeln!(out, "\n{} (simulated)", day(emu.clock().now_ms()))?;
         for connection in &settings.connections {
             match sync_once(store, connection, &sync_options, &StopSignal::never()).await {
-                Ok(report) => writeln!(
-                    out,
-                    "  {}: {}",
-                    connection.name,
-                    describe_run(&report.summary)
-                )?,
+                Ok(report) => {
+                    writeln!(
+                        out,
+                        "  {}: {}",
+                        connection.name,
+                        describe_run(&report.summary)
+                    )?;
+                    for evaluation in evaluate_after_sync(store, settings, connection).await {
+                        writeln!(out, "    {}", describe_evaluation(&evaluation))?;
+                    }
+                }
                 Err(err) => return Err(err.into()),
             }
+        }
+        if let Some(slack) = &settings.slack {
+            let delivered = Deliverer::new(store.clone(), slack, DeliveryOptions::default())
+                .deliver_due()
+                .await?;
+            writeln!(
+                out,
+                "  slack: {} alert(s) delivered, {} to retry, {} failed",
+                delivered.delivered, delivered.retried, delivered.failed
+            )?;
         }
     }
     Ok(())

@@ -7,6 +7,7 @@
 //! Data flows one way: fetch → normalise → [`store`] → evaluate → act. The modules are named
 //! for those steps; [`cli`] is the command-line face of the library.
 
+pub mod alerts;
 pub mod api;
 pub mod cli;
 pub mod config;
@@ -17,6 +18,7 @@ pub mod emulator;
 pub mod metrics;
 pub mod query;
 pub mod record;
+pub mod rules;
 pub mod store;
 pub mod sync;
 pub mod telemetry;

@@ -13,6 +13,7 @@
 //! relative to `/api/v1`), and describe it in `openapi.rs`.
 
 mod openapi;
+mod violations;
 
 use std::sync::Arc;
 
@@ -21,7 +22,7 @@ use axum::extract::{Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use serde_json::json;
@@ -49,6 +50,8 @@ pub fn routes(state: Arc<ApiState>) -> Router {
         .route("/funnel", get(funnel))
         .route("/cohort", get(cohort))
         .route("/campaigns", get(campaigns))
+        .route("/violations", get(violations::list))
+        .route("/violations/{id}/waive", post(violations::waive))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .with_state(state);

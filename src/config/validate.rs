@@ -804,6 +804,14 @@ fn one_rule(
             ("revert", RuleMode::Revert),
         ],
     )?;
+    if mode == RuleMode::Revert {
+        // Writing the previous stage back is not built yet; accepting the mode would alert
+        // while the operator believes deals are being moved back.
+        check.fail(
+            format!("{key}.mode"),
+            "`revert` is not available in this version; use `record` or `alert`",
+        );
+    }
     if mode != RuleMode::Record {
         check_alert_route(check, key, raw.channel.as_deref(), slack);
     }

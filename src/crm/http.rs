@@ -216,6 +216,11 @@ impl ApiClient {
         Ok(self.tokens.token().await?.generation)
     }
 
+    /// The CRM user the session acts as, when the token response names it (Salesforce).
+    pub async fn session_user_id(&self) -> Result<Option<String>, CrmError> {
+        Ok(self.tokens.token().await?.user_id.clone())
+    }
+
     /// Calls and allocation used so far.
     pub fn budget_use(&self) -> BudgetUse {
         self.budget.usage()

@@ -36,6 +36,9 @@ use crate::config::settings::{AuthSettings, ConnectionSettings, Endpoints};
 struct CrmTokenFields {
     #[serde(default)]
     instance_url: Option<String>,
+    /// Salesforce's identity URL, `…/id/{org id}/{user id}`: who the session acts as.
+    #[serde(default)]
+    id: Option<String>,
 }
 
 impl ExtraTokenFields for CrmTokenFields {}
@@ -81,6 +84,8 @@ pub(crate) struct Token {
     secret: SecretString,
     /// Salesforce's `instance_url`: where API calls go.
     pub instance_url: Option<Url>,
+    /// The user the session acts as (Salesforce: the identity URL's last segment).
+    pub user_id: Option<String>,
     /// When to renew it ahead of its expiry, if it has one.
     renew_at: Option<Instant>,
     /// Counts tokens issued to this connection; a query locator belongs to one of them.
@@ -221,6 +226,7 @@ impl TokenManager {
             return Ok(Token {
                 secret: secret.clone(),
                 instance_url: None,
+                user_id: None,
                 renew_at: None,
                 generation,
             });
@@ -270,9 +276,17 @@ impl TokenManager {
             Instant::now() + lifetime.saturating_sub(RENEW_MARGIN.min(lifetime / 4))
         });
         tracing::debug!(connection = %self.connection, generation, "obtained an access token");
+        let user_id = response
+            .extra_fields()
+            .id
+            .as_deref()
+            .and_then(|id| id.trim_end_matches('/').rsplit('/').next())
+            .filter(|id| !id.is_empty())
+            .map(str::to_string);
         Ok(Token {
             secret: response.access_token().secret().as_str().into(),
             instance_url,
+            user_id,
             renew_at,
             generation,
         })

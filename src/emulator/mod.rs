@@ -6,6 +6,9 @@
 //! overlap. Time is simulated ([`SimClock`]) and moved through the control API under
 //! `/__emulator/`, which answers loopback clients only.
 //!
+//! A Slack stand-in (incoming webhook and `chat.postMessage`) is served beside them, so that
+//! alert delivery can be tested and shown without Slack.
+//!
 //! What is served so far: Salesforce OAuth token grants (refresh token with optional
 //! rotation, client credentials), session expiry by simulated inactivity, the rolling
 //! daily API allocation with `Sforce-Limit-Info`, the versions, resources and `limits`
@@ -17,6 +20,7 @@ mod faults;
 pub mod funnel;
 mod hubspot;
 mod salesforce;
+mod slack;
 mod timefmt;
 mod tls;
 
@@ -36,6 +40,7 @@ pub use faults::{FaultKind, FaultRule, FaultTarget};
 pub use funnel::{Funnel, Scale};
 pub use hubspot::HubspotOptions;
 pub use salesforce::{SalesforceOptions, ValidationRule};
+pub use slack::BOT_TOKEN as SLACK_BOT_TOKEN;
 pub use tls::TlsError;
 
 /// How an emulator instance behaves.
@@ -77,6 +82,7 @@ pub(crate) struct Shared {
     pub faults: faults::Faults,
     pub salesforce: salesforce::OrgState,
     pub hubspot: hubspot::PortalState,
+    pub slack: slack::SlackState,
 }
 
 /// An emulator serving in the background; [`RunningEmulator::stop`] shuts it down.
@@ -133,6 +139,7 @@ pub async fn start(
         faults: faults::Faults::new(options.seed),
         salesforce: salesforce::OrgState::new(options.seed, options.salesforce),
         hubspot: hubspot::PortalState::new(options.seed, options.hubspot),
+        slack: slack::SlackState::default(),
     });
     let (shutdown, stopped) = oneshot::channel::<()>();
     let stopped = async {
@@ -203,6 +210,7 @@ fn router(shared: Arc<Shared>) -> Router {
             faults::inject,
         ));
     crms.merge(control::routes())
+        .merge(slack::routes())
         .layer(axum::middleware::from_fn_with_state(
             shared.clone(),
             simulated_date,

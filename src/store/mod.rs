@@ -14,6 +14,7 @@ mod links;
 mod metadata;
 mod records;
 mod sync_state;
+mod violations;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -34,6 +35,10 @@ pub use metadata::{CrmOwner, StageDefinition};
 pub use records::{ObservationOutcome, RecordVersion, StoredRecord, ValidFromBasis};
 pub use sync_state::{
     ConnectionTotals, QuarantineEntry, QuarantinedRecord, SyncRunStatus, SyncRunSummary,
+};
+pub use violations::{
+    LaterMove, LaterVersion, MoveAtVersion, NewAlert, NewViolation, OpenViolation, OpenViolations,
+    PendingAlert, StoredAlert, Violation, ViolationFilter,
 };
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");

@@ -16,7 +16,7 @@ use serde_json::{json, Map, Value};
 
 use super::progress::Progress;
 use super::salesforce_map::{
-    history_row, lead_status_event, record_kind, record_row, soql_datetime, BadRow,
+    history_row, lead_status_event, record_kind, record_row, soql_datetime, user_owner, BadRow,
 };
 use super::{wall_clock, RunContext, SyncError};
 use crate::config::settings::Endpoints;
@@ -85,6 +85,8 @@ struct Run<'c, 'a> {
     ctx: &'c mut RunContext<'a>,
     client: SalesforceClient<'a>,
     stages: HashMap<String, StageDefinition>,
+    /// Who each user is (person, integration, automation), for the moves they make.
+    actors: HashMap<String, ActorKind>,
     /// The org's clock at the last answer; observation times come from it, so that they are
     /// comparable with the org's own stamps whatever this host's clock says.
     server_now: Option<Millis>,
@@ -107,6 +109,7 @@ impl<'c, 'a> Run<'c, 'a> {
             client: SalesforceClient::new(ctx.api, version),
             ctx,
             stages: HashMap::new(),
+            actors: HashMap::new(),
             server_now: None,
         }
     }
@@ -264,7 +267,8 @@ impl<'c, 'a> Run<'c, 'a> {
         self.server_now.unwrap_or_else(wall_clock)
     }
 
-    /// OpportunityStage and LeadStatus: the order and meaning of stages and statuses.
+    /// OpportunityStage and LeadStatus: the order and meaning of stages and statuses; and the
+    /// org's users, who own records and make the moves.
     async fn sync_stages(&mut self) -> Result<(), SyncError> {
         let deal_stages = self
             .query_small(
@@ -284,10 +288,32 @@ impl<'c, 'a> Run<'c, 'a> {
                     .map(|row| stage_definition(ObjectKind::Lead, row)),
             )
             .collect();
+        let users = match self
+            .query_small("SELECT Id, Name, Email, IsActive, Department, UserType FROM User")
+            .await
+        {
+            Ok(users) => users,
+            // Without users, moves keep an unknown actor; that must not stop the sync.
+            Err(SyncError::Crm(err @ CrmError::Api { .. })) => {
+                tracing::warn!(connection = %self.ctx.settings.name, error = %err,
+                    "cannot read User; stage moves are stored without their actor kind");
+                Vec::new()
+            }
+            Err(err) => return Err(err),
+        };
+        let session_user = self.ctx.api.session_user_id().await?;
         let mut tx = self.ctx.store.begin().await?;
         for definition in &definitions {
             tx.upsert_stage_definition(self.ctx.connection_id, definition, self.now())
                 .await?;
+        }
+        for (owner, actor) in users
+            .iter()
+            .filter_map(|row| user_owner(row, session_user.as_deref()))
+        {
+            tx.upsert_owner(self.ctx.connection_id, &owner, self.now())
+                .await?;
+            self.actors.insert(owner.crm_id, actor);
         }
         tx.commit().await?;
         self.stages = definitions
@@ -759,9 +785,11 @@ impl<'c, 'a> Run<'c, 'a> {
                 to_stage: m.to,
                 changed_at: m.at,
                 changed_by: m.by,
-                // Who a user id is (person, integration, automation) is decided against the
-                // org's users when rules read the move, not here.
-                actor: ActorKind::Unknown,
+                actor: m
+                    .by
+                    .and_then(|by| self.actors.get(by))
+                    .copied()
+                    .unwrap_or(ActorKind::Unknown),
                 change_source: m.source,
                 origin: m.origin,
                 crm_history_id: m.history_id,

@@ -2,7 +2,8 @@
 
 use serde_json::{Map, Value};
 
-use crate::record::{LifecycleEvent, Millis, ObjectKind, RecordState};
+use crate::record::{ActorKind, LifecycleEvent, Millis, ObjectKind, RecordState};
+use crate::store::CrmOwner;
 
 /// Fields that change on every save without meaning anything: left out of the tracked
 /// content so that a new version means a real change.
@@ -154,6 +155,32 @@ pub(crate) fn history_row(
         new_value,
         amount_cents,
     })
+}
+
+/// A User row as an owner, and the kind of actor its changes are: the Automated Process user
+/// (`UserType` `AutomatedProcess`) is the org's flows and workflow rules; the user the
+/// session acts as is the integration; anyone else is a person. Department stands in for the
+/// team, which Salesforce users do not have.
+pub(crate) fn user_owner(
+    row: &Map<String, Value>,
+    session_user: Option<&str>,
+) -> Option<(CrmOwner, ActorKind)> {
+    let id = text(row, "Id")?;
+    let (kind, actor) = match text(row, "UserType").as_deref() {
+        Some("AutomatedProcess") => ("integration", ActorKind::Workflow),
+        _ if session_user == Some(id.as_str()) => ("integration", ActorKind::Integration),
+        _ => ("person", ActorKind::Person),
+    };
+    let teams: Vec<String> = text(row, "Department").into_iter().collect();
+    let owner = CrmOwner {
+        crm_id: id,
+        kind: kind.into(),
+        name: text(row, "Name"),
+        email: text(row, "Email"),
+        teams: serde_json::json!(teams),
+        is_active: row.get("IsActive").and_then(Value::as_bool).unwrap_or(true),
+    };
+    Some((owner, actor))
 }
 
 /// The milestone a lead reaches by entering a status, for the standard statuses and the

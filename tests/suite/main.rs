@@ -1,5 +1,6 @@
 //! Integration tests, one binary: configuration, the command line and the store.
 
+mod alerts;
 mod api;
 mod cli;
 mod config_errors;
@@ -11,7 +12,9 @@ mod emulator_hubspot;
 mod emulator_query;
 mod emulator_writes;
 mod queries;
+mod rules;
 mod store;
 mod support;
 mod sync;
 mod sync_hubspot;
+mod violations_api;

@@ -1178,7 +1178,14 @@ impl<'a> OrgView<'a> {
         record.set("IsActive", SfValue::Bool(true));
         record.set("Department", text(department));
         record.set("Title", text(title));
-        record.set("UserType", text("Standard"));
+        // The Automated Process user is how Salesforce attributes what flows and workflow
+        // rules change.
+        let user_type = if number == 1 {
+            "AutomatedProcess"
+        } else {
+            "Standard"
+        };
+        record.set("UserType", text(user_type));
         stamp_audit::<()>(&mut record, self.funnel.origin(), Actor::Import, &[]);
         Some(record)
     }

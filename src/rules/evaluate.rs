@@ -1,0 +1,509 @@
+//! Evaluation after a sync: new moves become violations (and alerts), open violations
+//! resolve late, are superseded by a move back, or are waived by a person.
+
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use super::gate::{CompiledRule, Finding, MissingField, ViolationKind};
+use super::{alert_channel, crm_label, record_link, OwnerIndex, RulesError};
+use crate::alerts::message::{resolution_message, violation_message, ViolationAlert};
+use crate::config::settings::{ConnectionSettings, RuleMode, RuleSettings, SlackDelivery};
+use crate::config::Settings;
+use crate::record::{Millis, ObjectKind};
+use crate::store::{
+    LaterMove, LaterVersion, MoveAtVersion, NewAlert, NewViolation, OpenViolation, Store,
+    StoreError, StoreTx,
+};
+
+/// Moves read and judged per transaction.
+const BATCH: i64 = 5_000;
+
+/// What one rule's evaluation did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct EvaluationReport {
+    /// Rule name.
+    pub rule: String,
+    /// Moves judged against the record's version at the move.
+    pub judged: u64,
+    /// Moves older than any stored version of their record.
+    pub unjudged: u64,
+    /// Moves of exempt owners or teams.
+    pub exempt: u64,
+    /// New violations.
+    pub violations: u64,
+    /// Alerts put in the outbox.
+    pub alerts: u64,
+    /// Violations resolved late.
+    pub resolved_late: u64,
+    /// Violations superseded by a move back.
+    pub superseded: u64,
+}
+
+/// Evaluates every rule of `connection` over the moves stored since its last evaluation.
+pub async fn evaluate_connection(
+    store: &Store,
+    settings: &Settings,
+    connection: &ConnectionSettings,
+    now: Millis,
+) -> Result<Vec<EvaluationReport>, RulesError> {
+    let rules: Vec<&RuleSettings> = settings
+        .rules
+        .iter()
+        .filter(|rule| rule.connection == connection.name)
+        .collect();
+    if rules.is_empty() {
+        return Ok(Vec::new());
+    }
+    let Some(connection_id) = store.connection_id(&connection.name).await? else {
+        return Ok(Vec::new());
+    };
+    let definitions = store
+        .stage_definitions(connection_id, ObjectKind::Deal)
+        .await?;
+    let owners = OwnerIndex::new(store.owners(connection_id).await?);
+    let mut reports = Vec::new();
+    for rule in rules {
+        let compiled = CompiledRule::new(rule, &definitions);
+        if !compiled.has_stages() {
+            tracing::warn!(rule = %rule.name, connection = %connection.name, pipeline = %rule.pipeline,
+                "no stage metadata stored for the rule's pipeline yet; the rule waits for a sync that brings it");
+            continue;
+        }
+        for gate in rule
+            .stages
+            .iter()
+            .filter(|g| !compiled.knows_stage(&g.stage))
+        {
+            tracing::warn!(rule = %rule.name, stage = %gate.stage, pipeline = %rule.pipeline,
+                "the rule names a stage the CRM's metadata does not have; its gate never applies (see `pipewarden rules check`)");
+        }
+        let mut run = RuleRun {
+            store,
+            settings,
+            connection,
+            connection_id,
+            rule: &compiled,
+            owners: &owners,
+            now,
+            report: EvaluationReport {
+                rule: rule.name.clone(),
+                ..EvaluationReport::default()
+            },
+        };
+        run.evaluate().await?;
+        tracing::debug!(rule = %rule.name, judged = run.report.judged, unjudged = run.report.unjudged,
+            violations = run.report.violations, alerts = run.report.alerts,
+            resolved_late = run.report.resolved_late, superseded = run.report.superseded, "rule evaluated");
+        reports.push(run.report);
+    }
+    Ok(reports)
+}
+
+struct RuleRun<'a> {
+    store: &'a Store,
+    settings: &'a Settings,
+    connection: &'a ConnectionSettings,
+    connection_id: i64,
+    rule: &'a CompiledRule,
+    owners: &'a OwnerIndex,
+    now: Millis,
+    report: EvaluationReport,
+}
+
+impl<'a> RuleRun<'a> {
+    async fn evaluate(&mut self) -> Result<(), RulesError> {
+        let name = self.rule.settings.name.as_str();
+        let progress = self.store.rule_progress(name, self.connection_id).await?;
+        let baseline = progress.is_none();
+        let (after_transition, after_version) = progress.unwrap_or((0, 0));
+        // Read before the moves: versions stored meanwhile are looked at again next time.
+        let version_mark = self.store.last_version_id(self.connection_id).await?;
+        let mut last = after_transition;
+        loop {
+            let moves = self
+                .store
+                .moves_at_version(self.connection_id, last, None, BATCH)
+                .await?;
+            let Some(newest) = moves.last().map(|m| m.transition_id) else {
+                break;
+            };
+            let mut tx = self.store.begin().await?;
+            for m in &moves {
+                self.judge_and_store(&mut tx, m, baseline).await?;
+            }
+            tx.set_rule_progress(name, self.connection_id, newest, after_version, self.now)
+                .await?;
+            tx.commit().await?;
+            last = newest;
+        }
+        self.resolve(after_transition, after_version).await?;
+        let mut tx = self.store.begin().await?;
+        tx.set_rule_progress(name, self.connection_id, last, version_mark, self.now)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn judge_and_store(
+        &mut self,
+        tx: &mut StoreTx,
+        m: &MoveAtVersion,
+        baseline: bool,
+    ) -> Result<(), StoreError> {
+        let Some(finding) = judge_move(self.rule, self.owners, m, &mut self.report) else {
+            return Ok(());
+        };
+        let missing = json!(finding.missing);
+        let skipped = json!(finding.skipped);
+        let actor = self.owners.actor(&m.actor_kind, m.changed_by.as_deref());
+        let channel = self.alert_route();
+        let alerted = channel.is_some() && !baseline;
+        let violation = NewViolation {
+            rule_name: &self.rule.settings.name,
+            connection_id: self.connection_id,
+            record_id: m.record_id,
+            transition_id: m.transition_id,
+            from_stage: m.from_stage.as_deref(),
+            to_stage: &m.to_stage,
+            missing_fields: &missing,
+            skipped_stages: &skipped,
+            changed_at: m.changed_at_ms,
+            changed_by: m.changed_by.as_deref(),
+            actor_kind: actor.as_str(),
+            owner_id: m.owner_id.as_deref(),
+            kind: finding.kind.as_str(),
+            alerted,
+            detected_at: self.now,
+        };
+        let Some(violation_id) = tx.insert_violation(&violation).await? else {
+            return Ok(());
+        };
+        self.report.violations += 1;
+        if let (true, Some(channel)) = (alerted, channel) {
+            let payload = self.violation_payload(m, &finding, actor.as_str());
+            let digest_at = self
+                .settings
+                .slack
+                .as_ref()
+                .and_then(|slack| slack.digest_at);
+            let (kind, not_before) = match digest_at {
+                Some(at) => ("digest_item", next_digest(self.now, at)),
+                None => ("violation", self.now),
+            };
+            let key = format!("violation:{violation_id}");
+            tx.enqueue_alert(&NewAlert {
+                dedupe_key: &key,
+                kind,
+                channel,
+                payload: &payload,
+                violation_id: Some(violation_id),
+                thread_of_id: None,
+                not_before,
+                created_at: self.now,
+            })
+            .await?;
+            self.report.alerts += 1;
+        }
+        Ok(())
+    }
+
+    /// `Some(channel)` when this rule alerts.
+    fn alert_route(&self) -> Option<Option<&'a str>> {
+        if self.rule.settings.mode == RuleMode::Record {
+            return None;
+        }
+        let (rule, settings): (&'a CompiledRule, &'a Settings) = (self.rule, self.settings);
+        alert_channel(rule.settings.channel.as_deref(), settings.slack.as_ref())
+    }
+
+    fn violation_payload(&self, m: &MoveAtVersion, finding: &Finding, actor: &str) -> Value {
+        let moved_by = match m.changed_by.as_deref() {
+            Some(id) => format!("{} ({actor})", self.owners.display(Some(id)).unwrap_or(id)),
+            None => actor.to_string(),
+        };
+        violation_message(&ViolationAlert {
+            rule: &self.rule.settings.name,
+            connection: &self.connection.name,
+            deal_name: m.name.as_deref(),
+            crm_id: &m.crm_id,
+            owner: self.owners.display(m.owner_id.as_deref()),
+            amount_cents: m.amount_cents,
+            from_stage: m.from_stage.as_deref(),
+            to_stage: &m.to_stage,
+            moved_by,
+            missing: finding
+                .missing
+                .iter()
+                .map(|f| (f.stage.as_str(), f.field.as_str()))
+                .collect(),
+            skipped: finding.skipped.iter().map(String::as_str).collect(),
+            link: record_link(self.connection, &m.crm_id),
+            crm_label: crm_label(self.connection.kind),
+        })
+    }
+
+    /// Open violations on records that changed since the last evaluation: resolved late when
+    /// a later version has every missing field, superseded when the deal moved back first.
+    /// All of them are read in three queries and settled in one transaction.
+    async fn resolve(
+        &mut self,
+        after_transition: i64,
+        after_version: i64,
+    ) -> Result<(), RulesError> {
+        let open = self
+            .store
+            .open_violations_touched(
+                &self.rule.settings.name,
+                self.connection_id,
+                after_transition,
+                after_version,
+            )
+            .await?;
+        let mut versions = open.versions.iter().peekable();
+        let mut moves = open.moves.iter().peekable();
+        let mut endings = Vec::new();
+        for violation in &open.violations {
+            let mut later_versions = Vec::new();
+            while let Some(v) = versions.next_if(|v| v.violation_id == violation.id) {
+                later_versions.push(v);
+            }
+            let mut later_moves = Vec::new();
+            while let Some(m) = moves.next_if(|m| m.violation_id == violation.id) {
+                later_moves.push(m);
+            }
+            if let Some(ending) = self.outcome(violation, &later_versions, &later_moves) {
+                endings.push((violation, ending));
+            }
+        }
+        if endings.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.store.begin().await?;
+        for (violation, (status, at)) in endings {
+            let delay = at - violation.changed_at_ms;
+            let note =
+                (status == "resolved_late").then(|| format!("filled {delay} ms after the move"));
+            if !tx
+                .close_violation(
+                    violation.id,
+                    status,
+                    at,
+                    self.now,
+                    Some("pipewarden"),
+                    note.as_deref(),
+                )
+                .await?
+            {
+                continue;
+            }
+            match status {
+                "resolved_late" => self.report.resolved_late += 1,
+                _ => self.report.superseded += 1,
+            }
+            reply_in_thread(
+                &mut tx,
+                self.settings,
+                &self.rule.settings,
+                violation.id,
+                status,
+                Some(delay),
+                None,
+                self.now,
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// What ended an open violation first, and when, if anything did.
+    fn outcome(
+        &self,
+        violation: &OpenViolation,
+        later_versions: &[&LaterVersion],
+        later_moves: &[&LaterMove],
+    ) -> Option<(&'static str, Millis)> {
+        let kind = ViolationKind::parse(&violation.kind).unwrap_or(ViolationKind::Forward);
+        let target = self.rule.position_of(&violation.to_stage);
+        let moved_back = later_moves
+            .iter()
+            .find(|m| match kind {
+                ViolationKind::Forward | ViolationKind::Skip => {
+                    match (self.rule.position_of(&m.to_stage), target) {
+                        (Some(now), Some(then)) => now < then,
+                        _ => false,
+                    }
+                }
+                // A closed-lost deal reopened, or a deal moved on from where it went back to.
+                ViolationKind::ClosedLost | ViolationKind::Backward => true,
+            })
+            .map(|m| m.changed_at_ms);
+        let missing: Vec<MissingField> =
+            serde_json::from_value(violation.missing_fields.0.clone()).unwrap_or_default();
+        // A skip with nothing missing cannot be mended by filling fields: it stays open until
+        // waived or the deal moves back.
+        let filled = if missing.is_empty() {
+            None
+        } else {
+            later_versions
+                .iter()
+                .filter(|v| !v.deleted)
+                .find(|v| {
+                    missing
+                        .iter()
+                        .all(|m| super::gate::is_filled(v.fields.0.get(&m.field)))
+                })
+                .map(|v| v.valid_from_ms)
+        };
+        match (filled, moved_back) {
+            (Some(fill), Some(back)) if back < fill => Some(("superseded", back)),
+            (Some(fill), _) => Some(("resolved_late", fill)),
+            (None, Some(back)) => Some(("superseded", back)),
+            (None, None) => None,
+        }
+    }
+}
+
+/// Judges one move: `None` when it is out of the rule's pipeline, cannot be judged, is
+/// exempt or breaches nothing. Counts what it saw in `report`.
+pub(crate) fn judge_move(
+    rule: &CompiledRule,
+    owners: &OwnerIndex,
+    m: &MoveAtVersion,
+    report: &mut EvaluationReport,
+) -> Option<Finding> {
+    if m.pipeline.as_deref() != Some(rule.settings.pipeline.as_str()) {
+        return None;
+    }
+    let covered = m.version_id.is_some() && m.valid_to_ms.is_none_or(|to| to > m.changed_at_ms);
+    let Some(fields) = m.fields.as_ref().filter(|_| covered) else {
+        report.unjudged += 1;
+        return None;
+    };
+    report.judged += 1;
+    if rule.exempts(m.owner_id.as_deref(), owners.teams(m.owner_id.as_deref())) {
+        report.exempt += 1;
+        return None;
+    }
+    rule.judge(m.from_stage.as_deref(), &m.to_stage, &fields.0)
+}
+
+/// Puts the resolution of an alerted violation in the outbox as a reply in the alert's
+/// thread (bot tokens only: webhooks cannot reply in threads).
+#[allow(clippy::too_many_arguments)]
+async fn reply_in_thread(
+    tx: &mut StoreTx,
+    settings: &Settings,
+    rule: &RuleSettings,
+    violation_id: i64,
+    status: &str,
+    delay_ms: Option<Millis>,
+    note: Option<&str>,
+    now: Millis,
+) -> Result<(), StoreError> {
+    let Some(slack) = settings.slack.as_ref() else {
+        return Ok(());
+    };
+    if !matches!(slack.delivery, SlackDelivery::BotToken { .. }) || rule.mode == RuleMode::Record {
+        return Ok(());
+    }
+    let Some(parent) = tx.alert_of_violation(violation_id).await? else {
+        return Ok(());
+    };
+    let channel = alert_channel(rule.channel.as_deref(), Some(slack)).flatten();
+    let payload = resolution_message(status, delay_ms, note);
+    let key = format!("resolution:{violation_id}");
+    tx.enqueue_alert(&NewAlert {
+        dedupe_key: &key,
+        kind: "resolution",
+        channel,
+        payload: &payload,
+        violation_id: Some(violation_id),
+        thread_of_id: Some(parent),
+        not_before: now,
+        created_at: now,
+    })
+    .await?;
+    Ok(())
+}
+
+/// Why a waiver was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum WaiveError {
+    /// No violation has this id.
+    #[error("no violation with id {0}")]
+    NotFound(i64),
+    /// It is no longer open.
+    #[error("violation {id} is {status}, not open; only open violations can be waived")]
+    NotOpen {
+        /// The violation.
+        id: i64,
+        /// Its status.
+        status: String,
+    },
+    /// A waiver needs a reason.
+    #[error("a waiver needs a reason (--reason or \"reason\")")]
+    NoReason,
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Waives an open violation on a person's word, with the reason recorded.
+pub async fn waive(
+    store: &Store,
+    settings: &Settings,
+    violation_id: i64,
+    by: &str,
+    reason: &str,
+    now: Millis,
+) -> Result<(), WaiveError> {
+    if reason.trim().is_empty() {
+        return Err(WaiveError::NoReason);
+    }
+    let violation = store
+        .violation(violation_id)
+        .await?
+        .ok_or(WaiveError::NotFound(violation_id))?;
+    let mut tx = store.begin().await?;
+    if !tx
+        .close_violation(violation_id, "waived", now, now, Some(by), Some(reason))
+        .await?
+    {
+        return Err(WaiveError::NotOpen {
+            id: violation_id,
+            status: violation.status,
+        });
+    }
+    if let Some(rule) = settings
+        .rules
+        .iter()
+        .find(|r| r.name == violation.rule_name)
+    {
+        reply_in_thread(
+            &mut tx,
+            settings,
+            rule,
+            violation_id,
+            "waived",
+            None,
+            Some(reason),
+            now,
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// The next instant at the digest's time of day (UTC) after `now`.
+pub(crate) fn next_digest(now: Millis, at: chrono::NaiveTime) -> Millis {
+    let now_utc = chrono::DateTime::from_timestamp_millis(now).unwrap_or_default();
+    let today = now_utc.date_naive().and_time(at).and_utc();
+    let next = if today.timestamp_millis() > now {
+        today
+    } else {
+        today + chrono::Duration::days(1)
+    };
+    next.timestamp_millis()
+}

@@ -1,0 +1,149 @@
+//! Stage gates: judge each new deal move against the rules of its connection, store one
+//! violation per (rule, move), resolve violations later, and decide the Slack alerts.
+//!
+//! Evaluation reads only the store. Each move is judged against the record's version valid
+//! at the move, not its current state. A move older than the oldest stored version of its
+//! record (history read by the first backfill) cannot be judged and is counted as unjudged.
+//! A rule's first evaluation of a connection records what it finds without alerting, so that
+//! turning a rule on does not flood Slack with the past.
+
+mod evaluate;
+pub mod gate;
+mod review;
+
+use std::collections::HashMap;
+
+use crate::config::settings::{
+    ConnectionSettings, CrmKind, Endpoints, SlackDelivery, SlackSettings,
+};
+use crate::record::ActorKind;
+use crate::store::{CrmOwner, StoreError};
+
+pub use evaluate::{evaluate_connection, waive, EvaluationReport, WaiveError};
+pub use gate::{CompiledRule, Finding, MissingField, ViolationKind};
+pub use review::{backtest, check, BacktestReport, Problem, RuleCheck, Severity};
+
+/// Why rules could not be evaluated.
+#[derive(Debug, thiserror::Error)]
+pub enum RulesError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Owners of a connection by CRM id, for exemptions, actor kinds and alert texts.
+#[derive(Debug, Default)]
+pub(crate) struct OwnerIndex(HashMap<String, CrmOwner>);
+
+impl OwnerIndex {
+    pub(crate) fn new(owners: Vec<CrmOwner>) -> OwnerIndex {
+        OwnerIndex(owners.into_iter().map(|o| (o.crm_id.clone(), o)).collect())
+    }
+
+    /// The teams an owner belongs to, as the CRM's owner metadata lists them.
+    pub(crate) fn teams(&self, owner: Option<&str>) -> Vec<&str> {
+        owner
+            .and_then(|id| self.0.get(id))
+            .and_then(|o| o.teams.as_array())
+            .map(|teams| {
+                teams
+                    .iter()
+                    .filter_map(|team| team.as_str().or_else(|| team["name"].as_str()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// An owner's display name, else the id.
+    pub(crate) fn display<'a>(&'a self, id: Option<&'a str>) -> Option<&'a str> {
+        let id = id?;
+        Some(self.0.get(id).and_then(|o| o.name.as_deref()).unwrap_or(id))
+    }
+
+    /// Who made a move: the CRM history's own classification when it has one (HubSpot's
+    /// `sourceType`), else the kind of the user that made it (Salesforce `CreatedById`).
+    pub(crate) fn actor(&self, stored: &str, changed_by: Option<&str>) -> ActorKind {
+        match ActorKind::parse(stored) {
+            Some(kind) if kind != ActorKind::Unknown => kind,
+            _ => match changed_by
+                .and_then(|id| self.0.get(id))
+                .map(|o| o.kind.as_str())
+            {
+                Some("person") => ActorKind::Person,
+                Some("integration") => ActorKind::Integration,
+                _ => ActorKind::Unknown,
+            },
+        }
+    }
+}
+
+/// Where a rule's alerts go: `None` when alerts are off (record mode or no Slack section).
+pub(crate) fn alert_channel<'a>(
+    rule_channel: Option<&'a str>,
+    slack: Option<&'a SlackSettings>,
+) -> Option<Option<&'a str>> {
+    let slack = slack?;
+    Some(match slack.delivery {
+        SlackDelivery::Webhook { .. } => None,
+        SlackDelivery::BotToken { .. } => rule_channel.or(slack.default_channel.as_deref()),
+    })
+}
+
+/// A link to a deal in the CRM's UI, when the connection's settings allow one. HubSpot links
+/// need the portal id, which pipewarden does not store yet, so HubSpot alerts carry none.
+pub(crate) fn record_link(connection: &ConnectionSettings, crm_id: &str) -> Option<String> {
+    match &connection.endpoints {
+        Endpoints::Salesforce {
+            login_url,
+            instance_url,
+            ..
+        } => {
+            let base = instance_url.as_ref().unwrap_or(login_url);
+            base.join(&format!("lightning/r/Opportunity/{crm_id}/view"))
+                .ok()
+                .map(|url| url.to_string())
+        }
+        Endpoints::Hubspot { .. } => None,
+    }
+}
+
+/// The CRM's name as alerts show it.
+pub(crate) fn crm_label(kind: CrmKind) -> &'static str {
+    match kind {
+        CrmKind::Salesforce => "Salesforce",
+        CrmKind::Hubspot => "HubSpot",
+    }
+}
+
+/// One line about a rule's evaluation, as `sync --once` and the demo print it.
+pub fn describe_evaluation(report: &EvaluationReport) -> String {
+    format!(
+        "rule {}: {} moves judged ({} before the oldest stored state, {} exempt), {} new violations, \
+         {} alerts queued, {} resolved late, {} superseded",
+        report.rule,
+        report.judged,
+        report.unjudged,
+        report.exempt,
+        report.violations,
+        report.alerts,
+        report.resolved_late,
+        report.superseded
+    )
+}
+
+/// Evaluates a connection's rules after its sync, logging rather than failing: a rule problem
+/// must not stop the sync loop.
+pub async fn evaluate_after_sync(
+    store: &crate::store::Store,
+    settings: &crate::config::Settings,
+    connection: &ConnectionSettings,
+) -> Vec<EvaluationReport> {
+    let now = chrono::Utc::now().timestamp_millis();
+    match evaluate_connection(store, settings, connection, now).await {
+        Ok(reports) => reports,
+        Err(err) => {
+            tracing::error!(connection = %connection.name, error = %err, "stage-gate evaluation failed");
+            Vec::new()
+        }
+    }
+}

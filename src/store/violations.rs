@@ -1,0 +1,717 @@
+//! Stage-gate violations, their status changes, the progress of each rule through the store,
+//! and the Slack messages decided with them (the alert outbox).
+//!
+//! A violation is unique per (rule, transition): evaluating the same transition twice, or
+//! replaying a sync, inserts nothing. Alerts are written in the same transaction as the
+//! violation or status change that decides them, so a crash loses or duplicates none.
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+use sqlx::types::Json;
+
+use super::{dispatch, QueryContext, Store, StoreError, StoreTx};
+use crate::record::Millis;
+
+/// A deal's stage move with the record's version at the move, as rules read it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct MoveAtVersion {
+    /// Transition id.
+    pub transition_id: i64,
+    /// The record.
+    pub record_id: i64,
+    /// The record's CRM id.
+    pub crm_id: String,
+    /// Pipeline of the move.
+    pub pipeline: Option<String>,
+    /// Stage left.
+    pub from_stage: Option<String>,
+    /// Stage entered.
+    pub to_stage: String,
+    /// When.
+    pub changed_at_ms: Millis,
+    /// Who or what moved it (a user, owner or app id).
+    pub changed_by: Option<String>,
+    /// The actor kind the CRM's history gave.
+    pub actor_kind: String,
+    /// Id of the version valid at the move; `None` when the store has no state that early.
+    pub version_id: Option<i64>,
+    /// The version's end.
+    pub valid_to_ms: Option<Millis>,
+    /// Deal name at the move.
+    pub name: Option<String>,
+    /// Amount at the move, cents.
+    pub amount_cents: Option<i64>,
+    /// Owner at the move.
+    pub owner_id: Option<String>,
+    /// Field values at the move.
+    pub fields: Option<Json<Map<String, Value>>>,
+}
+
+/// A violation to store.
+#[derive(Debug, Clone)]
+pub struct NewViolation<'a> {
+    /// Rule name.
+    pub rule_name: &'a str,
+    /// Connection.
+    pub connection_id: i64,
+    /// The deal.
+    pub record_id: i64,
+    /// The move.
+    pub transition_id: i64,
+    /// Stage left.
+    pub from_stage: Option<&'a str>,
+    /// Stage entered.
+    pub to_stage: &'a str,
+    /// `[{"stage", "field"}]` as JSON.
+    pub missing_fields: &'a Value,
+    /// Skipped stages as a JSON array.
+    pub skipped_stages: &'a Value,
+    /// When the move happened.
+    pub changed_at: Millis,
+    /// Who made it.
+    pub changed_by: Option<&'a str>,
+    /// What kind of actor.
+    pub actor_kind: &'a str,
+    /// Owner at the move.
+    pub owner_id: Option<&'a str>,
+    /// forward, skip, closed_lost or backward.
+    pub kind: &'a str,
+    /// Whether an alert goes out for it.
+    pub alerted: bool,
+    /// When pipewarden found it.
+    pub detected_at: Millis,
+}
+
+/// A stored violation.
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+pub struct Violation {
+    /// Violation id.
+    pub id: i64,
+    /// Rule name.
+    pub rule_name: String,
+    /// Connection name.
+    pub connection: String,
+    /// The deal's store id.
+    pub record_id: i64,
+    /// The deal's CRM id.
+    pub crm_id: String,
+    /// The move's id.
+    pub transition_id: i64,
+    /// forward, skip, closed_lost or backward.
+    pub kind: String,
+    /// Stage left.
+    pub from_stage: Option<String>,
+    /// Stage entered.
+    pub to_stage: String,
+    /// Required fields empty at the move.
+    #[sqlx(json)]
+    pub missing_fields: Value,
+    /// Stages jumped over.
+    #[sqlx(json)]
+    pub skipped_stages: Value,
+    /// When the move happened.
+    pub changed_at_ms: Millis,
+    /// Who made it.
+    pub changed_by: Option<String>,
+    /// What kind of actor.
+    pub actor_kind: String,
+    /// Owner at the move.
+    pub owner_id: Option<String>,
+    /// open, resolved_late, waived or superseded.
+    pub status: String,
+    /// When pipewarden found it.
+    pub detected_at_ms: Millis,
+    /// When it stopped being open.
+    pub resolved_at_ms: Option<Millis>,
+    /// Who waived it.
+    pub waived_by: Option<String>,
+    /// Why.
+    pub waive_reason: Option<String>,
+}
+
+impl Violation {
+    /// How long it stayed open, for resolved-late violations.
+    pub fn delay_ms(&self) -> Option<Millis> {
+        self.resolved_at_ms.map(|at| at - self.changed_at_ms)
+    }
+}
+
+/// The columns of [`Violation`], as a literal so that queries built on it stay `&'static str`.
+macro_rules! violation_select {
+    () => {
+        "SELECT v.id, v.rule_name, c.name AS connection, v.record_id, r.crm_id, v.transition_id, \
+     v.kind, v.from_stage, v.to_stage, v.missing_fields, v.skipped_stages, v.changed_at_ms, v.changed_by, v.actor_kind, \
+     v.owner_id, v.status, v.detected_at_ms, v.resolved_at_ms, v.waived_by, v.waive_reason \
+     FROM violations v JOIN connections c ON c.id = v.connection_id JOIN records r ON r.id = v.record_id"
+    };
+}
+
+/// Which violations to list; every filter is optional.
+#[derive(Debug, Clone, Default)]
+pub struct ViolationFilter {
+    /// Connection name.
+    pub connection: Option<String>,
+    /// Owner id at the move.
+    pub owner: Option<String>,
+    /// Rule name.
+    pub rule: Option<String>,
+    /// Status.
+    pub status: Option<String>,
+    /// Moves at or after this instant.
+    pub from_ms: Option<Millis>,
+    /// Moves before this instant.
+    pub to_ms: Option<Millis>,
+    /// At most this many, newest moves first.
+    pub limit: i64,
+}
+
+/// An open violation, as the resolution pass reads it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct OpenViolation {
+    /// Violation id.
+    pub id: i64,
+    /// The deal.
+    pub record_id: i64,
+    /// forward, skip, closed_lost or backward.
+    pub kind: String,
+    /// Stage entered.
+    pub to_stage: String,
+    /// When the move happened.
+    pub changed_at_ms: Millis,
+    /// Required fields empty at the move.
+    pub missing_fields: Json<Value>,
+}
+
+/// A version of a violation's record that came after its move.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct LaterVersion {
+    /// The violation.
+    pub violation_id: i64,
+    /// When the version started.
+    pub valid_from_ms: Millis,
+    /// The record was deleted in it.
+    pub deleted: bool,
+    /// Its field values.
+    pub fields: Json<Map<String, Value>>,
+}
+
+/// A move of a violation's record that came after its move.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct LaterMove {
+    /// The violation.
+    pub violation_id: i64,
+    /// When.
+    pub changed_at_ms: Millis,
+    /// Stage entered.
+    pub to_stage: String,
+}
+
+/// Open violations with what followed them, oldest first.
+#[derive(Debug, Clone, Default)]
+pub struct OpenViolations {
+    /// The violations.
+    pub violations: Vec<OpenViolation>,
+    /// Later versions of their records, by violation then time.
+    pub versions: Vec<LaterVersion>,
+    /// Later moves of their records, by violation then time.
+    pub moves: Vec<LaterMove>,
+}
+
+/// The filter of open violations on touched records; `$1` rule, `$2` connection, `$3` last
+/// transition id, `$4` last version id.
+macro_rules! open_touched {
+    () => {
+        "WHERE v.rule_name = $1 AND v.connection_id = $2 AND v.status = 'open' AND v.record_id IN ( \
+         SELECT record_id FROM record_versions WHERE connection_id = $2 AND id > $4 \
+         UNION SELECT record_id FROM stage_transitions WHERE connection_id = $2 AND id > $3)"
+    };
+}
+
+/// A Slack message to deliver.
+#[derive(Debug, Clone)]
+pub struct NewAlert<'a> {
+    /// Unique per message: a replay enqueues nothing twice.
+    pub dedupe_key: &'a str,
+    /// `violation`, `resolution` or `digest_item`.
+    pub kind: &'a str,
+    /// Slack channel (`None`: the webhook's own).
+    pub channel: Option<&'a str>,
+    /// Block Kit body.
+    pub payload: &'a Value,
+    /// The violation it is about.
+    pub violation_id: Option<i64>,
+    /// The message it replies to in a thread.
+    pub thread_of_id: Option<i64>,
+    /// Not before this instant.
+    pub not_before: Millis,
+    /// Now.
+    pub created_at: Millis,
+}
+
+impl StoreTx {
+    /// Stores a violation and its `open` event; returns its id if it was new.
+    pub async fn insert_violation(
+        &mut self,
+        v: &NewViolation<'_>,
+    ) -> Result<Option<i64>, StoreError> {
+        let id: Option<i64> = dispatch!(self.inner(), tx => sqlx::query_scalar(
+            "INSERT INTO violations (rule_name, connection_id, record_id, transition_id, from_stage, to_stage, \
+             missing_fields, skipped_stages, changed_at_ms, changed_by, actor_kind, owner_id, status, detected_at_ms, \
+             kind, alerted) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'open', $13, $14, $15) \
+             ON CONFLICT (rule_name, transition_id) DO NOTHING RETURNING id",
+        )
+        .bind(v.rule_name)
+        .bind(v.connection_id)
+        .bind(v.record_id)
+        .bind(v.transition_id)
+        .bind(v.from_stage)
+        .bind(v.to_stage)
+        .bind(Json(v.missing_fields))
+        .bind(Json(v.skipped_stages))
+        .bind(v.changed_at)
+        .bind(v.changed_by)
+        .bind(v.actor_kind)
+        .bind(v.owner_id)
+        .bind(v.detected_at)
+        .bind(v.kind)
+        .bind(v.alerted)
+        .fetch_optional(&mut **tx)
+        .await)
+        .during("store violation")?;
+        if let Some(id) = id {
+            self.violation_event(id, "open", v.detected_at, Some("pipewarden"), Some(v.kind))
+                .await?;
+        }
+        Ok(id)
+    }
+
+    /// Records a status change of a violation.
+    pub async fn violation_event(
+        &mut self,
+        violation_id: i64,
+        status: &str,
+        at: Millis,
+        actor: Option<&str>,
+        note: Option<&str>,
+    ) -> Result<(), StoreError> {
+        dispatch!(self.inner(), tx => sqlx::query(
+            "INSERT INTO violation_events (violation_id, status, at_ms, actor, note) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(violation_id)
+        .bind(status)
+        .bind(at)
+        .bind(actor)
+        .bind(note)
+        .execute(&mut **tx)
+        .await
+        .map(drop))
+        .during("store violation event")
+    }
+
+    /// Ends an open violation (`resolved_late`, `superseded` or `waived`) as of `at` (the CRM's
+    /// time of what ended it) and records the event at `recorded_at`; returns `false` when it
+    /// was no longer open.
+    pub async fn close_violation(
+        &mut self,
+        violation_id: i64,
+        status: &str,
+        at: Millis,
+        recorded_at: Millis,
+        actor: Option<&str>,
+        note: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let waived_by = (status == "waived").then_some(actor).flatten();
+        let reason = (status == "waived").then_some(note).flatten();
+        let changed = dispatch!(self.inner(), tx => sqlx::query(
+            "UPDATE violations SET status = $2, resolved_at_ms = $3, waived_by = $4, waive_reason = $5 \
+             WHERE id = $1 AND status = 'open'",
+        )
+        .bind(violation_id)
+        .bind(status)
+        .bind(at)
+        .bind(waived_by)
+        .bind(reason)
+        .execute(&mut **tx)
+        .await
+        .map(|done| done.rows_affected()))
+        .during("close violation")?;
+        if changed == 0 {
+            return Ok(false);
+        }
+        self.violation_event(violation_id, status, recorded_at, actor, note)
+            .await?;
+        Ok(true)
+    }
+
+    /// Puts a Slack message in the outbox; returns its id if it was new.
+    pub async fn enqueue_alert(&mut self, a: &NewAlert<'_>) -> Result<Option<i64>, StoreError> {
+        dispatch!(self.inner(), tx => sqlx::query_scalar(
+            "INSERT INTO alert_outbox (dedupe_key, kind, channel, payload, violation_id, thread_of_id, status, \
+             next_attempt_at_ms, created_at_ms) VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $8) \
+             ON CONFLICT (dedupe_key) DO NOTHING RETURNING id",
+        )
+        .bind(a.dedupe_key)
+        .bind(a.kind)
+        .bind(a.channel)
+        .bind(Json(a.payload))
+        .bind(a.violation_id)
+        .bind(a.thread_of_id)
+        .bind(a.not_before)
+        .bind(a.created_at)
+        .fetch_optional(&mut **tx)
+        .await)
+        .during("enqueue alert")
+    }
+
+    /// The outbox message that announced a violation, if any.
+    pub async fn alert_of_violation(
+        &mut self,
+        violation_id: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        dispatch!(self.inner(), tx => sqlx::query_scalar(
+            "SELECT id FROM alert_outbox WHERE violation_id = $1 AND kind IN ('violation', 'digest_item') \
+             ORDER BY id LIMIT 1",
+        )
+        .bind(violation_id)
+        .fetch_optional(&mut **tx)
+        .await)
+        .during("read alert of violation")
+    }
+
+    /// Moves a rule's progress marks forward.
+    pub async fn set_rule_progress(
+        &mut self,
+        rule_name: &str,
+        connection_id: i64,
+        last_transition_id: i64,
+        last_version_id: i64,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        dispatch!(self.inner(), tx => sqlx::query(
+            "INSERT INTO rule_progress (rule_name, connection_id, last_transition_id, last_version_id, updated_at_ms) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (rule_name, connection_id) DO UPDATE SET \
+             last_transition_id = excluded.last_transition_id, last_version_id = excluded.last_version_id, \
+             updated_at_ms = excluded.updated_at_ms",
+        )
+        .bind(rule_name)
+        .bind(connection_id)
+        .bind(last_transition_id)
+        .bind(last_version_id)
+        .bind(now)
+        .execute(&mut **tx)
+        .await
+        .map(drop))
+        .during("store rule progress")
+    }
+}
+
+impl Store {
+    /// The connection's id by name, without creating it.
+    pub async fn connection_id(&self, name: &str) -> Result<Option<i64>, StoreError> {
+        dispatch!(self.pool(), pool => sqlx::query_scalar("SELECT id FROM connections WHERE name = $1")
+            .bind(name)
+            .fetch_optional(pool)
+            .await)
+        .during("read connection id")
+    }
+
+    /// How far a rule has read: (last transition id, last version id).
+    pub async fn rule_progress(
+        &self,
+        rule_name: &str,
+        connection_id: i64,
+    ) -> Result<Option<(i64, i64)>, StoreError> {
+        dispatch!(self.pool(), pool => sqlx::query_as(
+            "SELECT last_transition_id, last_version_id FROM rule_progress WHERE rule_name = $1 AND connection_id = $2",
+        )
+        .bind(rule_name)
+        .bind(connection_id)
+        .fetch_optional(pool)
+        .await)
+        .during("read rule progress")
+    }
+
+    /// The newest version id of a connection (0 when none).
+    pub async fn last_version_id(&self, connection_id: i64) -> Result<i64, StoreError> {
+        let id: Option<i64> = dispatch!(self.pool(), pool => sqlx::query_scalar(
+            "SELECT MAX(id) FROM record_versions WHERE connection_id = $1",
+        )
+        .bind(connection_id)
+        .fetch_one(pool)
+        .await)
+        .during("read last version id")?;
+        Ok(id.unwrap_or(0))
+    }
+
+    /// Deal moves of a connection after transition `after_id` (and, when given, at or after
+    /// `since`), oldest id first, each with the record's version valid at the move. (The `+`
+    /// keeps SQLite from reading the time index and sorting: the id range is the cheap path.)
+    pub async fn moves_at_version(
+        &self,
+        connection_id: i64,
+        after_id: i64,
+        since: Option<Millis>,
+        limit: i64,
+    ) -> Result<Vec<MoveAtVersion>, StoreError> {
+        dispatch!(self.pool(), pool => sqlx::query_as(
+            "SELECT t.id AS transition_id, t.record_id, r.crm_id, t.pipeline, t.from_stage, t.to_stage, t.changed_at_ms, \
+             t.changed_by, t.actor_kind, v.id AS version_id, v.valid_to_ms, v.name, v.amount_cents, v.owner_id, v.fields \
+             FROM stage_transitions t JOIN records r ON r.id = t.record_id \
+             LEFT JOIN record_versions v ON v.id = (SELECT w.id FROM record_versions w WHERE w.record_id = t.record_id \
+               AND w.valid_from_ms <= t.changed_at_ms ORDER BY w.valid_from_ms DESC LIMIT 1) \
+             WHERE +t.connection_id = $1 AND t.object_kind = 'deal' AND t.id > $2 AND t.changed_at_ms >= $3 \
+             ORDER BY t.id LIMIT $4",
+        )
+        .bind(connection_id)
+        .bind(after_id)
+        .bind(since.unwrap_or(i64::MIN))
+        .bind(limit)
+        .fetch_all(pool)
+        .await)
+        .during("read moves with their versions")
+    }
+
+    /// A rule's open violations on records that got a new version or move after the marks,
+    /// with every later version and move of their records: what the resolution pass needs,
+    /// in three queries whatever the number of violations.
+    pub async fn open_violations_touched(
+        &self,
+        rule_name: &str,
+        connection_id: i64,
+        after_transition_id: i64,
+        after_version_id: i64,
+    ) -> Result<OpenViolations, StoreError> {
+        let violations: Vec<OpenViolation> = dispatch!(self.pool(), pool => sqlx::query_as(concat!(
+            "SELECT v.id, v.record_id, v.kind, v.to_stage, v.changed_at_ms, v.missing_fields FROM violations v ",
+            open_touched!(),
+            " ORDER BY v.id"
+        ))
+        .bind(rule_name)
+        .bind(connection_id)
+        .bind(after_transition_id)
+        .bind(after_version_id)
+        .fetch_all(pool)
+        .await)
+        .during("read open violations")?;
+        if violations.is_empty() {
+            return Ok(OpenViolations::default());
+        }
+        let versions: Vec<LaterVersion> = dispatch!(self.pool(), pool => sqlx::query_as(concat!(
+            "SELECT v.id AS violation_id, w.valid_from_ms, w.deleted, w.fields FROM violations v \
+             JOIN record_versions w ON w.record_id = v.record_id AND w.valid_from_ms > v.changed_at_ms ",
+            open_touched!(),
+            " ORDER BY v.id, w.valid_from_ms"
+        ))
+        .bind(rule_name)
+        .bind(connection_id)
+        .bind(after_transition_id)
+        .bind(after_version_id)
+        .fetch_all(pool)
+        .await)
+        .during("read versions after open violations")?;
+        let moves: Vec<LaterMove> = dispatch!(self.pool(), pool => sqlx::query_as(concat!(
+            "SELECT v.id AS violation_id, t.changed_at_ms, t.to_stage FROM violations v \
+             JOIN stage_transitions t ON t.record_id = v.record_id AND t.changed_at_ms > v.changed_at_ms ",
+            open_touched!(),
+            " ORDER BY v.id, t.changed_at_ms, t.id"
+        ))
+        .bind(rule_name)
+        .bind(connection_id)
+        .bind(after_transition_id)
+        .bind(after_version_id)
+        .fetch_all(pool)
+        .await)
+        .during("read moves after open violations")?;
+        Ok(OpenViolations {
+            violations,
+            versions,
+            moves,
+        })
+    }
+
+    /// Field names the stored deals of a connection carry (a sample of the newest), which
+    /// `rules check` compares rules with.
+    pub async fn deal_field_names(
+        &self,
+        connection_id: i64,
+    ) -> Result<std::collections::BTreeSet<String>, StoreError> {
+        let rows: Vec<Json<Map<String, Value>>> =
+            dispatch!(self.pool(), pool => sqlx::query_scalar(
+            "SELECT fields FROM records WHERE connection_id = $1 AND object_kind = 'deal' \
+             ORDER BY crm_modified_at_ms DESC LIMIT 500",
+        )
+        .bind(connection_id)
+        .fetch_all(pool)
+        .await)
+            .during("read deal field names")?;
+        Ok(rows
+            .into_iter()
+            .flat_map(|Json(fields)| fields.into_iter().map(|(name, _)| name))
+            .collect())
+    }
+
+    /// One violation.
+    pub async fn violation(&self, id: i64) -> Result<Option<Violation>, StoreError> {
+        dispatch!(self.pool(), pool => sqlx::query_as(VIOLATION_BY_ID).bind(id).fetch_optional(pool).await)
+            .during("read violation")
+    }
+
+    /// Violations matching `filter`, newest moves first.
+    pub async fn violations(&self, filter: &ViolationFilter) -> Result<Vec<Violation>, StoreError> {
+        dispatch!(self.pool(), pool => sqlx::query_as(VIOLATION_LIST)
+            .bind(filter.connection.as_deref())
+            .bind(filter.owner.as_deref())
+            .bind(filter.rule.as_deref())
+            .bind(filter.status.as_deref())
+            .bind(filter.from_ms.unwrap_or(i64::MIN))
+            .bind(filter.to_ms.unwrap_or(i64::MAX))
+            .bind(filter.limit)
+            .fetch_all(pool)
+            .await)
+        .during("list violations")
+    }
+
+    /// The status changes of a violation, oldest first: (status, at, actor, note).
+    pub async fn violation_events(
+        &self,
+        violation_id: i64,
+    ) -> Result<Vec<(String, Millis, Option<String>, Option<String>)>, StoreError> {
+        dispatch!(self.pool(), pool => sqlx::query_as(
+            "SELECT status, at_ms, actor, note FROM violation_events WHERE violation_id = $1 ORDER BY at_ms, id",
+        )
+        .bind(violation_id)
+        .fetch_all(pool)
+        .await)
+        .during("read violation events")
+    }
+}
+
+const VIOLATION_BY_ID: &str = concat!(violation_select!(), " WHERE v.id = $1");
+
+const VIOLATION_LIST: &str = concat!(
+    violation_select!(),
+    " WHERE ($1 IS NULL OR c.name = $1) AND ($2 IS NULL OR v.owner_id = $2) AND ($3 IS NULL OR v.rule_name = $3) \
+     AND ($4 IS NULL OR v.status = $4) AND v.changed_at_ms >= $5 AND v.changed_at_ms < $6 \
+     ORDER BY v.changed_at_ms DESC, v.id DESC LIMIT $7"
+);
+
+/// A pending outbox message, with what its thread parent has become.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct PendingAlert {
+    /// Outbox id.
+    pub id: i64,
+    /// `violation`, `resolution` or `digest_item`.
+    pub kind: String,
+    /// Slack channel (`None`: the webhook's own).
+    pub channel: Option<String>,
+    /// Block Kit body.
+    pub payload: Json<Value>,
+    /// Attempts so far.
+    pub attempts: i64,
+    /// Not before this instant.
+    pub next_attempt_at_ms: Millis,
+    /// The message it replies to.
+    pub thread_of_id: Option<i64>,
+    /// That message's status.
+    pub parent_status: Option<String>,
+    /// That message's Slack `ts`.
+    pub parent_ts: Option<String>,
+}
+
+/// A stored outbox message, as tests and the API read it.
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+pub struct StoredAlert {
+    /// Outbox id.
+    pub id: i64,
+    /// Unique key.
+    pub dedupe_key: String,
+    /// Kind.
+    pub kind: String,
+    /// Channel.
+    pub channel: Option<String>,
+    /// pending, delivered or failed.
+    pub status: String,
+    /// Attempts so far.
+    pub attempts: i64,
+    /// Why the last attempt failed.
+    pub last_error: Option<String>,
+    /// Slack `ts` of the delivered message.
+    pub slack_ts: Option<String>,
+    /// The violation.
+    pub violation_id: Option<i64>,
+}
+
+impl Store {
+    /// Pending outbox messages, oldest first (delivery keeps this order per channel).
+    pub async fn pending_alerts(&self, limit: i64) -> Result<Vec<PendingAlert>, StoreError> {
+        dispatch!(self.pool(), pool => sqlx::query_as(
+            "SELECT a.id, a.kind, a.channel, a.payload, a.attempts, a.next_attempt_at_ms, a.thread_of_id, \
+             p.status AS parent_status, p.slack_ts AS parent_ts FROM alert_outbox a \
+             LEFT JOIN alert_outbox p ON p.id = a.thread_of_id WHERE a.status = 'pending' ORDER BY a.id LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(pool)
+        .await)
+        .during("read pending alerts")
+    }
+
+    /// Marks messages delivered (several at once for a digest), with Slack's `ts`.
+    pub async fn mark_alerts_delivered(
+        &self,
+        ids: &[i64],
+        slack_ts: Option<&str>,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        for id in ids {
+            dispatch!(tx.inner(), tx => sqlx::query(
+                "UPDATE alert_outbox SET status = 'delivered', slack_ts = $2, delivered_at_ms = $3, \
+                 attempts = attempts + 1, last_error = NULL WHERE id = $1 AND status = 'pending'",
+            )
+            .bind(id)
+            .bind(slack_ts)
+            .bind(now)
+            .execute(&mut **tx)
+            .await
+            .map(drop))
+            .during("mark alert delivered")?;
+        }
+        tx.commit().await
+    }
+
+    /// Records a failed attempt: retried at `next_at`, or given up when `next_at` is `None`.
+    pub async fn mark_alerts_attempt_failed(
+        &self,
+        ids: &[i64],
+        error: &str,
+        next_at: Option<Millis>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        for id in ids {
+            dispatch!(tx.inner(), tx => sqlx::query(
+                "UPDATE alert_outbox SET attempts = attempts + 1, last_error = $2, \
+                 status = CASE WHEN $3 IS NULL THEN 'failed' ELSE 'pending' END, \
+                 next_attempt_at_ms = COALESCE($3, next_attempt_at_ms) WHERE id = $1 AND status = 'pending'",
+            )
+            .bind(id)
+            .bind(error)
+            .bind(next_at)
+            .execute(&mut **tx)
+            .await
+            .map(drop))
+            .during("mark alert attempt")?;
+        }
+        tx.commit().await
+    }
+
+    /// Every outbox message, oldest first.
+    pub async fn alerts(&self) -> Result<Vec<StoredAlert>, StoreError> {
+        dispatch!(self.pool(), pool => sqlx::query_as(
+            "SELECT id, dedupe_key, kind, channel, status, attempts, last_error, slack_ts, violation_id \
+             FROM alert_outbox ORDER BY id",
+        )
+        .fetch_all(pool)
+        .await)
+        .during("read alerts")
+    }
+}

@@ -1,0 +1,355 @@
+//! Slack delivery from the alert outbox, against the emulator's Slack stand-in: retries through
+//! server errors and rate limits, one message per alert in order, at most one per second per
+//! channel, thread replies on resolution, and permanent errors that fail one channel only.
+
+use std::time::Duration;
+
+use pipewarden::alerts::{Deliverer, DeliveryOptions};
+use pipewarden::config::Settings;
+use pipewarden::emulator::{RunningEmulator, SLACK_BOT_TOKEN};
+use pipewarden::rules;
+use pipewarden::store::{Store, StoredAlert};
+use pipewarden::sync::{self, StopSignal, SyncOptions};
+use serde_json::{json, Value};
+
+use super::emulator::control;
+use super::rules::{
+    advance, salesforce_changes, salesforce_settings, sync_and_evaluate, SALESFORCE_RULE,
+};
+use super::sync::start_emulator;
+use crate::support::{on_both_backends, ConfigDir, TestStore};
+
+fn quick() -> DeliveryOptions {
+    DeliveryOptions {
+        base_backoff: Duration::from_millis(10),
+        max_backoff: Duration::from_millis(40),
+        poll_interval: Duration::from_millis(10),
+    }
+}
+
+/// Delivers until nothing is pending (bounded: fails after 300 passes).
+async fn deliver_all(store: &Store, settings: &Settings) -> Vec<StoredAlert> {
+    let deliverer = Deliverer::new(store.clone(), settings.slack.as_ref().unwrap(), quick());
+    for _ in 0..300 {
+        deliverer.deliver_due().await.unwrap();
+        let alerts = store.alerts().await.unwrap();
+        if alerts.iter().all(|a| a.status != "pending") {
+            return alerts;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("alerts still pending: {:?}", store.alerts().await.unwrap());
+}
+
+async fn received(emu: &RunningEmulator) -> Vec<Value> {
+    let url = emu.base_url().join("__emulator/slack/messages").unwrap();
+    let body: Value = reqwest::get(url).await.unwrap().json().await.unwrap();
+    body["messages"].as_array().unwrap().clone()
+}
+
+async fn script(emu: &RunningEmulator, answers: Value) {
+    control(
+        emu,
+        "/__emulator/slack/answers",
+        json!({ "answers": answers }),
+    )
+    .await;
+}
+
+fn deal(name: &str) -> Value {
+    json!({"object": "Opportunity", "create": {"Name": name, "StageName": "Prospecting", "CloseDate": "2027-01-31"},
+        "by": {"kind": "rep", "number": 0}})
+}
+
+fn jump(id: &str) -> Value {
+    json!({"object": "Opportunity", "id": id, "set": {"StageName": "Value Proposition"}, "by": {"kind": "rep", "number": 1}})
+}
+
+/// Three deals jump stages after the baseline; returns their ids in creation order.
+pub(crate) async fn three_jumps(
+    emu: &RunningEmulator,
+    store: &Store,
+    settings: &Settings,
+) -> Vec<String> {
+    let baseline = sync_and_evaluate(store, settings).await;
+    assert!(
+        baseline.iter().all(|r| r.alerts == 0),
+        "the baseline alerts nothing"
+    );
+    advance(emu, "1h").await;
+    let ids = salesforce_changes(
+        emu,
+        json!([deal("Deal one"), deal("Deal two"), deal("Deal three")]),
+    )
+    .await;
+    sync_and_evaluate(store, settings).await;
+    advance(emu, "1h").await;
+    salesforce_changes(
+        emu,
+        json!(ids.iter().map(|id| jump(id)).collect::<Vec<_>>()),
+    )
+    .await;
+    sync_and_evaluate(store, settings).await;
+    ids
+}
+
+async fn bot_token_alerts_arrive_once_in_order_with_thread_replies(test: TestStore) {
+    let emu = start_emulator().await;
+    let dir = ConfigDir::new();
+    dir.write("slack-token", &format!("{SLACK_BOT_TOKEN}\n"));
+    let slack = format!(
+        "[slack]\nbot_token = {{ file = \"slack-token\" }}\napi_base_url = \"{}slack/api\"\ndefault_channel = \"#revops\"\n",
+        emu.base_url()
+    );
+    let rules = format!(
+        "{}\n[[rules]]\nname = \"gone\"\nconnection = \"sf\"\nmode = \"alert\"\nchannel = \"#gone\"\nforbid_skipping = true\n",
+        SALESFORCE_RULE.replace(
+            "forbid_skipping = true",
+            "forbid_skipping = true\nmode = \"alert\"\nchannel = \"#deal-desk\""
+        )
+    );
+    let settings = salesforce_settings(&dir, &emu, &test.url, &rules, &slack);
+    let ids = three_jumps(&emu, &test.store, &settings).await;
+
+    // Slack fails for a while: two server errors, then a rate limit; #gone does not exist.
+    script(
+        &emu,
+        json!([
+            {"channel": "#gone", "error": "channel_not_found", "always": true},
+            {"status": 500}, {"status": 500}, {"status": 429, "retry_after": 1}
+        ]),
+    )
+    .await;
+    let alerts = deliver_all(&test.store, &settings).await;
+    let desk: Vec<&StoredAlert> = alerts
+        .iter()
+        .filter(|a| a.channel.as_deref() == Some("#deal-desk"))
+        .collect();
+    let gone: Vec<&StoredAlert> = alerts
+        .iter()
+        .filter(|a| a.channel.as_deref() == Some("#gone"))
+        .collect();
+    assert_eq!((desk.len(), gone.len()), (3, 3), "{alerts:?}");
+    assert!(desk.iter().all(|a| a.status == "delivered"), "{desk:?}");
+    assert!(
+        desk.iter().any(|a| a.attempts > 1),
+        "some were retried: {desk:?}"
+    );
+    for failed in &gone {
+        assert_eq!(failed.status, "failed");
+        let reason = failed.last_error.as_deref().unwrap();
+        assert!(reason.contains("channel_not_found"), "{reason}");
+        assert!(!reason.contains(SLACK_BOT_TOKEN));
+    }
+
+    // Each alert arrived exactly once, in the order the deals moved, one second apart at least.
+    let messages = received(&emu).await;
+    assert_eq!(messages.len(), 3, "{messages:?}");
+    for (message, name) in messages.iter().zip(["Deal one", "Deal two", "Deal three"]) {
+        assert_eq!(message["channel"], json!("#deal-desk"));
+        let text = message["text"].as_str().unwrap();
+        assert!(
+            text.contains(name) && text.contains("Prospecting → Value Proposition"),
+            "{text}"
+        );
+        let blocks = message["blocks"].to_string();
+        assert!(
+            blocks.contains("Budget__c") && blocks.contains("Skipped"),
+            "{blocks}"
+        );
+        assert!(
+            blocks.contains("lightning/r/Opportunity/"),
+            "a link to the deal: {blocks}"
+        );
+    }
+    for pair in messages.windows(2) {
+        let gap = pair[1]["received_at_ms"].as_i64().unwrap()
+            - pair[0]["received_at_ms"].as_i64().unwrap();
+        assert!(gap >= 990, "messages to one channel {gap} ms apart");
+    }
+
+    // Another pass sends nothing more.
+    deliver_all(&test.store, &settings).await;
+    assert_eq!(received(&emu).await.len(), 3);
+
+    // Deal one's fields are filled: the resolution goes into its alert's thread.
+    advance(&emu, "1d").await;
+    salesforce_changes(
+        &emu,
+        json!([{"object": "Opportunity", "id": ids[0], "set": {"Budget__c": 5, "Need__c": "x", "Authority__c": "y"}}]),
+    )
+    .await;
+    sync_and_evaluate(&test.store, &settings).await;
+    deliver_all(&test.store, &settings).await;
+    let messages = received(&emu).await;
+    assert_eq!(messages.len(), 4, "{messages:?}");
+    assert_eq!(messages[3]["thread_ts"], messages[0]["ts"]);
+    assert!(messages[3]["text"]
+        .as_str()
+        .unwrap()
+        .starts_with("Resolved late"));
+    emu.stop().await.unwrap();
+}
+
+async fn a_revoked_webhook_fails_clearly_without_leaking_its_url(test: TestStore) {
+    let emu = start_emulator().await;
+    let dir = ConfigDir::new();
+    let hook = format!("{}slack/services/T000/B000/SECRETpart", emu.base_url());
+    dir.write("slack-webhook", &format!("{hook}\n"));
+    let slack = "[slack]\nwebhook_url = { file = \"slack-webhook\" }\n";
+    let rules = SALESFORCE_RULE.replace(
+        "forbid_skipping = true",
+        "forbid_skipping = true\nmode = \"alert\"",
+    );
+    let settings = salesforce_settings(&dir, &emu, &test.url, &rules, slack);
+    three_jumps(&emu, &test.store, &settings).await;
+
+    script(
+        &emu,
+        json!([{"status": 500}, {"status": 404, "error": "no_service", "always": true}]),
+    )
+    .await;
+    let alerts = deliver_all(&test.store, &settings).await;
+    assert_eq!(alerts.len(), 3);
+    for alert in &alerts {
+        assert_eq!(alert.status, "failed");
+        let reason = alert.last_error.as_deref().unwrap();
+        assert!(
+            reason.contains("404") && reason.contains("no_service") && reason.contains("revoked"),
+            "{reason}"
+        );
+        assert!(
+            !reason.contains("SECRETpart"),
+            "the webhook URL leaked: {reason}"
+        );
+    }
+    assert!(received(&emu).await.is_empty());
+
+    // Once the webhook works again, new alerts go through (failed ones stay failed, reported).
+    script(&emu, json!([])).await;
+    advance(&emu, "1h").await;
+    let more = salesforce_changes(&emu, json!([deal("Deal four")])).await;
+    sync_and_evaluate(&test.store, &settings).await;
+    advance(&emu, "1h").await;
+    salesforce_changes(&emu, json!([jump(&more[0])])).await;
+    sync_and_evaluate(&test.store, &settings).await;
+    deliver_all(&test.store, &settings).await;
+    let messages = received(&emu).await;
+    assert_eq!(messages.len(), 1);
+    assert_eq!(messages[0]["via"], json!("webhook"));
+    assert!(messages[0]["text"].as_str().unwrap().contains("Deal four"));
+    emu.stop().await.unwrap();
+}
+
+async fn a_daily_digest_sends_one_message_per_channel(test: TestStore) {
+    let emu = start_emulator().await;
+    let dir = ConfigDir::new();
+    dir.write("slack-token", &format!("{SLACK_BOT_TOKEN}\n"));
+    let slack = format!(
+        "[slack]\nbot_token = {{ file = \"slack-token\" }}\napi_base_url = \"{}slack/api\"\ndefault_channel = \"#revops\"\ndigest_at = \"09:00\"\n",
+        emu.base_url()
+    );
+    let rules = SALESFORCE_RULE.replace(
+        "forbid_skipping = true",
+        "forbid_skipping = true\nmode = \"alert\"",
+    );
+    let settings = salesforce_settings(&dir, &emu, &test.url, &rules, &slack);
+    sync_and_evaluate(&test.store, &settings).await;
+    advance(&emu, "1h").await;
+    let ids = salesforce_changes(
+        &emu,
+        json!([deal("Deal one"), deal("Deal two"), deal("Deal three")]),
+    )
+    .await;
+    sync_and_evaluate(&test.store, &settings).await;
+    advance(&emu, "1h").await;
+    salesforce_changes(
+        &emu,
+        json!(ids.iter().map(|id| jump(id)).collect::<Vec<_>>()),
+    )
+    .await;
+
+    // Evaluated as if two days ago: the digest time since then has passed, so it is due now.
+    let connection = &settings.connections[0];
+    sync::sync_once(
+        &test.store,
+        connection,
+        &SyncOptions::default(),
+        &StopSignal::never(),
+    )
+    .await
+    .unwrap();
+    let two_days_ago = chrono::Utc::now().timestamp_millis() - 2 * 86_400_000;
+    let report = rules::evaluate_connection(&test.store, &settings, connection, two_days_ago)
+        .await
+        .unwrap();
+    assert_eq!(report[0].alerts, 3);
+    let alerts = deliver_all(&test.store, &settings).await;
+    assert!(alerts
+        .iter()
+        .all(|a| a.kind == "digest_item" && a.status == "delivered"));
+    let messages = received(&emu).await;
+    assert_eq!(messages.len(), 1, "one digest for #revops: {messages:?}");
+    assert_eq!(messages[0]["channel"], json!("#revops"));
+    let body = messages[0]["blocks"].to_string();
+    for name in ["Deal one", "Deal two", "Deal three"] {
+        assert!(body.contains(name), "{body}");
+    }
+    assert!(alerts
+        .iter()
+        .all(|a| a.slack_ts.as_deref() == messages[0]["ts"].as_str()));
+    emu.stop().await.unwrap();
+}
+
+on_both_backends!(
+    a_daily_digest_sends_one_message_per_channel,
+    bot_token_alerts_arrive_once_in_order_with_thread_replies,
+    a_revoked_webhook_fails_clearly_without_leaking_its_url,
+);
+
+/// Replicas on one PostgreSQL store take turns delivering: each alert still arrives once.
+#[tokio::test]
+async fn two_replicas_on_postgres_deliver_each_alert_once() {
+    let Some(test) = TestStore::postgres().await else {
+        return;
+    };
+    let emu = start_emulator().await;
+    let dir = ConfigDir::new();
+    dir.write("slack-token", &format!("{SLACK_BOT_TOKEN}\n"));
+    let slack = format!(
+        "[slack]\nbot_token = {{ file = \"slack-token\" }}\napi_base_url = \"{}slack/api\"\ndefault_channel = \"#revops\"\n",
+        emu.base_url()
+    );
+    let rules = SALESFORCE_RULE.replace(
+        "forbid_skipping = true",
+        "forbid_skipping = true\nmode = \"alert\"",
+    );
+    let settings = salesforce_settings(&dir, &emu, &test.url, &rules, &slack);
+    three_jumps(&emu, &test.store, &settings).await;
+
+    let (stopper, stop) = StopSignal::new();
+    let slack_settings = settings.slack.as_ref().unwrap();
+    let replicas: Vec<_> = (0..2)
+        .map(|_| {
+            tokio::spawn(
+                Deliverer::new(test.store.clone(), slack_settings, quick()).run(stop.clone()),
+            )
+        })
+        .collect();
+    let mut delivered = false;
+    for _ in 0..500 {
+        let alerts = test.store.alerts().await.unwrap();
+        if alerts.iter().all(|a| a.status == "delivered") {
+            delivered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stopper.stop();
+    for replica in replicas {
+        replica.await.unwrap();
+    }
+    assert!(delivered, "{:?}", test.store.alerts().await.unwrap());
+    assert_eq!(received(&emu).await.len(), 3);
+    emu.stop().await.unwrap();
+}

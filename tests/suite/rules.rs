@@ -1,0 +1,711 @@
+//! Stage gates over scripted emulator scenarios: each move is judged against the deal as it
+//! was at the move; violations resolve late, are superseded or waived; replays add nothing;
+//! `rules check` names rules that do not fit the CRM's metadata.
+
+use std::collections::HashMap;
+
+use pipewarden::config::Settings;
+use pipewarden::emulator::RunningEmulator;
+use pipewarden::record::ObjectKind;
+use pipewarden::rules::{self, EvaluationReport, Severity};
+use pipewarden::store::{Store, Violation, ViolationFilter};
+use pipewarden::sync::{self, StopSignal, SyncOptions};
+use serde_json::{json, Value};
+
+use super::emulator::control;
+use super::sync::start_emulator;
+use crate::support::{on_both_backends, ConfigDir, TestStore};
+
+const HOUR_MS: i64 = 3_600_000;
+const DAY_MS: i64 = 24 * HOUR_MS;
+
+/// A config with one Salesforce connection `sf` to `emu`, the rules in `rules`, and `extra`
+/// sections (e.g. `[slack]`).
+pub(crate) fn salesforce_settings(
+    dir: &ConfigDir,
+    emu: &RunningEmulator,
+    store_url: &str,
+    rules: &str,
+    extra: &str,
+) -> Settings {
+    dir.write("refresh-token", "emulator-demo-refresh-token\n");
+    let config = format!(
+        r#"
+[store]
+url = "{store_url}"
+{api}
+[[connections]]
+name = "sf"
+kind = "salesforce"
+login_url = "{}"
+custom_fields = ["Opportunity.Budget__c", "Opportunity.Need__c", "Opportunity.Authority__c", "Opportunity.Loss_Reason__c"]
+
+[connections.auth]
+kind = "refresh_token"
+client_id = "pipewarden-demo"
+refresh_token = {{ file = "refresh-token" }}
+
+[connections.limits]
+requests_per_second = 200
+burst = 200
+{extra}
+{rules}
+"#,
+        emu.base_url(),
+        api = if extra.contains("[api]") {
+            ""
+        } else {
+            "[api]\nlisten = \"127.0.0.1:0\"\n"
+        }
+    );
+    let path = dir.write("pipewarden.toml", &config);
+    pipewarden::config::load(Some(&path)).expect("test config loads")
+}
+
+/// BANT-style gates on the emulator's default sales process.
+pub(crate) const SALESFORCE_RULE: &str = r#"
+[[rules]]
+name = "sf-bant"
+connection = "sf"
+forbid_skipping = true
+closed_lost_requires = ["Loss_Reason__c"]
+backward_requires = ["NextStep"]
+
+[[rules.stages]]
+stage = "Qualification"
+required = ["Budget__c"]
+
+[[rules.stages]]
+stage = "Needs Analysis"
+required = ["Need__c"]
+
+[[rules.stages]]
+stage = "Value Proposition"
+required = ["Authority__c"]
+"#;
+
+/// Syncs every connection once, then evaluates its rules.
+pub(crate) async fn sync_and_evaluate(store: &Store, settings: &Settings) -> Vec<EvaluationReport> {
+    let mut reports = Vec::new();
+    for connection in &settings.connections {
+        let run = sync::sync_once(
+            store,
+            connection,
+            &SyncOptions::default(),
+            &StopSignal::never(),
+        )
+        .await
+        .expect("sync runs");
+        assert!(run.summary.message.is_none(), "{:?}", run.summary.message);
+        let now = chrono::Utc::now().timestamp_millis();
+        reports.extend(
+            rules::evaluate_connection(store, settings, connection, now)
+                .await
+                .expect("rules evaluate"),
+        );
+    }
+    reports
+}
+
+/// Applies scripted Salesforce changes at the emulator's now; returns the ids touched.
+pub(crate) async fn salesforce_changes(emu: &RunningEmulator, changes: Value) -> Vec<String> {
+    let answer = control(
+        emu,
+        "/__emulator/salesforce/changes",
+        json!({ "changes": changes }),
+    )
+    .await;
+    // History rows stamped at exactly the sync's start are read by the next run: let a
+    // minute pass, as it would between a change and the next sync.
+    advance(emu, "1m").await;
+    answer["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|id| id.as_str().unwrap().to_string())
+        .collect()
+}
+
+pub(crate) async fn advance(emu: &RunningEmulator, by: &str) {
+    control(emu, "/__emulator/clock/advance", json!({ "by": by })).await;
+}
+
+fn opportunity(name: &str, stage: &str, extra: Value, by_rep: u32) -> Value {
+    let mut fields =
+        json!({"Name": name, "StageName": stage, "CloseDate": "2027-06-30", "Amount": 120000});
+    for (key, value) in extra.as_object().unwrap() {
+        fields[key] = value.clone();
+    }
+    json!({"object": "Opportunity", "create": fields, "by": {"kind": "rep", "number": by_rep}})
+}
+
+fn set(id: &str, fields: Value) -> Value {
+    json!({"object": "Opportunity", "id": id, "set": fields, "by": {"kind": "rep", "number": 0}})
+}
+
+/// The violations of one deal, oldest move first.
+pub(crate) async fn violations_of(store: &Store, crm_id: &str) -> Vec<Violation> {
+    let mut all = store
+        .violations(&ViolationFilter {
+            limit: 100_000,
+            ..ViolationFilter::default()
+        })
+        .await
+        .unwrap();
+    all.retain(|v| v.crm_id == crm_id);
+    all.sort_by_key(|v| (v.changed_at_ms, v.id));
+    all
+}
+
+fn fields_of(violation: &Violation) -> Vec<(String, String)> {
+    violation
+        .missing_fields
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["stage"].as_str().unwrap().to_string(),
+                m["field"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn pairs(items: &[(&str, &str)]) -> Vec<(String, String)> {
+    items
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
+}
+
+async fn salesforce_gates_judge_each_move_at_its_time(test: TestStore) {
+    let emu = start_emulator().await;
+    let dir = ConfigDir::new();
+    let typo_rule = r#"
+[[rules]]
+name = "sf-typo"
+connection = "sf"
+
+[[rules.stages]]
+stage = "Qualifcation"
+required = ["Bogus__c"]
+"#;
+    let mut settings = salesforce_settings(
+        &dir,
+        &emu,
+        &test.url,
+        &format!("{SALESFORCE_RULE}{typo_rule}"),
+        "",
+    );
+
+    // Before any sync the rules cannot be checked: warnings, no errors.
+    let checks = rules::check(&test.store, &settings).await.unwrap();
+    assert!(checks
+        .iter()
+        .all(|c| c.problems.iter().all(|p| p.severity == Severity::Warning)));
+    assert!(checks.iter().all(|c| !c.problems.is_empty()));
+
+    // The first evaluation is a baseline over the backfilled history: nothing is alerted.
+    let baseline = sync_and_evaluate(&test.store, &settings).await;
+    assert!(baseline.iter().all(|r| r.alerts == 0));
+
+    let checks = rules::check(&test.store, &settings).await.unwrap();
+    let by_rule: HashMap<&str, &Vec<_>> = checks
+        .iter()
+        .map(|c| (c.rule.as_str(), &c.problems))
+        .collect();
+    assert!(by_rule["sf-bant"].is_empty(), "{:?}", by_rule["sf-bant"]);
+    let typo: Vec<&str> = by_rule["sf-typo"]
+        .iter()
+        .map(|p| p.message.as_str())
+        .collect();
+    assert_eq!(typo.len(), 2, "{typo:?}");
+    assert!(typo[0].contains("rules[1].stages[0].stage") && typo[0].contains("`Qualifcation`"));
+    assert!(typo[1].contains("rules[1].stages[0].required") && typo[1].contains("`Bogus__c`"));
+    settings.rules.retain(|rule| rule.name == "sf-bant");
+
+    // Five deals, created at stage 1 (C at stage 3 with its fields).
+    advance(&emu, "1h").await;
+    let ids = salesforce_changes(
+        &emu,
+        json!([
+            opportunity("A filled", "Prospecting", json!({"Budget__c": 50000}), 0),
+            opportunity("B jumps", "Prospecting", json!({}), 0),
+            opportunity(
+                "C lost",
+                "Needs Analysis",
+                json!({"Budget__c": 1, "Need__c": "CRM"}),
+                0
+            ),
+            opportunity("D exempt", "Prospecting", json!({}), 2),
+            opportunity("E back", "Prospecting", json!({}), 0),
+        ]),
+    )
+    .await;
+    let [a, b, c, d, e] = <[String; 5]>::try_from(ids).unwrap();
+    let created = sync_and_evaluate(&test.store, &settings).await;
+    assert_eq!(
+        created[0].violations, 0,
+        "creations at stage 1 or with fields pass"
+    );
+    let connection_id = test.store.connection_id("sf").await.unwrap().unwrap();
+    let d_owner = test
+        .store
+        .record(connection_id, ObjectKind::Deal, &d)
+        .await
+        .unwrap()
+        .unwrap()
+        .state
+        .owner_id
+        .unwrap();
+    settings.rules[0].exempt_owners.push(d_owner);
+
+    advance(&emu, "1h").await;
+    let moved_at = emu.clock().now_ms();
+    salesforce_changes(
+        &emu,
+        json!([
+            json!({"object": "Opportunity", "id": a, "set": {"StageName": "Qualification"}, "by": {"kind": "integration"}}),
+            set(&b, json!({"StageName": "Value Proposition"})),
+            json!({"object": "Opportunity", "id": c, "set": {"StageName": "Closed Lost"}, "by": {"kind": "workflow"}}),
+            set(&d, json!({"StageName": "Value Proposition"})),
+            set(&e, json!({"StageName": "Value Proposition"})),
+        ]),
+    )
+    .await;
+    sync_and_evaluate(&test.store, &settings).await;
+
+    assert!(
+        violations_of(&test.store, &a).await.is_empty(),
+        "filled fields pass"
+    );
+    assert!(
+        violations_of(&test.store, &d).await.is_empty(),
+        "exempt owner"
+    );
+    let jump = &violations_of(&test.store, &b).await[0];
+    assert_eq!((jump.kind.as_str(), jump.status.as_str()), ("skip", "open"));
+    assert_eq!(
+        (jump.from_stage.as_deref(), jump.to_stage.as_str()),
+        (Some("Prospecting"), "Value Proposition")
+    );
+    assert_eq!(jump.changed_at_ms, moved_at);
+    assert_eq!(
+        fields_of(jump),
+        pairs(&[
+            ("Qualification", "Budget__c"),
+            ("Needs Analysis", "Need__c"),
+            ("Value Proposition", "Authority__c")
+        ])
+    );
+    assert_eq!(
+        jump.skipped_stages,
+        json!(["Qualification", "Needs Analysis"])
+    );
+    assert!(
+        jump.changed_by
+            .as_deref()
+            .is_some_and(|by| by.starts_with("005")),
+        "{:?}",
+        jump.changed_by
+    );
+    assert_eq!(jump.actor_kind, "person", "a rep moved it");
+    let lost = violations_of(&test.store, &c).await;
+    assert_eq!(lost.len(), 1);
+    assert_eq!(lost[0].kind, "closed_lost");
+    assert_eq!(lost[0].actor_kind, "workflow", "a flow closed it");
+    let a_record = test
+        .store
+        .record(connection_id, ObjectKind::Deal, &a)
+        .await
+        .unwrap()
+        .unwrap();
+    let a_move = test
+        .store
+        .transitions(a_record.id)
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    assert_eq!(
+        a_move.actor,
+        pipewarden::record::ActorKind::Integration,
+        "the session's own user"
+    );
+    assert_eq!(
+        fields_of(&lost[0]),
+        pairs(&[("Closed Lost", "Loss_Reason__c")])
+    );
+
+    // Two days later B's fields are filled and E moves back.
+    advance(&emu, "2d").await;
+    let later = emu.clock().now_ms();
+    salesforce_changes(
+        &emu,
+        json!([
+            set(
+                &b,
+                json!({"Budget__c": 10, "Need__c": "pipeline", "Authority__c": "VP Sales"})
+            ),
+            set(&e, json!({"StageName": "Prospecting"})),
+        ]),
+    )
+    .await;
+    let reports = sync_and_evaluate(&test.store, &settings).await;
+    assert!(
+        reports[0].resolved_late >= 1 && reports[0].superseded >= 1,
+        "{reports:?}"
+    );
+
+    let jump = &violations_of(&test.store, &b).await[0];
+    assert_eq!(
+        jump.status, "resolved_late",
+        "the fields still violated at the move"
+    );
+    assert_eq!(jump.delay_ms(), Some(later - moved_at));
+    assert!(jump.delay_ms().unwrap() > 2 * DAY_MS);
+    let events: Vec<String> = test
+        .store
+        .violation_events(jump.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(status, ..)| status)
+        .collect();
+    assert_eq!(events, vec!["open", "resolved_late"]);
+
+    let e_violations = violations_of(&test.store, &e).await;
+    assert_eq!(e_violations.len(), 2, "{e_violations:?}");
+    assert_eq!(
+        (
+            e_violations[0].kind.as_str(),
+            e_violations[0].status.as_str()
+        ),
+        ("skip", "superseded")
+    );
+    assert_eq!(e_violations[0].resolved_at_ms, Some(later));
+    assert_eq!(
+        (
+            e_violations[1].kind.as_str(),
+            e_violations[1].status.as_str()
+        ),
+        ("backward", "open")
+    );
+    assert_eq!(
+        fields_of(&e_violations[1]),
+        pairs(&[("Prospecting", "NextStep")])
+    );
+
+    // A person waives the backward move; a second waiver is refused.
+    rules::waive(
+        &test.store,
+        &settings,
+        e_violations[1].id,
+        "revops",
+        "agreed in pipeline review",
+        later,
+    )
+    .await
+    .unwrap();
+    let waived = test
+        .store
+        .violation(e_violations[1].id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (waived.status.as_str(), waived.waived_by.as_deref()),
+        ("waived", Some("revops"))
+    );
+    let again = rules::waive(
+        &test.store,
+        &settings,
+        e_violations[1].id,
+        "revops",
+        "again",
+        later,
+    )
+    .await;
+    assert!(again
+        .unwrap_err()
+        .to_string()
+        .contains("is waived, not open"));
+
+    // Replaying the sync and the evaluation changes nothing.
+    let before = test
+        .store
+        .violations(&ViolationFilter {
+            limit: 100_000,
+            ..ViolationFilter::default()
+        })
+        .await
+        .unwrap();
+    let replay = sync_and_evaluate(&test.store, &settings).await;
+    assert_eq!(replay[0].violations, 0);
+    let now = chrono::Utc::now().timestamp_millis();
+    let again = rules::evaluate_connection(&test.store, &settings, &settings.connections[0], now)
+        .await
+        .unwrap();
+    assert_eq!((again[0].violations, again[0].judged), (0, 0));
+    let after = test
+        .store
+        .violations(&ViolationFilter {
+            limit: 100_000,
+            ..ViolationFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(before, after);
+
+    // The backtest over the same history reports the jump without storing anything.
+    let backtest = rules::backtest(&test.store, &settings, moved_at, Some("sf-bant"))
+        .await
+        .unwrap();
+    assert!(backtest[0].would_fire >= 3, "{:?}", backtest[0]);
+    assert!(backtest[0]
+        .examples
+        .iter()
+        .any(|line| line.contains(&b) && line.contains("skipped Qualification, Needs Analysis")));
+    let unchanged = test
+        .store
+        .violations(&ViolationFilter {
+            limit: 100_000,
+            ..ViolationFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(after, unchanged);
+    emu.stop().await.unwrap();
+}
+
+const HUBSPOT_TOKEN: &str = "pat-na1-emulator-demo-token";
+
+fn hubspot_settings(dir: &ConfigDir, emu: &RunningEmulator, store_url: &str) -> Settings {
+    dir.write("hubspot-token", &format!("{HUBSPOT_TOKEN}\n"));
+    let config = format!(
+        r#"
+[store]
+url = "{store_url}"
+
+[[connections]]
+name = "hs"
+kind = "hubspot"
+api_base_url = "{}"
+
+[connections.auth]
+kind = "private_app"
+token = {{ file = "hubspot-token" }}
+
+[connections.limits]
+requests_per_second = 200
+burst = 200
+
+[[rules]]
+name = "hs-bant"
+connection = "hs"
+forbid_skipping = true
+closed_lost_requires = ["closed_lost_reason"]
+
+[[rules.stages]]
+stage = "qualifiedtobuy"
+required = ["budget"]
+
+[[rules.stages]]
+stage = "presentationscheduled"
+required = ["need"]
+
+[[rules.stages]]
+stage = "decisionmakerboughtin"
+required = ["authority"]
+"#,
+        emu.base_url()
+    );
+    let path = dir.write("pipewarden.toml", &config);
+    pipewarden::config::load(Some(&path)).expect("test config loads")
+}
+
+/// A HubSpot API call as the private app; returns the JSON answer.
+async fn hubspot(emu: &RunningEmulator, method: reqwest::Method, path: &str, body: Value) -> Value {
+    let url = emu.base_url().join(path.trim_start_matches('/')).unwrap();
+    let response = reqwest::Client::new()
+        .request(method, url)
+        .bearer_auth(HUBSPOT_TOKEN);
+    let response = if body.is_null() {
+        response
+    } else {
+        response.json(&body)
+    };
+    let response = response.send().await.unwrap();
+    assert!(
+        response.status().is_success(),
+        "{path}: {}",
+        response.status()
+    );
+    response.json().await.unwrap()
+}
+
+/// Deals whose funnel has ended (closed ones), which nothing but the test will touch again.
+async fn closed_deals(emu: &RunningEmulator, count: usize) -> Vec<String> {
+    let page = hubspot(
+        emu,
+        reqwest::Method::GET,
+        "/crm/v3/objects/deals?limit=100&properties=dealstage",
+        Value::Null,
+    )
+    .await;
+    let ids: Vec<String> = page["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|deal| {
+            matches!(
+                deal["properties"]["dealstage"].as_str(),
+                Some("closedwon" | "closedlost")
+            )
+        })
+        .map(|deal| deal["id"].as_str().unwrap().to_string())
+        .take(count)
+        .collect();
+    assert_eq!(ids.len(), count, "enough closed deals on the first page");
+    ids
+}
+
+async fn update_deal(emu: &RunningEmulator, id: &str, properties: Value) {
+    let path = format!("/crm/v3/objects/deals/{id}");
+    hubspot(
+        emu,
+        reqwest::Method::PATCH,
+        &path,
+        json!({ "properties": properties }),
+    )
+    .await;
+}
+
+async fn hubspot_gates_judge_each_move_at_its_time(test: TestStore) {
+    let emu = super::sync::start_emulator().await;
+    let dir = ConfigDir::new();
+    let mut settings = hubspot_settings(&dir, &emu, &test.url);
+    sync_and_evaluate(&test.store, &settings).await;
+    let checks = rules::check(&test.store, &settings).await.unwrap();
+    assert!(checks[0].problems.is_empty(), "{:?}", checks[0].problems);
+    let connection_id = test.store.connection_id("hs").await.unwrap().unwrap();
+    let owners = test.store.owners(connection_id).await.unwrap();
+    let exempt = owners
+        .iter()
+        .find(|o| o.teams[0]["name"].is_string())
+        .expect("an owner with a team");
+    settings.rules[0]
+        .exempt_teams
+        .push(exempt.teams[0]["name"].as_str().unwrap().to_string());
+
+    // Four finished deals are reopened at the first stage with the gate fields empty.
+    let [filled, jumper, lost, team_deal] =
+        <[String; 4]>::try_from(closed_deals(&emu, 4).await).unwrap();
+    advance(&emu, "1h").await;
+    let empty = json!({"dealstage": "appointmentscheduled", "budget": "", "need": "", "authority": "", "closed_lost_reason": ""});
+    for deal in [&filled, &jumper, &lost, &team_deal] {
+        update_deal(&emu, deal, empty.clone()).await;
+    }
+    update_deal(&emu, &filled, json!({"budget": "10000"})).await;
+    update_deal(&emu, &team_deal, json!({"hubspot_owner_id": exempt.crm_id})).await;
+    advance(&emu, "1m").await;
+    sync_and_evaluate(&test.store, &settings).await;
+
+    advance(&emu, "1h").await;
+    let moved_at = emu.clock().now_ms();
+    update_deal(&emu, &filled, json!({"dealstage": "qualifiedtobuy"})).await;
+    update_deal(&emu, &jumper, json!({"dealstage": "decisionmakerboughtin"})).await;
+    update_deal(&emu, &lost, json!({"dealstage": "closedlost"})).await;
+    update_deal(
+        &emu,
+        &team_deal,
+        json!({"dealstage": "decisionmakerboughtin"}),
+    )
+    .await;
+    advance(&emu, "1m").await;
+    sync_and_evaluate(&test.store, &settings).await;
+
+    assert!(
+        violations_of(&test.store, &filled).await.is_empty(),
+        "filled fields pass"
+    );
+    assert!(
+        violations_of(&test.store, &team_deal).await.is_empty(),
+        "exempt team"
+    );
+    let jump = &violations_of(&test.store, &jumper).await[0];
+    assert_eq!(
+        (jump.kind.as_str(), jump.to_stage.as_str()),
+        ("skip", "decisionmakerboughtin")
+    );
+    assert_eq!(
+        fields_of(jump),
+        pairs(&[
+            ("qualifiedtobuy", "budget"),
+            ("presentationscheduled", "need"),
+            ("decisionmakerboughtin", "authority")
+        ])
+    );
+    assert_eq!(
+        jump.skipped_stages,
+        json!(["qualifiedtobuy", "presentationscheduled"])
+    );
+    // The private app made the move, as HubSpot's history says.
+    assert_eq!(
+        (jump.actor_kind.as_str(), jump.changed_by.as_deref()),
+        ("integration", Some("3141592"))
+    );
+    assert_eq!(jump.changed_at_ms, moved_at);
+    let closed = &violations_of(&test.store, &lost).await[0];
+    assert_eq!(
+        fields_of(closed),
+        pairs(&[("closedlost", "closed_lost_reason")])
+    );
+
+    advance(&emu, "3d").await;
+    let later = emu.clock().now_ms();
+    update_deal(
+        &emu,
+        &jumper,
+        json!({"budget": "1", "need": "forecasting", "authority": "CRO"}),
+    )
+    .await;
+    update_deal(
+        &emu,
+        &lost,
+        json!({"closed_lost_reason": "went with a competitor"}),
+    )
+    .await;
+    advance(&emu, "1m").await;
+    sync_and_evaluate(&test.store, &settings).await;
+    for deal in [&jumper, &lost] {
+        let resolved = &violations_of(&test.store, deal).await[0];
+        assert_eq!(resolved.status, "resolved_late", "{resolved:?}");
+        assert_eq!(resolved.delay_ms(), Some(later - moved_at));
+    }
+    emu.stop().await.unwrap();
+}
+
+on_both_backends!(
+    salesforce_gates_judge_each_move_at_its_time,
+    hubspot_gates_judge_each_move_at_its_time,
+);
+
+#[test]
+fn revert_mode_is_refused_until_it_exists() {
+    let dir = ConfigDir::new();
+    dir.write("token", "t\n");
+    let path = dir.write(
+        "pipewarden.toml",
+        "[[connections]]\nname = \"sf\"\nkind = \"salesforce\"\n[connections.auth]\nkind = \"refresh_token\"\n\
+         client_id = \"c\"\nrefresh_token = { file = \"token\" }\n\n[[rules]]\nname = \"r\"\nconnection = \"sf\"\nmode = \"revert\"\n",
+    );
+    let err = pipewarden::config::load(Some(&path))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("rules[0].mode") && err.contains("`revert` is not available"),
+        "{err}"
+    );
+}
