@@ -1,4 +1,4 @@
-//! `GET /api/v1/openapi.json`: an OpenAPI 3.1 description of the query API.
+//! `GET /api/v1/openapi.json`: an OpenAPI 3.1 description of the query and violations API.
 //!
 //! Parameters are listed here beside the routes in `mod.rs`; the test suite checks that every
 //! route is described and that every described parameter is accepted.
@@ -105,6 +105,20 @@ pub(crate) fn described_routes() -> Vec<(&'static str, &'static str, Vec<Param>)
                 ("from", true, "Window start.", instant()),
                 ("to", true, "Window end (after from).", instant()),
                 connection(),
+            ],
+        ),
+        (
+            "/api/v1/violations",
+            "Stage-gate violations, newest moves first (POST /api/v1/violations/{id}/waive with {\"reason\", \"by\"} waives an open one).",
+            vec![
+                connection(),
+                ("owner", false, "Only violations of deals of this owner id.", text()),
+                ("rule", false, "Only this rule's violations.", text()),
+                ("status", false, "Only violations in this status.", one_of(&["open", "resolved_late", "waived", "superseded"])),
+                ("from", false, "Only moves from this instant.", instant()),
+                ("to", false, "Only moves before this instant.", instant()),
+                ("format", false, "Answer as JSON (default) or CSV.", one_of(&["json", "csv"])),
+                ("limit", false, "At most this many (default 1,000).", json!({ "type": "integer", "minimum": 1, "maximum": 100000 })),
             ],
         ),
     ]
