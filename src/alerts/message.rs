@@ -40,9 +40,12 @@ pub struct ViolationAlert<'a> {
 pub fn violation_message(alert: &ViolationAlert<'_>) -> Value {
     let deal = alert.deal_name.unwrap_or(alert.crm_id);
     let from = alert.from_stage.unwrap_or("(created)");
+    // The fallback is rendered as mrkdwn too: a deal named `<!channel>` must not ping anyone.
     let fallback = format!(
-        "Stage gate breached: {deal} moved {from} → {}",
-        alert.to_stage
+        "Stage gate breached: {} moved {} → {}",
+        escape(deal),
+        escape(from),
+        escape(alert.to_stage)
     );
     let mut problems = Vec::new();
     if !alert.missing.is_empty() {
@@ -89,7 +92,10 @@ pub fn resolution_message(status: &str, delay_ms: Option<i64>, note: Option<&str
             delay_ms.map_or("some time".to_string(), human_delay)
         ),
         "superseded" => "Superseded: the deal moved back.".to_string(),
-        "waived" => format!("Waived: {}", note.unwrap_or("(no reason given)")),
+        "waived" => format!(
+            "Waived: {}",
+            truncate(&escape(note.unwrap_or("(no reason given)")), 2_900)
+        ),
         other => format!("Status changed to {other}."),
     };
     json!({

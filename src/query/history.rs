@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use sqlx::types::Json;
 
 use super::{format_instant, resolve_connection, QueryError, Report, Table};
 use crate::record::{ObjectKind, RecordState};
@@ -104,7 +105,7 @@ pub struct ViolationEntry {
     /// Open, resolved late, waived or superseded.
     pub status: String,
     /// Required fields that were empty, as stored (JSON array).
-    pub missing_fields: String,
+    pub missing_fields: Value,
 }
 
 /// A recycle decision about the record.
@@ -316,7 +317,8 @@ async fn field_history(
 }
 
 async fn violations(store: &Store, record_id: i64) -> Result<Vec<ViolationEntry>, QueryError> {
-    type Row = (String, i64, Option<String>, String, String, String);
+    // JSONB on PostgreSQL, JSON text on SQLite: read as JSON on both so they answer alike.
+    type Row = (String, i64, Option<String>, String, String, Json<Value>);
     let rows: Vec<Row> = dispatch!(store.pool(), pool => sqlx::query_as(
         "SELECT rule_name, changed_at_ms, from_stage, to_stage, status, missing_fields \
          FROM violations WHERE record_id = $1 ORDER BY changed_at_ms, id",
@@ -333,7 +335,7 @@ async fn violations(store: &Store, record_id: i64) -> Result<Vec<ViolationEntry>
             from_stage: r.2,
             to_stage: r.3,
             status: r.4,
-            missing_fields: r.5,
+            missing_fields: r.5 .0,
         })
         .collect())
 }
@@ -445,7 +447,7 @@ impl Report for HistoryReport {
                 v.from_stage.clone().unwrap_or_default(),
                 v.to_stage.clone(),
                 v.status.clone(),
-                v.missing_fields.clone(),
+                v.missing_fields.to_string(),
             ]);
         }
         let mut recycled = Table::new(

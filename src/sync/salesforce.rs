@@ -149,12 +149,16 @@ impl<'c, 'a> Run<'c, 'a> {
             .cursor(self.ctx.connection_id, object, ID_SWEEP_CURSOR)
             .await?
             .and_then(|position| position.get("started").and_then(Value::as_i64));
-        // The first run's backfill has just seen every id: it counts as a sweep.
-        let due = last.is_some_and(|at| started - at >= ID_SWEEP_EVERY.as_millis() as Millis);
-        if last.is_some() && !due {
+        // Without a sweep before (a first backfill, or a store from before sweeps existed),
+        // the first sweep is only scheduled: deleting what this run did not mark seen would
+        // delete every member that an earlier page or run stored.
+        let Some(last) = last else {
+            return self.save_sweep_start(object, started).await;
+        };
+        if started - last < ID_SWEEP_EVERY.as_millis() as Millis {
             return Ok(());
         }
-        if due && !self.mark_ids_seen(object, kind, started).await? {
+        if !self.mark_ids_seen(object, kind, started).await? {
             return Ok(());
         }
         let deleted = self.store_unseen_as_deleted(object, kind, started).await?;
@@ -162,6 +166,11 @@ impl<'c, 'a> Run<'c, 'a> {
             tracing::info!(connection = %self.ctx.settings.name, object, deleted,
                 "id sweep found records deleted for good in the CRM");
         }
+        self.save_sweep_start(object, started).await
+    }
+
+    /// Remembers when the last id sweep of `object` began.
+    async fn save_sweep_start(&mut self, object: &str, started: Millis) -> Result<(), SyncError> {
         let mut tx = self.ctx.store.begin().await?;
         tx.save_cursor(
             self.ctx.connection_id,

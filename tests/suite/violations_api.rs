@@ -5,6 +5,7 @@ use std::process::Command;
 use std::sync::Arc;
 
 use pipewarden::api::{self, ApiState};
+use pipewarden::query::{self, history::HistoryParams};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
@@ -34,6 +35,28 @@ async fn violations_are_listed_filtered_exported_and_waived(test: TestStore) {
     let api_section = "[api]\nlisten = \"127.0.0.1:0\"\nbearer_token = { file = \"api-token\" }\n";
     let settings = salesforce_settings(&dir, &emu, &test.url, SALESFORCE_RULE, api_section);
     let ids = three_jumps(&emu, &test.store, &settings).await;
+
+    // The deal's history lists its violation with the missing fields as JSON on both backends
+    // (JSONB on PostgreSQL, text on SQLite).
+    let history = query::history::run(
+        &test.store,
+        &HistoryParams {
+            id: ids[0].clone(),
+            connection: None,
+            kind: Some("deal".into()),
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(history.violations.len(), 1, "{:?}", history.violations);
+    assert!(
+        history.violations[0]
+            .missing_fields
+            .as_array()
+            .is_some_and(|fields| !fields.is_empty()),
+        "{:?}",
+        history.violations[0]
+    );
 
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
