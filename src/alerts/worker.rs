@@ -19,7 +19,7 @@ use super::message::digest_message;
 use super::slack::{PostError, SlackClient};
 use crate::config::settings::SlackSettings;
 use crate::record::Millis;
-use crate::store::{PendingAlert, Store, StoreError};
+use crate::store::{PendingAlert, Store, StoreError, SyncLease};
 use crate::sync::StopSignal;
 
 /// How the worker paces itself.
@@ -199,8 +199,14 @@ impl Deliverer {
     /// Delivers until `stop` fires, looking at the outbox every poll interval. Replicas sharing
     /// a PostgreSQL store take turns through a lease: one delivers, so none sends twice.
     pub async fn run(self, mut stop: StopSignal) {
-        let mut lease = None;
+        let mut lease: Option<SyncLease> = None;
         while !stop.is_set() {
+            if let Some(held) = &mut lease {
+                if !held.is_held().await {
+                    tracing::warn!("the alert delivery lease was lost with its database session; taking it again before delivering");
+                    lease = None;
+                }
+            }
             if lease.is_none() {
                 lease = match self.store.try_lease(DELIVERY_LEASE).await {
                     Ok(taken) => taken,

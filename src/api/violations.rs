@@ -12,7 +12,8 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::ApiState;
+use super::{ApiError, ApiState};
+use crate::query::{self, QueryError};
 use crate::rules::{self, WaiveError};
 use crate::store::{Violation, ViolationFilter};
 
@@ -74,17 +75,9 @@ pub(super) async fn list(
             );
         }
     }
-    let instant = |name: &str, text: Option<&str>| match text {
-        None => Ok(None),
-        Some(text) => parse_instant(text).map(Some).ok_or_else(|| {
-            format!("`{name}` = `{text}` is neither a date (YYYY-MM-DD) nor an RFC 3339 instant")
-        }),
-    };
-    let period = instant("from", query.from.as_deref())
-        .and_then(|from| Ok((from, instant("to", query.to.as_deref())?)));
-    let (from_ms, to_ms) = match period {
+    let (from_ms, to_ms) = match period(query.from.as_deref(), query.to.as_deref()) {
         Ok(period) => period,
-        Err(message) => return error(StatusCode::BAD_REQUEST, "bad_period", message),
+        Err(err) => return ApiError::from(err).into_response(),
     };
     let csv = match query.format.as_deref() {
         None | Some("json") => false,
@@ -121,18 +114,19 @@ pub(super) async fn list(
     }
 }
 
-/// `YYYY-MM-DD` (midnight UTC) or RFC 3339, as epoch milliseconds.
-fn parse_instant(text: &str) -> Option<i64> {
-    if let Ok(day) = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d") {
-        return Some(
-            day.and_time(chrono::NaiveTime::MIN)
-                .and_utc()
-                .timestamp_millis(),
-        );
+/// The optional `[from, to)` of the listing, read as the queries read instants.
+fn period(from: Option<&str>, to: Option<&str>) -> Result<(Option<i64>, Option<i64>), QueryError> {
+    match (from, to) {
+        (Some(from), Some(to)) => {
+            query::parse_range(from, to).map(|(from, to)| (Some(from), Some(to)))
+        }
+        (from, to) => Ok((
+            from.map(|text| query::parse_instant("from", text))
+                .transpose()?,
+            to.map(|text| query::parse_instant("to", text))
+                .transpose()?,
+        )),
     }
-    chrono::DateTime::parse_from_rfc3339(text)
-        .ok()
-        .map(|at| at.timestamp_millis())
 }
 
 fn to_csv(violations: &[Violation]) -> String {
@@ -251,6 +245,9 @@ pub(super) async fn waive(
         }
         Err(err @ WaiveError::NoReason) => {
             error(StatusCode::BAD_REQUEST, "no_reason", err.to_string())
+        }
+        Err(err @ WaiveError::NoWaiver) => {
+            error(StatusCode::BAD_REQUEST, "no_waiver", err.to_string())
         }
         Err(WaiveError::Store(err)) => store_failed(err),
     }

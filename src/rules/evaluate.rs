@@ -444,6 +444,9 @@ pub enum WaiveError {
     /// A waiver needs a reason.
     #[error("a waiver needs a reason (--reason or \"reason\")")]
     NoReason,
+    /// A waiver must say who gave it.
+    #[error("a waiver must name who gives it (--by or \"by\")")]
+    NoWaiver,
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -460,6 +463,9 @@ pub async fn waive(
 ) -> Result<(), WaiveError> {
     if reason.trim().is_empty() {
         return Err(WaiveError::NoReason);
+    }
+    if by.trim().is_empty() {
+        return Err(WaiveError::NoWaiver);
     }
     let violation = store
         .violation(violation_id)

@@ -83,6 +83,15 @@ impl Store {
 }
 
 impl SyncLease {
+    /// Whether the lease is still held: a PostgreSQL session that dropped (idle timeout, a
+    /// server restart) took its advisory lock with it, and another replica may hold it now.
+    pub async fn is_held(&mut self) -> bool {
+        match &mut self.session {
+            Some(session) => sqlx::Connection::ping(session).await.is_ok(),
+            None => true,
+        }
+    }
+
     /// Gives the lease back at once (dropping it does too, when its session closes).
     pub async fn release(self) {
         if let Some(session) = self.session {

@@ -139,6 +139,14 @@ async fn violations_are_listed_filtered_exported_and_waived(test: TestStore) {
     assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
     let bad: Value = bad.json().await.unwrap();
     assert_eq!(bad["error"]["code"], json!("bad_status"));
+    for (period, parameter) in [
+        ("?from=2026-05-01&to=2026-04-01", "from"),
+        ("?to=last%20week", "to"),
+    ] {
+        let bad: Value = get(period).await.unwrap().json().await.unwrap();
+        assert_eq!(bad["error"]["code"], json!("bad_parameter"), "{bad}");
+        assert_eq!(bad["error"]["parameter"], json!(parameter), "{bad}");
+    }
 
     // Waive one over HTTP; a second waiver conflicts, an unknown id is not found.
     let id = ours[0]["id"].as_i64().unwrap();
@@ -149,6 +157,10 @@ async fn violations_are_listed_filtered_exported_and_waived(test: TestStore) {
             .json(&body)
             .send()
     };
+    let anonymous = waive(id, json!({"reason": "deal desk approved", "by": " "}))
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), StatusCode::BAD_REQUEST);
     let done = waive(id, json!({"reason": "deal desk approved", "by": "ana"}))
         .await
         .unwrap();
