@@ -132,17 +132,9 @@ pub struct WaiveArgs {
     pub by: String,
 }
 
-/// `YYYY-MM-DD` (midnight UTC) or an RFC 3339 instant, as epoch milliseconds.
+/// A date or instant as the queries read them, as epoch milliseconds.
 fn parse_since(text: &str) -> Result<i64, String> {
-    if let Ok(day) = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d") {
-        return Ok(day
-            .and_time(chrono::NaiveTime::MIN)
-            .and_utc()
-            .timestamp_millis());
-    }
-    chrono::DateTime::parse_from_rfc3339(text)
-        .map(|at| at.timestamp_millis())
-        .map_err(|_| format!("`{text}` is neither a date (YYYY-MM-DD) nor an RFC 3339 instant"))
+    crate::query::parse_instant("since", text).map_err(|err| err.to_string())
 }
 
 /// `pipewarden demo …`

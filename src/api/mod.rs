@@ -81,6 +81,16 @@ impl ApiError {
             parameter: None,
         }
     }
+
+    /// A 500 whose cause stays in the log: clients learn only that the server failed.
+    pub fn internal() -> ApiError {
+        ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            code: "internal_error",
+            message: "pipewarden failed to answer; see its log".into(),
+            parameter: None,
+        }
+    }
 }
 
 impl IntoResponse for ApiError {

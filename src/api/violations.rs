@@ -1,40 +1,24 @@
 //! `/api/v1/violations`: stage-gate violations as JSON or CSV, filtered by connection, owner,
 //! rule, status and period, and `POST /api/v1/violations/{id}/waive` to waive one.
 //!
-//! Both sit behind the API's bearer token, like every `/api/v1` route.
+//! Both sit behind the API's bearer token, like every `/api/v1` route, and answer errors in
+//! the API's one shape ([`ApiError`]).
 
 use std::sync::Arc;
 
+use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{ApiError, ApiState};
+use super::{parameters, ApiError, ApiState};
+use crate::query::output::{self, Format, Report, Table};
 use crate::query::{self, QueryError};
 use crate::rules::{self, WaiveError};
-use crate::store::{Violation, ViolationFilter};
-
-/// An API error: status, stable code, message.
-fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
-    (
-        status,
-        Json(json!({"error": {"code": code, "message": message.into()}})),
-    )
-        .into_response()
-}
-
-fn store_failed(err: impl std::fmt::Display) -> Response {
-    // The store's error stays in the log; clients get a generic answer.
-    tracing::error!(error = %err, "violations API: store failed");
-    error(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "store_unavailable",
-        "the store failed; see the server log",
-    )
-}
+use crate::store::{StoreError, Violation, ViolationFilter};
 
 /// Query parameters of the listing.
 #[derive(Debug, Deserialize)]
@@ -56,40 +40,34 @@ pub(super) struct ListQuery {
 
 const STATUSES: &[&str] = &["open", "resolved_late", "waived", "superseded"];
 
+/// The listing's answer: JSON as is, CSV one row per violation.
+#[derive(Serialize)]
+struct ViolationList {
+    violations: Vec<Violation>,
+}
+
 pub(super) async fn list(
     State(state): State<Arc<ApiState>>,
-    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
-) -> Response {
-    let Query(query) = match query {
-        Ok(query) => query,
-        Err(rejection) => {
-            return error(StatusCode::BAD_REQUEST, "bad_query", rejection.body_text())
-        }
-    };
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let query = parameters(query)?;
     if let Some(status) = query.status.as_deref() {
         if !STATUSES.contains(&status) {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "bad_status",
-                format!("status `{status}` is not one of {}", STATUSES.join(", ")),
-            );
+            return Err(QueryError::bad(
+                "status",
+                format!("`{status}` is not one of {}", STATUSES.join(", ")),
+            )
+            .into());
         }
     }
-    let (from_ms, to_ms) = match period(query.from.as_deref(), query.to.as_deref()) {
-        Ok(period) => period,
-        Err(err) => return ApiError::from(err).into_response(),
-    };
-    let csv = match query.format.as_deref() {
-        None | Some("json") => false,
-        Some("csv") => true,
+    let format = match query.format.as_deref() {
+        None | Some("json") => Format::Json,
+        Some("csv") => Format::Csv,
         Some(other) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "bad_format",
-                format!("format `{other}` is not json or csv"),
-            )
+            return Err(QueryError::bad("format", format!("`{other}` is not json or csv")).into())
         }
     };
+    let (from_ms, to_ms) = period(query.from.as_deref(), query.to.as_deref())?;
     let filter = ViolationFilter {
         connection: query.connection,
         owner: query.owner,
@@ -99,19 +77,24 @@ pub(super) async fn list(
         to_ms,
         limit: query.limit.unwrap_or(1_000).clamp(1, 100_000),
     };
-    let violations = match state.store.violations(&filter).await {
-        Ok(violations) => violations,
-        Err(err) => return store_failed(err),
+    let list = ViolationList {
+        violations: state
+            .store
+            .violations(&filter)
+            .await
+            .map_err(store_failed)?,
     };
-    if csv {
-        (
-            [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
-            to_csv(&violations),
-        )
-            .into_response()
-    } else {
-        Json(json!({ "violations": violations })).into_response()
-    }
+    Ok(match format {
+        Format::Csv => {
+            let mut body = Vec::new();
+            output::render(&list, Format::Csv, &mut body).map_err(|err| {
+                tracing::error!(error = %err, "violations API: CSV could not be written");
+                ApiError::internal()
+            })?;
+            ([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], body).into_response()
+        }
+        Format::Json | Format::Table => Json(list).into_response(),
+    })
 }
 
 /// The optional `[from, to)` of the listing, read as the queries read instants.
@@ -129,71 +112,83 @@ fn period(from: Option<&str>, to: Option<&str>) -> Result<(Option<i64>, Option<i
     }
 }
 
-fn to_csv(violations: &[Violation]) -> String {
-    let mut out = String::from(
-        "id,rule,connection,crm_id,kind,from_stage,to_stage,missing_fields,skipped_stages,changed_at,changed_by,\
-         actor_kind,owner_id,status,resolved_at,delay_ms,waived_by,waive_reason\n",
-    );
-    let instant = |ms: i64| {
-        chrono::DateTime::from_timestamp_millis(ms)
-            .map(|at| at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-            .unwrap_or_default()
-    };
-    for v in violations {
-        let missing: Vec<String> = v
-            .missing_fields
-            .as_array()
-            .map(|items| {
-                items
-                    .iter()
-                    .filter_map(|m| m["field"].as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let skipped: Vec<String> = v
-            .skipped_stages
-            .as_array()
-            .map(|items| {
-                items
-                    .iter()
-                    .filter_map(|s| s.as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let cells = [
-            v.id.to_string(),
-            v.rule_name.clone(),
-            v.connection.clone(),
-            v.crm_id.clone(),
-            v.kind.clone(),
-            v.from_stage.clone().unwrap_or_default(),
-            v.to_stage.clone(),
-            missing.join(";"),
-            skipped.join(";"),
-            instant(v.changed_at_ms),
-            v.changed_by.clone().unwrap_or_default(),
-            v.actor_kind.clone(),
-            v.owner_id.clone().unwrap_or_default(),
-            v.status.clone(),
-            v.resolved_at_ms.map(instant).unwrap_or_default(),
-            v.delay_ms().map(|d| d.to_string()).unwrap_or_default(),
-            v.waived_by.clone().unwrap_or_default(),
-            v.waive_reason.clone().unwrap_or_default(),
-        ];
-        let line: Vec<String> = cells.iter().map(|cell| csv_cell(cell)).collect();
-        out.push_str(&line.join(","));
-        out.push('\n');
+impl Report for ViolationList {
+    fn tables(&self) -> Vec<Table> {
+        let mut table = Table::new(
+            "Violations",
+            &[
+                "id",
+                "rule",
+                "connection",
+                "crm_id",
+                "kind",
+                "from_stage",
+                "to_stage",
+                "missing_fields",
+                "skipped_stages",
+                "changed_at",
+                "changed_by",
+                "actor_kind",
+                "owner_id",
+                "status",
+                "resolved_at",
+                "delay_ms",
+                "waived_by",
+                "waive_reason",
+            ],
+        );
+        for v in &self.violations {
+            table.push(violation_row(v));
+        }
+        vec![table]
     }
-    out
 }
 
-/// Quotes a cell when it holds a comma, quote or line break (RFC 4180).
-fn csv_cell(cell: &str) -> String {
-    if cell.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", cell.replace('"', "\"\""))
-    } else {
-        cell.to_string()
-    }
+fn violation_row(v: &Violation) -> Vec<String> {
+    let missing = json_strings(&v.missing_fields, |item| item["field"].as_str());
+    let skipped = json_strings(&v.skipped_stages, |item| item.as_str());
+    vec![
+        v.id.to_string(),
+        v.rule_name.clone(),
+        v.connection.clone(),
+        v.crm_id.clone(),
+        v.kind.clone(),
+        v.from_stage.clone().unwrap_or_default(),
+        v.to_stage.clone(),
+        missing.join(";"),
+        skipped.join(";"),
+        query::format_instant(v.changed_at_ms),
+        v.changed_by.clone().unwrap_or_default(),
+        v.actor_kind.clone(),
+        v.owner_id.clone().unwrap_or_default(),
+        v.status.clone(),
+        v.resolved_at_ms
+            .map(query::format_instant)
+            .unwrap_or_default(),
+        v.delay_ms().map(|d| d.to_string()).unwrap_or_default(),
+        v.waived_by.clone().unwrap_or_default(),
+        v.waive_reason.clone().unwrap_or_default(),
+    ]
+}
+
+/// The strings `pick` finds in the items of a JSON array.
+fn json_strings(
+    array: &serde_json::Value,
+    pick: impl Fn(&serde_json::Value) -> Option<&str>,
+) -> Vec<String> {
+    array
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|item| pick(item).map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn store_failed(err: StoreError) -> ApiError {
+    QueryError::Store(err).into()
 }
 
 /// Body of a waiver.
@@ -207,23 +202,16 @@ pub(super) struct WaiveBody {
 pub(super) async fn waive(
     State(state): State<Arc<ApiState>>,
     Path(id): Path<i64>,
-    body: Result<Json<WaiveBody>, axum::extract::rejection::JsonRejection>,
-) -> Response {
-    let body = match body {
-        Ok(Json(body)) => body,
-        Err(rejection) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "bad_body",
-                format!(
-                    "expected {{\"reason\": …, \"by\": …}}: {}",
-                    rejection.body_text()
-                ),
-            )
-        }
-    };
+    body: Result<Json<WaiveBody>, JsonRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Json(body) = body.map_err(|rejection| {
+        ApiError::bad_request(format!(
+            "expected {{\"reason\": …, \"by\": …}}: {}",
+            rejection.body_text()
+        ))
+    })?;
     let now = chrono::Utc::now().timestamp_millis();
-    match rules::waive(
+    rules::waive(
         &state.store,
         &state.settings,
         id,
@@ -232,35 +220,24 @@ pub(super) async fn waive(
         now,
     )
     .await
-    {
-        Ok(()) => match state.store.violation(id).await {
-            Ok(violation) => Json(json!({ "violation": violation })).into_response(),
-            Err(err) => store_failed(err),
-        },
-        Err(err @ WaiveError::NotFound(_)) => {
-            error(StatusCode::NOT_FOUND, "not_found", err.to_string())
-        }
-        Err(err @ WaiveError::NotOpen { .. }) => {
-            error(StatusCode::CONFLICT, "not_open", err.to_string())
-        }
-        Err(err @ WaiveError::NoReason) => {
-            error(StatusCode::BAD_REQUEST, "no_reason", err.to_string())
-        }
-        Err(err @ WaiveError::NoWaiver) => {
-            error(StatusCode::BAD_REQUEST, "no_waiver", err.to_string())
-        }
-        Err(WaiveError::Store(err)) => store_failed(err),
-    }
+    .map_err(waive_failed)?;
+    let violation = state.store.violation(id).await.map_err(store_failed)?;
+    Ok(Json(json!({ "violation": violation })))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn csv_cells_are_quoted_when_needed() {
-        assert_eq!(csv_cell("plain"), "plain");
-        assert_eq!(csv_cell("a,b"), "\"a,b\"");
-        assert_eq!(csv_cell("say \"hi\""), "\"say \"\"hi\"\"\"");
+fn waive_failed(err: WaiveError) -> ApiError {
+    let message = err.to_string();
+    let (status, code, parameter) = match err {
+        WaiveError::Store(err) => return store_failed(err),
+        WaiveError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found", None),
+        WaiveError::NotOpen { .. } => (StatusCode::CONFLICT, "not_open", None),
+        WaiveError::NoReason => (StatusCode::BAD_REQUEST, "bad_parameter", Some("reason")),
+        WaiveError::NoWaiver => (StatusCode::BAD_REQUEST, "bad_parameter", Some("by")),
+    };
+    ApiError {
+        status,
+        code,
+        message,
+        parameter,
     }
 }

@@ -4,6 +4,7 @@
 //! flat views of it that each query lays out in [`Report::tables`]; CSV writes the tables one
 //! after another, each with its header row, separated by an empty line.
 
+use std::borrow::Cow;
 use std::io::Write;
 
 use serde::Serialize;
@@ -86,9 +87,24 @@ fn write_csv(table: &Table, out: &mut impl Write) -> std::io::Result<()> {
     let mut writer = csv::Writer::from_writer(out);
     writer.write_record(&table.columns)?;
     for row in &table.rows {
-        writer.write_record(row)?;
+        for cell in row {
+            writer.write_field(inert_in_spreadsheets(cell).as_ref())?;
+        }
+        writer.write_record(None::<&[u8]>)?;
     }
     writer.flush()
+}
+
+/// A cell that a spreadsheet will show as text: CRM values are typed by anyone with edit
+/// rights, and a deal named `=HYPERLINK(…)` must not become a live formula when RevOps opens
+/// the export. Numbers (including negative ones) stay numbers.
+fn inert_in_spreadsheets(cell: &str) -> Cow<'_, str> {
+    let starts_formula = cell.starts_with(['=', '+', '-', '@', '\t', '\r']);
+    if starts_formula && cell.parse::<f64>().is_err() {
+        Cow::Owned(format!("'{cell}"))
+    } else {
+        Cow::Borrowed(cell)
+    }
 }
 
 fn write_aligned(table: &Table, out: &mut impl Write) -> std::io::Result<()> {
@@ -123,4 +139,31 @@ fn write_aligned(table: &Table, out: &mut impl Write) -> std::io::Result<()> {
         writeln!(out, "{}", line(row.iter().map(String::as_str).collect()))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Serialize)]
+    struct Deals;
+
+    impl Report for Deals {
+        fn tables(&self) -> Vec<Table> {
+            let mut table = Table::new("Deals", &["name", "amount"]);
+            table.push(vec!["=HYPERLINK(\"http://x\")".into(), "-1200.50".into()]);
+            table.push(vec!["Acme, Inc.".into(), "@SUM(A1)".into()]);
+            vec![table]
+        }
+    }
+
+    #[test]
+    fn csv_quotes_cells_and_defuses_formulas_but_not_negative_numbers() {
+        let mut out = Vec::new();
+        render(&Deals, Format::Csv, &mut out).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "name,amount\n\"'=HYPERLINK(\"\"http://x\"\")\",-1200.50\n\"Acme, Inc.\",'@SUM(A1)\n"
+        );
+    }
 }

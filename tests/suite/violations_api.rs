@@ -138,7 +138,8 @@ async fn violations_are_listed_filtered_exported_and_waived(test: TestStore) {
     let bad = get("?status=closed").await.unwrap();
     assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
     let bad: Value = bad.json().await.unwrap();
-    assert_eq!(bad["error"]["code"], json!("bad_status"));
+    assert_eq!(bad["error"]["code"], json!("bad_parameter"));
+    assert_eq!(bad["error"]["parameter"], json!("status"));
     for (period, parameter) in [
         ("?from=2026-05-01&to=2026-04-01", "from"),
         ("?to=last%20week", "to"),
@@ -201,7 +202,7 @@ async fn violations_are_listed_filtered_exported_and_waived(test: TestStore) {
     );
     let bad_date = pipewarden(&config, &["rules", "backtest", "--since", "last week"]);
     assert_eq!(bad_date.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&bad_date.stderr).contains("neither a date"));
+    assert!(String::from_utf8_lossy(&bad_date.stderr).contains("is not a date or time"));
 
     let second = ours[1]["id"].as_i64().unwrap().to_string();
     let waived = pipewarden(
