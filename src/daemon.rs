@@ -40,6 +40,9 @@ pub enum DaemonError {
         /// Why.
         source: std::io::Error,
     },
+    /// No HTTP client for Slack could be built.
+    #[error("cannot build the Slack client: {0}")]
+    SlackClient(reqwest::Error),
 }
 
 /// What the HTTP handlers read.
@@ -76,10 +79,14 @@ pub async fn run(settings: Settings, stop: StopSignal) -> Result<(), DaemonError
             .with_graceful_shutdown(async move { listener_stop.stopped().await })
             .await
     });
-    let alerts = settings.slack.as_ref().map(|slack| {
-        let deliverer = Deliverer::new(store.clone(), slack, DeliveryOptions::default());
-        tokio::spawn(deliverer.run(stop.clone()))
-    });
+    let alerts = match &settings.slack {
+        Some(slack) => {
+            let deliverer = Deliverer::new(store.clone(), slack, DeliveryOptions::default())
+                .map_err(DaemonError::SlackClient)?;
+            Some(tokio::spawn(deliverer.run(stop.clone())))
+        }
+        None => None,
+    };
     // The loops share this task: they spend their time waiting on the network and the clock.
     let loops = settings.connections.iter().map(|connection| {
         sync_loop(

@@ -53,6 +53,9 @@ pub enum DemoError {
     /// Printing failed.
     #[error("cannot write output: {0}")]
     Output(#[from] std::io::Error),
+    /// No HTTP client for Slack could be built.
+    #[error("cannot build the Slack client: {0}")]
+    SlackClient(reqwest::Error),
 }
 
 const MONTH: Duration = Duration::from_secs(30 * 86_400);
@@ -146,6 +149,7 @@ async fn sync_months(
         }
         if let Some(slack) = &settings.slack {
             let delivered = Deliverer::new(store.clone(), slack, DeliveryOptions::default())
+                .map_err(DemoError::SlackClient)?
                 .deliver_due()
                 .await?;
             writeln!(

@@ -1,9 +1,18 @@
-//! Posting one message to Slack, through an incoming webhook or `chat.postMessage`, and
-//! sorting Slack's answers into delivered, retry later, and give up.
+//! Posting one message to Slack, through an incoming webhook or `chat.postMessage`, sorting
+//! Slack's answers into delivered, retry later, and give up, and (bot tokens only) finding a
+//! message again whose send went unanswered.
+//!
+//! Each bot message carries its outbox ids in Slack message metadata. When a send gets no
+//! answer (timeout, reset, 5xx, or pipewarden died before storing it), the message may be in
+//! the channel already; before sending it again the worker reads the channel's recent history
+//! (or the thread's replies) for those ids. Incoming webhooks cannot be read back, so after an
+//! unanswered send they may deliver a message twice; bot tokens deliver it once.
 //!
 //! The webhook URL and the bot token are credentials: no error, log line or metric built here
 //! contains either (reqwest errors are stripped of their URL).
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use reqwest::header::{HeaderMap, RETRY_AFTER};
@@ -11,6 +20,14 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 use crate::config::settings::SlackDelivery;
+use crate::record::Millis;
+
+/// `event_type` of the metadata pipewarden puts on its messages.
+const METADATA_EVENT: &str = "pipewarden_alert";
+/// Pages of history or channel list read while looking for one message.
+const MAX_LOOKUP_PAGES: usize = 20;
+/// How far before the unanswered send the history is read (clock skew between us and Slack).
+const LOOKUP_SLACK_MS: Millis = 5 * 60_000;
 
 /// Why a post did not go through.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -18,9 +35,12 @@ pub enum PostError {
     /// Slack asked to wait (429); `Retry-After` says how long.
     #[error("rate limited by Slack (retry after {}s)", .0.as_secs())]
     RateLimited(Duration),
-    /// Worth retrying with backoff (5xx, network, Slack-side failures).
+    /// Slack answered that it failed; worth retrying with backoff.
     #[error("{0}")]
     Transient(String),
+    /// No answer (network, timeout, 5xx): Slack may or may not have the message.
+    #[error("{0}")]
+    Unanswered(String),
     /// Retrying cannot help (revoked webhook, unknown channel, bad token, bad payload).
     #[error("{0}")]
     Permanent(String),
@@ -31,31 +51,38 @@ pub enum PostError {
 pub struct SlackClient {
     http: reqwest::Client,
     delivery: SlackDelivery,
+    /// Channel ids by the name configured for them, learnt from posts and channel lists.
+    channel_ids: Arc<Mutex<HashMap<String, String>>>,
 }
 
 impl SlackClient {
     /// A client with a bounded request time.
-    pub fn new(delivery: SlackDelivery) -> SlackClient {
+    pub fn new(delivery: SlackDelivery) -> Result<SlackClient, reqwest::Error> {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .connect_timeout(Duration::from_secs(10))
             .user_agent(concat!("pipewarden/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .unwrap_or_default();
-        SlackClient { http, delivery }
+            .build()?;
+        Ok(SlackClient {
+            http,
+            delivery,
+            channel_ids: Arc::default(),
+        })
     }
 
-    /// Whether replies can go into threads (bot tokens only).
+    /// Whether replies can go into threads, and sent messages be found again (bot tokens only).
     pub fn threads(&self) -> bool {
         matches!(self.delivery, SlackDelivery::BotToken { .. })
     }
 
-    /// Posts `payload` (`text` and `blocks`); returns the message's `ts` when Slack gives one.
+    /// Posts `payload` (`text` and `blocks`) tagged with `marker` (its outbox ids); returns
+    /// the message's `ts` when Slack gives one.
     pub async fn post(
         &self,
         channel: Option<&str>,
         payload: &Value,
         thread_ts: Option<&str>,
+        marker: &str,
     ) -> Result<Option<String>, PostError> {
         match &self.delivery {
             SlackDelivery::Webhook { url } => {
@@ -71,42 +98,233 @@ impl SlackClient {
                 let body = response.text().await.map_err(network)?;
                 webhook_outcome(status, retry_after, body.trim()).map(|()| None)
             }
-            SlackDelivery::BotToken {
-                token,
-                api_base_url,
-            } => {
+            SlackDelivery::BotToken { .. } => {
                 let mut body = payload.clone();
                 body["channel"] = json!(channel.unwrap_or_default());
                 if let Some(ts) = thread_ts {
                     body["thread_ts"] = json!(ts);
                 }
-                let url = format!(
-                    "{}/chat.postMessage",
-                    api_base_url.as_str().trim_end_matches('/')
-                );
-                let response = self
-                    .http
-                    .post(url)
-                    .bearer_auth(token.expose())
-                    .header(
-                        reqwest::header::CONTENT_TYPE,
-                        "application/json; charset=utf-8",
-                    )
-                    .body(body.to_string())
-                    .send()
-                    .await
-                    .map_err(network)?;
-                let status = response.status();
-                let retry_after = retry_after(response.headers());
-                let answer: Value = response.json().await.unwrap_or(Value::Null);
-                api_outcome(status, retry_after, &answer)
+                body["metadata"] = json!({
+                    "event_type": METADATA_EVENT,
+                    "event_payload": {"outbox_ids": marker},
+                });
+                let (status, retry_after, answer) =
+                    self.call_post("chat.postMessage", &body).await?;
+                let posted = api_outcome(status, retry_after, &answer)?;
+                if let (Some(name), Some(id)) = (channel, answer["channel"].as_str()) {
+                    self.remember_channel(name, id);
+                }
+                Ok(posted)
             }
         }
     }
+
+    /// The `ts` of the message tagged `marker` if Slack holds it: read from the channel's
+    /// history (or the thread's replies) since shortly before `sent_at`. `Ok(None)` means
+    /// it is not there and may be sent again.
+    pub async fn find_posted(
+        &self,
+        channel: Option<&str>,
+        thread_ts: Option<&str>,
+        marker: &str,
+        sent_at: Millis,
+    ) -> Result<Option<String>, PostError> {
+        let Some(channel) = channel else {
+            return Ok(None);
+        };
+        let Some(channel_id) = self.channel_id(channel).await? else {
+            return Ok(None);
+        };
+        let oldest = slack_ts_of(sent_at - LOOKUP_SLACK_MS);
+        let mut params = vec![
+            ("channel", channel_id),
+            ("oldest", oldest),
+            ("inclusive", "true".to_string()),
+            ("include_all_metadata", "true".to_string()),
+            ("limit", "200".to_string()),
+        ];
+        let method = match thread_ts {
+            Some(ts) => {
+                params.push(("ts", ts.to_string()));
+                "conversations.replies"
+            }
+            None => "conversations.history",
+        };
+        let mut cursor = None;
+        for _ in 0..MAX_LOOKUP_PAGES {
+            let answer = self.call_get(method, &params, cursor.as_deref()).await?;
+            let messages = answer["messages"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            if let Some(found) = messages.iter().find(|m| carries_marker(m, marker)) {
+                return Ok(found["ts"].as_str().map(str::to_string));
+            }
+            cursor = next_cursor(&answer);
+            if cursor.is_none() {
+                return Ok(None);
+            }
+        }
+        Err(PostError::Transient(format!(
+            "{method}: more than {MAX_LOOKUP_PAGES} pages since the unanswered send; not sending again blindly"
+        )))
+    }
+
+    /// The id of a channel named in config (`#revops` or `revops`), or the id itself;
+    /// `None` when the bot cannot see such a channel.
+    async fn channel_id(&self, channel: &str) -> Result<Option<String>, PostError> {
+        if looks_like_channel_id(channel) {
+            return Ok(Some(channel.to_string()));
+        }
+        if let Some(id) = self.known_channel(channel) {
+            return Ok(Some(id));
+        }
+        let params = [
+            ("types", "public_channel,private_channel".to_string()),
+            ("exclude_archived", "true".to_string()),
+            ("limit", "1000".to_string()),
+        ];
+        let wanted = channel.trim_start_matches('#');
+        let mut cursor = None;
+        for _ in 0..MAX_LOOKUP_PAGES {
+            let answer = self
+                .call_get("conversations.list", &params, cursor.as_deref())
+                .await?;
+            for listed in answer["channels"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+            {
+                if let (Some(name), Some(id)) = (listed["name"].as_str(), listed["id"].as_str()) {
+                    self.remember_channel(name, id);
+                }
+            }
+            if self.known_channel(wanted).is_some() {
+                return Ok(self.known_channel(wanted));
+            }
+            cursor = next_cursor(&answer);
+            if cursor.is_none() {
+                return Ok(None);
+            }
+        }
+        Ok(None)
+    }
+
+    fn known_channel(&self, channel: &str) -> Option<String> {
+        let ids = self.channel_ids.lock().unwrap_or_else(|p| p.into_inner());
+        ids.get(channel.trim_start_matches('#')).cloned()
+    }
+
+    fn remember_channel(&self, channel: &str, id: &str) {
+        let mut ids = self.channel_ids.lock().unwrap_or_else(|p| p.into_inner());
+        ids.insert(channel.trim_start_matches('#').to_string(), id.to_string());
+    }
+
+    /// A Web API POST with a JSON body: status, `Retry-After`, and the JSON answer.
+    async fn call_post(
+        &self,
+        method: &str,
+        body: &Value,
+    ) -> Result<(StatusCode, Duration, Value), PostError> {
+        let SlackDelivery::BotToken {
+            token,
+            api_base_url,
+        } = &self.delivery
+        else {
+            return Err(PostError::Permanent(format!("{method} needs a bot token")));
+        };
+        let response = self
+            .http
+            .post(format!(
+                "{}/{method}",
+                api_base_url.as_str().trim_end_matches('/')
+            ))
+            .bearer_auth(token.expose())
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                "application/json; charset=utf-8",
+            )
+            .body(body.to_string())
+            .send()
+            .await
+            .map_err(network)?;
+        let status = response.status();
+        let retry_after = retry_after(response.headers());
+        let answer: Value = response.json().await.unwrap_or(Value::Null);
+        Ok((status, retry_after, answer))
+    }
+
+    /// A Web API read (`conversations.*`): the JSON answer when `ok`, else why not.
+    async fn call_get(
+        &self,
+        method: &str,
+        params: &[(&str, String)],
+        cursor: Option<&str>,
+    ) -> Result<Value, PostError> {
+        let SlackDelivery::BotToken {
+            token,
+            api_base_url,
+        } = &self.delivery
+        else {
+            return Err(PostError::Permanent(format!("{method} needs a bot token")));
+        };
+        let mut url = reqwest::Url::parse(&format!(
+            "{}/{method}",
+            api_base_url.as_str().trim_end_matches('/')
+        ))
+        .map_err(|err| PostError::Permanent(format!("{method}: bad slack.api_base_url: {err}")))?;
+        {
+            let mut query = url.query_pairs_mut();
+            for (key, value) in params {
+                query.append_pair(key, value);
+            }
+            if let Some(cursor) = cursor {
+                query.append_pair("cursor", cursor);
+            }
+        }
+        let response = self
+            .http
+            .get(url)
+            .bearer_auth(token.expose())
+            .send()
+            .await
+            .map_err(network)?;
+        let status = response.status();
+        let retry_after = retry_after(response.headers());
+        let answer: Value = response.json().await.unwrap_or(Value::Null);
+        read_outcome(method, status, retry_after, answer)
+    }
+}
+
+/// Slack's `ts` notation (seconds with six decimals) of an instant.
+fn slack_ts_of(at: Millis) -> String {
+    let at = at.max(0);
+    format!("{}.{:03}000", at / 1_000, at % 1_000)
+}
+
+/// Channel ids are upper-case letters and digits starting with C, G or D (`C0123ABCD`).
+fn looks_like_channel_id(channel: &str) -> bool {
+    channel.len() >= 9
+        && channel.starts_with(['C', 'G', 'D'])
+        && channel
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
+}
+
+fn carries_marker(message: &Value, marker: &str) -> bool {
+    message["metadata"]["event_type"] == json!(METADATA_EVENT)
+        && message["metadata"]["event_payload"]["outbox_ids"] == json!(marker)
+}
+
+fn next_cursor(answer: &Value) -> Option<String> {
+    answer["response_metadata"]["next_cursor"]
+        .as_str()
+        .filter(|c| !c.is_empty())
+        .map(str::to_string)
 }
 
 fn network(err: reqwest::Error) -> PostError {
-    PostError::Transient(format!("cannot reach Slack: {}", err.without_url()))
+    PostError::Unanswered(format!("no answer from Slack: {}", err.without_url()))
 }
 
 fn retry_after(headers: &HeaderMap) -> Duration {
@@ -129,7 +347,7 @@ fn webhook_outcome(status: StatusCode, retry_after: Duration, body: &str) -> Res
              404 channel_not_found / 410 channel_is_archived: its channel is gone)",
             status = status.as_u16()
         ))),
-        _ => Err(PostError::Transient(format!(
+        _ => Err(PostError::Unanswered(format!(
             "Slack webhook answered HTTP {}: {code}",
             status.as_u16()
         ))),
@@ -146,7 +364,8 @@ fn api_outcome(
         return Err(PostError::RateLimited(retry_after));
     }
     if !status.is_success() {
-        return Err(PostError::Transient(format!(
+        // A gateway's 5xx says nothing of whether Slack itself took the message.
+        return Err(PostError::Unanswered(format!(
             "chat.postMessage answered HTTP {}",
             status.as_u16()
         )));
@@ -173,6 +392,38 @@ fn api_outcome(
     }
 }
 
+/// The answer of a `conversations.*` read.
+fn read_outcome(
+    method: &str,
+    status: StatusCode,
+    retry_after: Duration,
+    answer: Value,
+) -> Result<Value, PostError> {
+    if status == StatusCode::TOO_MANY_REQUESTS || answer["error"] == json!("ratelimited") {
+        return Err(PostError::RateLimited(retry_after));
+    }
+    if !status.is_success() {
+        return Err(PostError::Transient(format!(
+            "{method} answered HTTP {}",
+            status.as_u16()
+        )));
+    }
+    if answer["ok"] == json!(true) {
+        return Ok(answer);
+    }
+    let error = answer["error"].as_str().unwrap_or("(no error code)");
+    match error {
+        "internal_error" | "fatal_error" | "service_unavailable" | "request_timeout" => {
+            Err(PostError::Transient(format!("{method} failed: {error}")))
+        }
+        "missing_scope" => Err(PostError::Permanent(format!(
+            "{method} failed: missing_scope (the bot token needs channels:read, groups:read, \
+             channels:history and groups:history to find messages whose send went unanswered)"
+        ))),
+        other => Err(PostError::Permanent(format!("{method} failed: {other}"))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,7 +442,7 @@ mod tests {
         ));
         assert!(matches!(
             webhook_outcome(StatusCode::INTERNAL_SERVER_ERROR, wait, "rollup_error"),
-            Err(PostError::Transient(_))
+            Err(PostError::Unanswered(_))
         ));
     }
 
@@ -203,10 +454,22 @@ mod tests {
             api_outcome(StatusCode::OK, wait, &answer),
             Err(PostError::Permanent(message)) if message.contains("channel_not_found")
         ));
+        assert!(matches!(
+            api_outcome(StatusCode::BAD_GATEWAY, wait, &Value::Null),
+            Err(PostError::Unanswered(_))
+        ));
         let ok = json!({"ok": true, "ts": "1.2"});
         assert_eq!(
             api_outcome(StatusCode::OK, wait, &ok),
             Ok(Some("1.2".into()))
         );
+    }
+
+    #[test]
+    fn slack_ts_and_channel_ids_read_as_slack_writes_them() {
+        assert_eq!(slack_ts_of(1_767_600_000_123), "1767600000.123000");
+        assert!(looks_like_channel_id("C0123ABCD9"));
+        assert!(!looks_like_channel_id("#revops-alerts"));
+        assert!(!looks_like_channel_id("Cheap"));
     }
 }

@@ -1,11 +1,14 @@
 //! The delivery worker: sends what the alert outbox holds, in order per channel, at most the
 //! configured rate per channel, retrying with backoff until Slack takes it.
 //!
-//! A message is marked delivered in the store right after Slack accepts it; nothing is sent
-//! twice unless the process dies in the instant between Slack's answer and that write (no
-//! Slack API offers an idempotency key to close that gap). A channel whose head message must
-//! wait holds back its later messages (order per deal), never other channels'. Permanent
-//! errors mark the message failed with Slack's reason and let the channel move on.
+//! A message is marked as being sent before it goes out and delivered right after Slack
+//! accepts it. When the answer never came (timeout, 5xx, or the process died before storing
+//! it), the message stays in doubt: with a bot token the next attempt first looks for it in
+//! the channel (see [`SlackClient::find_posted`]) and sends only if Slack does not hold it, so
+//! each message arrives once across crashes and outages; an incoming webhook cannot be read
+//! back and is sent again. A channel whose head message must wait holds back its later
+//! messages (order per deal), never other channels'. Permanent errors mark the message
+//! failed with Slack's reason and let the channel move on.
 
 use std::collections::{BTreeMap, HashSet};
 use std::num::NonZeroU32;
@@ -70,18 +73,23 @@ const DELIVERY_LEASE: &str = "(alert delivery)";
 const WEBHOOK_KEY: &str = "(webhook)";
 
 impl Deliverer {
-    /// A deliverer for `slack`, reading and updating `store`'s outbox.
-    pub fn new(store: Store, slack: &SlackSettings, options: DeliveryOptions) -> Deliverer {
+    /// A deliverer for `slack`, reading and updating `store`'s outbox; fails only when no
+    /// HTTP client can be built (no TLS roots).
+    pub fn new(
+        store: Store,
+        slack: &SlackSettings,
+        options: DeliveryOptions,
+    ) -> Result<Deliverer, reqwest::Error> {
         let rate = NonZeroU32::new(slack.messages_per_second_per_channel.max(1))
             .unwrap_or(NonZeroU32::MIN);
         // Burst of one: Slack's bound is per second, and a burst would break it at once.
         let quota = Quota::per_second(rate).allow_burst(NonZeroU32::MIN);
-        Deliverer {
+        Ok(Deliverer {
             store,
-            client: SlackClient::new(slack.delivery.clone()),
+            client: SlackClient::new(slack.delivery.clone())?,
             limiter: Arc::new(RateLimiter::keyed(quota)),
             options,
-        }
+        })
     }
 
     /// One pass: sends every due message whose channel is not held back.
@@ -111,13 +119,16 @@ impl Deliverer {
                 (Some(_), Some("delivered")) if self.client.threads() => alert.parent_ts.as_deref(),
                 _ => None,
             };
-            let sent = self
-                .send(&key, alert.channel.as_deref(), &alert.payload.0, thread_ts)
-                .await;
-            if !self
-                .settle(&[alert.id], alert.attempts, sent, &mut report)
-                .await?
-            {
+            let ids = [alert.id];
+            let outgoing = Outgoing {
+                key: &key,
+                channel: alert.channel.as_deref(),
+                payload: &alert.payload.0,
+                thread_ts,
+                ids: &ids,
+            };
+            let sent = self.deliver(&outgoing, alert.sent_at_ms).await?;
+            if !self.settle(&ids, alert.attempts, sent, &mut report).await? {
                 held.insert(key);
             }
         }
@@ -125,26 +136,69 @@ impl Deliverer {
             if held.contains(&key) {
                 continue;
             }
-            let payloads: Vec<Value> = items.iter().map(|a| a.payload.0.clone()).collect();
-            let body = digest_message(&payloads);
             let channel = items[0].channel.as_deref();
-            let sent = self.send(&key, channel, &body, None).await;
-            let ids: Vec<i64> = items.iter().map(|a| a.id).collect();
             let attempts = items.iter().map(|a| a.attempts).max().unwrap_or(0);
+            // Items of an unanswered digest go out again only if Slack does not hold it; items
+            // queued since then wait for the next pass, so the digest is looked up as it was.
+            let in_doubt: Vec<&PendingAlert> = items
+                .iter()
+                .copied()
+                .filter(|a| a.sent_at_ms.is_some())
+                .collect();
+            let batch = if in_doubt.is_empty() { items } else { in_doubt };
+            let payloads: Vec<Value> = batch.iter().map(|a| a.payload.0.clone()).collect();
+            let body = digest_message(&payloads);
+            let ids: Vec<i64> = batch.iter().map(|a| a.id).collect();
+            let sent_at = batch.iter().filter_map(|a| a.sent_at_ms).min();
+            let outgoing = Outgoing {
+                key: &key,
+                channel,
+                payload: &body,
+                thread_ts: None,
+                ids: &ids,
+            };
+            let sent = self.deliver(&outgoing, sent_at).await?;
             self.settle(&ids, attempts, sent, &mut report).await?;
         }
         Ok(report)
     }
 
-    async fn send(
+    /// Sends a message, unless an earlier unanswered send (at `sent_at`) reached Slack after
+    /// all, in which case that message's `ts` is the outcome.
+    async fn deliver(
         &self,
-        key: &str,
-        channel: Option<&str>,
-        payload: &Value,
-        thread_ts: Option<&str>,
-    ) -> Result<Option<String>, PostError> {
-        self.limiter.until_key_ready(&key.to_string()).await;
-        self.client.post(channel, payload, thread_ts).await
+        message: &Outgoing<'_>,
+        sent_at: Option<Millis>,
+    ) -> Result<Sent, StoreError> {
+        let marker = marker_of(message.ids);
+        if let Some(sent_at) = sent_at.filter(|_| self.client.threads()) {
+            let found = self
+                .client
+                .find_posted(message.channel, message.thread_ts, &marker, sent_at)
+                .await;
+            match found {
+                Ok(Some(ts)) => {
+                    tracing::info!(alerts = ?message.ids, "Slack holds the alert whose send went unanswered; not sending it again");
+                    return Ok(Sent::answered(Ok(Some(ts))));
+                }
+                Ok(None) => {}
+                Err(PostError::Permanent(reason)) => {
+                    tracing::warn!(alerts = ?message.ids, %reason, "cannot look in Slack for an alert whose send went unanswered; sending it again, which may show it twice");
+                }
+                // The doubt stays until the lookup can be made.
+                Err(err) => return Ok(Sent::unanswered(err)),
+            }
+        }
+        self.store.mark_alerts_sending(message.ids, now()).await?;
+        self.limiter.until_key_ready(&message.key.to_string()).await;
+        let posted = self
+            .client
+            .post(message.channel, message.payload, message.thread_ts, &marker)
+            .await;
+        Ok(match posted {
+            Err(err @ PostError::Unanswered(_)) => Sent::unanswered(err),
+            posted => Sent::answered(posted),
+        })
     }
 
     /// Stores the outcome of one post; returns whether the channel may go on.
@@ -152,11 +206,12 @@ impl Deliverer {
         &self,
         ids: &[i64],
         attempts: i64,
-        sent: Result<Option<String>, PostError>,
+        sent: Sent,
         report: &mut DeliveryReport,
     ) -> Result<bool, StoreError> {
         let count = ids.len() as u64;
-        match sent {
+        let answered = sent.answered;
+        match sent.outcome {
             Ok(ts) => {
                 self.store
                     .mark_alerts_delivered(ids, ts.as_deref(), now())
@@ -167,7 +222,7 @@ impl Deliverer {
             Err(PostError::Permanent(reason)) => {
                 tracing::error!(alerts = ?ids, %reason, "Slack refused the alert for good; marked failed");
                 self.store
-                    .mark_alerts_attempt_failed(ids, &reason, None)
+                    .mark_alerts_attempt_failed(ids, &reason, None, answered)
                     .await?;
                 report.failed += count;
                 Ok(true)
@@ -180,7 +235,7 @@ impl Deliverer {
                 tracing::warn!(alerts = ?ids, error = %err, retry_in_ms = wait.as_millis() as u64, "Slack delivery will be retried");
                 let next = now() + i64::try_from(wait.as_millis()).unwrap_or(i64::MAX / 2);
                 self.store
-                    .mark_alerts_attempt_failed(ids, &err.to_string(), Some(next))
+                    .mark_alerts_attempt_failed(ids, &err.to_string(), Some(next), answered)
                     .await?;
                 report.retried += count;
                 Ok(false)
@@ -230,6 +285,44 @@ impl Deliverer {
             lease.release().await;
         }
     }
+}
+
+/// One message on its way: where it goes, what it says, which outbox rows it settles.
+struct Outgoing<'m> {
+    /// Rate-limit key (the channel, or the webhook's).
+    key: &'m str,
+    channel: Option<&'m str>,
+    payload: &'m Value,
+    thread_ts: Option<&'m str>,
+    ids: &'m [i64],
+}
+
+/// The outcome of an attempt, and whether Slack's answer settles what it holds.
+struct Sent {
+    outcome: Result<Option<String>, PostError>,
+    answered: bool,
+}
+
+impl Sent {
+    fn answered(outcome: Result<Option<String>, PostError>) -> Sent {
+        Sent {
+            outcome,
+            answered: true,
+        }
+    }
+
+    fn unanswered(err: PostError) -> Sent {
+        Sent {
+            outcome: Err(err),
+            answered: false,
+        }
+    }
+}
+
+/// The tag that lets a message be found in Slack again: its outbox ids.
+fn marker_of(ids: &[i64]) -> String {
+    let ids: Vec<String> = ids.iter().map(i64::to_string).collect();
+    ids.join(",")
 }
 
 fn now() -> Millis {

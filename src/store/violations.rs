@@ -616,6 +616,8 @@ pub struct PendingAlert {
     pub parent_status: Option<String>,
     /// That message's Slack `ts`.
     pub parent_ts: Option<String>,
+    /// When its last send went unanswered (Slack may already hold it).
+    pub sent_at_ms: Option<Millis>,
 }
 
 /// A stored outbox message, as tests and the API read it.
@@ -646,7 +648,7 @@ impl Store {
     pub async fn pending_alerts(&self, limit: i64) -> Result<Vec<PendingAlert>, StoreError> {
         dispatch!(self.pool(), pool => sqlx::query_as(
             "SELECT a.id, a.kind, a.channel, a.payload, a.attempts, a.next_attempt_at_ms, a.thread_of_id, \
-             p.status AS parent_status, p.slack_ts AS parent_ts FROM alert_outbox a \
+             p.status AS parent_status, p.slack_ts AS parent_ts, a.sent_at_ms FROM alert_outbox a \
              LEFT JOIN alert_outbox p ON p.id = a.thread_of_id WHERE a.status = 'pending' ORDER BY a.id LIMIT $1",
         )
         .bind(limit)
@@ -679,23 +681,46 @@ impl Store {
         tx.commit().await
     }
 
+    /// Notes that messages are about to be sent: until Slack's answer is stored, they may be
+    /// in the channel already.
+    pub async fn mark_alerts_sending(&self, ids: &[i64], now: Millis) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        for id in ids {
+            dispatch!(tx.inner(), tx => sqlx::query(
+                "UPDATE alert_outbox SET sent_at_ms = $2 WHERE id = $1 AND status = 'pending'",
+            )
+            .bind(id)
+            .bind(now)
+            .execute(&mut **tx)
+            .await
+            .map(drop))
+            .during("mark alert sending")?;
+        }
+        tx.commit().await
+    }
+
     /// Records a failed attempt: retried at `next_at`, or given up when `next_at` is `None`.
+    /// `answered` says Slack refused it in so many words, so it is not in the channel; an
+    /// unanswered attempt keeps the message in doubt.
     pub async fn mark_alerts_attempt_failed(
         &self,
         ids: &[i64],
         error: &str,
         next_at: Option<Millis>,
+        answered: bool,
     ) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
         for id in ids {
             dispatch!(tx.inner(), tx => sqlx::query(
                 "UPDATE alert_outbox SET attempts = attempts + 1, last_error = $2, \
                  status = CASE WHEN $3 IS NULL THEN 'failed' ELSE 'pending' END, \
-                 next_attempt_at_ms = COALESCE($3, next_attempt_at_ms) WHERE id = $1 AND status = 'pending'",
+                 next_attempt_at_ms = COALESCE($3, next_attempt_at_ms), \
+                 sent_at_ms = CASE WHEN $4 THEN NULL ELSE sent_at_ms END WHERE id = $1 AND status = 'pending'",
             )
             .bind(id)
             .bind(error)
             .bind(next_at)
+            .bind(answered)
             .execute(&mut **tx)
             .await
             .map(drop))

@@ -1,6 +1,7 @@
 //! Slack delivery from the alert outbox, against the emulator's Slack stand-in: retries through
 //! server errors and rate limits, one message per alert in order, at most one per second per
-//! channel, thread replies on resolution, and permanent errors that fail one channel only.
+//! channel, thread replies on resolution, permanent errors that fail one channel only, and
+//! sends whose answer was lost (or whose sender was killed) found in Slack, not sent twice.
 
 use std::time::Duration;
 
@@ -12,6 +13,7 @@ use pipewarden::store::{Store, StoredAlert};
 use pipewarden::sync::{self, StopSignal, SyncOptions};
 use serde_json::{json, Value};
 
+use super::daemon::{signal, spawn, wait_for_exit};
 use super::emulator::control;
 use super::rules::{
     advance, salesforce_changes, salesforce_settings, sync_and_evaluate, SALESFORCE_RULE,
@@ -29,7 +31,8 @@ fn quick() -> DeliveryOptions {
 
 /// Delivers until nothing is pending (bounded: fails after 300 passes).
 async fn deliver_all(store: &Store, settings: &Settings) -> Vec<StoredAlert> {
-    let deliverer = Deliverer::new(store.clone(), settings.slack.as_ref().unwrap(), quick());
+    let deliverer =
+        Deliverer::new(store.clone(), settings.slack.as_ref().unwrap(), quick()).unwrap();
     for _ in 0..300 {
         deliverer.deliver_due().await.unwrap();
         let alerts = store.alerts().await.unwrap();
@@ -301,7 +304,100 @@ async fn a_daily_digest_sends_one_message_per_channel(test: TestStore) {
     emu.stop().await.unwrap();
 }
 
+/// Settings with a bot token on the emulator's Slack and the BANT rule alerting to #revops.
+fn bot_token_settings(dir: &ConfigDir, emu: &RunningEmulator, store_url: &str) -> Settings {
+    dir.write("slack-token", &format!("{SLACK_BOT_TOKEN}\n"));
+    let slack = format!(
+        "[slack]\nbot_token = {{ file = \"slack-token\" }}\napi_base_url = \"{}slack/api\"\ndefault_channel = \"#revops\"\n",
+        emu.base_url()
+    );
+    let rules = SALESFORCE_RULE.replace(
+        "forbid_skipping = true",
+        "forbid_skipping = true\nmode = \"alert\"",
+    );
+    salesforce_settings(dir, emu, store_url, &rules, &slack)
+}
+
+async fn an_unanswered_send_is_found_in_slack_and_not_sent_again(test: TestStore) {
+    let emu = start_emulator().await;
+    let dir = ConfigDir::new();
+    let settings = bot_token_settings(&dir, &emu, &test.url);
+    let ids = three_jumps(&emu, &test.store, &settings).await;
+
+    // Slack takes the first alert but its answer is lost (a gateway 504).
+    script(&emu, json!([{"status": 504, "accept": true}])).await;
+    let alerts = deliver_all(&test.store, &settings).await;
+    let messages = received(&emu).await;
+    assert_eq!(messages.len(), 3, "each alert once: {messages:?}");
+    assert!(alerts.iter().all(|a| a.status == "delivered"), "{alerts:?}");
+    assert_eq!(alerts[0].attempts, 2, "{alerts:?}");
+    assert_eq!(alerts[0].slack_ts.as_deref(), messages[0]["ts"].as_str());
+    assert_eq!(
+        messages[0]["metadata"]["event_payload"]["outbox_ids"],
+        json!(alerts[0].id.to_string())
+    );
+
+    // The same for a resolution posted into the alert's thread.
+    advance(&emu, "1d").await;
+    salesforce_changes(
+        &emu,
+        json!([{"object": "Opportunity", "id": ids[0], "set": {"Budget__c": 5, "Need__c": "x", "Authority__c": "y"}}]),
+    )
+    .await;
+    sync_and_evaluate(&test.store, &settings).await;
+    script(&emu, json!([{"status": 502, "accept": true}])).await;
+    let alerts = deliver_all(&test.store, &settings).await;
+    let messages = received(&emu).await;
+    assert_eq!(messages.len(), 4, "{messages:?}");
+    assert_eq!(messages[3]["thread_ts"], messages[0]["ts"]);
+    let reply = alerts.iter().find(|a| a.kind == "resolution").unwrap();
+    assert_eq!(reply.slack_ts.as_deref(), messages[3]["ts"].as_str());
+    emu.stop().await.unwrap();
+}
+
+async fn sigkill_while_slack_answers_neither_loses_nor_duplicates(test: TestStore) {
+    let emu = start_emulator().await;
+    let dir = ConfigDir::new();
+    let settings = bot_token_settings(&dir, &emu, &test.url);
+    three_jumps(&emu, &test.store, &settings).await;
+
+    // Slack takes the first alert and is slow to answer; the daemon dies meanwhile.
+    script(&emu, json!([{"delay_ms": 20_000}])).await;
+    let config = dir.path().join("pipewarden.toml");
+    let mut daemon = spawn(config.to_str().unwrap(), &["run"]);
+    for _ in 0..300 {
+        if !received(&emu).await.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        received(&emu).await.len(),
+        1,
+        "the first alert reached Slack"
+    );
+    signal(&daemon, "-KILL");
+    wait_for_exit(&mut daemon, Duration::from_secs(30)).await;
+    let alerts = test.store.alerts().await.unwrap();
+    assert_eq!(alerts[0].status, "pending", "its answer never arrived");
+
+    let alerts = deliver_all(&test.store, &settings).await;
+    let messages = received(&emu).await;
+    assert_eq!(messages.len(), 3, "each alert once: {messages:?}");
+    for (message, name) in messages.iter().zip(["Deal one", "Deal two", "Deal three"]) {
+        assert!(
+            message["text"].as_str().unwrap().contains(name),
+            "{message}"
+        );
+    }
+    assert!(alerts.iter().all(|a| a.status == "delivered"), "{alerts:?}");
+    assert_eq!(alerts[0].slack_ts.as_deref(), messages[0]["ts"].as_str());
+    emu.stop().await.unwrap();
+}
+
 on_both_backends!(
+    an_unanswered_send_is_found_in_slack_and_not_sent_again,
+    sigkill_while_slack_answers_neither_loses_nor_duplicates,
     a_daily_digest_sends_one_message_per_channel,
     bot_token_alerts_arrive_once_in_order_with_thread_replies,
     a_revoked_webhook_fails_clearly_without_leaking_its_url,
@@ -332,7 +428,9 @@ async fn two_replicas_on_postgres_deliver_each_alert_once() {
     let replicas: Vec<_> = (0..2)
         .map(|_| {
             tokio::spawn(
-                Deliverer::new(test.store.clone(), slack_settings, quick()).run(stop.clone()),
+                Deliverer::new(test.store.clone(), slack_settings, quick())
+                    .unwrap()
+                    .run(stop.clone()),
             )
         })
         .collect();

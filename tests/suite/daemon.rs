@@ -21,7 +21,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn spawn(config: &str, args: &[&str]) -> Child {
+pub(crate) fn spawn(config: &str, args: &[&str]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_pipewarden"))
         .arg("--config")
         .arg(config)
@@ -32,7 +32,7 @@ fn spawn(config: &str, args: &[&str]) -> Child {
         .expect("pipewarden starts")
 }
 
-fn signal(child: &Child, name: &str) {
+pub(crate) fn signal(child: &Child, name: &str) {
     let sent = Command::new("kill")
         .args([name, &child.id().to_string()])
         .status()
@@ -41,7 +41,7 @@ fn signal(child: &Child, name: &str) {
 }
 
 /// Waits for the process to end, at most `limit`.
-async fn wait_for_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+pub(crate) async fn wait_for_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
     let deadline = tokio::time::Instant::now() + limit;
     loop {
         if let Some(status) = child.try_wait().unwrap() {
