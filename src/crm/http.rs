@@ -221,6 +221,14 @@ impl ApiClient {
         Ok(self.tokens.token().await?.user_id.clone())
     }
 
+    /// Where API calls go: the configured base, or the token's `instance_url` (Salesforce).
+    pub async fn instance_url(&self) -> Result<Option<Url>, CrmError> {
+        if let Some(base) = &self.base_url {
+            return Ok(Some(base.clone()));
+        }
+        Ok(self.tokens.token().await?.instance_url.clone())
+    }
+
     /// Calls and allocation used so far.
     pub fn budget_use(&self) -> BudgetUse {
         self.budget.usage()

@@ -97,6 +97,25 @@ pub struct OwnerTeam {
     pub name: String,
 }
 
+/// `GET /account-info/v3/details`, the parts pipewarden reads.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AccountDetails {
+    /// The portal (hub) id.
+    pub portal_id: u64,
+    /// Host of the portal's UI (`app.hubspot.com`, `app-eu1.hubspot.com`).
+    #[serde(default)]
+    pub ui_domain: Option<String>,
+}
+
+impl AccountDetails {
+    /// Where the portal's records open: `https://{uiDomain}/contacts/{portalId}`.
+    pub fn record_url_base(&self) -> String {
+        let domain = self.ui_domain.as_deref().unwrap_or("app.hubspot.com");
+        format!("https://{domain}/contacts/{}", self.portal_id)
+    }
+}
+
 /// A record owner (`hubspot_owner_id` holds its `id`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -205,6 +224,13 @@ impl<'a> HubspotClient<'a> {
             .send(&request, read_json::<Results<Pipeline>>)
             .await?;
         Ok((reply.value.results, reply.server_time))
+    }
+
+    /// The portal's id and UI domain, which record links in HubSpot's UI need.
+    pub async fn account_details(&self) -> Result<AccountDetails, CrmError> {
+        let request = ApiRequest::get("/account-info/v3/details");
+        let reply = self.api.send(&request, read_json::<AccountDetails>).await?;
+        Ok(reply.value)
     }
 
     /// The property definitions of an object type.

@@ -61,6 +61,7 @@ pub async fn evaluate_connection(
         .stage_definitions(connection_id, ObjectKind::Deal)
         .await?;
     let owners = OwnerIndex::new(store.owners(connection_id).await?);
+    let record_base = store.record_url_base(connection_id).await?;
     let mut reports = Vec::new();
     for rule in rules {
         let compiled = CompiledRule::new(rule, &definitions);
@@ -84,6 +85,7 @@ pub async fn evaluate_connection(
             connection_id,
             rule: &compiled,
             owners: &owners,
+            record_base: record_base.as_deref(),
             now,
             report: EvaluationReport {
                 rule: rule.name.clone(),
@@ -106,6 +108,8 @@ struct RuleRun<'a> {
     connection_id: i64,
     rule: &'a CompiledRule,
     owners: &'a OwnerIndex,
+    /// Where the connection's records open in the CRM's UI.
+    record_base: Option<&'a str>,
     now: Millis,
     report: EvaluationReport,
 }
@@ -237,7 +241,7 @@ impl<'a> RuleRun<'a> {
                 .map(|f| (f.stage.as_str(), f.field.as_str()))
                 .collect(),
             skipped: finding.skipped.iter().map(String::as_str).collect(),
-            link: record_link(self.connection, &m.crm_id),
+            link: record_link(self.connection, self.record_base, &m.crm_id),
             crm_label: crm_label(self.connection.kind),
         })
     }

@@ -18,6 +18,7 @@ use crate::config::settings::{
 };
 use crate::record::ActorKind;
 use crate::store::{CrmOwner, StoreError};
+use url::Url;
 
 pub use evaluate::{evaluate_connection, waive, EvaluationReport, WaiveError};
 pub use gate::{CompiledRule, Finding, MissingField, ViolationKind};
@@ -89,22 +90,24 @@ pub(crate) fn alert_channel<'a>(
     })
 }
 
-/// A link to a deal in the CRM's UI, when the connection's settings allow one. HubSpot links
-/// need the portal id, which pipewarden does not store yet, so HubSpot alerts carry none.
-pub(crate) fn record_link(connection: &ConnectionSettings, crm_id: &str) -> Option<String> {
-    match &connection.endpoints {
-        Endpoints::Salesforce {
-            login_url,
-            instance_url,
-            ..
-        } => {
-            let base = instance_url.as_ref().unwrap_or(login_url);
-            base.join(&format!("lightning/r/Opportunity/{crm_id}/view"))
-                .ok()
-                .map(|url| url.to_string())
-        }
+/// A link to a deal in the CRM's UI, from where the sync found the connection's records open
+/// (`base`; see [`crate::store::Store::record_url_base`]). Before a first sync, a Salesforce connection with
+/// a configured `instance_url` links there; otherwise there is no link.
+pub(crate) fn record_link(
+    connection: &ConnectionSettings,
+    base: Option<&str>,
+    crm_id: &str,
+) -> Option<String> {
+    let configured = match &connection.endpoints {
+        Endpoints::Salesforce { instance_url, .. } => instance_url.as_ref().map(Url::as_str),
         Endpoints::Hubspot { .. } => None,
-    }
+    };
+    let base = base.or(configured)?.trim_end_matches('/');
+    Some(match connection.kind {
+        CrmKind::Salesforce => format!("{base}/lightning/r/Opportunity/{crm_id}/view"),
+        // 0-3 is HubSpot's object type id of deals.
+        CrmKind::Hubspot => format!("{base}/record/0-3/{crm_id}"),
+    })
 }
 
 /// The CRM's name as alerts show it.

@@ -108,6 +108,35 @@ pub struct QuarantineEntry<'a> {
 }
 
 impl Store {
+    /// Records where the connection's records open in the CRM's UI.
+    pub async fn set_record_url_base(
+        &self,
+        connection_id: i64,
+        base: &str,
+    ) -> Result<(), StoreError> {
+        dispatch!(self.pool(), pool => sqlx::query(
+            "UPDATE connections SET record_url_base = $2 WHERE id = $1",
+        )
+        .bind(connection_id)
+        .bind(base)
+        .execute(pool)
+        .await
+        .map(drop))
+        .during("store record URL base")
+    }
+
+    /// Where the connection's records open in the CRM's UI, once a sync has learnt it.
+    pub async fn record_url_base(&self, connection_id: i64) -> Result<Option<String>, StoreError> {
+        dispatch!(self.pool(), pool => sqlx::query_scalar(
+            "SELECT record_url_base FROM connections WHERE id = $1",
+        )
+        .bind(connection_id)
+        .fetch_optional(pool)
+        .await
+        .map(Option::flatten))
+        .during("read record URL base")
+    }
+
     /// Registers a configured connection (or finds it) and returns its id.
     ///
     /// A name first stored for one CRM cannot be reused for the other: its history would mix.

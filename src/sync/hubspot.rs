@@ -170,6 +170,7 @@ impl<'c, 'a> Run<'c, 'a> {
     }
 
     async fn sync(&mut self) -> Result<(), SyncError> {
+        self.learn_record_url_base().await?;
         self.sync_pipelines().await?;
         self.sync_owners().await?;
         for object in RECORD_OBJECTS {
@@ -190,6 +191,35 @@ impl<'c, 'a> Run<'c, 'a> {
     fn saw_server_time(&mut self, at: Option<Millis>) -> Millis {
         self.server_now = at.or(self.server_now);
         self.now()
+    }
+
+    /// Reads the portal's id and UI domain once per connection, for links in alerts. A portal
+    /// that refuses the call (a token without access to account info) only loses its links.
+    async fn learn_record_url_base(&mut self) -> Result<(), SyncError> {
+        let connection_id = self.ctx.connection_id;
+        if self
+            .ctx
+            .store
+            .record_url_base(connection_id)
+            .await?
+            .is_some()
+        {
+            return Ok(());
+        }
+        match self.client.account_details().await {
+            Ok(account) => {
+                let base = account.record_url_base();
+                self.ctx
+                    .store
+                    .set_record_url_base(connection_id, &base)
+                    .await?;
+            }
+            Err(err) => {
+                tracing::warn!(connection = %self.ctx.settings.name, error = %err,
+                    "cannot read the HubSpot account details; alerts will not link to deals");
+            }
+        }
+        Ok(())
     }
 
     /// Deal pipelines → stage definitions, with order, probability and closed/won.

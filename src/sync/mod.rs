@@ -196,6 +196,9 @@ pub async fn sync_once(
         CrmKind::Salesforce => salesforce::sync(&mut ctx).await,
         CrmKind::Hubspot => hubspot::sync(&mut ctx).await,
     };
+    if settings.kind == CrmKind::Salesforce && outcome.is_ok() {
+        remember_instance_url(store, &api, connection_id).await?;
+    }
     let summary = run_summary(&ctx, started_at, &outcome);
     store.finish_sync_run(&summary).await?;
     lease.release().await;
@@ -209,6 +212,21 @@ pub async fn sync_once(
         }
         Err(err) => Err(err),
     }
+}
+
+/// Stores the org's instance URL from the session's token (no API call), where Salesforce
+/// records open; it moves when the org does, so each run refreshes it.
+async fn remember_instance_url(
+    store: &Store,
+    api: &ApiClient,
+    connection_id: i64,
+) -> Result<(), SyncError> {
+    if let Some(url) = api.instance_url().await? {
+        store
+            .set_record_url_base(connection_id, url.as_str().trim_end_matches('/'))
+            .await?;
+    }
+    Ok(())
 }
 
 /// The audit row of a finished run, with its API use logged.

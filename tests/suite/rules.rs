@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 
+use pipewarden::alerts::{Deliverer, DeliveryOptions};
 use pipewarden::config::Settings;
 use pipewarden::emulator::RunningEmulator;
 use pipewarden::record::ObjectKind;
@@ -483,6 +484,10 @@ const HUBSPOT_TOKEN: &str = "pat-na1-emulator-demo-token";
 
 fn hubspot_settings(dir: &ConfigDir, emu: &RunningEmulator, store_url: &str) -> Settings {
     dir.write("hubspot-token", &format!("{HUBSPOT_TOKEN}\n"));
+    dir.write(
+        "slack-webhook",
+        &format!("{}slack/services/T0/B0/hook\n", emu.base_url()),
+    );
     let config = format!(
         r#"
 [store]
@@ -501,9 +506,13 @@ token = {{ file = "hubspot-token" }}
 requests_per_second = 200
 burst = 200
 
+[slack]
+webhook_url = {{ file = "slack-webhook" }}
+
 [[rules]]
 name = "hs-bant"
 connection = "hs"
+mode = "alert"
 forbid_skipping = true
 closed_lost_requires = ["closed_lost_reason"]
 
@@ -661,6 +670,33 @@ async fn hubspot_gates_judge_each_move_at_its_time(test: TestStore) {
     assert_eq!(
         fields_of(closed),
         pairs(&[("closedlost", "closed_lost_reason")])
+    );
+
+    // Alerts link to the deal in the portal's UI, found from the account details.
+    assert_eq!(
+        test.store
+            .record_url_base(connection_id)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("https://app.hubspot.com/contacts/26892217")
+    );
+    let slack = settings.slack.as_ref().unwrap();
+    Deliverer::new(test.store.clone(), slack, DeliveryOptions::default())
+        .unwrap()
+        .deliver_due()
+        .await
+        .unwrap();
+    let url = emu.base_url().join("__emulator/slack/messages").unwrap();
+    let sent: Value = reqwest::get(url).await.unwrap().json().await.unwrap();
+    let link = format!("https://app.hubspot.com/contacts/26892217/record/0-3/{jumper}");
+    assert!(
+        sent["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["blocks"].to_string().contains(&link)),
+        "{sent}"
     );
 
     advance(&emu, "3d").await;

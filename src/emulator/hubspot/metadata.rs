@@ -40,6 +40,22 @@ pub(crate) fn routes() -> Router<Arc<Shared>> {
         .route("/crm/v3/owners", get(owners))
         .route("/crm/v3/owners/", get(owners))
         .route("/crm/v3/owners/{owner}", get(owner))
+        .route("/account-info/v3/details", get(account_details))
+}
+
+/// `GET /account-info/v3/details`: the portal's id and where its UI lives (record links).
+async fn account_details(State(shared): State<Arc<Shared>>) -> Json<Value> {
+    Json(json!({
+        "portalId": shared.hubspot.options.portal_id,
+        "accountType": "STANDARD",
+        "timeZone": "US/Eastern",
+        "companyCurrency": "USD",
+        "additionalCurrencies": [],
+        "utcOffset": "-05:00",
+        "utcOffsetMilliseconds": -18_000_000,
+        "uiDomain": "app.hubspot.com",
+        "dataHostingLocation": "na1",
+    }))
 }
 
 /// Default pipelines and stages were created at the epoch; the portal set them up at origin.
