@@ -9,7 +9,7 @@ use super::{alert_channel, crm_label, record_link, OwnerIndex, RulesError};
 use crate::alerts::message::{resolution_message, violation_message, ViolationAlert};
 use crate::config::settings::{ConnectionSettings, RuleMode, RuleSettings, SlackDelivery};
 use crate::config::Settings;
-use crate::record::{Millis, ObjectKind};
+use crate::record::{ActorKind, Millis, ObjectKind};
 use crate::store::{
     LaterMove, LaterVersion, MoveAtVersion, NewAlert, NewViolation, OpenViolation, Store,
     StoreError, StoreTx,
@@ -101,6 +101,15 @@ pub async fn evaluate_connection(
     Ok(reports)
 }
 
+/// A move found in breach, with what its violation row stores.
+struct Judged<'m> {
+    m: &'m MoveAtVersion,
+    finding: Finding,
+    missing: Value,
+    skipped: Value,
+    actor: ActorKind,
+}
+
 struct RuleRun<'a> {
     store: &'a Store,
     settings: &'a Settings,
@@ -132,9 +141,7 @@ impl<'a> RuleRun<'a> {
                 break;
             };
             let mut tx = self.store.begin().await?;
-            for m in &moves {
-                self.judge_and_store(&mut tx, m, baseline).await?;
-            }
+            self.judge_and_store(&mut tx, &moves, baseline).await?;
             tx.set_rule_progress(name, self.connection_id, newest, after_version, self.now)
                 .await?;
             tx.commit().await?;
@@ -148,66 +155,97 @@ impl<'a> RuleRun<'a> {
         Ok(())
     }
 
+    /// Judges a batch of moves and stores their violations (and alerts) in a few statements.
     async fn judge_and_store(
         &mut self,
         tx: &mut StoreTx,
-        m: &MoveAtVersion,
+        moves: &[MoveAtVersion],
         baseline: bool,
     ) -> Result<(), StoreError> {
-        let Some(finding) = judge_move(self.rule, self.owners, m, &mut self.report) else {
+        let (rule, owners) = (self.rule, self.owners);
+        let judged: Vec<Judged> = moves
+            .iter()
+            .filter_map(|m| {
+                let finding = judge_move(rule, owners, m, &mut self.report)?;
+                Some(Judged {
+                    missing: json!(finding.missing),
+                    skipped: json!(finding.skipped),
+                    actor: owners.actor(&m.actor_kind, m.changed_by.as_deref()),
+                    finding,
+                    m,
+                })
+            })
+            .collect();
+        if judged.is_empty() {
             return Ok(());
-        };
-        let missing = json!(finding.missing);
-        let skipped = json!(finding.skipped);
-        let actor = self.owners.actor(&m.actor_kind, m.changed_by.as_deref());
+        }
         let channel = self.alert_route();
         let alerted = channel.is_some() && !baseline;
-        let violation = NewViolation {
-            rule_name: &self.rule.settings.name,
-            connection_id: self.connection_id,
-            record_id: m.record_id,
-            transition_id: m.transition_id,
-            from_stage: m.from_stage.as_deref(),
-            to_stage: &m.to_stage,
-            missing_fields: &missing,
-            skipped_stages: &skipped,
-            changed_at: m.changed_at_ms,
-            changed_by: m.changed_by.as_deref(),
-            actor_kind: actor.as_str(),
-            owner_id: m.owner_id.as_deref(),
-            kind: finding.kind.as_str(),
-            alerted,
-            detected_at: self.now,
-        };
-        let Some(violation_id) = tx.insert_violation(&violation).await? else {
+        let rows: Vec<NewViolation> = judged
+            .iter()
+            .map(|j| NewViolation {
+                rule_name: &rule.settings.name,
+                connection_id: self.connection_id,
+                record_id: j.m.record_id,
+                transition_id: j.m.transition_id,
+                from_stage: j.m.from_stage.as_deref(),
+                to_stage: &j.m.to_stage,
+                missing_fields: &j.missing,
+                skipped_stages: &j.skipped,
+                changed_at: j.m.changed_at_ms,
+                changed_by: j.m.changed_by.as_deref(),
+                actor_kind: j.actor.as_str(),
+                owner_id: j.m.owner_id.as_deref(),
+                kind: j.finding.kind.as_str(),
+                alerted,
+                detected_at: self.now,
+            })
+            .collect();
+        let ids = tx.insert_violations(&rows).await?;
+        self.report.violations += ids.len() as u64;
+        let (true, Some(channel)) = (alerted, channel) else {
             return Ok(());
         };
-        self.report.violations += 1;
-        if let (true, Some(channel)) = (alerted, channel) {
-            let payload = self.violation_payload(m, &finding, actor.as_str());
-            let digest_at = self
-                .settings
-                .slack
-                .as_ref()
-                .and_then(|slack| slack.digest_at);
-            let (kind, not_before) = match digest_at {
-                Some(at) => ("digest_item", next_digest(self.now, at)),
-                None => ("violation", self.now),
-            };
-            let key = format!("violation:{violation_id}");
-            tx.enqueue_alert(&NewAlert {
-                dedupe_key: &key,
-                kind,
-                channel,
-                payload: &payload,
-                violation_id: Some(violation_id),
-                thread_of_id: None,
-                not_before,
-                created_at: self.now,
-            })
-            .await?;
-            self.report.alerts += 1;
+        // In move order, so that each deal's alerts go out in the order it moved.
+        for j in &judged {
+            if let Some(&violation_id) = ids.get(&j.m.transition_id) {
+                self.enqueue_violation_alert(tx, j, violation_id, channel)
+                    .await?;
+            }
         }
+        Ok(())
+    }
+
+    async fn enqueue_violation_alert(
+        &mut self,
+        tx: &mut StoreTx,
+        j: &Judged<'_>,
+        violation_id: i64,
+        channel: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let payload = self.violation_payload(j.m, &j.finding, j.actor.as_str());
+        let digest_at = self
+            .settings
+            .slack
+            .as_ref()
+            .and_then(|slack| slack.digest_at);
+        let (kind, not_before) = match digest_at {
+            Some(at) => ("digest_item", next_digest(self.now, at)),
+            None => ("violation", self.now),
+        };
+        let key = format!("violation:{violation_id}");
+        tx.enqueue_alert(&NewAlert {
+            dedupe_key: &key,
+            kind,
+            channel,
+            payload: &payload,
+            violation_id: Some(violation_id),
+            thread_of_id: None,
+            not_before,
+            created_at: self.now,
+        })
+        .await?;
+        self.report.alerts += 1;
         Ok(())
     }
 

@@ -5,11 +5,14 @@
 //! replaying a sync, inserts nothing. Alerts are written in the same transaction as the
 //! violation or status change that decides them, so a crash loses or duplicates none.
 
+use std::collections::{HashMap, HashSet};
+
 use serde::Serialize;
 use serde_json::{Map, Value};
 use sqlx::types::Json;
+use sqlx::QueryBuilder;
 
-use super::{dispatch, QueryContext, Store, StoreError, StoreTx};
+use super::{dispatch, QueryContext, Store, StoreError, StoreTx, ROWS_PER_STATEMENT};
 use crate::record::Millis;
 
 /// A deal's stage move with the record's version at the move, as rules read it.
@@ -249,40 +252,76 @@ pub struct NewAlert<'a> {
 }
 
 impl StoreTx {
-    /// Stores a violation and its `open` event; returns its id if it was new.
-    pub async fn insert_violation(
+    /// Stores violations and their `open` events in a few statements; returns the id of each
+    /// new one by its transition (those already stored for their rule and move are left be).
+    pub async fn insert_violations(
         &mut self,
-        v: &NewViolation<'_>,
-    ) -> Result<Option<i64>, StoreError> {
-        let id: Option<i64> = dispatch!(self.inner(), tx => sqlx::query_scalar(
-            "INSERT INTO violations (rule_name, connection_id, record_id, transition_id, from_stage, to_stage, \
-             missing_fields, skipped_stages, changed_at_ms, changed_by, actor_kind, owner_id, status, detected_at_ms, \
-             kind, alerted) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'open', $13, $14, $15) \
-             ON CONFLICT (rule_name, transition_id) DO NOTHING RETURNING id",
-        )
-        .bind(v.rule_name)
-        .bind(v.connection_id)
-        .bind(v.record_id)
-        .bind(v.transition_id)
-        .bind(v.from_stage)
-        .bind(v.to_stage)
-        .bind(Json(v.missing_fields))
-        .bind(Json(v.skipped_stages))
-        .bind(v.changed_at)
-        .bind(v.changed_by)
-        .bind(v.actor_kind)
-        .bind(v.owner_id)
-        .bind(v.detected_at)
-        .bind(v.kind)
-        .bind(v.alerted)
-        .fetch_optional(&mut **tx)
-        .await)
-        .during("store violation")?;
-        if let Some(id) = id {
-            self.violation_event(id, "open", v.detected_at, Some("pipewarden"), Some(v.kind))
-                .await?;
+        violations: &[NewViolation<'_>],
+    ) -> Result<HashMap<i64, i64>, StoreError> {
+        let mut ids = HashMap::new();
+        for chunk in violations.chunks(ROWS_PER_STATEMENT) {
+            let rows: Vec<(i64, i64)> = dispatch!(self.inner(), tx => {
+                let mut query = QueryBuilder::new(
+                    "INSERT INTO violations (rule_name, connection_id, record_id, transition_id, from_stage, \
+                     to_stage, missing_fields, skipped_stages, changed_at_ms, changed_by, actor_kind, owner_id, \
+                     status, detected_at_ms, kind, alerted) ",
+                );
+                query.push_values(chunk, |mut row, v| {
+                    row.push_bind(v.rule_name)
+                        .push_bind(v.connection_id)
+                        .push_bind(v.record_id)
+                        .push_bind(v.transition_id)
+                        .push_bind(v.from_stage)
+                        .push_bind(v.to_stage)
+                        .push_bind(Json(v.missing_fields))
+                        .push_bind(Json(v.skipped_stages))
+                        .push_bind(v.changed_at)
+                        .push_bind(v.changed_by)
+                        .push_bind(v.actor_kind)
+                        .push_bind(v.owner_id)
+                        .push_bind("open")
+                        .push_bind(v.detected_at)
+                        .push_bind(v.kind)
+                        .push_bind(v.alerted);
+                });
+                query.push(" ON CONFLICT (rule_name, transition_id) DO NOTHING RETURNING transition_id, id");
+                query.build_query_as().fetch_all(&mut **tx).await
+            })
+            .during("store violations")?;
+            let new: HashSet<i64> = rows.iter().map(|(transition, _)| *transition).collect();
+            ids.extend(rows);
+            let opened: Vec<&NewViolation> = chunk
+                .iter()
+                .filter(|v| new.contains(&v.transition_id))
+                .collect();
+            self.open_events(&opened, &ids).await?;
         }
-        Ok(id)
+        Ok(ids)
+    }
+
+    /// The `open` event of each new violation, in one statement.
+    async fn open_events(
+        &mut self,
+        opened: &[&NewViolation<'_>],
+        ids: &HashMap<i64, i64>,
+    ) -> Result<(), StoreError> {
+        if opened.is_empty() {
+            return Ok(());
+        }
+        dispatch!(self.inner(), tx => {
+            let mut query = QueryBuilder::new(
+                "INSERT INTO violation_events (violation_id, status, at_ms, actor, note) ",
+            );
+            query.push_values(opened, |mut row, v| {
+                row.push_bind(ids[&v.transition_id])
+                    .push_bind("open")
+                    .push_bind(v.detected_at)
+                    .push_bind("pipewarden")
+                    .push_bind(v.kind);
+            });
+            query.build().execute(&mut **tx).await.map(drop)
+        })
+        .during("record violation events")
     }
 
     /// Records a status change of a violation.
