@@ -10,12 +10,20 @@ mod progress;
 mod salesforce;
 mod salesforce_map;
 
-use tokio::sync::watch;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
 
 use crate::config::settings::{ConnectionSettings, CrmKind};
 use crate::crm::{ApiClient, ApiStats, BudgetUse, CrmError, RetryPolicy};
 use crate::record::Millis;
-use crate::store::{Store, StoreError, SyncRunStatus, SyncRunSummary};
+use crate::store::{Store, StoreError, SyncLease, SyncRunStatus, SyncRunSummary};
+
+/// How often a run checks that its lease's database session is alive.
+const LEASE_CHECK_EVERY: Duration = Duration::from_secs(2);
 
 /// How a run behaves, beyond the connection's settings.
 #[derive(Debug, Clone)]
@@ -54,6 +62,9 @@ pub enum SyncError {
     /// Another replica is syncing this connection right now.
     #[error("connection `{0}`: another replica is syncing it")]
     LeaseHeld(String),
+    /// The database session holding the run's lease died: another replica may sync now.
+    #[error("connection `{0}`: the sync lease was lost with its database session; stopped at the last checkpoint for the replica that takes over")]
+    LeaseLost(String),
     /// A stop was asked for; the run ended at its last committed page.
     #[error("stopped at the last checkpoint on request")]
     Interrupted,
@@ -72,6 +83,7 @@ impl SyncError {
             SyncError::Store(_) => "store",
             SyncError::Interrupted => "interrupted",
             SyncError::LeaseHeld(_) => "lease_held",
+            SyncError::LeaseLost(_) => "lease_lost",
         }
     }
 }
@@ -146,15 +158,62 @@ pub(crate) struct RunContext<'a> {
     pub run_id: i64,
     pub counters: RunCounters,
     stop: &'a StopSignal,
+    lease_lost: &'a AtomicBool,
 }
 
 impl RunContext<'_> {
-    /// Ends the run (after the page just committed) when a stop was asked for.
+    /// Ends the run (after the page just committed) when a stop was asked for, or when its
+    /// lease was lost and another replica may be syncing the connection.
     pub fn check_stop(&self) -> Result<(), SyncError> {
+        if self.lease_lost.load(Ordering::Relaxed) {
+            return Err(SyncError::LeaseLost(self.settings.name.clone()));
+        }
         if self.stop.is_set() {
             return Err(SyncError::Interrupted);
         }
         Ok(())
+    }
+}
+
+/// A run's lease, watched in the background: a PostgreSQL session can die mid-run (server
+/// restart, network cut), and with it the advisory lock that kept other replicas away.
+struct WatchedLease {
+    lost: Arc<AtomicBool>,
+    finished: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+impl WatchedLease {
+    fn start(mut lease: SyncLease, connection: String) -> WatchedLease {
+        let lost = Arc::new(AtomicBool::new(false));
+        let (finished, mut done) = oneshot::channel();
+        let flag = lost.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = &mut done => break,
+                    () = tokio::time::sleep(LEASE_CHECK_EVERY) => {
+                        if !lease.is_held().await {
+                            tracing::error!(%connection, "the sync lease's database session died; the run stops at its next checkpoint");
+                            flag.store(true, Ordering::Relaxed);
+                            break;
+                        }
+                    }
+                }
+            }
+            lease.release().await;
+        });
+        WatchedLease {
+            lost,
+            finished,
+            task,
+        }
+    }
+
+    /// Ends the watch and gives the lease back.
+    async fn release(self) {
+        let _ = self.finished.send(());
+        let _ = self.task.await;
     }
 }
 
@@ -183,6 +242,7 @@ pub async fn sync_once(
         )
         .await?;
     let api = ApiClient::new(settings, options.retry)?;
+    let lease = WatchedLease::start(lease, settings.name.clone());
     let mut ctx = RunContext {
         store,
         settings,
@@ -191,6 +251,7 @@ pub async fn sync_once(
         run_id,
         counters: RunCounters::default(),
         stop,
+        lease_lost: &lease.lost,
     };
     let outcome = match settings.kind {
         CrmKind::Salesforce => salesforce::sync(&mut ctx).await,

@@ -216,6 +216,72 @@ async fn replicas_on_postgres_take_turns_and_a_killed_one_hands_over() {
     emu.stop().await.unwrap();
 }
 
+/// Ends the database session holding this test database's sync lease; whether one was held.
+async fn cut_lease_session(store_url: &str) -> bool {
+    use sqlx::Connection;
+    let mut db = sqlx::PgConnection::connect(store_url).await.unwrap();
+    let cut: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' \
+         AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    )
+    .fetch_all(&mut db)
+    .await
+    .unwrap();
+    db.close().await.ok();
+    cut.contains(&true)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_whose_lease_session_dies_stops_and_the_next_run_resumes() {
+    let Some(test) = TestStore::postgres().await else {
+        return;
+    };
+    let emu = start_emulator().await;
+    let dir = ConfigDir::new();
+    let config = write_config(&dir, &emu, &test.url, "127.0.0.1:0");
+    set_faults(
+        &emu,
+        json!([{"kind": "slow", "delay_ms": 500, "target": "salesforce"}]),
+    )
+    .await;
+    let run = {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || {
+            Command::new(env!("CARGO_BIN_EXE_pipewarden"))
+                .args(["--config", &config, "sync", "--once"])
+                .env("RUST_LOG", "pipewarden=error")
+                .output()
+                .unwrap()
+        })
+    };
+    let mut cut = false;
+    for _ in 0..100 {
+        if cut_lease_session(&test.url).await {
+            cut = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(cut, "the run held a lease");
+    let output = run.await.unwrap();
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        printed.contains("the sync lease was lost with its database session"),
+        "{printed}"
+    );
+
+    set_faults(&emu, json!([])).await;
+    let next = sync_to_end(&config).await;
+    assert!(next.contains("sf: succeeded"), "{next}");
+    let id = connection_id(&test.store).await;
+    assert_store_matches_truth(&test.store, id, &emu).await;
+    emu.stop().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_process_on_one_sqlite_store_is_refused_with_the_reason() {
     let emu = start_emulator().await;
