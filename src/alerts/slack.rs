@@ -19,6 +19,7 @@ use reqwest::header::{HeaderMap, RETRY_AFTER};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
+use crate::config::secret::Secret;
 use crate::config::settings::SlackDelivery;
 use crate::record::Millis;
 
@@ -108,13 +109,11 @@ impl SlackClient {
                     "event_type": METADATA_EVENT,
                     "event_payload": {"outbox_ids": marker},
                 });
-                let (status, retry_after, answer) =
-                    self.call_post("chat.postMessage", &body).await?;
-                let posted = api_outcome(status, retry_after, &answer)?;
+                let answer = self.call_post("chat.postMessage", &body).await?;
                 if let (Some(name), Some(id)) = (channel, answer["channel"].as_str()) {
                     self.remember_channel(name, id);
                 }
-                Ok(posted)
+                Ok(answer["ts"].as_str().map(str::to_string))
             }
         }
     }
@@ -220,12 +219,8 @@ impl SlackClient {
         ids.insert(channel.trim_start_matches('#').to_string(), id.to_string());
     }
 
-    /// A Web API POST with a JSON body: status, `Retry-After`, and the JSON answer.
-    async fn call_post(
-        &self,
-        method: &str,
-        body: &Value,
-    ) -> Result<(StatusCode, Duration, Value), PostError> {
+    /// The URL of a Web API method and the bot token that calls it.
+    fn method_endpoint(&self, method: &str) -> Result<(reqwest::Url, &Secret), PostError> {
         let SlackDelivery::BotToken {
             token,
             api_base_url,
@@ -233,46 +228,36 @@ impl SlackClient {
         else {
             return Err(PostError::Permanent(format!("{method} needs a bot token")));
         };
-        let response = self
+        let url = format!("{}/{method}", api_base_url.as_str().trim_end_matches('/'));
+        let url = reqwest::Url::parse(&url).map_err(|err| {
+            PostError::Permanent(format!("{method}: bad slack.api_base_url: {err}"))
+        })?;
+        Ok((url, token))
+    }
+
+    /// A Web API POST with a JSON body: the answer when `ok`, else why not.
+    async fn call_post(&self, method: &str, body: &Value) -> Result<Value, PostError> {
+        let (url, token) = self.method_endpoint(method)?;
+        let request = self
             .http
-            .post(format!(
-                "{}/{method}",
-                api_base_url.as_str().trim_end_matches('/')
-            ))
+            .post(url)
             .bearer_auth(token.expose())
             .header(
                 reqwest::header::CONTENT_TYPE,
                 "application/json; charset=utf-8",
             )
-            .body(body.to_string())
-            .send()
-            .await
-            .map_err(network)?;
-        let status = response.status();
-        let retry_after = retry_after(response.headers());
-        let answer: Value = response.json().await.unwrap_or(Value::Null);
-        Ok((status, retry_after, answer))
+            .body(body.to_string());
+        answer_of(method, request).await
     }
 
-    /// A Web API read (`conversations.*`): the JSON answer when `ok`, else why not.
+    /// A Web API read (`conversations.*`): the answer when `ok`, else why not.
     async fn call_get(
         &self,
         method: &str,
         params: &[(&str, String)],
         cursor: Option<&str>,
     ) -> Result<Value, PostError> {
-        let SlackDelivery::BotToken {
-            token,
-            api_base_url,
-        } = &self.delivery
-        else {
-            return Err(PostError::Permanent(format!("{method} needs a bot token")));
-        };
-        let mut url = reqwest::Url::parse(&format!(
-            "{}/{method}",
-            api_base_url.as_str().trim_end_matches('/')
-        ))
-        .map_err(|err| PostError::Permanent(format!("{method}: bad slack.api_base_url: {err}")))?;
+        let (mut url, token) = self.method_endpoint(method)?;
         {
             let mut query = url.query_pairs_mut();
             for (key, value) in params {
@@ -282,18 +267,17 @@ impl SlackClient {
                 query.append_pair("cursor", cursor);
             }
         }
-        let response = self
-            .http
-            .get(url)
-            .bearer_auth(token.expose())
-            .send()
-            .await
-            .map_err(network)?;
-        let status = response.status();
-        let retry_after = retry_after(response.headers());
-        let answer: Value = response.json().await.unwrap_or(Value::Null);
-        read_outcome(method, status, retry_after, answer)
+        answer_of(method, self.http.get(url).bearer_auth(token.expose())).await
     }
+}
+
+/// Sends a Web API request and sorts its answer.
+async fn answer_of(method: &str, request: reqwest::RequestBuilder) -> Result<Value, PostError> {
+    let response = request.send().await.map_err(network)?;
+    let status = response.status();
+    let retry_after = retry_after(response.headers());
+    let answer: Value = response.json().await.unwrap_or(Value::Null);
+    web_api_outcome(method, status, retry_after, answer)
 }
 
 /// Slack's `ts` notation (seconds with six decimals) of an instant.
@@ -354,46 +338,9 @@ fn webhook_outcome(status: StatusCode, retry_after: Duration, body: &str) -> Res
     }
 }
 
-/// `chat.postMessage` answers HTTP 200 with `ok` true or false, and 429 when rate limited.
-fn api_outcome(
-    status: StatusCode,
-    retry_after: Duration,
-    answer: &Value,
-) -> Result<Option<String>, PostError> {
-    if status == StatusCode::TOO_MANY_REQUESTS {
-        return Err(PostError::RateLimited(retry_after));
-    }
-    if !status.is_success() {
-        // A gateway's 5xx says nothing of whether Slack itself took the message.
-        return Err(PostError::Unanswered(format!(
-            "chat.postMessage answered HTTP {}",
-            status.as_u16()
-        )));
-    }
-    if answer["ok"] == json!(true) {
-        return Ok(answer["ts"].as_str().map(str::to_string));
-    }
-    let error = answer["error"].as_str().unwrap_or("(no error code)");
-    match error {
-        "ratelimited" => Err(PostError::RateLimited(retry_after)),
-        "internal_error" | "fatal_error" | "service_unavailable" | "request_timeout" => Err(
-            PostError::Transient(format!("chat.postMessage failed: {error}")),
-        ),
-        "channel_not_found" | "not_in_channel" | "is_archived" => Err(PostError::Permanent(
-            format!("chat.postMessage failed: {error} (invite the bot to the channel, or fix the rule's channel)"),
-        )),
-        "invalid_auth" | "not_authed" | "token_revoked" | "account_inactive" | "missing_scope"
-        | "invalid_token" => Err(PostError::Permanent(format!(
-            "chat.postMessage failed: {error} (check slack.bot_token and its chat:write scope)"
-        ))),
-        other => Err(PostError::Permanent(format!(
-            "chat.postMessage failed: {other}"
-        ))),
-    }
-}
-
-/// The answer of a `conversations.*` read.
-fn read_outcome(
+/// A Web API answer sorted: the JSON when `ok`, else why not. Slack answers HTTP 200 with
+/// `ok` false for most errors, and 429 when rate limited.
+fn web_api_outcome(
     method: &str,
     status: StatusCode,
     retry_after: Duration,
@@ -403,7 +350,8 @@ fn read_outcome(
         return Err(PostError::RateLimited(retry_after));
     }
     if !status.is_success() {
-        return Err(PostError::Transient(format!(
+        // A gateway's 5xx says nothing of whether Slack itself took the message.
+        return Err(PostError::Unanswered(format!(
             "{method} answered HTTP {}",
             status.as_u16()
         )));
@@ -416,11 +364,27 @@ fn read_outcome(
         "internal_error" | "fatal_error" | "service_unavailable" | "request_timeout" => {
             Err(PostError::Transient(format!("{method} failed: {error}")))
         }
-        "missing_scope" => Err(PostError::Permanent(format!(
-            "{method} failed: missing_scope (the bot token needs channels:read, groups:read, \
-             channels:history and groups:history to find messages whose send went unanswered)"
+        _ => Err(PostError::Permanent(format!(
+            "{method} failed: {error}{}",
+            likely_fix(error)
         ))),
-        other => Err(PostError::Permanent(format!("{method} failed: {other}"))),
+    }
+}
+
+/// What to do about a permanent Web API error, as a parenthesis for its message.
+fn likely_fix(error: &str) -> &'static str {
+    match error {
+        "channel_not_found" | "not_in_channel" | "is_archived" => {
+            " (invite the bot to the channel, or fix the rule's channel)"
+        }
+        "invalid_auth" | "not_authed" | "token_revoked" | "account_inactive" | "invalid_token" => {
+            " (check slack.bot_token)"
+        }
+        "missing_scope" => {
+            " (the bot token needs chat:write, and channels:read, groups:read, channels:history and \
+             groups:history to find messages whose send went unanswered)"
+        }
+        _ => "",
     }
 }
 
@@ -449,20 +413,21 @@ mod tests {
     #[test]
     fn api_errors_come_with_status_200() {
         let wait = Duration::from_secs(1);
-        let answer = json!({"ok": false, "error": "channel_not_found"});
+        let outcome = |status, answer| web_api_outcome("chat.postMessage", status, wait, answer);
         assert!(matches!(
-            api_outcome(StatusCode::OK, wait, &answer),
-            Err(PostError::Permanent(message)) if message.contains("channel_not_found")
+            outcome(StatusCode::OK, json!({"ok": false, "error": "channel_not_found"})),
+            Err(PostError::Permanent(message)) if message.contains("invite the bot")
         ));
         assert!(matches!(
-            api_outcome(StatusCode::BAD_GATEWAY, wait, &Value::Null),
+            outcome(StatusCode::OK, json!({"ok": false, "error": "ratelimited"})),
+            Err(PostError::RateLimited(_))
+        ));
+        assert!(matches!(
+            outcome(StatusCode::BAD_GATEWAY, Value::Null),
             Err(PostError::Unanswered(_))
         ));
         let ok = json!({"ok": true, "ts": "1.2"});
-        assert_eq!(
-            api_outcome(StatusCode::OK, wait, &ok),
-            Ok(Some("1.2".into()))
-        );
+        assert_eq!(outcome(StatusCode::OK, ok.clone()), Ok(ok));
     }
 
     #[test]

@@ -96,14 +96,21 @@ pub(crate) async fn three_jumps(
     ids
 }
 
+/// A day later the deal's missing gate fields are filled, and the store synced and judged.
+async fn fill_gate_fields(emu: &RunningEmulator, store: &Store, settings: &Settings, id: &str) {
+    advance(emu, "1d").await;
+    salesforce_changes(
+        emu,
+        json!([{"object": "Opportunity", "id": id, "set": {"Budget__c": 5, "Need__c": "x", "Authority__c": "y"}}]),
+    )
+    .await;
+    sync_and_evaluate(store, settings).await;
+}
+
 async fn bot_token_alerts_arrive_once_in_order_with_thread_replies(test: TestStore) {
     let emu = start_emulator().await;
     let dir = ConfigDir::new();
-    dir.write("slack-token", &format!("{SLACK_BOT_TOKEN}\n"));
-    let slack = format!(
-        "[slack]\nbot_token = {{ file = \"slack-token\" }}\napi_base_url = \"{}slack/api\"\ndefault_channel = \"#revops\"\n",
-        emu.base_url()
-    );
+    let slack = bot_token_slack(&dir, &emu);
     let rules = format!(
         "{}\n[[rules]]\nname = \"gone\"\nconnection = \"sf\"\nmode = \"alert\"\nchannel = \"#gone\"\nforbid_skipping = true\n",
         SALESFORCE_RULE.replace(
@@ -176,13 +183,7 @@ async fn bot_token_alerts_arrive_once_in_order_with_thread_replies(test: TestSto
     assert_eq!(received(&emu).await.len(), 3);
 
     // Deal one's fields are filled: the resolution goes into its alert's thread.
-    advance(&emu, "1d").await;
-    salesforce_changes(
-        &emu,
-        json!([{"object": "Opportunity", "id": ids[0], "set": {"Budget__c": 5, "Need__c": "x", "Authority__c": "y"}}]),
-    )
-    .await;
-    sync_and_evaluate(&test.store, &settings).await;
+    fill_gate_fields(&emu, &test.store, &settings, &ids[0]).await;
     deliver_all(&test.store, &settings).await;
     let messages = received(&emu).await;
     assert_eq!(messages.len(), 4, "{messages:?}");
@@ -304,13 +305,18 @@ async fn a_daily_digest_sends_one_message_per_channel(test: TestStore) {
     emu.stop().await.unwrap();
 }
 
-/// Settings with a bot token on the emulator's Slack and the BANT rule alerting to #revops.
-fn bot_token_settings(dir: &ConfigDir, emu: &RunningEmulator, store_url: &str) -> Settings {
+/// A `[slack]` section with a bot token on the emulator's Slack, default channel #revops.
+fn bot_token_slack(dir: &ConfigDir, emu: &RunningEmulator) -> String {
     dir.write("slack-token", &format!("{SLACK_BOT_TOKEN}\n"));
-    let slack = format!(
+    format!(
         "[slack]\nbot_token = {{ file = \"slack-token\" }}\napi_base_url = \"{}slack/api\"\ndefault_channel = \"#revops\"\n",
         emu.base_url()
-    );
+    )
+}
+
+/// Settings with a bot token on the emulator's Slack and the BANT rule alerting to #revops.
+fn bot_token_settings(dir: &ConfigDir, emu: &RunningEmulator, store_url: &str) -> Settings {
+    let slack = bot_token_slack(dir, emu);
     let rules = SALESFORCE_RULE.replace(
         "forbid_skipping = true",
         "forbid_skipping = true\nmode = \"alert\"",
@@ -338,13 +344,7 @@ async fn an_unanswered_send_is_found_in_slack_and_not_sent_again(test: TestStore
     );
 
     // The same for a resolution posted into the alert's thread.
-    advance(&emu, "1d").await;
-    salesforce_changes(
-        &emu,
-        json!([{"object": "Opportunity", "id": ids[0], "set": {"Budget__c": 5, "Need__c": "x", "Authority__c": "y"}}]),
-    )
-    .await;
-    sync_and_evaluate(&test.store, &settings).await;
+    fill_gate_fields(&emu, &test.store, &settings, &ids[0]).await;
     script(&emu, json!([{"status": 502, "accept": true}])).await;
     let alerts = deliver_all(&test.store, &settings).await;
     let messages = received(&emu).await;
@@ -411,16 +411,7 @@ async fn two_replicas_on_postgres_deliver_each_alert_once() {
     };
     let emu = start_emulator().await;
     let dir = ConfigDir::new();
-    dir.write("slack-token", &format!("{SLACK_BOT_TOKEN}\n"));
-    let slack = format!(
-        "[slack]\nbot_token = {{ file = \"slack-token\" }}\napi_base_url = \"{}slack/api\"\ndefault_channel = \"#revops\"\n",
-        emu.base_url()
-    );
-    let rules = SALESFORCE_RULE.replace(
-        "forbid_skipping = true",
-        "forbid_skipping = true\nmode = \"alert\"",
-    );
-    let settings = salesforce_settings(&dir, &emu, &test.url, &rules, &slack);
+    let settings = bot_token_settings(&dir, &emu, &test.url);
     three_jumps(&emu, &test.store, &settings).await;
 
     let (stopper, stop) = StopSignal::new();

@@ -5,6 +5,7 @@ use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use pipewarden::emulator::RunningEmulator;
 use pipewarden::store::SyncRunStatus;
 use rand::Rng;
 use serde_json::json;
@@ -180,17 +181,9 @@ async fn sync_to_end(config: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_on_postgres_take_turns_and_a_killed_one_hands_over() {
-    let Some(test) = TestStore::postgres().await else {
+    let Some((test, emu, _dir, config)) = slow_postgres_setup(300).await else {
         return;
     };
-    let emu = start_emulator().await;
-    let dir = ConfigDir::new();
-    let config = write_config(&dir, &emu, &test.url, "127.0.0.1:0");
-    set_faults(
-        &emu,
-        json!([{"kind": "slow", "delay_ms": 300, "target": "salesforce"}]),
-    )
-    .await;
     let mut first = spawn(&config, &["sync", "--once"]);
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     assert!(
@@ -216,6 +209,23 @@ async fn replicas_on_postgres_take_turns_and_a_killed_one_hands_over() {
     emu.stop().await.unwrap();
 }
 
+/// A PostgreSQL store, an emulator whose Salesforce answers each take `delay_ms`, and a config
+/// syncing one into the other; `None` where PostgreSQL tests are skipped.
+async fn slow_postgres_setup(
+    delay_ms: u64,
+) -> Option<(TestStore, RunningEmulator, ConfigDir, String)> {
+    let test = TestStore::postgres().await?;
+    let emu = start_emulator().await;
+    let dir = ConfigDir::new();
+    let config = write_config(&dir, &emu, &test.url, "127.0.0.1:0");
+    set_faults(
+        &emu,
+        json!([{"kind": "slow", "delay_ms": delay_ms, "target": "salesforce"}]),
+    )
+    .await;
+    Some((test, emu, dir, config))
+}
+
 /// Ends the database session holding this test database's sync lease; whether one was held.
 async fn cut_lease_session(store_url: &str) -> bool {
     use sqlx::Connection;
@@ -233,17 +243,9 @@ async fn cut_lease_session(store_url: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_whose_lease_session_dies_stops_and_the_next_run_resumes() {
-    let Some(test) = TestStore::postgres().await else {
+    let Some((test, emu, _dir, config)) = slow_postgres_setup(500).await else {
         return;
     };
-    let emu = start_emulator().await;
-    let dir = ConfigDir::new();
-    let config = write_config(&dir, &emu, &test.url, "127.0.0.1:0");
-    set_faults(
-        &emu,
-        json!([{"kind": "slow", "delay_ms": 500, "target": "salesforce"}]),
-    )
-    .await;
     let run = {
         let config = config.clone();
         tokio::task::spawn_blocking(move || {
