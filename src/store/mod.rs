@@ -224,6 +224,21 @@ impl Store {
             .map(drop)
     }
 
+    /// Refreshes the planner's statistics of the history tables. After a backfill they are
+    /// far from the data (PostgreSQL's autovacuum analyzes later, SQLite only when asked), and
+    /// historical queries planned on them can be orders of magnitude slower.
+    pub async fn refresh_statistics(&self) -> Result<(), StoreError> {
+        let sql = match self.backend() {
+            BackendKind::Sqlite => "PRAGMA optimize = 0x10002",
+            BackendKind::Postgres => {
+                "ANALYZE records, record_versions, stage_transitions, lifecycle_events, record_links, \
+                 field_history, violations"
+            }
+        };
+        dispatch!(&self.pool, pool => sqlx::query(sql).execute(pool).await.map(drop))
+            .during("refresh planner statistics")
+    }
+
     /// Starts a write transaction.
     pub async fn begin(&self) -> Result<StoreTx, StoreError> {
         let tx = match &self.pool {

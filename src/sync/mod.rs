@@ -22,6 +22,10 @@ use crate::crm::{ApiClient, ApiStats, BudgetUse, CrmError, RetryPolicy};
 use crate::record::Millis;
 use crate::store::{Store, StoreError, SyncLease, SyncRunStatus, SyncRunSummary};
 
+/// Versions written in one run past which the store's planner statistics are refreshed: a
+/// backfill, or a burst large enough to change the shape of the history tables.
+const RESTATISTICS_AFTER_VERSIONS: i64 = 10_000;
+
 /// How often a run checks that its lease's database session is alive.
 const LEASE_CHECK_EVERY: Duration = Duration::from_secs(2);
 
@@ -259,6 +263,9 @@ pub async fn sync_once(
     };
     if settings.kind == CrmKind::Salesforce && outcome.is_ok() {
         remember_instance_url(store, &api, connection_id).await?;
+    }
+    if ctx.counters.versions_written >= RESTATISTICS_AFTER_VERSIONS {
+        store.refresh_statistics().await?;
     }
     let summary = run_summary(&ctx, started_at, &outcome);
     store.finish_sync_run(&summary).await?;

@@ -27,6 +27,7 @@ on_both_backends!(
     a_connection_name_cannot_change_crm,
     quarantine_counts_repeats_and_release_resolves_it,
     sync_runs_are_audited_with_their_counters,
+    planner_statistics_can_be_refreshed,
 );
 
 async fn connection(t: &TestStore) -> i64 {
@@ -470,4 +471,10 @@ async fn sync_runs_are_audited_with_their_counters(t: TestStore) {
     assert_eq!(runs[0].id, second, "newest first");
     assert_eq!(runs[0].status, SyncRunStatus::Running);
     assert_eq!(runs[1], summary);
+}
+
+async fn planner_statistics_can_be_refreshed(t: TestStore) {
+    let connection_id = connection(&t).await;
+    observe(&t, &deal(connection_id, "Prospecting", 1_000, T0)).await;
+    t.store.refresh_statistics().await.unwrap();
 }
