@@ -1,0 +1,662 @@
+//! Lead recycling against the emulator: which records each policy selects (computed from the
+//! emulator's ground truth, not from the planner's SQL), exactly which writes the CRM shows
+//! afterwards, dry runs, caps, repeated and interrupted applies, validation failures, and a
+//! recycled lead returning months later.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use pipewarden::config::Settings;
+use pipewarden::crm::RetryPolicy;
+use pipewarden::emulator::{
+    self, EmulatorOptions, HubspotOptions, RunningEmulator, SalesforceOptions, Scale,
+    ValidationRule,
+};
+use pipewarden::recycle::{self, ApplyOptions, ApplyReport, Plan, RecycleOptions};
+use pipewarden::store::Store;
+use pipewarden::sync::{self, StopSignal};
+use serde_json::{json, Value};
+
+use super::emulator::control;
+use super::emulator_faults::set_faults;
+use super::sync::{quick_options, truth};
+use crate::support::{on_both_backends, ConfigDir, TestStore};
+
+const DAY_MS: i64 = 86_400_000;
+const SUBJECT: &str = "Recycled to nurture: check before calling";
+
+/// What the test policy looks like.
+struct PolicySpec {
+    dry_run: bool,
+    cap: u32,
+    exclude_owner: Option<String>,
+}
+
+/// The org's ids a policy refers to.
+struct OrgIds {
+    queue: String,
+    campaign: String,
+}
+
+async fn start(salesforce: SalesforceOptions) -> RunningEmulator {
+    let options = EmulatorOptions {
+        scale: Scale::Tiny,
+        salesforce,
+        hubspot: HubspotOptions {
+            burst_per_ten_seconds: 100_000,
+            ..HubspotOptions::default()
+        },
+        ..EmulatorOptions::default()
+    };
+    emulator::start("127.0.0.1:0".parse().unwrap(), options)
+        .await
+        .expect("emulator starts")
+}
+
+/// The latest state of every record of `object`, by id (deleted ones left out).
+async fn latest(emu: &RunningEmulator, object: &str) -> BTreeMap<String, Value> {
+    truth(emu, object)
+        .await
+        .into_iter()
+        .filter_map(|record| {
+            let version = record["versions"].as_array()?.last()?.clone();
+            if version["deleted"] == json!(true) {
+                return None;
+            }
+            let id = version["record"]["Id"].as_str()?.to_string();
+            Some((id, version["record"].clone()))
+        })
+        .collect()
+}
+
+async fn org_ids(emu: &RunningEmulator) -> OrgIds {
+    let groups = latest(emu, "Group").await;
+    let queue = groups
+        .iter()
+        .find(|(_, g)| g["Name"] == "Recycled Leads")
+        .map(|(id, _)| id.clone())
+        .expect("the org has a Recycled Leads queue");
+    let campaign = latest(emu, "Campaign")
+        .await
+        .into_keys()
+        .next()
+        .expect("the org has campaigns");
+    OrgIds { queue, campaign }
+}
+
+fn millis(text: &str) -> i64 {
+    super::sync::millis(text)
+}
+
+fn day_start(text: &str) -> i64 {
+    chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .unwrap()
+        .and_time(chrono::NaiveTime::MIN)
+        .and_utc()
+        .timestamp_millis()
+}
+
+/// The leads a 30-day stale policy must select, read from the ground truth: open, not in
+/// nurture already, not opted out, not of the excluded owner, no activity for 30 days.
+fn expected_stale(
+    leads: &BTreeMap<String, Value>,
+    as_of: i64,
+    excluded: Option<&str>,
+) -> BTreeSet<String> {
+    leads
+        .iter()
+        .filter(|(_, lead)| {
+            let status = lead["Status"].as_str().unwrap_or_default();
+            let since = lead["LastActivityDate"]
+                .as_str()
+                .map(day_start)
+                .unwrap_or_else(|| millis(lead["CreatedDate"].as_str().unwrap()));
+            lead["IsConverted"] != json!(true)
+                && !["Closed - Converted", "Closed - Not Converted", "Nurture"].contains(&status)
+                && lead["HasOptedOutOfEmail"] != json!(true)
+                && lead["OwnerId"].as_str() != excluded
+                && since < as_of - 30 * DAY_MS
+        })
+        .map(|(id, _)| id.clone())
+        .collect()
+}
+
+fn write_config(
+    dir: &ConfigDir,
+    emu: &RunningEmulator,
+    store_url: &str,
+    ids: &OrgIds,
+    spec: &PolicySpec,
+) -> String {
+    dir.write("refresh-token", "emulator-demo-refresh-token\n");
+    let exclude = spec
+        .exclude_owner
+        .as_ref()
+        .map(|owner| format!("exclude_owners = [\"{owner}\"]"))
+        .unwrap_or_default();
+    let config = format!(
+        r#"
+[store]
+url = "{store_url}"
+
+[[connections]]
+name = "sf"
+kind = "salesforce"
+login_url = "{base}"
+
+[connections.auth]
+kind = "refresh_token"
+client_id = "pipewarden-demo"
+refresh_token = {{ file = "refresh-token" }}
+
+[connections.limits]
+requests_per_second = 200
+burst = 200
+
+[recycle]
+max_actions_per_run = {cap}
+
+[[recycle.policies]]
+name = "stale-leads"
+connection = "sf"
+kind = "stale"
+after_days = 30
+dry_run = {dry}
+max_actions_per_run = {cap}
+{exclude}
+
+[recycle.policies.actions]
+set_status = "Nurture"
+set_owner = "{queue}"
+add_to_campaign = "{campaign}"
+create_task = "{SUBJECT}"
+"#,
+        base = emu.base_url(),
+        cap = spec.cap,
+        dry = spec.dry_run,
+        queue = ids.queue,
+        campaign = ids.campaign,
+    );
+    dir.write("pipewarden.toml", &config).display().to_string()
+}
+
+fn load(path: &str) -> Settings {
+    pipewarden::config::load(Some(path.as_ref())).expect("test config loads")
+}
+
+async fn sync_all(store: &Store, settings: &Settings) {
+    for connection in &settings.connections {
+        sync::sync_once(store, connection, &quick_options(), &StopSignal::never())
+            .await
+            .expect("sync succeeds");
+    }
+}
+
+fn options(emu: &RunningEmulator) -> RecycleOptions {
+    RecycleOptions {
+        policy: None,
+        as_of: emu.clock().now_ms(),
+    }
+}
+
+fn quick_apply() -> ApplyOptions {
+    ApplyOptions {
+        retry: RetryPolicy {
+            max_attempts: 6,
+            base_delay: Duration::from_millis(5),
+            max_delay: Duration::from_millis(50),
+        },
+    }
+}
+
+fn planned_ids(plan: &Plan) -> BTreeSet<String> {
+    plan.policies
+        .iter()
+        .flat_map(|p| p.records.iter().map(|r| r.candidate.crm_id.clone()))
+        .collect()
+}
+
+/// New records of `object` since `before`, as (person id, count) from `field`.
+fn new_per_person(
+    before: &BTreeMap<String, Value>,
+    after: &BTreeMap<String, Value>,
+    field: &str,
+) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for (id, record) in after {
+        if !before.contains_key(id) {
+            let who = record[field].as_str().unwrap_or("(none)").to_string();
+            *counts.entry(who).or_insert(0) += 1;
+        }
+    }
+    counts
+}
+
+/// Everything the CRM shows of the writes: per lead its status and owner, and the campaign
+/// members and tasks created.
+struct Observed {
+    leads: BTreeMap<String, Value>,
+    members: BTreeMap<String, Value>,
+    tasks: BTreeMap<String, Value>,
+}
+
+async fn observe(emu: &RunningEmulator) -> Observed {
+    Observed {
+        leads: latest(emu, "Lead").await,
+        members: latest(emu, "CampaignMember").await,
+        tasks: latest(emu, "Task").await,
+    }
+}
+
+/// The CRM shows exactly the expected writes for `recycled`, once each, and nothing else.
+fn assert_exactly_recycled(
+    before: &Observed,
+    after: &Observed,
+    recycled: &BTreeSet<String>,
+    ids: &OrgIds,
+) {
+    for (id, lead) in &after.leads {
+        if recycled.contains(id) {
+            assert_eq!(lead["Status"], "Nurture", "lead {id}");
+            assert_eq!(
+                lead["OwnerId"].as_str(),
+                Some(ids.queue.as_str()),
+                "lead {id}"
+            );
+        } else {
+            assert_eq!(
+                Some(lead),
+                before.leads.get(id),
+                "lead {id} was not to be touched"
+            );
+        }
+    }
+    let members = new_per_person(&before.members, &after.members, "LeadId");
+    let tasks = new_per_person(&before.tasks, &after.tasks, "WhoId");
+    let once: BTreeMap<String, usize> = recycled.iter().map(|id| (id.clone(), 1)).collect();
+    // A lead already in the nurture campaign keeps its membership (DUPLICATE_VALUE is done).
+    let already: BTreeSet<String> = before
+        .members
+        .values()
+        .filter(|m| m["CampaignId"].as_str() == Some(ids.campaign.as_str()))
+        .filter_map(|m| m["LeadId"].as_str().map(str::to_string))
+        .collect();
+    let joined: BTreeMap<String, usize> = once
+        .iter()
+        .filter(|(id, _)| !already.contains(*id))
+        .map(|(id, n)| (id.clone(), *n))
+        .collect();
+    assert_eq!(
+        members, joined,
+        "one nurture membership per recycled lead, none other"
+    );
+    assert_eq!(tasks, once, "one task per recycled lead, none other");
+    for (id, member) in &after.members {
+        if !before.members.contains_key(id) {
+            assert_eq!(member["CampaignId"].as_str(), Some(ids.campaign.as_str()));
+        }
+    }
+}
+
+async fn stale_leads_are_selected_and_written_exactly_once(t: TestStore) {
+    let emu = start(SalesforceOptions::default()).await;
+    let ids = org_ids(&emu).await;
+    let dir = ConfigDir::new();
+    let spec = PolicySpec {
+        dry_run: false,
+        cap: 1_000,
+        exclude_owner: None,
+    };
+    let settings = load(&write_config(&dir, &emu, &t.url, &ids, &spec));
+    sync_all(&t.store, &settings).await;
+    let before = observe(&emu).await;
+    let as_of = emu.clock().now_ms();
+    // Exclude the owner of the oldest stale lead, so the exclusion has something to do.
+    let all_stale = expected_stale(&before.leads, as_of, None);
+    let excluded = before.leads[all_stale.iter().next().expect("the funnel has stale leads")]
+        ["OwnerId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let spec = PolicySpec {
+        exclude_owner: Some(excluded.clone()),
+        ..spec
+    };
+    let settings = load(&write_config(&dir, &emu, &t.url, &ids, &spec));
+    let expected = expected_stale(&before.leads, as_of, Some(&excluded));
+    assert!(!expected.is_empty() && expected.len() < all_stale.len());
+
+    let plan = recycle::plan(&t.store, &settings, &options(&emu))
+        .await
+        .unwrap();
+    assert_eq!(
+        planned_ids(&plan),
+        expected,
+        "the plan selects exactly the stale leads"
+    );
+    let first = &plan.policies[0].records[0];
+    assert_eq!(first.actions.len(), 4, "{first:?}");
+    assert!(
+        first.reason.contains("no activity since"),
+        "{}",
+        first.reason
+    );
+    assert_eq!(
+        latest(&emu, "Lead").await,
+        before.leads,
+        "planning writes nothing"
+    );
+
+    let report = recycle::apply(&t.store, &settings, &options(&emu), &quick_apply())
+        .await
+        .unwrap();
+    let outcome = &report.policies[0];
+    assert_eq!(outcome.planned as usize, expected.len() * 4, "{report:?}");
+    assert_eq!(outcome.applied, outcome.planned, "{report:?}");
+    assert_eq!(outcome.failed, 0, "{report:?}");
+    let after = observe(&emu).await;
+    assert_exactly_recycled(&before, &after, &expected, &ids);
+
+    // Planning again, before and after the next sync, finds nothing; applying writes nothing.
+    let again = recycle::plan(&t.store, &settings, &options(&emu))
+        .await
+        .unwrap();
+    assert!(planned_ids(&again).is_empty(), "{:?}", planned_ids(&again));
+    sync_all(&t.store, &settings).await;
+    let again = recycle::plan(&t.store, &settings, &options(&emu))
+        .await
+        .unwrap();
+    assert!(planned_ids(&again).is_empty(), "{:?}", planned_ids(&again));
+    let second = recycle::apply(&t.store, &settings, &options(&emu), &quick_apply())
+        .await
+        .unwrap();
+    assert_eq!(second.policies[0].planned, 0, "{second:?}");
+    let after_second = observe(&emu).await;
+    assert_eq!(
+        after_second.leads, after.leads,
+        "a second apply writes nothing"
+    );
+    assert_eq!(after_second.members.len(), after.members.len());
+    assert_eq!(after_second.tasks.len(), after.tasks.len());
+    emu.stop().await.unwrap();
+}
+
+async fn a_dry_run_records_the_plan_and_writes_nothing(t: TestStore) {
+    let emu = start(SalesforceOptions::default()).await;
+    let ids = org_ids(&emu).await;
+    let dir = ConfigDir::new();
+    let spec = PolicySpec {
+        dry_run: true,
+        cap: 1_000,
+        exclude_owner: None,
+    };
+    let settings = load(&write_config(&dir, &emu, &t.url, &ids, &spec));
+    sync_all(&t.store, &settings).await;
+    let before = observe(&emu).await;
+    let expected = expected_stale(&before.leads, emu.clock().now_ms(), None);
+    let report = recycle::apply(&t.store, &settings, &options(&emu), &quick_apply())
+        .await
+        .unwrap();
+    assert!(report.policies[0].dry_run);
+    assert_eq!(report.policies[0].records as usize, expected.len());
+    assert_eq!(report.policies[0].applied, 0);
+    let after = observe(&emu).await;
+    assert_eq!(after.leads, before.leads, "a dry run writes nothing");
+    assert_eq!(after.members.len(), before.members.len());
+    assert_eq!(after.tasks.len(), before.tasks.len());
+    // The dry run is recorded, and does not stop the same records from being planned.
+    let plan = recycle::plan(&t.store, &settings, &options(&emu))
+        .await
+        .unwrap();
+    assert_eq!(planned_ids(&plan), expected);
+    emu.stop().await.unwrap();
+}
+
+async fn the_cap_holds_and_the_next_run_continues(t: TestStore) {
+    let emu = start(SalesforceOptions::default()).await;
+    let ids = org_ids(&emu).await;
+    let dir = ConfigDir::new();
+    // Four actions per lead: a cap of 10 lets two leads through.
+    let spec = PolicySpec {
+        dry_run: false,
+        cap: 10,
+        exclude_owner: None,
+    };
+    let settings = load(&write_config(&dir, &emu, &t.url, &ids, &spec));
+    sync_all(&t.store, &settings).await;
+    let before = observe(&emu).await;
+    let expected = expected_stale(&before.leads, emu.clock().now_ms(), None);
+    assert!(expected.len() > 4);
+    let report = recycle::apply(&t.store, &settings, &options(&emu), &quick_apply())
+        .await
+        .unwrap();
+    assert_eq!(report.policies[0].planned, 8, "{report:?}");
+    assert_eq!(report.policies[0].applied, 8, "{report:?}");
+    let after = observe(&emu).await;
+    let changed: BTreeSet<String> = after
+        .leads
+        .iter()
+        .filter(|(id, lead)| before.leads.get(*id) != Some(lead))
+        .map(|(id, _)| id.clone())
+        .collect();
+    assert_eq!(changed.len(), 2, "{changed:?}");
+    assert!(changed.is_subset(&expected));
+    assert_exactly_recycled(&before, &after, &changed, &ids);
+    let next = recycle::apply(&t.store, &settings, &options(&emu), &quick_apply())
+        .await
+        .unwrap();
+    assert_eq!(next.policies[0].applied, 8, "{next:?}");
+    emu.stop().await.unwrap();
+}
+
+async fn a_record_failing_validation_leaves_the_others_applied(t: TestStore) {
+    // The org insists that a lead in nurture has an industry; one stale lead has none.
+    let rule = ValidationRule {
+        object: "Lead".into(),
+        field: "Industry".into(),
+        when_field: "Status".into(),
+        equals: "Nurture".into(),
+        message: "Nurture leads need an industry.".into(),
+    };
+    let emu = start(SalesforceOptions {
+        validation_rules: vec![rule],
+        ..SalesforceOptions::default()
+    })
+    .await;
+    let ids = org_ids(&emu).await;
+    let leads = latest(&emu, "Lead").await;
+    let expected = expected_stale(&leads, emu.clock().now_ms(), None);
+    let victim = expected.iter().next().unwrap().clone();
+    control(
+        &emu,
+        "/__emulator/salesforce/changes",
+        json!({"changes": [{"object": "Lead", "id": victim, "set": {"Industry": null}, "by": {"kind": "import"}}]}),
+    )
+    .await;
+    let dir = ConfigDir::new();
+    let spec = PolicySpec {
+        dry_run: false,
+        cap: 1_000,
+        exclude_owner: None,
+    };
+    let settings = load(&write_config(&dir, &emu, &t.url, &ids, &spec));
+    sync_all(&t.store, &settings).await;
+    let report: ApplyReport = recycle::apply(&t.store, &settings, &options(&emu), &quick_apply())
+        .await
+        .unwrap();
+    let failed: BTreeSet<(String, String)> = report
+        .failures
+        .iter()
+        .map(|f| (f.crm_id.clone(), f.error_code.clone().unwrap_or_default()))
+        .collect();
+    // Status and owner go in one update of that lead, which the rule refuses.
+    assert_eq!(
+        failed,
+        BTreeSet::from([(
+            victim.clone(),
+            "FIELD_CUSTOM_VALIDATION_EXCEPTION".to_string()
+        )]),
+        "{report:?}"
+    );
+    assert_eq!(report.policies[0].failed, 2, "{report:?}");
+    let after = latest(&emu, "Lead").await;
+    assert_ne!(after[&victim]["Status"], "Nurture");
+    for id in expected.iter().filter(|id| **id != victim) {
+        assert_eq!(after[id]["Status"], "Nurture", "lead {id}");
+    }
+    // The failure is final: the next run does not try again within the cooldown.
+    let again = recycle::plan(&t.store, &settings, &options(&emu))
+        .await
+        .unwrap();
+    assert!(planned_ids(&again).is_empty());
+    emu.stop().await.unwrap();
+}
+
+fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+async fn an_apply_killed_mid_run_then_run_again_applies_every_action_once(t: TestStore) {
+    let emu = start(SalesforceOptions::default()).await;
+    let ids = org_ids(&emu).await;
+    let dir = ConfigDir::new();
+    let spec = PolicySpec {
+        dry_run: false,
+        cap: 1_000,
+        exclude_owner: None,
+    };
+    let path = write_config(&dir, &emu, &t.url, &ids, &spec);
+    let settings = load(&path);
+    sync_all(&t.store, &settings).await;
+    let before = observe(&emu).await;
+    let expected = expected_stale(&before.leads, emu.clock().now_ms(), None);
+    let as_of = rfc3339(emu.clock().now_ms());
+    // Slow writes: the kill lands while collections calls are on their way.
+    set_faults(
+        &emu,
+        json!([{"kind": "slow", "delay_ms": 600, "path_contains": "composite"}]),
+    )
+    .await;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pipewarden"))
+        .args(["--config", &path, "recycle", "apply", "--as-of", &as_of])
+        .env("RUST_LOG", "pipewarden=warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("pipewarden starts");
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    child.kill().expect("SIGKILL");
+    child.wait().unwrap();
+    set_faults(&emu, json!([])).await;
+    let midway = recycle::plan(&t.store, &settings, &options(&emu))
+        .await
+        .unwrap();
+    assert!(
+        midway.waiting_in_outbox > 0,
+        "the kill landed before the run finished"
+    );
+    // The emulator serves from this test's runtime: wait for the process off that thread.
+    let status = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_pipewarden"))
+            .args(["--config", &path, "recycle", "apply", "--as-of", &as_of])
+            .env("RUST_LOG", "pipewarden=warn")
+            .stdout(Stdio::null())
+            .status()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(status.success());
+    let after = observe(&emu).await;
+    assert_exactly_recycled(&before, &after, &expected, &ids);
+    // Each lead's status changed once: LeadHistory has one move into nurture per lead.
+    let history = truth(&emu, "LeadHistory").await;
+    let mut moves: BTreeMap<String, usize> = BTreeMap::new();
+    for row in history {
+        let record = &row["versions"].as_array().unwrap().last().unwrap()["record"];
+        if record["Field"] == "Status" && record["NewValue"] == "Nurture" {
+            *moves
+                .entry(record["LeadId"].as_str().unwrap().to_string())
+                .or_default() += 1;
+        }
+    }
+    let once: BTreeMap<String, usize> = expected.iter().map(|id| (id.clone(), 1)).collect();
+    assert_eq!(moves, once);
+    emu.stop().await.unwrap();
+}
+
+async fn a_recycled_lead_that_books_a_meeting_later_has_returned(t: TestStore) {
+    let emu = start(SalesforceOptions::default()).await;
+    let ids = org_ids(&emu).await;
+    let dir = ConfigDir::new();
+    let spec = PolicySpec {
+        dry_run: false,
+        cap: 1_000,
+        exclude_owner: None,
+    };
+    let settings = load(&write_config(&dir, &emu, &t.url, &ids, &spec));
+    sync_all(&t.store, &settings).await;
+    let recycled_at = emu.clock().now_ms();
+    let report = recycle::apply(&t.store, &settings, &options(&emu), &quick_apply())
+        .await
+        .unwrap();
+    assert!(report.policies[0].applied > 0);
+    let lead = latest(&emu, "Lead")
+        .await
+        .into_iter()
+        .find(|(_, l)| l["Status"] == "Nurture")
+        .map(|(id, _)| id)
+        .unwrap();
+    control(&emu, "/__emulator/clock/advance", json!({"by": "60days"})).await;
+    control(
+        &emu,
+        "/__emulator/salesforce/changes",
+        json!({"changes": [{"object": "Lead", "id": lead, "set": {"Status": "Meeting Booked"}, "by": {"kind": "rep", "number": 1}}]}),
+    )
+    .await;
+    let met_at = emu.clock().now_ms();
+    // The sync reads history up to (not including) the CRM's now: let a minute pass.
+    control(&emu, "/__emulator/clock/advance", json!({"by": "1m"})).await;
+    sync_all(&t.store, &settings).await;
+    let connection = t.store.connection_id("sf").await.unwrap().unwrap();
+    let record = t
+        .store
+        .record(connection, pipewarden::record::ObjectKind::Lead, &lead)
+        .await
+        .unwrap()
+        .unwrap();
+    let returned = recycle::outcomes::evaluate(&t.store, met_at).await.unwrap();
+    let events = t.store.lifecycle_events(record.id).await.unwrap();
+    let moves = t.store.transitions(record.id).await.unwrap();
+    assert_eq!(returned, 1, "{events:?} {moves:?}");
+    let returned_event = events
+        .iter()
+        .find(|e| e.event == pipewarden::record::LifecycleEvent::Returned)
+        .expect("a returned milestone");
+    assert_eq!(returned_event.occurred_at, met_at);
+    assert_eq!(
+        returned_event.detail.as_ref().unwrap()["delay_ms"],
+        json!(met_at - recycled_at)
+    );
+    assert!(events
+        .iter()
+        .any(|e| e.event == pipewarden::record::LifecycleEvent::Recycled
+            && e.occurred_at == recycled_at));
+    // Evaluating again marks nothing twice.
+    assert_eq!(
+        recycle::outcomes::evaluate(&t.store, met_at).await.unwrap(),
+        0
+    );
+    emu.stop().await.unwrap();
+}
+
+on_both_backends!(
+    stale_leads_are_selected_and_written_exactly_once,
+    a_dry_run_records_the_plan_and_writes_nothing,
+    the_cap_holds_and_the_next_run_continues,
+    a_record_failing_validation_leaves_the_others_applied,
+    an_apply_killed_mid_run_then_run_again_applies_every_action_once,
+    a_recycled_lead_that_books_a_meeting_later_has_returned,
+);
