@@ -107,6 +107,8 @@ pub enum QueryCommand {
     Cohort(QueryArgs<query::cohort::CohortParams>),
     /// Per campaign: members, responses, the deals and wins they led to, against the average.
     Campaigns(QueryArgs<query::campaigns::CampaignsParams>),
+    /// Records recycled in a window, how many returned and after how long, by policy.
+    Recycled(QueryArgs<query::recycled::RecycledParams>),
 }
 
 /// A query's own parameters and the output format.
@@ -391,6 +393,10 @@ async fn answer_query(
             &query::campaigns::run(store, &args.params).await?,
             args.format,
         ),
+        QueryCommand::Recycled(args) => print_report(
+            &query::recycled::run(store, &args.params).await?,
+            args.format,
+        ),
     }
 }
 
@@ -477,6 +483,11 @@ async fn sync_once(path: Option<PathBuf>, args: SyncArgs) -> Result<(), CliError
                 );
                 for evaluation in rules::evaluate_after_sync(&store, &settings, connection).await {
                     println!("  {}", rules::describe_evaluation(&evaluation));
+                }
+                let now = chrono::Utc::now().timestamp_millis();
+                let returned = recycle::outcomes::evaluate_after_sync(&store, now).await;
+                if returned > 0 {
+                    println!("  {returned} recycled record(s) returned");
                 }
             }
             Err(err @ SyncError::LeaseHeld(_)) => println!("{}: skipped: {err}", connection.name),

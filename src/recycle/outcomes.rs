@@ -81,3 +81,20 @@ pub async fn evaluate(store: &Store, now: Millis) -> Result<u64, StoreError> {
     tx.commit().await?;
     Ok(marked)
 }
+
+/// Evaluates outcomes after a sync: a failure is logged and left for the next sync, which
+/// finds the same returns (evaluation is idempotent), so it never fails the sync.
+pub async fn evaluate_after_sync(store: &Store, now: Millis) -> u64 {
+    match evaluate(store, now).await {
+        Ok(returned) => {
+            if returned > 0 {
+                tracing::info!(returned, "recycled records returned");
+            }
+            returned
+        }
+        Err(err) => {
+            tracing::error!(error = %err, "evaluating recycle outcomes failed");
+            0
+        }
+    }
+}

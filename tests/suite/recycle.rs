@@ -13,6 +13,7 @@ use pipewarden::emulator::{
     self, EmulatorOptions, HubspotOptions, RunningEmulator, SalesforceOptions, Scale,
     ValidationRule,
 };
+use pipewarden::query;
 use pipewarden::recycle::{self, ApplyOptions, ApplyReport, Plan, RecycleOptions};
 use pipewarden::store::Store;
 use pipewarden::sync::{self, StopSignal};
@@ -649,6 +650,44 @@ async fn a_recycled_lead_that_books_a_meeting_later_has_returned(t: TestStore) {
         recycle::outcomes::evaluate(&t.store, met_at).await.unwrap(),
         0
     );
+
+    // query recycled: every recycled lead once, one returned, after the delay.
+    let yields = query::recycled::run(&t.store, &query::recycled::RecycledParams::default())
+        .await
+        .unwrap();
+    assert_eq!(yields.total.recycled, report.policies[0].records);
+    assert_eq!(yields.total.returned, 1);
+    assert_eq!(yields.total.median_return_ms, Some(met_at - recycled_at));
+    let row = yields.records.iter().find(|r| r.crm_id == lead).unwrap();
+    assert_eq!(row.returned_with.as_deref(), Some("meeting_booked"));
+    assert_eq!(row.times_recycled, 1);
+    // In cohorts, the lead belongs to the month it was recycled (January) and its return
+    // counts two months later (March).
+    let cohort = query::cohort::run(
+        &t.store,
+        &query::cohort::CohortParams {
+            period: "month".into(),
+            start: "recycled".into(),
+            outcome: "returned".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let january = cohort
+        .cohorts
+        .iter()
+        .find(|c| c.period == "2026-01")
+        .expect("a January recycled cohort");
+    assert_eq!(january.size as u64, yields.total.recycled);
+    let march = january
+        .columns
+        .iter()
+        .find(|c| c.period == "2026-03")
+        .unwrap();
+    assert_eq!((march.offset, march.reached), (2, 1));
+    let reached: i64 = january.columns.iter().map(|c| c.reached).sum();
+    assert_eq!(reached, 1);
     emu.stop().await.unwrap();
 }
 
@@ -659,4 +698,214 @@ on_both_backends!(
     a_record_failing_validation_leaves_the_others_applied,
     an_apply_killed_mid_run_then_run_again_applies_every_action_once,
     a_recycled_lead_that_books_a_meeting_later_has_returned,
+    hubspot_stale_contacts_are_recycled_with_lifecycle_cleared_first,
 );
+
+const HS_TOKEN: &str = "pat-na1-emulator-demo-token";
+
+async fn hubspot_get(emu: &RunningEmulator, path: &str) -> Value {
+    let url = emu.base_url().join(path.trim_start_matches('/')).unwrap();
+    let response = reqwest::Client::new()
+        .get(url)
+        .bearer_auth(HS_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        response.status().is_success(),
+        "{path}: {}",
+        response.status()
+    );
+    response.json().await.unwrap()
+}
+
+/// Every page of a HubSpot listing.
+async fn hubspot_all(emu: &RunningEmulator, path: &str) -> Vec<Value> {
+    let mut results = Vec::new();
+    let mut after: Option<String> = None;
+    for _ in 0..1_000 {
+        let page_path = match &after {
+            Some(after) => format!("{path}&after={after}"),
+            None => path.to_string(),
+        };
+        let page = hubspot_get(emu, &page_path).await;
+        results.extend(page["results"].as_array().unwrap().iter().cloned());
+        after = page["paging"]["next"]["after"].as_str().map(str::to_string);
+        if after.is_none() {
+            return results;
+        }
+    }
+    panic!("{path}: paging does not end");
+}
+
+const CONTACT_PROPERTIES: &str =
+    "lifecyclestage,hs_lead_status,notes_last_contacted,createdate,hs_email_optout,hubspot_owner_id";
+
+async fn hubspot_contacts(emu: &RunningEmulator) -> BTreeMap<String, Value> {
+    hubspot_all(
+        emu,
+        &format!("/crm/v3/objects/contacts?limit=100&properties={CONTACT_PROPERTIES}"),
+    )
+    .await
+    .into_iter()
+    .map(|c| {
+        (
+            c["id"].as_str().unwrap().to_string(),
+            c["properties"].clone(),
+        )
+    })
+    .collect()
+}
+
+fn hs_instant(value: &Value) -> Option<i64> {
+    let text = value.as_str().filter(|t| !t.is_empty())?;
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|t| t.timestamp_millis())
+        .ok()
+        .or_else(|| text.parse().ok())
+}
+
+async fn hubspot_stale_contacts_are_recycled_with_lifecycle_cleared_first(t: TestStore) {
+    let emu = start(SalesforceOptions::default()).await;
+    let owner = hubspot_get(&emu, "/crm/v3/owners/?limit=1").await["results"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let dir = ConfigDir::new();
+    dir.write("hubspot-token", &format!("{HS_TOKEN}\n"));
+    let config = format!(
+        r#"
+[store]
+url = "{store}"
+
+[[connections]]
+name = "hs"
+kind = "hubspot"
+api_base_url = "{base}"
+
+[connections.auth]
+kind = "private_app"
+token = {{ file = "hubspot-token" }}
+
+[connections.limits]
+requests_per_second = 200
+burst = 200
+
+[recycle]
+max_actions_per_run = 5000
+
+[[recycle.policies]]
+name = "stale-contacts"
+connection = "hs"
+kind = "stale"
+after_days = 30
+dry_run = false
+
+[recycle.policies.actions]
+set_lifecycle_stage = "lead"
+set_status = "BAD_TIMING"
+set_owner = "{owner}"
+add_to_list = "101"
+"#,
+        store = t.url,
+        base = emu.base_url(),
+    );
+    let settings = load(&dir.write("pipewarden.toml", &config).display().to_string());
+    sync_all(&t.store, &settings).await;
+    let before = hubspot_contacts(&emu).await;
+    let as_of = emu.clock().now_ms();
+    // Contacts of open deals are left alone.
+    let deals = hubspot_all(
+        &emu,
+        "/crm/v3/objects/deals?limit=100&properties=hs_is_closed&associations=contacts",
+    )
+    .await;
+    let with_open_deal: BTreeSet<String> = deals
+        .iter()
+        .filter(|d| d["properties"]["hs_is_closed"] != "true")
+        .flat_map(|d| {
+            d["associations"]["contacts"]["results"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .filter_map(|c| c["id"].as_str().map(str::to_string))
+        .collect();
+    let expected: BTreeSet<String> = before
+        .iter()
+        .filter(|(id, c)| {
+            let stage = c["lifecyclestage"].as_str().unwrap_or_default();
+            let since = hs_instant(&c["notes_last_contacted"])
+                .or_else(|| hs_instant(&c["createdate"]))
+                .unwrap();
+            !["opportunity", "customer", "evangelist", "other"].contains(&stage)
+                && !["UNQUALIFIED", "BAD_TIMING"]
+                    .contains(&c["hs_lead_status"].as_str().unwrap_or_default())
+                && c["hs_email_optout"] != "true"
+                && !with_open_deal.contains(*id)
+                && since < as_of - 30 * DAY_MS
+        })
+        .map(|(id, _)| id.clone())
+        .collect();
+    assert!(!expected.is_empty());
+    let plan = recycle::plan(&t.store, &settings, &options(&emu))
+        .await
+        .unwrap();
+    assert_eq!(planned_ids(&plan), expected);
+
+    let report = recycle::apply(&t.store, &settings, &options(&emu), &quick_apply())
+        .await
+        .unwrap();
+    assert_eq!(report.policies[0].failed, 0, "{report:?}");
+    assert_eq!(report.policies[0].applied, report.policies[0].planned);
+    let after = hubspot_contacts(&emu).await;
+    for (id, contact) in &after {
+        if expected.contains(id) {
+            assert_eq!(contact["lifecyclestage"], "lead", "contact {id}");
+            assert_eq!(contact["hs_lead_status"], "BAD_TIMING", "contact {id}");
+            assert_eq!(contact["hubspot_owner_id"].as_str(), Some(owner.as_str()));
+        } else {
+            assert_eq!(
+                Some(contact),
+                before.get(id),
+                "contact {id} was not to be touched"
+            );
+        }
+    }
+    let members: BTreeSet<String> = hubspot_all(&emu, "/crm/v3/lists/101/memberships?limit=100")
+        .await
+        .iter()
+        .filter_map(|m| m["recordId"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(
+        members, expected,
+        "the nurture list holds exactly the recycled contacts"
+    );
+    // A contact that was further along was cleared first, then set: HubSpot keeps both.
+    let moved_back = expected
+        .iter()
+        .find(|id| {
+            matches!(
+                before[*id]["lifecyclestage"].as_str(),
+                Some("marketingqualifiedlead" | "salesqualifiedlead")
+            )
+        })
+        .expect("some stale contact was past lead");
+    let truth = hubspot_get(
+        &emu,
+        &format!("/__emulator/hubspot/records/contacts/{moved_back}"),
+    )
+    .await;
+    let values: Vec<&str> = truth["properties"]["lifecyclestage"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v["value"].as_str())
+        .collect();
+    assert_eq!(&values[values.len() - 2..], ["", "lead"], "{values:?}");
+    let again = recycle::plan(&t.store, &settings, &options(&emu))
+        .await
+        .unwrap();
+    assert!(planned_ids(&again).is_empty());
+    emu.stop().await.unwrap();
+}
