@@ -699,6 +699,7 @@ on_both_backends!(
     an_apply_killed_mid_run_then_run_again_applies_every_action_once,
     a_recycled_lead_that_books_a_meeting_later_has_returned,
     hubspot_stale_contacts_are_recycled_with_lifecycle_cleared_first,
+    unworked_disqualified_and_lost_policies_select_what_the_org_says,
 );
 
 const HS_TOKEN: &str = "pat-na1-emulator-demo-token";
@@ -907,5 +908,172 @@ add_to_list = "101"
         .await
         .unwrap();
     assert!(planned_ids(&again).is_empty());
+    emu.stop().await.unwrap();
+}
+
+/// The last row of each history record, as (parent id, field or stage, new value, at).
+async fn history_rows(emu: &RunningEmulator, object: &str) -> Vec<Value> {
+    truth(emu, object)
+        .await
+        .into_iter()
+        .filter_map(|row| Some(row["versions"].as_array()?.last()?["record"].clone()))
+        .collect()
+}
+
+async fn unworked_disqualified_and_lost_policies_select_what_the_org_says(t: TestStore) {
+    let emu = start(SalesforceOptions::default()).await;
+    let ids = org_ids(&emu).await;
+    let dir = ConfigDir::new();
+    dir.write("refresh-token", "emulator-demo-refresh-token\n");
+    let config = format!(
+        r#"
+[store]
+url = "{store}"
+
+[[connections]]
+name = "sf"
+kind = "salesforce"
+login_url = "{base}"
+
+[connections.auth]
+kind = "refresh_token"
+client_id = "pipewarden-demo"
+refresh_token = {{ file = "refresh-token" }}
+
+[connections.limits]
+requests_per_second = 200
+burst = 200
+
+[recycle]
+max_actions_per_run = 1000
+
+# Alert-first by default: acts after after_days + grace_days (2 + 3).
+[[recycle.policies]]
+name = "unworked"
+connection = "sf"
+kind = "unworked"
+after_days = 2
+[recycle.policies.actions]
+set_owner = "{queue}"
+
+[[recycle.policies]]
+name = "disqualified-fit"
+connection = "sf"
+kind = "disqualified"
+after_days = 30
+persona_industries = ["technology", "Finance"]
+[recycle.policies.actions]
+set_status = "Nurture"
+
+[[recycle.policies]]
+name = "lost-timing"
+connection = "sf"
+kind = "lost"
+after_days = 30
+loss_reasons = ["Timing", "Budget", "No Decision"]
+[recycle.policies.actions]
+add_to_campaign = "{campaign}"
+"#,
+        store = t.url,
+        base = emu.base_url(),
+        queue = ids.queue,
+        campaign = ids.campaign,
+    );
+    let settings = load(&dir.write("pipewarden.toml", &config).display().to_string());
+    sync_all(&t.store, &settings).await;
+    let as_of = emu.clock().now_ms();
+    let leads = latest(&emu, "Lead").await;
+    let contacts = latest(&emu, "Contact").await;
+    let deals = latest(&emu, "Opportunity").await;
+    let lead_history = history_rows(&emu, "LeadHistory").await;
+    let deal_history = history_rows(&emu, "OpportunityHistory").await;
+    let opted_out = |record: &Value| record["HasOptedOutOfEmail"] == json!(true);
+
+    let unworked: BTreeSet<String> = leads
+        .iter()
+        .filter(|(_, l)| {
+            l["IsConverted"] != json!(true)
+                && l["Status"] == "Open - Not Contacted"
+                && l["LastActivityDate"].is_null()
+                && millis(l["CreatedDate"].as_str().unwrap()) < as_of - 5 * DAY_MS
+                && !opted_out(l)
+                && l["OwnerId"].as_str() != Some(ids.queue.as_str())
+        })
+        .map(|(id, _)| id.clone())
+        .collect();
+
+    let disqualified_at = |id: &str| {
+        lead_history
+            .iter()
+            .filter(|h| h["LeadId"] == id && h["Field"] == "Status" && h["NewValue"] == "Closed - Not Converted")
+            .map(|h| millis(h["CreatedDate"].as_str().unwrap()))
+            .max()
+    };
+    let disqualified: BTreeSet<String> = leads
+        .iter()
+        .filter(|(id, l)| {
+            let since = disqualified_at(id)
+                .unwrap_or_else(|| millis(l["SystemModstamp"].as_str().unwrap()));
+            l["Status"] == "Closed - Not Converted"
+                && ["Technology", "Finance"].contains(&l["Industry"].as_str().unwrap_or_default())
+                && !opted_out(l)
+                && since < as_of - 30 * DAY_MS
+        })
+        .map(|(id, _)| id.clone())
+        .collect();
+
+    let lost_at = |id: &str, stage: &str| {
+        deal_history
+            .iter()
+            .filter(|h| h["OpportunityId"] == id && h["StageName"] == stage)
+            .map(|h| millis(h["CreatedDate"].as_str().unwrap()))
+            .max()
+    };
+    let recoverable: BTreeSet<&String> = deals
+        .iter()
+        .filter(|(id, d)| {
+            let stage = d["StageName"].as_str().unwrap();
+            let since = lost_at(id, stage)
+                .unwrap_or_else(|| millis(d["SystemModstamp"].as_str().unwrap()));
+            d["IsClosed"] == json!(true)
+                && d["IsWon"] == json!(false)
+                && ["Timing", "Budget", "No Decision"]
+                    .contains(&d["Loss_Reason__c"].as_str().unwrap_or_default())
+                && since < as_of - 30 * DAY_MS
+        })
+        .map(|(id, _)| id)
+        .collect();
+    let lost: BTreeSet<String> = leads
+        .values()
+        .filter(|l| {
+            l["ConvertedOpportunityId"]
+                .as_str()
+                .is_some_and(|deal| recoverable.contains(&deal.to_string()))
+        })
+        .filter_map(|l| l["ConvertedContactId"].as_str())
+        .filter(|contact| contacts.get(*contact).is_some_and(|c| !opted_out(c)))
+        .map(str::to_string)
+        .collect();
+
+    let plan = recycle::plan(&t.store, &settings, &options(&emu)).await.unwrap();
+    let selected = |name: &str| -> BTreeSet<String> {
+        plan.policies
+            .iter()
+            .find(|p| p.policy == name)
+            .unwrap()
+            .records
+            .iter()
+            .map(|r| r.candidate.crm_id.clone())
+            .collect()
+    };
+    assert!(!unworked.is_empty() && !disqualified.is_empty() && !lost.is_empty());
+    assert_eq!(selected("unworked"), unworked);
+    assert_eq!(selected("disqualified-fit"), disqualified);
+    assert_eq!(selected("lost-timing"), lost);
+    let lost_plan = plan.policies.iter().find(|p| p.policy == "lost-timing").unwrap();
+    let first = &lost_plan.records[0];
+    assert_eq!(first.candidate.object_kind, "contact");
+    assert!(first.reason.contains("lost"), "{}", first.reason);
+    assert_eq!(first.actions.len(), 1, "contacts have no Lead Status to set");
     emu.stop().await.unwrap();
 }
