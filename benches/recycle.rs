@@ -194,11 +194,10 @@ async fn apply_bench(apply_leads: i64) -> Result<(), String> {
     // The sync runs unpaced; the limit applies to the apply below.
     std::fs::write(
         &path,
-        config(&url, emu.base_url().as_str(), apply_leads, "")
-            .replace(
-                &format!("requests_per_second = {REQUESTS_PER_SECOND}\nburst = {REQUESTS_PER_SECOND}"),
-                "requests_per_second = 500\nburst = 500",
-            ),
+        config(&url, emu.base_url().as_str(), apply_leads, "").replace(
+            &format!("requests_per_second = {REQUESTS_PER_SECOND}\nburst = {REQUESTS_PER_SECOND}"),
+            "requests_per_second = 500\nburst = 500",
+        ),
     )
     .map_err(|e| e.to_string())?;
     let settings = pipewarden::config::load(Some(&path)).map_err(|e| e.to_string())?;

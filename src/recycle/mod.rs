@@ -183,7 +183,10 @@ async fn plan_policy(
         connection_id,
         policy,
         as_of,
-        select::action_age_days(policy),
+        select::AgeRange {
+            min_days: select::action_age_days(policy),
+            below_days: None,
+        },
         Some(i64::from(cap) + 1),
     )
     .await?;
@@ -280,6 +283,9 @@ pub struct PolicyOutcome {
     pub failed: u64,
     /// Actions left in the outbox for a later run.
     pub waiting: u64,
+    /// Owners warned (alert-first policies) about records to be recycled after the grace
+    /// period.
+    pub warned: u64,
     /// Why nothing was planned, when that is not for lack of records.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
@@ -353,11 +359,13 @@ pub async fn apply(
                 run_left -= plan.action_count() as i64;
             }
             ledger::record_plan(store, run_id, &plan, options.as_of, wall_clock()).await?;
+            let warned = warn_owners(store, settings, policy, options.as_of).await?;
             report.policies.push(PolicyOutcome {
                 policy: plan.policy.clone(),
                 dry_run: plan.dry_run,
                 records: plan.records.len() as u64,
                 planned: plan.action_count() as u64,
+                warned,
                 note: plan.note.clone(),
                 ..PolicyOutcome::default()
             });
@@ -375,6 +383,50 @@ pub async fn apply(
     summary::enqueue(store, settings, &report, wall_clock()).await?;
     ledger::finish_run(store, run_id, &report, wall_clock()).await?;
     Ok(report)
+}
+
+/// Most owner warnings one policy sends per run.
+const WARNINGS_PER_RUN: i64 = 500;
+
+/// Alert-first policies warn before they act: each record past the policy's age but still
+/// within its grace period gets one Slack message (once per record and age), naming its
+/// owner and the day it will be recycled unless it is worked first.
+async fn warn_owners(
+    store: &Store,
+    settings: &Settings,
+    policy: &PolicySettings,
+    as_of: Millis,
+) -> Result<u64, RecycleError> {
+    let kind_warns = !matches!(policy.kind, crate::config::settings::PolicyKind::Stalled);
+    if !policy.alert_first || policy.grace_days == 0 || !kind_warns || settings.slack.is_none() {
+        return Ok(0);
+    }
+    let connection = connection_of(settings, policy);
+    let Some(connection_id) = store.connection_id(&policy.connection).await? else {
+        return Ok(0);
+    };
+    let candidates = select::candidates(
+        store,
+        connection.kind,
+        connection_id,
+        policy,
+        as_of,
+        select::AgeRange {
+            min_days: policy.after_days,
+            below_days: Some(select::action_age_days(policy)),
+        },
+        Some(WARNINGS_PER_RUN),
+    )
+    .await?;
+    let mut warnings = Vec::new();
+    for candidate in &candidates {
+        if actions::plan_actions(connection.kind, policy, candidate, as_of).is_empty() {
+            continue;
+        }
+        let reason = report::reason(policy, candidate, as_of);
+        warnings.push((candidate, reason));
+    }
+    Ok(summary::enqueue_warnings(store, settings, policy, &warnings, wall_clock()).await?)
 }
 
 /// Delivers whatever the outbox holds for one connection.

@@ -120,7 +120,10 @@ impl Report for ApplyReport {
                 "Recycle run {} as of {} ({} returned since the last run, {} earlier write(s) delivered)",
                 self.run_id, self.as_of, self.returned, self.earlier_writes_delivered
             ),
-            &["policy", "mode", "records", "planned", "applied", "failed", "waiting", "note"],
+            &[
+                "policy", "mode", "records", "planned", "applied", "failed", "waiting", "warned",
+                "note",
+            ],
         );
         for p in &self.policies {
             policies.push(vec![
@@ -131,6 +134,7 @@ impl Report for ApplyReport {
                 p.applied.to_string(),
                 p.failed.to_string(),
                 p.waiting.to_string(),
+                p.warned.to_string(),
                 p.note.clone().unwrap_or_default(),
             ]);
         }

@@ -154,17 +154,28 @@ pub fn action_age_days(policy: &PolicySettings) -> u32 {
     }
 }
 
+/// How old the records a selection looks for are.
+#[derive(Debug, Clone, Copy)]
+pub struct AgeRange {
+    /// The age they must have reached, in days.
+    pub min_days: u32,
+    /// The age they must not have reached, in days (alert-first warnings look at records
+    /// past the policy's age but still within its grace period).
+    pub below_days: Option<u32>,
+}
+
 /// The records `policy` selects on `connection_id` as of `as_of`, oldest first, at most
-/// `limit` of them; `min_age_days` is the age they must have reached.
+/// `limit` of them, of an age within `ages`.
 pub async fn candidates(
     store: &Store,
     crm: CrmKind,
     connection_id: i64,
     policy: &PolicySettings,
     as_of: Millis,
-    min_age_days: u32,
+    ages: AgeRange,
     limit: Option<i64>,
 ) -> Result<Vec<Candidate>, StoreError> {
+    let min_age_days = ages.min_days;
     let backend = store.backend();
     let cutoff = as_of - i64::from(min_age_days) * DAY_MS;
     let mut st = Statement::default();
@@ -194,6 +205,10 @@ pub async fn candidates(
     }
     st.push(" AND r.deleted_at_ms IS NULL");
     kind_filter(&mut st, backend, crm, policy, cutoff);
+    if let Some(below) = ages.below_days {
+        st.push(&format!(" AND {since} >= "))
+            .bind(Arg::Int(as_of - i64::from(below) * DAY_MS));
+    }
     exclusions(&mut st, backend, crm, policy, as_of);
     st.push(&format!(" ORDER BY {since}, r.id"));
     if let Some(limit) = limit {

@@ -3,10 +3,13 @@
 
 use serde_json::{json, Value};
 
-use super::ApplyReport;
+use super::{ApplyReport, Candidate};
+use crate::config::settings::PolicySettings;
 use crate::config::Settings;
 use crate::record::Millis;
 use crate::store::{NewAlert, Store, StoreError};
+
+const DAY_MS: Millis = 86_400_000;
 
 /// Failures listed by name; the rest are counted.
 const FAILURES_SHOWN: usize = 10;
@@ -22,7 +25,11 @@ pub(super) async fn enqueue(
     let (Some(channel), Some(_)) = (&settings.recycle.summary_channel, &settings.slack) else {
         return Ok(());
     };
-    let busy = report.policies.iter().any(|p| p.planned > 0) || report.earlier_writes_delivered > 0;
+    let busy = report
+        .policies
+        .iter()
+        .any(|p| p.planned > 0 || p.warned > 0)
+        || report.earlier_writes_delivered > 0;
     if !busy {
         return Ok(());
     }
@@ -43,6 +50,69 @@ pub(super) async fn enqueue(
     tx.commit().await
 }
 
+/// Puts one warning per record in the alert outbox (a record is warned once per age, so a
+/// rerun sends nothing twice); returns how many were new.
+pub(super) async fn enqueue_warnings(
+    store: &Store,
+    settings: &Settings,
+    policy: &PolicySettings,
+    warnings: &[(&Candidate, String)],
+    now: Millis,
+) -> Result<u64, StoreError> {
+    if warnings.is_empty() {
+        return Ok(0);
+    }
+    let channel = settings.recycle.summary_channel.clone().or_else(|| {
+        settings
+            .slack
+            .as_ref()
+            .and_then(|slack| slack.default_channel.clone())
+    });
+    let recycle_day = |since: Millis| {
+        let at = since + i64::from(super::select::action_age_days(policy)) * DAY_MS;
+        chrono::DateTime::from_timestamp_millis(at)
+            .map(|t| t.format("%Y-%m-%d").to_string())
+            .unwrap_or_default()
+    };
+    let mut new = 0;
+    let mut tx = store.begin().await?;
+    for (candidate, reason) in warnings {
+        let text = format!(
+            "*{}*: {} {} ({}), owner {}: {}. It will be recycled on {} unless it is worked before then.",
+            escape(&policy.name),
+            candidate.object_kind,
+            escape(candidate.name.as_deref().unwrap_or("(no name)")),
+            escape(&candidate.crm_id),
+            escape(candidate.owner_id.as_deref().unwrap_or("(none)")),
+            escape(reason),
+            recycle_day(candidate.since_ms)
+        );
+        let payload = json!({
+            "text": text,
+            "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": text}}]
+        });
+        let dedupe_key = format!(
+            "recycle-warning/{}/{}/{}",
+            policy.name, candidate.record_id, candidate.since_ms
+        );
+        let queued = tx
+            .enqueue_alert(&NewAlert {
+                dedupe_key: &dedupe_key,
+                kind: "recycle_warning",
+                channel: channel.as_deref(),
+                payload: &payload,
+                violation_id: None,
+                thread_of_id: None,
+                not_before: now,
+                created_at: now,
+            })
+            .await?;
+        new += u64::from(queued.is_some());
+    }
+    tx.commit().await?;
+    Ok(new)
+}
+
 fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -58,13 +128,14 @@ pub(super) fn message(report: &ApplyReport) -> Value {
     for p in &report.policies {
         let mode = if p.dry_run { " (dry run)" } else { "" };
         lines.push(format!(
-            "• {}{mode}: {} records, {} actions planned, {} applied, {} failed, {} waiting",
+            "• {}{mode}: {} records, {} actions planned, {} applied, {} failed, {} waiting, {} owners warned",
             escape(&p.policy),
             p.records,
             p.planned,
             p.applied,
             p.failed,
-            p.waiting
+            p.waiting,
+            p.warned
         ));
     }
     if report.returned > 0 {

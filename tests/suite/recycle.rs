@@ -131,13 +131,14 @@ fn write_config(
     spec: &PolicySpec,
 ) -> String {
     dir.write("refresh-token", "emulator-demo-refresh-token\n");
+    dir.write("slack-token", "xoxb-recycle-test\n");
     let exclude = spec
         .exclude_owner
         .as_ref()
         .map(|owner| format!("exclude_owners = [\"{owner}\"]"))
         .unwrap_or_default();
     let config = format!(
-        r#"
+        r##"
 [store]
 url = "{store_url}"
 
@@ -155,8 +156,14 @@ refresh_token = {{ file = "refresh-token" }}
 requests_per_second = 200
 burst = 200
 
+[slack]
+bot_token = {{ file = "slack-token" }}
+api_base_url = "{base}slack/api"
+default_channel = "#revops"
+
 [recycle]
 max_actions_per_run = {cap}
+summary_channel = "#recycling"
 
 [[recycle.policies]]
 name = "stale-leads"
@@ -172,7 +179,7 @@ set_status = "Nurture"
 set_owner = "{queue}"
 add_to_campaign = "{campaign}"
 create_task = "{SUBJECT}"
-"#,
+"##,
         base = emu.base_url(),
         cap = spec.cap,
         dry = spec.dry_run,
@@ -501,6 +508,21 @@ async fn a_record_failing_validation_leaves_the_others_applied(t: TestStore) {
         "{report:?}"
     );
     assert_eq!(report.policies[0].failed, 2, "{report:?}");
+    // The run's Slack summary waits in the alert outbox for the delivery worker.
+    let summaries: Vec<_> = t
+        .store
+        .alerts()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|a| a.kind == "recycle_summary")
+        .collect();
+    assert_eq!(summaries.len(), 1, "{summaries:?}");
+    assert_eq!(summaries[0].channel.as_deref(), Some("#recycling"));
+    assert_eq!(
+        summaries[0].dedupe_key,
+        format!("recycle-run/{}", report.run_id)
+    );
     let after = latest(&emu, "Lead").await;
     assert_ne!(after[&victim]["Status"], "Nurture");
     for id in expected.iter().filter(|id| **id != victim) {
@@ -926,7 +948,7 @@ async fn unworked_disqualified_and_lost_policies_select_what_the_org_says(t: Tes
     let dir = ConfigDir::new();
     dir.write("refresh-token", "emulator-demo-refresh-token\n");
     let config = format!(
-        r#"
+        r##"
 [store]
 url = "{store}"
 
@@ -944,15 +966,21 @@ refresh_token = {{ file = "refresh-token" }}
 requests_per_second = 200
 burst = 200
 
+[slack]
+bot_token = {{ file = "slack-token" }}
+api_base_url = "{base}slack/api"
+default_channel = "#revops"
+
 [recycle]
 max_actions_per_run = 1000
 
-# Alert-first by default: acts after after_days + grace_days (2 + 3).
+# Alert-first by default: acts after after_days + grace_days (2 + 20).
 [[recycle.policies]]
 name = "unworked"
 connection = "sf"
 kind = "unworked"
 after_days = 2
+grace_days = 20
 [recycle.policies.actions]
 set_owner = "{queue}"
 
@@ -973,12 +1001,13 @@ after_days = 30
 loss_reasons = ["Timing", "Budget", "No Decision"]
 [recycle.policies.actions]
 add_to_campaign = "{campaign}"
-"#,
+"##,
         store = t.url,
         base = emu.base_url(),
         queue = ids.queue,
         campaign = ids.campaign,
     );
+    dir.write("slack-token", "xoxb-recycle-test\n");
     let settings = load(&dir.write("pipewarden.toml", &config).display().to_string());
     sync_all(&t.store, &settings).await;
     let as_of = emu.clock().now_ms();
@@ -995,7 +1024,7 @@ add_to_campaign = "{campaign}"
             l["IsConverted"] != json!(true)
                 && l["Status"] == "Open - Not Contacted"
                 && l["LastActivityDate"].is_null()
-                && millis(l["CreatedDate"].as_str().unwrap()) < as_of - 5 * DAY_MS
+                && millis(l["CreatedDate"].as_str().unwrap()) < as_of - 22 * DAY_MS
                 && !opted_out(l)
                 && l["OwnerId"].as_str() != Some(ids.queue.as_str())
         })
@@ -1005,7 +1034,11 @@ add_to_campaign = "{campaign}"
     let disqualified_at = |id: &str| {
         lead_history
             .iter()
-            .filter(|h| h["LeadId"] == id && h["Field"] == "Status" && h["NewValue"] == "Closed - Not Converted")
+            .filter(|h| {
+                h["LeadId"] == id
+                    && h["Field"] == "Status"
+                    && h["NewValue"] == "Closed - Not Converted"
+            })
             .map(|h| millis(h["CreatedDate"].as_str().unwrap()))
             .max()
     };
@@ -1033,8 +1066,8 @@ add_to_campaign = "{campaign}"
         .iter()
         .filter(|(id, d)| {
             let stage = d["StageName"].as_str().unwrap();
-            let since = lost_at(id, stage)
-                .unwrap_or_else(|| millis(d["SystemModstamp"].as_str().unwrap()));
+            let since =
+                lost_at(id, stage).unwrap_or_else(|| millis(d["SystemModstamp"].as_str().unwrap()));
             d["IsClosed"] == json!(true)
                 && d["IsWon"] == json!(false)
                 && ["Timing", "Budget", "No Decision"]
@@ -1055,7 +1088,9 @@ add_to_campaign = "{campaign}"
         .map(str::to_string)
         .collect();
 
-    let plan = recycle::plan(&t.store, &settings, &options(&emu)).await.unwrap();
+    let plan = recycle::plan(&t.store, &settings, &options(&emu))
+        .await
+        .unwrap();
     let selected = |name: &str| -> BTreeSet<String> {
         plan.policies
             .iter()
@@ -1070,10 +1105,58 @@ add_to_campaign = "{campaign}"
     assert_eq!(selected("unworked"), unworked);
     assert_eq!(selected("disqualified-fit"), disqualified);
     assert_eq!(selected("lost-timing"), lost);
-    let lost_plan = plan.policies.iter().find(|p| p.policy == "lost-timing").unwrap();
+    let lost_plan = plan
+        .policies
+        .iter()
+        .find(|p| p.policy == "lost-timing")
+        .unwrap();
     let first = &lost_plan.records[0];
     assert_eq!(first.candidate.object_kind, "contact");
     assert!(first.reason.contains("lost"), "{}", first.reason);
-    assert_eq!(first.actions.len(), 1, "contacts have no Lead Status to set");
+    assert_eq!(
+        first.actions.len(),
+        1,
+        "contacts have no Lead Status to set"
+    );
+
+    // Alert first: leads unworked for 2 to 22 days are not acted on yet; their owners are
+    // warned once (the policies are dry runs, so apply only records and warns).
+    let in_grace = leads
+        .values()
+        .filter(|l| {
+            let created = millis(l["CreatedDate"].as_str().unwrap());
+            l["IsConverted"] != json!(true)
+                && l["Status"] == "Open - Not Contacted"
+                && l["LastActivityDate"].is_null()
+                && created < as_of - 2 * DAY_MS
+                && created >= as_of - 22 * DAY_MS
+                && !opted_out(l)
+                && l["OwnerId"].as_str() != Some(ids.queue.as_str())
+        })
+        .count();
+    assert!(in_grace > 0, "the funnel has recently unworked leads");
+    let report = recycle::apply(&t.store, &settings, &options(&emu), &quick_apply())
+        .await
+        .unwrap();
+    let unworked_outcome = report
+        .policies
+        .iter()
+        .find(|p| p.policy == "unworked")
+        .unwrap();
+    assert_eq!(unworked_outcome.warned as usize, in_grace, "{report:?}");
+    assert_eq!(unworked_outcome.applied, 0, "a dry run applies nothing");
+    let warnings = t
+        .store
+        .alerts()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|a| a.kind == "recycle_warning")
+        .count();
+    assert_eq!(warnings, in_grace);
+    let again = recycle::apply(&t.store, &settings, &options(&emu), &quick_apply())
+        .await
+        .unwrap();
+    assert_eq!(again.policies[0].warned, 0, "an owner is warned once");
     emu.stop().await.unwrap();
 }
