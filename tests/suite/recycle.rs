@@ -722,6 +722,7 @@ on_both_backends!(
     a_recycled_lead_that_books_a_meeting_later_has_returned,
     hubspot_stale_contacts_are_recycled_with_lifecycle_cleared_first,
     unworked_disqualified_and_lost_policies_select_what_the_org_says,
+    assignment_rules_pick_the_owner_when_the_policy_asks_for_them,
 );
 
 const HS_TOKEN: &str = "pat-na1-emulator-demo-token";
@@ -1158,5 +1159,79 @@ add_to_campaign = "{campaign}"
         .await
         .unwrap();
     assert_eq!(again.policies[0].warned, 0, "an owner is warned once");
+    emu.stop().await.unwrap();
+}
+
+async fn assignment_rules_pick_the_owner_when_the_policy_asks_for_them(t: TestStore) {
+    let emu = start(SalesforceOptions {
+        lead_assignment_queue: Some("Nurture".into()),
+        ..SalesforceOptions::default()
+    })
+    .await;
+    let nurture_queue = latest(&emu, "Group")
+        .await
+        .into_iter()
+        .find(|(_, g)| g["Name"] == "Nurture")
+        .map(|(id, _)| id)
+        .unwrap();
+    let dir = ConfigDir::new();
+    dir.write("refresh-token", "emulator-demo-refresh-token\n");
+    let config = format!(
+        r#"
+[store]
+url = "{store}"
+
+[[connections]]
+name = "sf"
+kind = "salesforce"
+login_url = "{base}"
+
+[connections.auth]
+kind = "refresh_token"
+client_id = "pipewarden-demo"
+refresh_token = {{ file = "refresh-token" }}
+
+[recycle]
+max_actions_per_run = 1000
+
+[[recycle.policies]]
+name = "stale-leads"
+connection = "sf"
+kind = "stale"
+after_days = 30
+dry_run = false
+
+[recycle.policies.actions]
+set_status = "Nurture"
+use_assignment_rules = true
+"#,
+        store = t.url,
+        base = emu.base_url(),
+    );
+    let settings = load(&dir.write("pipewarden.toml", &config).display().to_string());
+    sync_all(&t.store, &settings).await;
+    let before = latest(&emu, "Lead").await;
+    let expected = expected_stale(&before, emu.clock().now_ms(), None);
+    let report = recycle::apply(&t.store, &settings, &options(&emu), &quick_apply())
+        .await
+        .unwrap();
+    assert_eq!(report.policies[0].failed, 0, "{report:?}");
+    let after = latest(&emu, "Lead").await;
+    for (id, lead) in &after {
+        if expected.contains(id) {
+            assert_eq!(lead["Status"], "Nurture", "lead {id}");
+            assert_eq!(
+                lead["OwnerId"].as_str(),
+                Some(nurture_queue.as_str()),
+                "the org's assignment rule owns lead {id} now"
+            );
+        } else {
+            assert_eq!(
+                Some(lead),
+                before.get(id),
+                "lead {id} was not to be touched"
+            );
+        }
+    }
     emu.stop().await.unwrap();
 }
