@@ -193,11 +193,7 @@ fn yield_of(policy: String, recycled: u64, mut returns: Vec<i64>) -> PolicyYield
         policy,
         recycled,
         returned,
-        return_rate_bp: if recycled == 0 {
-            0
-        } else {
-            (returned * 10_000 / recycled) as i64
-        },
+        return_rate_bp: (returned * 10_000).checked_div(recycled).unwrap_or(0) as i64,
         median_return_ms: quantile(&returns, 0.5),
         p75_return_ms: quantile(&returns, 0.75),
     }
