@@ -232,7 +232,7 @@ fn since_expr(kind: PolicyKind) -> &'static str {
             "COALESCE((SELECT MAX(e.occurred_at_ms) FROM lifecycle_events e \
              WHERE e.record_id = r.id AND e.event = 'disqualified'), r.crm_modified_at_ms)"
         }
-        // Deal policies never read it (stalled is handled by the stage-dwell path).
+        // Lost policies date the deal (LOST_SINCE); stalled policies are not planned.
         PolicyKind::Lost | PolicyKind::Stalled => "r.crm_modified_at_ms",
     }
 }
@@ -342,7 +342,8 @@ fn kind_filter(
                 .bind(Arg::Int(cutoff));
         }
         PolicyKind::Stalled => {
-            // Stalled deals are judged by stage dwell, not here; select nothing.
+            // Stalled policies are not planned (the plan says so); should one get here, it
+            // selects nothing rather than records of another kind.
             st.push(" AND 1 = 0");
         }
     }
