@@ -557,10 +557,11 @@ async fn an_apply_killed_mid_run_then_run_again_applies_every_action_once(t: Tes
     let before = observe(&emu).await;
     let expected = expected_stale(&before.leads, emu.clock().now_ms(), None);
     let as_of = rfc3339(emu.clock().now_ms());
-    // Slow writes: the kill lands while collections calls are on their way.
+    // Slow answers: the org applies each collections call at once and answers late, so the
+    // kill lands after writes reached the CRM and before the run learned of them.
     set_faults(
         &emu,
-        json!([{"kind": "slow", "delay_ms": 600, "path_contains": "composite"}]),
+        json!([{"kind": "slow_answer", "delay_ms": 600, "path_contains": "composite"}]),
     )
     .await;
     let mut child = Command::new(env!("CARGO_BIN_EXE_pipewarden"))
@@ -569,7 +570,22 @@ async fn an_apply_killed_mid_run_then_run_again_applies_every_action_once(t: Tes
         .stdout(Stdio::null())
         .spawn()
         .expect("pipewarden starts");
-    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    // Kill once the run has queued its writes, while the slow calls deliver them.
+    let mut queued = 0;
+    for _ in 0..400 {
+        queued = recycle::plan(&t.store, &settings, &options(&emu))
+            .await
+            .unwrap()
+            .waiting_in_outbox;
+        if queued > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(queued > 0, "the run queued its writes");
+    // The first round's updates are answered after 600 ms; its creates are then applied and
+    // wait for their answer when the kill comes.
+    tokio::time::sleep(Duration::from_millis(900)).await;
     child.kill().expect("SIGKILL");
     child.wait().unwrap();
     set_faults(&emu, json!([])).await;
