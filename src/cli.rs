@@ -14,6 +14,7 @@ use crate::daemon::{self, DaemonError};
 use crate::demo::{self, DemoError, DemoOptions};
 use crate::emulator::{self, EmulatorOptions};
 use crate::query::{self, Format, QueryError, Report};
+use crate::recycle::{self, RecycleError, RecycleOptions};
 use crate::rules::{self, RulesError, Severity, WaiveError};
 use crate::store::{Store, StoreError};
 use crate::sync::{self, StopSignal, SyncError, SyncOptions};
@@ -61,6 +62,34 @@ pub enum Command {
     /// Work with stage-gate violations.
     #[command(subcommand)]
     Violations(ViolationsCommand),
+    /// Put stale, unworked, lost and disqualified leads back into nurture.
+    #[command(subcommand)]
+    Recycle(RecycleCommand),
+}
+
+/// `pipewarden recycle …`
+#[derive(Debug, Subcommand)]
+pub enum RecycleCommand {
+    /// Show what each policy would change per record, and why; nothing is written.
+    Plan(RecycleArgs),
+    /// Record the plan and write it to the CRM through the write-back outbox (policies with
+    /// dry_run = true, the default, are only recorded).
+    Apply(RecycleArgs),
+}
+
+/// `pipewarden recycle plan|apply …`
+#[derive(Debug, clap::Args)]
+pub struct RecycleArgs {
+    /// Only this policy (by name).
+    #[arg(long, value_name = "NAME")]
+    pub policy: Option<String>,
+    /// Judge ages as of this day (YYYY-MM-DD, UTC) or instant (RFC 3339) instead of now: for
+    /// replays, and for a CRM whose clock is not ours (the emulator's simulated time).
+    #[arg(long, value_name = "INSTANT", value_parser = parse_since)]
+    pub as_of: Option<i64>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: Format,
 }
 
 /// `pipewarden query …`: one subcommand per question, each also served at `/api/v1/…`.
@@ -78,6 +107,8 @@ pub enum QueryCommand {
     Cohort(QueryArgs<query::cohort::CohortParams>),
     /// Per campaign: members, responses, the deals and wins they led to, against the average.
     Campaigns(QueryArgs<query::campaigns::CampaignsParams>),
+    /// Records recycled in a window, how many returned and after how long, by policy.
+    Recycled(QueryArgs<query::recycled::RecycledParams>),
 }
 
 /// A query's own parameters and the output format.
@@ -241,6 +272,9 @@ pub enum CliError {
     /// The daemon failed.
     #[error(transparent)]
     Daemon(DaemonError),
+    /// Recycling failed.
+    #[error(transparent)]
+    Recycle(#[from] RecycleError),
     /// Writing the command's output failed.
     #[error("cannot write output: {0}")]
     Output(#[from] std::io::Error),
@@ -273,7 +307,46 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Rules(RulesCommand::Check) => rules_check(cli.config).await,
         Command::Rules(RulesCommand::Backtest(args)) => rules_backtest(cli.config, args).await,
         Command::Violations(ViolationsCommand::Waive(args)) => waive(cli.config, args).await,
+        Command::Recycle(command) => run_recycle(cli.config, command).await,
     }
+}
+
+async fn run_recycle(path: Option<PathBuf>, command: RecycleCommand) -> Result<(), CliError> {
+    let settings = load_settings(path)?;
+    let store = Store::open_migrated(&settings.store).await?;
+    let now = chrono::Utc::now().timestamp_millis();
+    let result = match command {
+        RecycleCommand::Plan(args) => {
+            let options = RecycleOptions {
+                policy: args.policy,
+                as_of: args.as_of.unwrap_or(now),
+            };
+            // Returns found since the last run are stored before planning, as apply does.
+            let planned = async {
+                recycle::outcomes::evaluate(&store, now).await?;
+                recycle::plan(&store, &settings, &options).await
+            }
+            .await;
+            planned
+                .map_err(CliError::from)
+                .and_then(|plan| print_report(&plan, args.format))
+        }
+        RecycleCommand::Apply(args) => {
+            let options = RecycleOptions {
+                policy: args.policy,
+                as_of: args.as_of.unwrap_or(now),
+            };
+            let applied = match store.claim_sole_replica(&settings.store.url) {
+                Ok(_sole) => recycle::apply(&store, &settings, &options, &Default::default()).await,
+                Err(err) => Err(err.into()),
+            };
+            applied
+                .map_err(CliError::from)
+                .and_then(|report| print_report(&report, args.format))
+        }
+    };
+    store.close().await;
+    result
 }
 
 async fn run_query(path: Option<PathBuf>, command: QueryCommand) -> Result<(), CliError> {
@@ -310,6 +383,10 @@ async fn answer_query(
         }
         QueryCommand::Campaigns(args) => print_report(
             &query::campaigns::run(store, &args.params).await?,
+            args.format,
+        ),
+        QueryCommand::Recycled(args) => print_report(
+            &query::recycled::run(store, &args.params).await?,
             args.format,
         ),
     }
@@ -398,6 +475,11 @@ async fn sync_once(path: Option<PathBuf>, args: SyncArgs) -> Result<(), CliError
                 );
                 for evaluation in rules::evaluate_after_sync(&store, &settings, connection).await {
                     println!("  {}", rules::describe_evaluation(&evaluation));
+                }
+                let now = chrono::Utc::now().timestamp_millis();
+                let returned = recycle::outcomes::evaluate_after_sync(&store, now).await;
+                if returned > 0 {
+                    println!("  {returned} recycled record(s) returned");
                 }
             }
             Err(err @ SyncError::LeaseHeld(_)) => println!("{}: skipped: {err}", connection.name),

@@ -133,6 +133,8 @@ async fn sync_loop(
                     transitions = run.transitions_written, api_calls = run.api_calls,
                     daily_used = report.budget.org_used, daily_limit = report.budget.org_limit, "sync run finished");
                 evaluate_after_sync(&store, &settings, connection).await;
+                let now = chrono::Utc::now().timestamp_millis();
+                crate::recycle::outcomes::evaluate_after_sync(&store, now).await;
             }
             Err(SyncError::LeaseHeld(_)) => {
                 tracing::debug!(connection = %connection.name, "another replica is syncing this connection");

@@ -50,6 +50,7 @@ pub fn routes(state: Arc<ApiState>) -> Router {
         .route("/funnel", get(funnel))
         .route("/cohort", get(cohort))
         .route("/campaigns", get(campaigns))
+        .route("/recycled", get(recycled))
         .route("/violations", get(violations::list))
         .route("/violations/{id}/waive", post(violations::waive))
         .fallback(not_found)
@@ -229,6 +230,14 @@ async fn cohort(
 ) -> Result<Json<query::cohort::CohortReport>, ApiError> {
     let params = parameters(params)?;
     Ok(Json(query::cohort::run(&state.store, &params).await?))
+}
+
+async fn recycled(
+    State(state): State<Arc<ApiState>>,
+    params: Result<Query<query::recycled::RecycledParams>, QueryRejection>,
+) -> Result<Json<query::recycled::RecycledReport>, ApiError> {
+    let params = parameters(params)?;
+    Ok(Json(query::recycled::run(&state.store, &params).await?))
 }
 
 async fn campaigns(

@@ -108,6 +108,16 @@ pub(crate) fn described_routes() -> Vec<(&'static str, &'static str, Vec<Param>)
             ],
         ),
         (
+            "/api/v1/recycled",
+            "Records pipewarden recycled in a window, how many returned (MQL, meeting, opportunity) and after how long (median, p75), by policy.",
+            vec![
+                ("from", false, "Only records recycled from this instant.", instant()),
+                ("to", false, "Only records recycled before this instant.", instant()),
+                ("policy", false, "Only this recycle policy.", text()),
+                connection(),
+            ],
+        ),
+        (
             "/api/v1/violations",
             "Stage-gate violations, newest moves first (POST /api/v1/violations/{id}/waive with {\"reason\", \"by\"} waives an open one).",
             vec![

@@ -1101,6 +1101,8 @@ fn recycle_actions(
                 raw.add_to_campaign.is_some(),
                 why,
             );
+            // Recycling writes HubSpot contacts and lists; it creates no HubSpot tasks.
+            check.not_for(&field("create_task"), raw.create_task.is_some(), why);
         }
         None => {}
     }

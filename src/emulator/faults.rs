@@ -33,6 +33,9 @@ pub enum FaultKind {
     Unavailable,
     /// The answer comes after `delay_ms`; past a client's timeout this is a timeout.
     Slow,
+    /// The request is carried out at once, but its answer comes only after `delay_ms`: a
+    /// client that gives up or dies meanwhile never learns that its write was applied.
+    SlowAnswer,
     /// The connection drops after the headers, before any body.
     Reset,
     /// The real answer with its JSON cut in half.
@@ -187,6 +190,11 @@ pub(crate) async fn inject(
         FaultKind::Slow => {
             tokio::time::sleep(Duration::from_millis(rule.delay_ms.unwrap_or(30_000))).await;
             next.run(request).await
+        }
+        FaultKind::SlowAnswer => {
+            let answer = next.run(request).await;
+            tokio::time::sleep(Duration::from_millis(rule.delay_ms.unwrap_or(30_000))).await;
+            answer
         }
         FaultKind::Reset => reset(),
         FaultKind::TruncatedJson => truncate(next.run(request).await).await,

@@ -17,6 +17,7 @@ pub mod funnel;
 pub mod history;
 pub mod output;
 pub mod pipeline_diff;
+pub mod recycled;
 
 use std::collections::HashMap;
 use std::time::Duration;

@@ -179,6 +179,7 @@ async fn http_answers_like_the_library_and_checks_tokens_and_parameters(test: Te
             "/api/v1/funnel",
             "/api/v1/history",
             "/api/v1/pipeline-diff",
+            "/api/v1/recycled",
             "/api/v1/violations"
         ]
     );

@@ -300,3 +300,31 @@ fn the_shipped_example_and_demo_configs_load() {
         load_with_env(Some(demo), &env(&[])).expect("demo loads with no environment at all");
     assert_eq!(settings.connections.len(), 2);
 }
+
+#[test]
+fn a_hubspot_recycle_policy_cannot_create_tasks() {
+    let dir = ConfigDir::new();
+    let text = r#"
+[[connections]]
+name = "hs"
+kind = "hubspot"
+[connections.auth]
+kind = "private_app"
+token = { env = "HS_TOKEN" }
+
+[[recycle.policies]]
+name = "stale"
+connection = "hs"
+kind = "stale"
+after_days = 30
+[recycle.policies.actions]
+set_status = "BAD_TIMING"
+create_task = "Call them"
+"#;
+    let err = load(&dir, text, &[("HS_TOKEN", "pat-na1-x")]).unwrap_err();
+    assert_eq!(
+        problem_keys(&err),
+        ["recycle.policies[0].actions.create_task"],
+        "{err}"
+    );
+}

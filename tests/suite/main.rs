@@ -12,6 +12,7 @@ mod emulator_hubspot;
 mod emulator_query;
 mod emulator_writes;
 mod queries;
+mod recycle;
 mod rules;
 mod store;
 mod support;

@@ -5,16 +5,18 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::error;
+use super::ids::sf_id;
 use super::schema::{self, ObjectDef};
 use super::sobjects::{record_body, with_batch};
 use super::writes::{Batch, RecordError, ValidationRule};
+use crate::emulator::funnel::QUEUES;
 use crate::emulator::Shared;
 
 /// Records one collections call may carry.
@@ -48,15 +50,29 @@ pub(crate) async fn create_collection(
     State(shared): State<Arc<Shared>>,
     body: Result<Json<Collection>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    run_collection(&shared, body, Operation::Create)
+    run_collection(&shared, body, Operation::Create, None)
 }
 
 /// `PATCH …/composite/sobjects`: updates.
 pub(crate) async fn update_collection(
     State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
     body: Result<Json<Collection>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    run_collection(&shared, body, Operation::Update)
+    let assign_to = assignment_owner(&shared, &headers);
+    run_collection(&shared, body, Operation::Update, assign_to.as_deref())
+}
+
+/// The owner the org's lead assignment rule gives, when the request asks for assignment
+/// rules (`Sforce-Auto-Assign: TRUE`) and the org has an active rule.
+fn assignment_owner(shared: &Shared, headers: &HeaderMap) -> Option<String> {
+    let asked = headers
+        .get("Sforce-Auto-Assign")
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.eq_ignore_ascii_case("true"));
+    let queue = shared.salesforce.options.lead_assignment_queue.as_deref()?;
+    let index = QUEUES.iter().position(|name| *name == queue)?;
+    asked.then(|| sf_id(schema::GROUP.key_prefix, index as u64))
 }
 
 /// `DELETE …/composite/sobjects?ids=`: deletes by id, whatever their type.
@@ -103,6 +119,7 @@ fn run_collection(
     shared: &Shared,
     body: Result<Json<Collection>, axum::extract::rejection::JsonRejection>,
     operation: Operation,
+    assign_leads_to: Option<&str>,
 ) -> Response {
     let Json(collection) = match body {
         Ok(body) => body,
@@ -119,12 +136,35 @@ fn run_collection(
             collection
                 .records
                 .iter()
-                .map(|record| write_one(batch, record, &operation, rules))
+                .map(|record| {
+                    let assigned = assign(record, assign_leads_to);
+                    write_one(
+                        batch,
+                        assigned.as_ref().unwrap_or(record),
+                        &operation,
+                        rules,
+                    )
+                })
                 .collect::<Vec<_>>()
         },
         |results| !all_or_none || results.iter().all(Result::is_ok),
     );
     Json(collection_results(&results, all_or_none)).into_response()
+}
+
+/// A lead write with the assignment rule's owner in place of any the client gave.
+fn assign(record: &Map<String, Value>, owner: Option<&str>) -> Option<Map<String, Value>> {
+    let owner = owner?;
+    let is_lead = record
+        .get("attributes")
+        .and_then(|attributes| attributes.get("type"))
+        .and_then(Value::as_str)
+        == Some("Lead");
+    is_lead.then(|| {
+        let mut assigned = record.clone();
+        assigned.insert("OwnerId".into(), Value::String(owner.to_string()));
+        assigned
+    })
 }
 
 fn write_one(

@@ -70,6 +70,10 @@ pub struct SalesforceOptions {
     pub query_timeout_rows: u64,
     /// The org's validation rules, enforced on client writes.
     pub validation_rules: Vec<ValidationRule>,
+    /// The org's active lead assignment rule: the queue (by name, one of "Unassigned Leads",
+    /// "Nurture", "Recycled Leads") it assigns leads to. API writes run it only when they
+    /// carry `Sforce-Auto-Assign: TRUE`; `None` is an org without an active rule.
+    pub lead_assignment_queue: Option<String>,
 }
 
 impl Default for SalesforceOptions {
@@ -87,6 +91,7 @@ impl Default for SalesforceOptions {
             per_app_api_limit: None,
             query_timeout_rows: 500_000,
             validation_rules: vec![ValidationRule::loss_reason_required()],
+            lead_assignment_queue: None,
         }
     }
 }

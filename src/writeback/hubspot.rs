@@ -1,0 +1,229 @@
+//! HubSpot writes: batch updates of up to 100 records, static-list membership additions.
+//!
+//! A batch update fails as a whole when one input is invalid; the batch is then sent again
+//! record by record, so the invalid record is refused with its own error and the others
+//! are applied. A lifecycle stage that moves backward is cleared first, as HubSpot requires.
+
+use std::collections::BTreeMap;
+
+use reqwest::Method;
+use serde_json::{json, Map, Value};
+
+use super::salesforce::Pending;
+use super::{read_value, WriteOp, WriteOutcome};
+use crate::crm::{ApiClient, ApiRequest, CrmError};
+
+/// Inputs one batch update may carry.
+const BATCH_MAX: usize = 100;
+/// Record ids one list-membership call carries.
+const LIST_IDS_MAX: usize = 100;
+
+/// Delivers `writes`; the answer has one outcome per write, by `index`.
+pub(super) async fn deliver(
+    api: &ApiClient,
+    version: &str,
+    writes: &[Pending<'_>],
+) -> BTreeMap<usize, WriteOutcome> {
+    let mut outcomes = BTreeMap::new();
+    let mut updates: BTreeMap<&str, Vec<&Pending>> = BTreeMap::new();
+    let mut lists: BTreeMap<&str, Vec<&Pending>> = BTreeMap::new();
+    for w in writes {
+        match w.op {
+            WriteOp::Update { object, .. } => updates.entry(object).or_default().push(w),
+            WriteOp::ListAdd { list, .. } => lists.entry(list).or_default().push(w),
+            WriteOp::Create { .. } => {
+                outcomes.insert(
+                    w.index,
+                    WriteOutcome::Refused {
+                        code: "UNSUPPORTED".into(),
+                        message: "pipewarden creates records only in Salesforce".into(),
+                    },
+                );
+            }
+        }
+    }
+    for (object, group) in updates {
+        for chunk in group.chunks(BATCH_MAX) {
+            update_batch(api, version, object, chunk, &mut outcomes).await;
+        }
+    }
+    for (list, group) in lists {
+        for chunk in group.chunks(LIST_IDS_MAX) {
+            add_to_list(api, version, list, chunk, &mut outcomes).await;
+        }
+    }
+    outcomes
+}
+
+fn base(version: &str, family: &str) -> String {
+    if version == "v3" {
+        format!("/crm/v3/{family}")
+    } else {
+        format!("/crm/{family}/{version}")
+    }
+}
+
+/// Clears what must be cleared, then writes every record's properties in one batch (or one
+/// by one when the batch is refused).
+async fn update_batch(
+    api: &ApiClient,
+    version: &str,
+    object: &str,
+    chunk: &[&Pending<'_>],
+    outcomes: &mut BTreeMap<usize, WriteOutcome>,
+) {
+    let path = format!("{}/{object}/batch/update", base(version, "objects"));
+    let clears: Vec<Value> = chunk
+        .iter()
+        .filter_map(|w| match w.op {
+            WriteOp::Update {
+                id, clear_first, ..
+            } if !clear_first.is_empty() => {
+                let properties: Map<String, Value> = clear_first
+                    .iter()
+                    .map(|name| (name.clone(), json!("")))
+                    .collect();
+                Some(json!({ "id": id, "properties": properties }))
+            }
+            _ => None,
+        })
+        .collect();
+    if !clears.is_empty() {
+        let request =
+            ApiRequest::with_json(Method::POST, path.clone(), json!({ "inputs": clears }));
+        if let Err(err) = api.send(&request, read_value).await {
+            // Nothing is written until the clear went through; every record waits for it.
+            let outcome = WriteOutcome::from_call_error(&err);
+            for w in chunk {
+                outcomes.insert(w.index, outcome.clone());
+            }
+            return;
+        }
+    }
+    let inputs: Vec<Value> = chunk.iter().map(|w| input(w.op)).collect();
+    let request = ApiRequest::with_json(Method::POST, path, json!({ "inputs": inputs }));
+    match api.send(&request, read_value).await {
+        Ok(reply) => settle_batch(&reply.value, chunk, outcomes),
+        Err(CrmError::Api { .. }) if chunk.len() > 1 => {
+            for w in chunk {
+                let outcome = update_one(api, version, object, w.op).await;
+                outcomes.insert(w.index, outcome);
+            }
+        }
+        Err(err) => {
+            let outcome = WriteOutcome::from_call_error(&err);
+            for w in chunk {
+                outcomes.insert(w.index, outcome.clone());
+            }
+        }
+    }
+}
+
+fn input(op: &WriteOp) -> Value {
+    match op {
+        WriteOp::Update { id, fields, .. } => json!({ "id": id, "properties": fields }),
+        _ => Value::Null,
+    }
+}
+
+/// A 200 (or 207) batch answer: records in `results` are applied; ids named by an error
+/// are refused with its category.
+fn settle_batch(
+    answer: &Value,
+    chunk: &[&Pending<'_>],
+    outcomes: &mut BTreeMap<usize, WriteOutcome>,
+) {
+    let results = answer["results"].as_array().cloned().unwrap_or_default();
+    let errors = answer["errors"].as_array().cloned().unwrap_or_default();
+    for w in chunk {
+        let Some(id) = w.op.record_id() else { continue };
+        let applied = results
+            .iter()
+            .find(|result| result["id"].as_str() == Some(id));
+        let outcome = if let Some(result) = applied {
+            WriteOutcome::Applied(result.clone())
+        } else if let Some(error) = errors.iter().find(|error| names_id(error, id)) {
+            WriteOutcome::Refused {
+                code: error["category"]
+                    .as_str()
+                    .unwrap_or("UNKNOWN_ERROR")
+                    .to_string(),
+                message: error["message"].as_str().unwrap_or_default().to_string(),
+            }
+        } else {
+            WriteOutcome::Refused {
+                code: "OBJECT_NOT_FOUND".into(),
+                message: format!("the batch answer does not mention record {id}"),
+            }
+        };
+        outcomes.insert(w.index, outcome);
+    }
+}
+
+fn names_id(error: &Value, id: &str) -> bool {
+    error["context"]["ids"]
+        .as_array()
+        .is_some_and(|ids| ids.iter().any(|found| found.as_str() == Some(id)))
+}
+
+/// `PATCH /objects/{type}/{id}`: one record, its own error.
+async fn update_one(api: &ApiClient, version: &str, object: &str, op: &WriteOp) -> WriteOutcome {
+    let WriteOp::Update { id, fields, .. } = op else {
+        return WriteOutcome::Refused {
+            code: "UNSUPPORTED".into(),
+            message: "not an update".into(),
+        };
+    };
+    let request = ApiRequest::with_json(
+        Method::PATCH,
+        format!("{}/{object}/{id}", base(version, "objects")),
+        json!({ "properties": fields }),
+    );
+    match api.send(&request, read_value).await {
+        Ok(reply) => WriteOutcome::Applied(reply.value),
+        Err(err) => WriteOutcome::from_call_error(&err),
+    }
+}
+
+/// `PUT /lists/{id}/memberships/add` with the record ids; ids the list already holds are
+/// fine, ids HubSpot does not know are refused.
+async fn add_to_list(
+    api: &ApiClient,
+    version: &str,
+    list: &str,
+    chunk: &[&Pending<'_>],
+    outcomes: &mut BTreeMap<usize, WriteOutcome>,
+) {
+    let ids: Vec<&str> = chunk.iter().filter_map(|w| w.op.record_id()).collect();
+    let request = ApiRequest::with_json(
+        Method::PUT,
+        format!("{}/{list}/memberships/add", base(version, "lists")),
+        json!(ids),
+    );
+    let answer = match api.send(&request, read_value).await {
+        Ok(reply) => reply.value,
+        Err(err) => {
+            let outcome = WriteOutcome::from_call_error(&err);
+            for w in chunk {
+                outcomes.insert(w.index, outcome.clone());
+            }
+            return;
+        }
+    };
+    let missing: Vec<&str> = answer["recordIdsMissing"]
+        .as_array()
+        .map(|ids| ids.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    for w in chunk {
+        let id = w.op.record_id().unwrap_or_default();
+        let outcome = if missing.contains(&id) {
+            WriteOutcome::Refused {
+                code: "OBJECT_NOT_FOUND".into(),
+                message: format!("list {list}: record {id} does not exist"),
+            }
+        } else {
+            WriteOutcome::Applied(json!({ "listId": list, "recordId": id }))
+        };
+        outcomes.insert(w.index, outcome);
+    }
+}

@@ -1,0 +1,131 @@
+//! Write-back: CRM writes decided by pipewarden, delivered from the `writeback_outbox`.
+//!
+//! A write is decided and stored in the outbox in the same transaction as the decision (a
+//! recycle action); this module delivers it later, in batches, through the connection's
+//! rate-limited client, and records what the CRM answered. A row is claimed (`in_flight`,
+//! attempts + 1) before its call and settled (`applied` or `failed`) after it, so a process
+//! killed in between leaves `in_flight` rows that the next run delivers again in a way that
+//! cannot apply them twice: field updates compare the CRM's current values first, a
+//! duplicate campaign membership counts as done, and a task is looked for before it is
+//! created again.
+
+mod hubspot;
+mod outbox;
+mod salesforce;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+pub use outbox::{deliver_pending, DeliveryReport, SettledWrite, WriteClients};
+
+use crate::crm::CrmError;
+
+/// One CRM write, as stored in the outbox's `payload`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum WriteOp {
+    /// Set fields (Salesforce) or properties (HubSpot) of one record.
+    Update {
+        /// `Lead`, `Contact`, `contacts`, …
+        object: String,
+        /// The record's CRM id.
+        id: String,
+        /// Field values to write.
+        fields: Map<String, Value>,
+        /// Salesforce: send `Sforce-Auto-Assign: TRUE` so the org's assignment rules pick
+        /// the owner.
+        #[serde(default)]
+        auto_assign: bool,
+        /// HubSpot: properties to clear before writing (a lifecycle stage moving backward).
+        #[serde(default)]
+        clear_first: Vec<String>,
+    },
+    /// Create a record (Salesforce CampaignMember or Task).
+    Create {
+        /// `CampaignMember`, `Task`.
+        object: String,
+        /// Its field values.
+        fields: Map<String, Value>,
+        /// A `DUPLICATE_VALUE` answer means it exists already: done.
+        #[serde(default)]
+        duplicate_ok: bool,
+        /// Before creating again after an interrupted attempt, look for a record with these
+        /// field values created at or after `created_after_ms`.
+        #[serde(default)]
+        find_first: Option<Map<String, Value>>,
+        /// See `find_first`.
+        #[serde(default)]
+        created_after_ms: Option<i64>,
+    },
+    /// Add a contact to a HubSpot static list.
+    ListAdd {
+        /// The list id.
+        list: String,
+        /// The contact's id.
+        id: String,
+    },
+}
+
+impl WriteOp {
+    /// The CRM object the write touches.
+    pub fn object(&self) -> &str {
+        match self {
+            WriteOp::Update { object, .. } | WriteOp::Create { object, .. } => object,
+            WriteOp::ListAdd { .. } => "lists",
+        }
+    }
+
+    /// The id of the record written, when it exists before the write.
+    pub fn record_id(&self) -> Option<&str> {
+        match self {
+            WriteOp::Update { id, .. } | WriteOp::ListAdd { id, .. } => Some(id),
+            WriteOp::Create { .. } => None,
+        }
+    }
+
+    /// The outbox `operation` column.
+    pub fn operation(&self) -> &'static str {
+        match self {
+            WriteOp::Update { .. } => "update",
+            WriteOp::Create { .. } => "create",
+            WriteOp::ListAdd { .. } => "list_add",
+        }
+    }
+}
+
+/// What became of one write.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WriteOutcome {
+    /// The CRM holds the write (now or already); the CRM's answer for the audit.
+    Applied(Value),
+    /// The CRM refused this record's write; retrying will not change that.
+    Refused {
+        /// The CRM's error code (`FIELD_CUSTOM_VALIDATION_EXCEPTION`, `VALIDATION_ERROR`, …).
+        code: String,
+        /// The CRM's message.
+        message: String,
+    },
+    /// The call got no usable answer (outage, rate limit, budget); try again later.
+    Retry(String),
+}
+
+impl WriteOutcome {
+    /// The outcome every write of a failed call gets.
+    fn from_call_error(err: &CrmError) -> WriteOutcome {
+        match err {
+            CrmError::Api { code, message, .. } => WriteOutcome::Refused {
+                code: code.clone(),
+                message: message.clone(),
+            },
+            other => WriteOutcome::Retry(other.to_string()),
+        }
+    }
+}
+
+/// Reads a JSON answer body (an empty body reads as null).
+fn read_value(body: &[u8]) -> Result<Value, String> {
+    if body.is_empty() {
+        return Ok(Value::Null);
+    }
+    serde_json::from_slice(body).map_err(|err| err.to_string())
+}
