@@ -9,6 +9,7 @@ pub mod http;
 pub mod hubspot;
 mod limits;
 pub mod salesforce;
+pub mod salesforce_bulk;
 mod tokens;
 
 pub use http::{ApiClient, ApiRequest, ApiStats, Reply, RetryPolicy};
