@@ -392,7 +392,48 @@ async fn a_run_cut_off_between_chunks_resumes_the_same_job_at_its_locator(test: 
     emu.stop().await.unwrap();
 }
 
+/// Chunks cut in half, 503s and sessions ending in the middle of a job: the chunks are read
+/// again, the same job goes on under the new token, and nothing is lost.
+async fn faults_during_bulk_reads_lose_nothing(test: TestStore) {
+    let emu = start_emulator().await;
+    let dir = ConfigDir::new();
+    let connection = ConnectionSettings {
+        bulk_chunk_size: 100,
+        ..bulk_connection(&emu, &dir, Some(0))
+    };
+    set_faults(
+        &emu,
+        json!([
+            {"kind": "truncated_json", "path_contains": "/results", "every": 3},
+            {"kind": "unavailable", "path_contains": "/jobs/query", "probability": 0.1},
+            {"kind": "expire_session", "path_contains": "/jobs/query/", "every": 5}
+        ]),
+    )
+    .await;
+    let run = sync_with(&test.store, &connection, &quick_options())
+        .await
+        .unwrap();
+    assert_eq!(
+        run.summary.status,
+        SyncRunStatus::Succeeded,
+        "{:?}",
+        run.summary.message
+    );
+    assert!(run.summary.errors > 0, "faults were met and retried");
+    assert!(run.api.token_renewals > 1, "sessions ended mid-job");
+    set_faults(&emu, json!([])).await;
+    assert_eq!(
+        bulk_jobs(&emu).await.len(),
+        RECORD_OBJECTS.len(),
+        "one job per object despite the faults"
+    );
+    let id = connection_id(&test.store).await;
+    assert_store_matches_truth(&test.store, id, &emu).await;
+    emu.stop().await.unwrap();
+}
+
 on_both_backends!(
+    faults_during_bulk_reads_lose_nothing,
     a_bulk_backfill_stores_what_rest_stores_and_later_changes_come_by_rest,
     a_failed_bulk_job_is_named_and_the_next_run_recovers,
     a_run_cut_off_between_chunks_resumes_the_same_job_at_its_locator,
