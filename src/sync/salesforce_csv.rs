@@ -124,6 +124,12 @@ fn typed(cell: &str, kind: ValueKind) -> Result<Value, String> {
 /// A bulk datetime (`2024-01-31T09:15:00.000Z`) in the REST API's form
 /// (`2024-01-31T09:15:00.000+0000`).
 fn rest_datetime(text: &str) -> Option<String> {
+    // The form bulk results use: rewrite the zone without parsing (a backfill has millions).
+    if let Some(local) = text.strip_suffix('Z') {
+        if has_shape(local, "0000-00-00T00:00:00.000") {
+            return Some(format!("{local}+0000"));
+        }
+    }
     let at = chrono::DateTime::parse_from_rfc3339(text)
         .or_else(|_| chrono::DateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f%z"))
         .ok()?;
@@ -132,6 +138,15 @@ fn rest_datetime(text: &str) -> Option<String> {
             .format("%Y-%m-%dT%H:%M:%S%.3f+0000")
             .to_string(),
     )
+}
+
+/// Whether `text` has the shape of `pattern`, where `0` stands for any digit.
+fn has_shape(text: &str, pattern: &str) -> bool {
+    text.len() == pattern.len()
+        && text.bytes().zip(pattern.bytes()).all(|(c, p)| match p {
+            b'0' => c.is_ascii_digit(),
+            _ => c == p,
+        })
 }
 
 /// Puts `value` at `path` in `row`, making the parent objects a dotted path needs.
@@ -229,6 +244,12 @@ mod tests {
 
     #[test]
     fn a_cell_of_the_wrong_type_names_its_column() {
+        let columns = CsvColumns::new(["Id", "Amount"], &types());
+        let bad = columns.row(["006A", "lots"]).unwrap_err();
+        assert_eq!(bad.column, "Amount");
+        let columns = CsvColumns::new(["Id", "SystemModstamp"], &types());
+        let bad = columns.row(["006A", "2024-13-45 nonsense"]).unwrap_err();
+        assert_eq!(bad.column, "SystemModstamp");
         let columns = CsvColumns::new(["Id", "Amount"], &types());
         let bad = columns.row(["006A", "lots"]).unwrap_err();
         assert_eq!(bad.column, "Amount");
