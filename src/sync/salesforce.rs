@@ -96,6 +96,10 @@ struct Run<'c, 'a> {
     /// The org's clock at the last answer; observation times come from it, so that they are
     /// comparable with the org's own stamps whatever this host's clock says.
     server_now: Option<Millis>,
+    /// The oldest snapshot a record object was read from in this run, when a bulk job an
+    /// earlier run created was read on: history is read no further, so that every history
+    /// row's parent is stored.
+    oldest_snapshot: Option<Millis>,
 }
 
 /// Syncs a Salesforce connection: stages, then records, then history.
@@ -118,6 +122,7 @@ impl<'c, 'a> Run<'c, 'a> {
             stages: HashMap::new(),
             actors: HashMap::new(),
             server_now: None,
+            oldest_snapshot: None,
         }
     }
 
@@ -133,7 +138,10 @@ impl<'c, 'a> Run<'c, 'a> {
         for (object, parent_field, parent_kind) in HISTORY_OBJECTS {
             if self.configured(object) {
                 let stream = history_stream(object, parent_field, *parent_kind);
-                self.run_stream(&stream, Some(history_until)).await?;
+                let until = self
+                    .oldest_snapshot
+                    .map_or(history_until, |s| s.min(history_until));
+                self.run_stream(&stream, Some(until)).await?;
             }
         }
         for object in HARD_DELETED_OBJECTS {

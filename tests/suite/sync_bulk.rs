@@ -305,7 +305,7 @@ async fn a_run_cut_off_between_chunks_resumes_the_same_job_at_its_locator(test: 
     let emu = start_emulator().await;
     let dir = ConfigDir::new();
     let connection = ConnectionSettings {
-        objects: vec!["Lead".into()],
+        objects: vec!["Lead".into(), "LeadHistory".into()],
         bulk_chunk_size: 100,
         page_size: 200,
         ..bulk_connection(&emu, &dir, Some(0))
@@ -325,7 +325,12 @@ async fn a_run_cut_off_between_chunks_resumes_the_same_job_at_its_locator(test: 
     .await;
     let first = sync_with(&test.store, &connection, &fragile).await;
     assert!(first.is_err(), "the second chunk failed");
-    set_faults(&emu, json!([])).await;
+    // A rule that never fires counts the results calls of the next run.
+    set_faults(
+        &emu,
+        json!([{"kind": "server_error", "path_contains": "/results", "probability": 0.0}]),
+    )
+    .await;
     let id = connection_id(&test.store).await;
     let position = test
         .store
@@ -345,6 +350,25 @@ async fn a_run_cut_off_between_chunks_resumes_the_same_job_at_its_locator(test: 
     let runs = test.store.recent_sync_runs(id, 1).await.unwrap();
     assert_eq!(runs[0].records_seen, 100, "one chunk was stored");
 
+    // Meanwhile a rep adds a lead and works it: its status change is a LeadHistory row newer
+    // than the job's snapshot, whose parent the resumed job cannot have.
+    control(&emu, "/__emulator/clock/advance", json!({"by": "1h"})).await;
+    let by = json!({"kind": "rep", "number": 1});
+    let created = control(
+        &emu,
+        "/__emulator/salesforce/changes",
+        json!({"changes": [{"object": "Lead", "create": {"LastName": "Okafor", "Company": "Resume Labs"}, "by": by}]}),
+    )
+    .await;
+    let new_lead = created["ids"][0].as_str().unwrap().to_string();
+    control(
+        &emu,
+        "/__emulator/salesforce/changes",
+        json!({"changes": [{"object": "Lead", "id": new_lead, "set": {"Status": "Working - Contacted"}, "by": by}]}),
+    )
+    .await;
+    control(&emu, "/__emulator/clock/advance", json!({"by": "1m"})).await;
+
     let second = sync_with(&test.store, &connection, &quick_options())
         .await
         .unwrap();
@@ -359,9 +383,17 @@ async fn a_run_cut_off_between_chunks_resumes_the_same_job_at_its_locator(test: 
     assert_eq!(jobs[0]["id"], job);
     let processed = jobs[0]["numberRecordsProcessed"].as_i64().unwrap();
     assert!(processed > 100, "the job spans several chunks");
+    let results_calls = reqwest::get(url(&emu, "/__emulator/faults"))
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap()["faults"][0]["matched"]
+        .as_i64()
+        .unwrap();
     assert_eq!(
-        second.summary.records_seen,
-        processed - 100,
+        results_calls,
+        (processed - 100 + 99) / 100,
         "the second run read only the chunks the first did not"
     );
     let position = test
@@ -375,6 +407,36 @@ async fn a_run_cut_off_between_chunks_resumes_the_same_job_at_its_locator(test: 
         "the job is read: {position}"
     );
     assert!(position["stamp"].is_i64());
+    assert!(
+        test.store.quarantined(id).await.unwrap().is_empty(),
+        "history is read no further than the resumed job's snapshot"
+    );
+
+    // The next run reads what changed since the snapshot, the new lead's history included.
+    control(&emu, "/__emulator/clock/advance", json!({"by": "1m"})).await;
+    let third = sync_with(&test.store, &connection, &quick_options())
+        .await
+        .unwrap();
+    assert_eq!(third.summary.status, SyncRunStatus::Succeeded);
+    assert!(test.store.quarantined(id).await.unwrap().is_empty());
+    let stored = test
+        .store
+        .record(id, ObjectKind::Lead, &new_lead)
+        .await
+        .unwrap()
+        .expect("the new lead is stored");
+    let moves: Vec<String> = test
+        .store
+        .transitions(stored.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.to_stage)
+        .collect();
+    assert!(
+        moves.contains(&"Working - Contacted".to_string()),
+        "its status change came from LeadHistory: {moves:?}"
+    );
     for record in truth(&emu, "Lead").await {
         let latest = record["versions"].as_array().unwrap().last().unwrap();
         let lead = latest["record"]["Id"].as_str().unwrap();

@@ -81,6 +81,9 @@ impl Run<'_, '_> {
                     tracing::info!(connection = %self.ctx.settings.name, object = stream.object,
                         job = %checkpoint.job, locator = ?checkpoint.locator,
                         "resuming the bulk query job an earlier run was reading");
+                    let snapshot = checkpoint.created_at;
+                    self.oldest_snapshot =
+                        Some(self.oldest_snapshot.map_or(snapshot, |s| s.min(snapshot)));
                     self.read_job(stream, checkpoint, info, stamp).await?;
                     return Ok(true);
                 }
