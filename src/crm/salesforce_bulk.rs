@@ -40,13 +40,6 @@ pub struct JobInfo {
     pub number_records_processed: Option<u64>,
 }
 
-impl JobInfo {
-    /// Whether the job will change state no more.
-    pub fn is_settled(&self) -> bool {
-        matches!(self.state.as_str(), "JobComplete" | "Failed" | "Aborted")
-    }
-}
-
 /// One chunk of a job's results: CSV text, checked whole.
 #[derive(Debug)]
 pub struct ResultChunk {
