@@ -3,7 +3,9 @@
 //! `cargo bench --bench sync -- small [tiny|large] [--postgres]`. The emulator runs in this
 //! process; the sync runs as a `pipewarden sync --once` child, so the peak RSS printed is the
 //! sync's alone. Prints records/s, API calls against the fewest pages the REST API allows,
-//! peak RSS, and the time of an incremental run that picks up 1,000 scripted changes.
+//! peak RSS, and the time of an incremental run that picks up 1,000 scripted changes; then a
+//! second backfill into a fresh store through Bulk API 2.0 query jobs (`bulk_threshold = 0`),
+//! with its records/s and API calls against the fewest that jobs allow.
 //! PostgreSQL runs use `PIPEWARDEN_TEST_POSTGRES_URL` (default the local server) and create a
 //! database of their own.
 
@@ -25,6 +27,11 @@ const RECORD_OBJECTS: &[&str] = &[
 ];
 const HISTORY_OBJECTS: &[&str] = &["OpportunityHistory", "LeadHistory"];
 const REST_PAGE: u64 = 2_000;
+/// Records per bulk results chunk (the default `bulk_chunk_size`).
+const BULK_CHUNK: u64 = 20_000;
+/// Calls a bulk job costs besides its chunks: create, and the two polls the emulator's jobs
+/// take to complete.
+const JOB_CALLS: u64 = 3;
 /// Metadata and describe calls a run makes besides paging.
 const FIXED_CALLS: u64 = 3 + 6;
 const CHANGES: usize = 1_000;
@@ -65,16 +72,16 @@ async fn bench(scale: Scale, postgres: bool) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let store_url = match postgres {
-        true => create_postgres_database().await?,
+        true => create_postgres_database("rest").await?,
         false => format!("sqlite://{}", dir.path().join("bench.db").display()),
     };
-    let config = write_config(dir.path(), &emu, &store_url)?;
+    let config = write_config(dir.path(), &emu, &store_url, "\"off\"")?;
     println!(
         "sync benchmark: {scale:?} funnel, store {}, {} CPU(s)",
         if postgres { "PostgreSQL" } else { "SQLite" },
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
-    let minimum = minimum_calls(&emu).await?;
+    let (minimum, bulk_minimum) = minimum_calls(&emu).await?;
 
     let backfill = run_sync(&config)?;
     let records = stored_records(&backfill.output);
@@ -95,6 +102,23 @@ async fn bench(scale: Scale, postgres: bool) -> Result<(), String> {
         stored_records(&incremental.output),
         incremental.api_calls(),
         incremental.peak_rss_kb as f64 / 1024.0
+    );
+
+    let bulk_dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let bulk_store_url = match postgres {
+        true => create_postgres_database("bulk").await?,
+        false => format!("sqlite://{}", bulk_dir.path().join("bench.db").display()),
+    };
+    let bulk_config = write_config(bulk_dir.path(), &emu, &bulk_store_url, "0")?;
+    let bulk = run_sync(&bulk_config)?;
+    let records = stored_records(&bulk.output);
+    println!(
+        "bulk backfill (Bulk API 2.0 jobs for record objects, REST for history): {records} records in {:.1} s = {:.0} records/s; {} API calls (fewest possible {bulk_minimum}, ratio {:.3}); peak RSS {:.1} MB",
+        bulk.elapsed.as_secs_f64(),
+        records as f64 / bulk.elapsed.as_secs_f64(),
+        bulk.api_calls(),
+        bulk.api_calls() as f64 / bulk_minimum as f64,
+        bulk.peak_rss_kb as f64 / 1024.0
     );
     emu.stop().await.map_err(|e| e.to_string())
 }
@@ -171,11 +195,13 @@ fn stored_records(output: &str) -> u64 {
     number_before(output, " records read")
 }
 
-/// The fewest REST calls a backfill can make: one page per 2,000 rows of each object,
-/// plus the metadata and describe calls.
-async fn minimum_calls(emu: &RunningEmulator) -> Result<u64, String> {
+/// The fewest calls a backfill can make, plus the metadata and describe calls: through REST,
+/// one page per 2,000 rows of each object; through bulk jobs, a job's create and polls and
+/// one call per chunk of each record object (history objects stay on REST pages).
+async fn minimum_calls(emu: &RunningEmulator) -> Result<(u64, u64), String> {
     let token = access_token(emu).await?;
     let mut calls = FIXED_CALLS;
+    let mut bulk_calls = FIXED_CALLS;
     for object in RECORD_OBJECTS.iter().chain(HISTORY_OBJECTS) {
         let resource = if HISTORY_OBJECTS.contains(object) {
             "query"
@@ -194,8 +220,13 @@ async fn minimum_calls(emu: &RunningEmulator) -> Result<u64, String> {
             .map_err(|e| e.to_string())?;
         let rows = body["totalSize"].as_u64().unwrap_or(0);
         calls += rows.div_ceil(REST_PAGE).max(1);
+        bulk_calls += if HISTORY_OBJECTS.contains(object) {
+            rows.div_ceil(REST_PAGE).max(1)
+        } else {
+            JOB_CALLS + rows.div_ceil(BULK_CHUNK).max(1)
+        };
     }
-    Ok(calls)
+    Ok((calls, bulk_calls))
 }
 
 fn soql_url(emu: &RunningEmulator, resource: &str, soql: &str) -> Result<url::Url, String> {
@@ -283,10 +314,12 @@ async fn apply_changes(emu: &RunningEmulator) -> Result<(), String> {
     Ok(())
 }
 
+/// The bench connection; `bulk_threshold` is written as given (`0`, `"off"`).
 fn write_config(
     dir: &Path,
     emu: &RunningEmulator,
     store_url: &str,
+    bulk_threshold: &str,
 ) -> Result<std::path::PathBuf, String> {
     std::fs::write(dir.join("refresh-token"), "emulator-demo-refresh-token\n")
         .map_err(|e| e.to_string())?;
@@ -299,6 +332,7 @@ url = "{store_url}"
 name = "bench"
 kind = "salesforce"
 login_url = "{}"
+bulk_threshold = {bulk_threshold}
 
 [connections.auth]
 kind = "refresh_token"
@@ -317,10 +351,10 @@ daily_budget_share = 0.8
     Ok(path)
 }
 
-async fn create_postgres_database() -> Result<String, String> {
+async fn create_postgres_database(purpose: &str) -> Result<String, String> {
     let admin = std::env::var("PIPEWARDEN_TEST_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-    let name = format!("pw_bench_{}", std::process::id());
+    let name = format!("pw_bench_{purpose}_{}", std::process::id());
     let mut connection = sqlx::PgConnection::connect(&admin)
         .await
         .map_err(|e| e.to_string())?;

@@ -55,9 +55,19 @@ pub(crate) struct RawConnection {
     pub request_timeout: Option<String>,
     pub page_size: Option<u32>,
     pub lookback: Option<String>,
+    pub bulk_threshold: Option<RawBulkThreshold>,
+    pub bulk_chunk_size: Option<u32>,
     pub extra_ca_file: Option<PathBuf>,
     #[serde(default)]
     pub limits: RawLimits,
+}
+
+/// `bulk_threshold`: a record count, or `"off"` (environment overrides arrive as text).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum RawBulkThreshold {
+    Count(u64),
+    Word(String),
 }
 
 /// `[connections.auth]`

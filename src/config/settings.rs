@@ -145,6 +145,12 @@ pub struct ConnectionSettings {
     /// became visible late (transactions committing after their stamp, search index lag).
     #[serde(serialize_with = "serialize_duration")]
     pub lookback: Duration,
+    /// Salesforce: an object whose rows to read (from the checkpoint, as a `COUNT()` query
+    /// finds them) number at least this many is read through a Bulk API 2.0 query job rather
+    /// than REST query pages; `Some(0)` always, `None` never.
+    pub bulk_threshold: Option<u64>,
+    /// Salesforce: records per Bulk API 2.0 results chunk (`maxRecords`).
+    pub bulk_chunk_size: u32,
     /// Extra CA certificate (PEM) to trust, e.g. behind a TLS-inspecting proxy.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub extra_ca_file: Option<PathBuf>,

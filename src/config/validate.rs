@@ -11,8 +11,8 @@ use std::time::Duration;
 use url::Url;
 
 use super::raw::{
-    RawActions, RawApi, RawAuth, RawConnection, RawLimits, RawPolicy, RawRecycle, RawRule,
-    RawSettings, RawSlack, RawStore,
+    RawActions, RawApi, RawAuth, RawBulkThreshold, RawConnection, RawLimits, RawPolicy, RawRecycle,
+    RawRule, RawSettings, RawSlack, RawStore,
 };
 use super::secret::{Secret, SecretSource};
 use super::settings::{
@@ -346,6 +346,7 @@ fn one_connection(
     if lookback > Duration::from_secs(24 * 3600) {
         check.fail(format!("{key}.lookback"), "must be at most 1d");
     }
+    let (bulk_threshold, bulk_chunk_size) = bulk_settings(check, key, kind, raw);
     let extra_ca_file = raw
         .extra_ca_file
         .as_ref()
@@ -371,9 +372,62 @@ fn one_connection(
         request_timeout,
         page_size,
         lookback,
+        bulk_threshold,
+        bulk_chunk_size,
         extra_ca_file,
         limits,
     })
+}
+
+/// Default `bulk_threshold`: below about 50,000 rows REST pages cost as few calls as a job's
+/// create, polls and chunks do and start at once; above it a job is cheaper and resumable.
+const DEFAULT_BULK_THRESHOLD: u64 = 50_000;
+/// Default `bulk_chunk_size`: ten REST pages, a CSV chunk of a few megabytes.
+const DEFAULT_BULK_CHUNK_SIZE: u32 = 20_000;
+
+/// `bulk_threshold` (a count or `"off"`) and `bulk_chunk_size` (100–500,000), Salesforce only.
+fn bulk_settings(
+    check: &mut Checker,
+    key: &str,
+    kind: CrmKind,
+    raw: &RawConnection,
+) -> (Option<u64>, u32) {
+    if kind != CrmKind::Salesforce {
+        let why = "by hubspot connections (Bulk API 2.0 is Salesforce's)";
+        check.not_for(
+            &format!("{key}.bulk_threshold"),
+            raw.bulk_threshold.is_some(),
+            why,
+        );
+        check.not_for(
+            &format!("{key}.bulk_chunk_size"),
+            raw.bulk_chunk_size.is_some(),
+            why,
+        );
+    }
+    let threshold = match &raw.bulk_threshold {
+        None => Some(DEFAULT_BULK_THRESHOLD),
+        Some(RawBulkThreshold::Count(count)) => Some(*count),
+        Some(RawBulkThreshold::Word(word)) if word.trim() == "off" => None,
+        Some(RawBulkThreshold::Word(word)) => match word.trim().parse::<u64>() {
+            Ok(count) => Some(count),
+            Err(_) => {
+                check.fail(
+                    format!("{key}.bulk_threshold"),
+                    format!("`{word}` is neither a record count (0 = always) nor \"off\""),
+                );
+                Some(DEFAULT_BULK_THRESHOLD)
+            }
+        },
+    };
+    let chunk = raw.bulk_chunk_size.unwrap_or(DEFAULT_BULK_CHUNK_SIZE);
+    if !(100..=500_000).contains(&chunk) {
+        check.fail(
+            format!("{key}.bulk_chunk_size"),
+            "must be between 100 and 500000",
+        );
+    }
+    (threshold, chunk)
 }
 
 /// The page size: Salesforce accepts query batch sizes of 200–2,000; HubSpot search pages of up

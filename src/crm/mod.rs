@@ -3,12 +3,13 @@
 //! [`http::ApiClient`] is what both connectors call through: it holds the connection's token
 //! manager, rate limiter, retry policy and daily API budget, so that a connector only says
 //! which request to make and how to read the answer. [`salesforce`] speaks the Salesforce
-//! REST API, [`hubspot`] the HubSpot CRM API.
+//! REST API, [`salesforce_bulk`] its Bulk API 2.0 query jobs, [`hubspot`] the HubSpot CRM API.
 
 pub mod http;
 pub mod hubspot;
 mod limits;
 pub mod salesforce;
+pub mod salesforce_bulk;
 mod tokens;
 
 pub use http::{ApiClient, ApiRequest, ApiStats, Reply, RetryPolicy};

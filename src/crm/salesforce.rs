@@ -111,6 +111,12 @@ impl<'a> SalesforceClient<'a> {
         Ok(page_from(reply))
     }
 
+    /// The number of rows a `SELECT COUNT() FROM …` query counts (`query_all`: deleted ones
+    /// too).
+    pub async fn count(&self, soql: &str, query_all: bool) -> Result<u64, CrmError> {
+        Ok(self.query(soql, query_all, 2_000).await?.total_size)
+    }
+
     /// The page after `previous`; a locator is usable only with the token that opened it.
     pub async fn next_page(
         &self,

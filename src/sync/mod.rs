@@ -8,6 +8,7 @@ mod hubspot;
 mod hubspot_map;
 mod progress;
 mod salesforce;
+mod salesforce_csv;
 mod salesforce_map;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -72,6 +73,20 @@ pub enum SyncError {
     /// A stop was asked for; the run ended at its last committed page.
     #[error("stopped at the last checkpoint on request")]
     Interrupted,
+    /// A Salesforce Bulk API 2.0 query job failed, was aborted, or outlasted the run's wait.
+    #[error("connection `{connection}`: Bulk API query job {job} ({object}) {outcome}: {message}")]
+    BulkJob {
+        /// Connection name.
+        connection: String,
+        /// The job id (`750…`).
+        job: String,
+        /// The object it queried.
+        object: String,
+        /// `ended Failed`, `ended Aborted`, `is still InProgress`, …
+        outcome: String,
+        /// The job's `errorMessage`, or what the run did about it.
+        message: String,
+    },
 }
 
 impl SyncError {
@@ -88,6 +103,7 @@ impl SyncError {
             SyncError::Interrupted => "interrupted",
             SyncError::LeaseHeld(_) => "lease_held",
             SyncError::LeaseLost(_) => "lease_lost",
+            SyncError::BulkJob { .. } => "crm_bulk_job",
         }
     }
 }

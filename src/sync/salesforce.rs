@@ -9,6 +9,8 @@
 //! lost query locator (the token was renewed, the locator expired) restarts the query at the
 //! last committed page; `QUERY_TIMEOUT` narrows the time window and tries again.
 
+mod bulk;
+
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
@@ -70,6 +72,8 @@ struct Stream {
     stamp_field: &'static str,
     query_all: bool,
     rows: Rows,
+    /// Field name → `describe` type, for typing Bulk API CSV rows (record streams).
+    field_types: HashMap<String, String>,
 }
 
 enum Rows {
@@ -84,12 +88,18 @@ enum Rows {
 struct Run<'c, 'a> {
     ctx: &'c mut RunContext<'a>,
     client: SalesforceClient<'a>,
+    /// REST version (`v62.0`), for the Bulk API resources.
+    version: String,
     stages: HashMap<String, StageDefinition>,
     /// Who each user is (person, integration, automation), for the moves they make.
     actors: HashMap<String, ActorKind>,
     /// The org's clock at the last answer; observation times come from it, so that they are
     /// comparable with the org's own stamps whatever this host's clock says.
     server_now: Option<Millis>,
+    /// The oldest snapshot a record object was read from in this run, when a bulk job an
+    /// earlier run created was read on: history is read no further, so that every history
+    /// row's parent is stored.
+    oldest_snapshot: Option<Millis>,
 }
 
 /// Syncs a Salesforce connection: stages, then records, then history.
@@ -107,10 +117,12 @@ impl<'c, 'a> Run<'c, 'a> {
         };
         Run {
             client: SalesforceClient::new(ctx.api, version),
+            version: version.to_string(),
             ctx,
             stages: HashMap::new(),
             actors: HashMap::new(),
             server_now: None,
+            oldest_snapshot: None,
         }
     }
 
@@ -126,7 +138,10 @@ impl<'c, 'a> Run<'c, 'a> {
         for (object, parent_field, parent_kind) in HISTORY_OBJECTS {
             if self.configured(object) {
                 let stream = history_stream(object, parent_field, *parent_kind);
-                self.run_stream(&stream, Some(history_until)).await?;
+                let until = self
+                    .oldest_snapshot
+                    .map_or(history_until, |s| s.min(history_until));
+                self.run_stream(&stream, Some(until)).await?;
             }
         }
         for object in HARD_DELETED_OBJECTS {
@@ -369,6 +384,10 @@ impl<'c, 'a> Run<'c, 'a> {
             .collect::<Vec<_>>()
             .join(", ");
         let kind = record_kind(object).expect("record objects all have a kind");
+        let field_types = fields
+            .iter()
+            .map(|f| (f.name.clone(), f.data_type.clone()))
+            .collect();
         Ok(Stream {
             object,
             cursor: "records",
@@ -377,23 +396,30 @@ impl<'c, 'a> Run<'c, 'a> {
             // CampaignMember deletes are hard: queryAll shows no more than query does.
             query_all: true,
             rows: Rows::Records(kind),
+            field_types,
         })
     }
 
-    /// Reads a stream from its checkpoint (less the lookback) to `until` (exclusive).
+    /// Reads a stream from its checkpoint (less the lookback) to `until` (exclusive): through
+    /// a Bulk API job when the window is large (or a job is being read), else REST pages.
     async fn run_stream(
         &mut self,
         stream: &Stream,
         until: Option<Millis>,
     ) -> Result<(), SyncError> {
-        let checkpoint = self
+        let position = self
             .ctx
             .store
             .cursor(self.ctx.connection_id, stream.object, stream.cursor)
-            .await?
+            .await?;
+        let checkpoint = position
+            .as_ref()
             .and_then(|position| position.get("stamp").and_then(Value::as_i64));
         let lookback = self.ctx.settings.lookback.as_millis() as Millis;
         let mut from = checkpoint.map(|stamp| stamp - lookback);
+        if self.run_bulk_stream(stream, &position, from, until).await? {
+            return Ok(());
+        }
         let mut window: Option<Duration> = None;
         let mut restarts = 0;
         loop {
@@ -923,11 +949,23 @@ fn history_stream(
             parent_field,
             parent_kind,
         },
+        field_types: HashMap::new(),
     }
 }
 
 /// `SELECT … FROM object WHERE stamp >= from AND stamp < upper ORDER BY stamp, Id`.
 fn stream_soql(stream: &Stream, from: Option<Millis>, upper: Option<Millis>) -> String {
+    format!(
+        "SELECT {} FROM {}{} ORDER BY {} ASC, Id ASC",
+        stream.select,
+        stream.object,
+        stream_window(stream, from, upper),
+        stream.stamp_field
+    )
+}
+
+/// ` WHERE stamp >= from AND stamp < upper`, or nothing for an unbounded window.
+fn stream_window(stream: &Stream, from: Option<Millis>, upper: Option<Millis>) -> String {
     let mut conditions = Vec::new();
     if let Some(from) = from {
         conditions.push(format!("{} >= {}", stream.stamp_field, soql_datetime(from)));
@@ -935,15 +973,11 @@ fn stream_soql(stream: &Stream, from: Option<Millis>, upper: Option<Millis>) -> 
     if let Some(upper) = upper {
         conditions.push(format!("{} < {}", stream.stamp_field, soql_datetime(upper)));
     }
-    let filter = if conditions.is_empty() {
+    if conditions.is_empty() {
         String::new()
     } else {
         format!(" WHERE {}", conditions.join(" AND "))
-    };
-    format!(
-        "SELECT {} FROM {}{filter} ORDER BY {} ASC, Id ASC",
-        stream.select, stream.object, stream.stamp_field
-    )
+    }
 }
 
 /// An OpportunityStage or LeadStatus row as a stage definition.

@@ -138,6 +138,55 @@ fn page_size_and_lookback_are_checked_per_crm() {
 }
 
 #[test]
+fn bulk_threshold_is_a_count_or_off_and_salesforce_only() {
+    let dir = ConfigDir::new();
+    let with = |keys: &str| {
+        SALESFORCE.replace(
+            "kind = \"salesforce\"",
+            &format!("kind = \"salesforce\"\n{keys}"),
+        )
+    };
+    let defaults = load(&dir, SALESFORCE, &[("SF_REFRESH", "x")]).unwrap();
+    assert_eq!(defaults.connections[0].bulk_threshold, Some(50_000));
+    assert_eq!(defaults.connections[0].bulk_chunk_size, 20_000);
+    let always = load(&dir, &with("bulk_threshold = 0"), &[("SF_REFRESH", "x")]).unwrap();
+    assert_eq!(always.connections[0].bulk_threshold, Some(0));
+    let never = load(
+        &dir,
+        &with("bulk_threshold = \"off\"\nbulk_chunk_size = 5000"),
+        &[("SF_REFRESH", "x")],
+    )
+    .unwrap();
+    assert_eq!(never.connections[0].bulk_threshold, None);
+    assert_eq!(never.connections[0].bulk_chunk_size, 5_000);
+    let err = load(
+        &dir,
+        &with("bulk_threshold = \"sometimes\"\nbulk_chunk_size = 10"),
+        &[("SF_REFRESH", "x")],
+    )
+    .unwrap_err();
+    assert_eq!(
+        problem_keys(&err),
+        vec![
+            "connections[0].bulk_threshold",
+            "connections[0].bulk_chunk_size"
+        ]
+    );
+    assert!(err.to_string().contains("`sometimes` is neither"), "{err}");
+    let hubspot = r#"
+[[connections]]
+name = "hs"
+kind = "hubspot"
+bulk_threshold = 0
+[connections.auth]
+kind = "private_app"
+token = { env = "HS_TOKEN" }
+"#;
+    let err = load(&dir, hubspot, &[("HS_TOKEN", "pat-x")]).unwrap_err();
+    assert_eq!(problem_keys(&err), vec!["connections[0].bulk_threshold"]);
+}
+
+#[test]
 fn plain_http_is_refused_off_loopback_and_allowed_on_it() {
     let dir = ConfigDir::new();
     let remote = SALESFORCE.replace(

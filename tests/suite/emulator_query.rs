@@ -547,3 +547,93 @@ async fn bulk_query_jobs_poll_to_completion_and_page_csv_by_locator() {
     assert_eq!(error_code(&refused), "INVALIDJOB");
     emu.stop().await.unwrap();
 }
+
+async fn create_lead_job(emu: &RunningEmulator, token: &str) -> String {
+    let created: Value = bulk(
+        emu,
+        token,
+        reqwest::Method::POST,
+        "",
+        Some(json!({"operation": "query", "query": "SELECT Id FROM Lead"})),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    created["id"].as_str().unwrap().to_string()
+}
+
+async fn job_info(emu: &RunningEmulator, token: &str, job: &str) -> Value {
+    bulk(emu, token, reqwest::Method::GET, &format!("/{job}"), None)
+        .await
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_bulk_job_told_to_fail_ends_failed_with_its_message_and_results_need_its_version() {
+    use reqwest::Method;
+    let emu = start(Scale::Tiny, SalesforceOptions::default()).await;
+    let token = access_token(&emu).await;
+    let message = "Failed to process query: the query was retried more than 15 times";
+    control(
+        &emu,
+        "/__emulator/salesforce/bulk/fail-next",
+        json!({"error_message": message}),
+    )
+    .await;
+    let failing = create_lead_job(&emu, &token).await;
+    let mut states = Vec::new();
+    let mut info = Value::Null;
+    for _ in 0..3 {
+        info = job_info(&emu, &token, &failing).await;
+        states.push(info["state"].as_str().unwrap().to_string());
+    }
+    assert_eq!(states, ["InProgress", "Failed", "Failed"]);
+    assert_eq!(info["errorMessage"], message);
+    let results = bulk(
+        &emu,
+        &token,
+        Method::GET,
+        &format!("/{failing}/results"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        results.status(),
+        StatusCode::BAD_REQUEST,
+        "a failed job has no results"
+    );
+
+    let next = create_lead_job(&emu, &token).await;
+    job_info(&emu, &token, &next).await;
+    let done = job_info(&emu, &token, &next).await;
+    assert_eq!(done["state"], "JobComplete", "only the next job fails");
+    assert_eq!(done["apiVersion"], 62.0);
+    let other_version = reqwest::Client::new()
+        .get(url(
+            &emu,
+            &format!("/services/data/v61.0/jobs/query/{next}/results"),
+        ))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other_version.status(), StatusCode::CONFLICT);
+    let same_version = bulk(&emu, &token, Method::GET, &format!("/{next}/results"), None).await;
+    assert_eq!(same_version.status(), StatusCode::OK);
+
+    let limits: Value = reqwest::Client::new()
+        .get(url(&emu, &format!("{V}/limits")))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(limits["DailyBulkV2QueryJobs"]["Max"], 10_000);
+    assert_eq!(limits["DailyBulkV2QueryJobs"]["Remaining"], 10_000 - 2);
+    emu.stop().await.unwrap();
+}

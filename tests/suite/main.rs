@@ -17,5 +17,6 @@ mod rules;
 mod store;
 mod support;
 mod sync;
+mod sync_bulk;
 mod sync_hubspot;
 mod violations_api;

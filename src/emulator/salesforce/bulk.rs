@@ -3,9 +3,13 @@
 //! A job evaluates its query when created (a snapshot, as Salesforce's are) and keeps only
 //! the matched record numbers; result chunks are rebuilt as of that instant. Each status poll
 //! moves the job one state on (UploadComplete → InProgress → JobComplete), so clients exercise
-//! their polling loop without waiting on a clock: the second poll finds it complete.
+//! their polling loop without waiting on a clock: the second poll finds it complete. Tests
+//! make the next jobs fail (`POST /__emulator/salesforce/bulk/fail-next`): such a job goes
+//! from InProgress to Failed with an `errorMessage`, as one whose query Salesforce gave up on.
+//! Results must be read through the API version that created the job (else 409, as
+//! documented), and jobs count against `DailyBulkV2QueryJobs` in `limits`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::extract::rejection::JsonRejection;
@@ -36,6 +40,8 @@ const JOB_PREFIX: &str = "750";
 pub(crate) struct Jobs {
     by_id: HashMap<String, Job>,
     issued: u64,
+    /// Error messages of the next jobs to fail, oldest first.
+    failures: VecDeque<String>,
 }
 
 struct Job {
@@ -48,12 +54,17 @@ struct Job {
     state: &'static str,
     query: Arc<soql::Query>,
     numbers: Arc<Vec<u64>>,
+    /// The API version the job was created through (`v62.0`).
+    version: String,
+    /// The `errorMessage` the job fails with instead of completing.
+    fails_with: Option<String>,
 }
 
 impl Job {
     fn info(&self) -> Value {
         let done = self.state == "JobComplete";
-        json!({
+        let api_version: f64 = self.version.trim_start_matches('v').parse().unwrap_or(62.0);
+        let mut info = json!({
             "id": self.id,
             "operation": self.operation,
             "object": self.query.object.name,
@@ -63,18 +74,22 @@ impl Job {
             "state": self.state,
             "concurrencyMode": "Parallel",
             "contentType": "CSV",
-            "apiVersion": 62.0,
+            "apiVersion": api_version,
             "jobType": "V2Query",
             "lineEnding": "LF",
             "columnDelimiter": "COMMA",
             "numberRecordsProcessed": if done { self.numbers.len() } else { 0 },
             "retries": 0,
             "totalProcessingTime": if done { 1_000 } else { 0 },
-        })
+        });
+        if self.state == "Failed" {
+            info["errorMessage"] = json!(self.fails_with.as_deref().unwrap_or_default());
+        }
+        info
     }
 }
 
-/// Jobs created since `since` (the rolling day of `DailyBulkApiBatches`).
+/// Jobs created since `since` (the rolling day of `DailyBulkV2QueryJobs`).
 pub(crate) fn jobs_since(jobs: &Mutex<Jobs>, since: Millis) -> u64 {
     let jobs = lock(jobs);
     jobs.by_id
@@ -108,6 +123,7 @@ fn invalid_job(message: &str) -> Response {
 /// `POST …/jobs/query`: evaluates the query and registers the job.
 pub(crate) async fn create(
     State(shared): State<Arc<Shared>>,
+    Path(version): Path<String>,
     body: Result<Json<CreateJob>, JsonRejection>,
 ) -> Response {
     let request = match body {
@@ -157,6 +173,7 @@ pub(crate) async fn create(
     let mut jobs = lock(&shared.salesforce.jobs);
     jobs.issued += 1;
     let id = sf_id(JOB_PREFIX, jobs.issued);
+    let fails_with = jobs.failures.pop_front();
     let job = Job {
         id: id.clone(),
         operation,
@@ -166,6 +183,8 @@ pub(crate) async fn create(
         state: "UploadComplete",
         query: Arc::new(parsed),
         numbers: Arc::new(numbers),
+        version,
+        fails_with,
     };
     let info = job.info();
     jobs.by_id.insert(id, job);
@@ -191,6 +210,7 @@ pub(crate) async fn status(
     };
     job.state = match job.state {
         "UploadComplete" => "InProgress",
+        "InProgress" if job.fails_with.is_some() => "Failed",
         "InProgress" => "JobComplete",
         settled => settled,
     };
@@ -228,8 +248,8 @@ pub(crate) async fn abort(
     let Some(job) = jobs.by_id.get_mut(&id) else {
         return job_not_found();
     };
-    if job.state == "JobComplete" {
-        return invalid_job("Job is already complete");
+    if matches!(job.state, "JobComplete" | "Failed" | "Aborted") {
+        return invalid_job(&format!("Job is already {}", job.state));
     }
     job.state = "Aborted";
     Json(job.info()).into_response()
@@ -246,6 +266,39 @@ pub(crate) async fn delete(
     }
 }
 
+/// The body of `POST /__emulator/salesforce/bulk/fail-next`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FailNext {
+    /// How many of the next jobs fail (default 1).
+    #[serde(default = "one")]
+    jobs: u32,
+    /// Their `errorMessage`.
+    error_message: String,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// Control routes of bulk jobs; the caller puts them behind the loopback guard.
+pub(crate) fn control_routes() -> axum::Router<Arc<Shared>> {
+    axum::Router::new().route(
+        "/__emulator/salesforce/bulk/fail-next",
+        axum::routing::post(fail_next),
+    )
+}
+
+/// Makes the next `jobs` query jobs fail with `error_message` when their query would have
+/// completed.
+async fn fail_next(State(shared): State<Arc<Shared>>, Json(body): Json<FailNext>) -> Json<Value> {
+    let mut jobs = lock(&shared.salesforce.jobs);
+    for _ in 0..body.jobs {
+        jobs.failures.push_back(body.error_message.clone());
+    }
+    Json(json!({ "pending_failures": jobs.failures.len() }))
+}
+
 /// `?locator=&maxRecords=` of a results request.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -257,7 +310,7 @@ pub(crate) struct ResultsPage {
 /// `GET …/jobs/query/{id}/results`: one CSV chunk, `Sforce-Locator` naming the next (or `null`).
 pub(crate) async fn results(
     State(shared): State<Arc<Shared>>,
-    Path((_, id)): Path<(String, String)>,
+    Path((version, id)): Path<(String, String)>,
     QueryParams(page): QueryParams<ResultsPage>,
 ) -> Response {
     let (query, numbers, as_of, seq) = {
@@ -265,6 +318,16 @@ pub(crate) async fn results(
         let Some(job) = jobs.by_id.get(&id) else {
             return job_not_found();
         };
+        if job.version != version {
+            return error(
+                StatusCode::CONFLICT,
+                "API_ERROR",
+                &format!(
+                    "Job {id} was created through API version {}; read its results through the same version",
+                    job.version
+                ),
+            );
+        }
         if job.state != "JobComplete" {
             return error(
                 StatusCode::BAD_REQUEST,

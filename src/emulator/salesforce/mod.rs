@@ -218,7 +218,7 @@ pub(crate) fn not_found() -> Response {
 
 /// The Salesforce part of the control API (scripted changes, ground truth).
 pub(crate) fn control_routes() -> Router<Arc<Shared>> {
-    script::routes()
+    script::routes().merge(bulk::control_routes())
 }
 
 pub(crate) fn routes(shared: Arc<Shared>) -> Router<Arc<Shared>> {
@@ -429,7 +429,9 @@ async fn limits(State(shared): State<Arc<Shared>>) -> Json<Value> {
     let used = org.api_usage(now);
     Json(json!({
         "DailyApiRequests": { "Max": max, "Remaining": max.saturating_sub(used) },
-        // tap-salesforce reads this before its Bulk API jobs; each job here counts as one batch.
-        "DailyBulkApiBatches": { "Max": 15_000, "Remaining": 15_000u64.saturating_sub(bulk::jobs_since(&org.jobs, now - DAY_MS)) },
+        // Bulk API (1.0) batches and ingest jobs count here; tap-salesforce reads it. This org
+        // serves only Bulk API 2.0 query jobs, which count against DailyBulkV2QueryJobs.
+        "DailyBulkApiBatches": { "Max": 15_000, "Remaining": 15_000 },
+        "DailyBulkV2QueryJobs": { "Max": 10_000, "Remaining": 10_000u64.saturating_sub(bulk::jobs_since(&org.jobs, now - DAY_MS)) },
     }))
 }
