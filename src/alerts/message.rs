@@ -78,7 +78,7 @@ pub fn violation_message(alert: &ViolationAlert<'_>) -> Value {
                 {"type": "mrkdwn", "text": format!("*Move*\n{} → {}", escape(from), escape(alert.to_stage))},
                 {"type": "mrkdwn", "text": format!("*Moved by*\n{}", escape(&alert.moved_by))}
             ]},
-            {"type": "section", "text": {"type": "mrkdwn", "text": truncate(&problems.join("\n"), 3000)}},
+            {"type": "section", "text": {"type": "mrkdwn", "text": section_text(&problems.join("\n"))}},
             {"type": "context", "elements": [{"type": "mrkdwn", "text": context}]}
         ]
     })
@@ -127,16 +127,21 @@ pub fn digest_message(items: &[Value]) -> Value {
         "text": title,
         "blocks": [
             {"type": "header", "text": {"type": "plain_text", "text": title}},
-            {"type": "section", "text": {"type": "mrkdwn", "text": truncate(&body, 3000)}}
+            {"type": "section", "text": {"type": "mrkdwn", "text": section_text(&body)}}
         ]
     })
 }
 
 /// Escapes the three characters Slack's mrkdwn treats as control characters.
-fn escape(text: &str) -> String {
+pub(crate) fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
+}
+
+/// Cuts `text` to Slack's limit for a section's text (3,000 characters), marking the cut.
+pub(crate) fn section_text(text: &str) -> String {
+    truncate(text, 3000)
 }
 
 fn truncate(text: &str, max_chars: usize) -> String {

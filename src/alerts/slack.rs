@@ -27,7 +27,8 @@ use crate::record::Millis;
 const METADATA_EVENT: &str = "pipewarden_alert";
 /// Pages of history or channel list read while looking for one message.
 const MAX_LOOKUP_PAGES: usize = 20;
-/// How far before the unanswered send the history is read (clock skew between us and Slack).
+/// How far around the unanswered send the history is read: clock skew between us and Slack,
+/// plus the request's own time limit after it.
 const LOOKUP_SLACK_MS: Millis = 5 * 60_000;
 
 /// Why a post did not go through.
@@ -134,10 +135,12 @@ impl SlackClient {
         let Some(channel_id) = self.channel_id(channel).await? else {
             return Ok(None);
         };
-        let oldest = slack_ts_of(sent_at - LOOKUP_SLACK_MS);
         let mut params = vec![
             ("channel", channel_id),
-            ("oldest", oldest),
+            ("oldest", slack_ts_of(sent_at - LOOKUP_SLACK_MS)),
+            // Bounded on both sides: a busy channel's later messages never push the window
+            // past the pages a lookup reads.
+            ("latest", slack_ts_of(sent_at + LOOKUP_SLACK_MS)),
             ("inclusive", "true".to_string()),
             ("include_all_metadata", "true".to_string()),
             ("limit", "200".to_string()),
@@ -181,7 +184,7 @@ impl SlackClient {
         let params = [
             ("types", "public_channel,private_channel".to_string()),
             ("exclude_archived", "true".to_string()),
-            ("limit", "1000".to_string()),
+            ("limit", "200".to_string()),
         ];
         let wanted = channel.trim_start_matches('#');
         let mut cursor = None;
@@ -276,7 +279,17 @@ async fn answer_of(method: &str, request: reqwest::RequestBuilder) -> Result<Val
     let response = request.send().await.map_err(network)?;
     let status = response.status();
     let retry_after = retry_after(response.headers());
-    let answer: Value = response.json().await.unwrap_or(Value::Null);
+    let answer: Value = match response.json().await {
+        Ok(answer) => answer,
+        // A cut-off or garbled answer says nothing of what Slack did.
+        Err(err) => {
+            return Err(PostError::Unanswered(format!(
+                "{method}: unreadable answer (HTTP {}): {}",
+                status.as_u16(),
+                err.without_url()
+            )))
+        }
+    };
     web_api_outcome(method, status, retry_after, answer)
 }
 
@@ -361,9 +374,11 @@ fn web_api_outcome(
     }
     let error = answer["error"].as_str().unwrap_or("(no error code)");
     match error {
-        "internal_error" | "fatal_error" | "service_unavailable" | "request_timeout" => {
-            Err(PostError::Transient(format!("{method} failed: {error}")))
+        // Slack documents that part of the operation may have succeeded before these.
+        "internal_error" | "fatal_error" | "request_timeout" => {
+            Err(PostError::Unanswered(format!("{method} failed: {error}")))
         }
+        "service_unavailable" => Err(PostError::Transient(format!("{method} failed: {error}"))),
         _ => Err(PostError::Permanent(format!(
             "{method} failed: {error}{}",
             likely_fix(error)
@@ -426,6 +441,13 @@ mod tests {
             outcome(StatusCode::BAD_GATEWAY, Value::Null),
             Err(PostError::Unanswered(_))
         ));
+        assert!(
+            matches!(
+                outcome(StatusCode::OK, json!({"ok": false, "error": "internal_error"})),
+                Err(PostError::Unanswered(_))
+            ),
+            "Slack may have posted before an internal error"
+        );
         let ok = json!({"ok": true, "ts": "1.2"});
         assert_eq!(outcome(StatusCode::OK, ok.clone()), Ok(ok));
     }

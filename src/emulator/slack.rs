@@ -315,6 +315,7 @@ struct ReadParams {
     /// The thread (replies only).
     ts: Option<String>,
     oldest: Option<String>,
+    latest: Option<String>,
     #[serde(default)]
     inclusive: Option<String>,
     #[serde(default)]
@@ -377,6 +378,11 @@ fn read_messages(
         .as_deref()
         .and_then(|o| o.parse().ok())
         .unwrap_or(0.0);
+    let latest: f64 = params
+        .latest
+        .as_deref()
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(f64::MAX);
     let inclusive = matches!(params.inclusive.as_deref(), Some("true" | "1"));
     let with_metadata = matches!(params.include_all_metadata.as_deref(), Some("true" | "1"));
     let thread = params.ts.as_deref();
@@ -387,7 +393,7 @@ fn read_messages(
         .filter(|m| keep(m, thread))
         .filter(|m| {
             let ts: f64 = m.ts.parse().unwrap_or(0.0);
-            ts > oldest || (inclusive && ts == oldest)
+            (ts > oldest && ts < latest) || (inclusive && (ts == oldest || ts == latest))
         })
         .collect();
     if newest_first {
