@@ -213,7 +213,9 @@ impl WatchedLease {
                 tokio::select! {
                     _ = &mut done => break,
                     () = tokio::time::sleep(LEASE_CHECK_EVERY) => {
-                        if !lease.is_held().await {
+                        // A half-open TCP session can leave a ping waiting for many minutes.
+                        let held = tokio::time::timeout(LEASE_CHECK_EVERY, lease.is_held()).await;
+                        if !held.unwrap_or(false) {
                             tracing::error!(%connection, "the sync lease's database session died; the run stops at its next checkpoint");
                             flag.store(true, Ordering::Relaxed);
                             break;
@@ -230,10 +232,17 @@ impl WatchedLease {
         }
     }
 
-    /// Ends the watch and gives the lease back.
+    /// Ends the watch and gives the lease back (a session that does not close in time is
+    /// dropped, which releases its lock on the server).
     async fn release(self) {
         let _ = self.finished.send(());
-        let _ = self.task.await;
+        let abort = self.task.abort_handle();
+        if tokio::time::timeout(LEASE_CHECK_EVERY * 2, self.task)
+            .await
+            .is_err()
+        {
+            abort.abort();
+        }
     }
 }
 
@@ -277,14 +286,11 @@ pub async fn sync_once(
         CrmKind::Salesforce => salesforce::sync(&mut ctx).await,
         CrmKind::Hubspot => hubspot::sync(&mut ctx).await,
     };
-    if settings.kind == CrmKind::Salesforce && outcome.is_ok() {
-        remember_instance_url(store, &api, connection_id).await?;
-    }
-    if ctx.counters.versions_written >= RESTATISTICS_AFTER_VERSIONS {
-        store.refresh_statistics().await?;
-    }
     let summary = run_summary(&ctx, started_at, &outcome);
     store.finish_sync_run(&summary).await?;
+    if outcome.is_ok() {
+        after_run_upkeep(store, &api, settings, connection_id, &ctx.counters).await;
+    }
     lease.release().await;
     match outcome {
         Ok(()) | Err(SyncError::Interrupted) | Err(SyncError::Crm(CrmError::Budget { .. })) => {
@@ -298,19 +304,35 @@ pub async fn sync_once(
     }
 }
 
-/// Stores the org's instance URL from the session's token (no API call), where Salesforce
-/// records open; it moves when the org does, so each run refreshes it.
-async fn remember_instance_url(
+/// What a successful run leaves for later readers; best effort, since the run's data is
+/// already stored: the org's instance URL from the session's token (no API call), where
+/// Salesforce records open and which moves when the org does, and after a large run fresh
+/// planner statistics.
+async fn after_run_upkeep(
     store: &Store,
     api: &ApiClient,
+    settings: &ConnectionSettings,
     connection_id: i64,
-) -> Result<(), SyncError> {
-    if let Some(url) = api.instance_url().await? {
-        store
-            .set_record_url_base(connection_id, url.as_str().trim_end_matches('/'))
-            .await?;
+    counters: &RunCounters,
+) {
+    if settings.kind == CrmKind::Salesforce {
+        let stored = match api.instance_url().await {
+            Ok(Some(url)) => store
+                .set_record_url_base(connection_id, url.as_str().trim_end_matches('/'))
+                .await
+                .map_err(|err| err.to_string()),
+            Ok(None) => Ok(()),
+            Err(err) => Err(err.to_string()),
+        };
+        if let Err(err) = stored {
+            tracing::warn!(connection = %settings.name, error = %err, "cannot store where the org's records open; alerts keep the last known link");
+        }
     }
-    Ok(())
+    if counters.versions_written >= RESTATISTICS_AFTER_VERSIONS {
+        if let Err(err) = store.refresh_statistics().await {
+            tracing::warn!(error = %err, "cannot refresh the store's planner statistics");
+        }
+    }
 }
 
 /// The audit row of a finished run, with its API use logged.

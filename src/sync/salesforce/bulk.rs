@@ -133,13 +133,26 @@ impl Run<'_, '_> {
         if threshold == 0 {
             return Ok(true);
         }
+        // Incremental windows go by REST, as the checkpoint's lookback keeps them small; this
+        // also spares a COUNT() per object on every run.
+        if from.is_some() {
+            return Ok(false);
+        }
         let soql = format!(
             "SELECT COUNT() FROM {}{}",
             stream.object,
             stream_window(stream, from, until)
         );
-        let rows = self.client.count(&soql, stream.query_all).await?;
-        Ok(rows >= threshold)
+        match self.client.count(&soql, stream.query_all).await {
+            Ok(rows) => Ok(rows >= threshold),
+            // Too many rows to count in time is the very case bulk jobs are for.
+            Err(err) if err.code() == Some("QUERY_TIMEOUT") => {
+                tracing::info!(connection = %self.ctx.settings.name, object = stream.object,
+                    "counting the backfill timed out; reading it through a bulk job");
+                Ok(true)
+            }
+            Err(err) => Err(err.into()),
+        }
     }
 
     /// Waits for the job, then stores its chunks from the checkpoint's locator on.
