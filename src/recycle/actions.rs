@@ -96,6 +96,25 @@ fn salesforce_actions(
         }
     }
     if actions.use_assignment_rules {
+        // The assignment rides on the record's other field updates: they merge into one
+        // PATCH, and a retried PATCH whose fields already hold is known to have run the rules
+        // once. Running them again blindly could hand the lead to the next rep in a rotation.
+        let mut carried = Map::new();
+        for p in planned.iter_mut() {
+            if let WriteOp::Update {
+                object: o,
+                id: i,
+                fields,
+                auto_assign,
+                ..
+            } = &mut p.write
+            {
+                if o == object && i == id {
+                    *auto_assign = true;
+                    carried.extend(fields.clone());
+                }
+            }
+        }
         planned.push(PlannedAction {
             action: "assign_by_rules",
             before: json!({ "OwnerId": candidate.owner_id }),
@@ -103,7 +122,7 @@ fn salesforce_actions(
             write: WriteOp::Update {
                 object: object.to_string(),
                 id: id.to_string(),
-                fields: Map::new(),
+                fields: carried,
                 auto_assign: true,
                 clear_first: Vec::new(),
             },

@@ -4,6 +4,7 @@
 use serde_json::{json, Value};
 
 use super::{ApplyReport, Candidate};
+use crate::alerts::message::{escape, section_text};
 use crate::config::settings::PolicySettings;
 use crate::config::Settings;
 use crate::record::Millis;
@@ -113,12 +114,6 @@ pub(super) async fn enqueue_warnings(
     Ok(new)
 }
 
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-}
-
 /// The Block Kit message of a run.
 pub(super) fn message(report: &ApplyReport) -> Value {
     let mut lines = vec![format!(
@@ -160,7 +155,9 @@ pub(super) fn message(report: &ApplyReport) -> Value {
             report.failures.len() - FAILURES_SHOWN
         ));
     }
-    let text = lines.join("\n");
+    // Slack refuses a section over 3,000 characters for good: long CRM errors must not cost
+    // the whole summary.
+    let text = section_text(&lines.join("\n"));
     json!({
         "text": text,
         "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": text}}]

@@ -64,7 +64,8 @@ fn base(version: &str, family: &str) -> String {
 }
 
 /// Clears what must be cleared, then writes every record's properties in one batch (or one
-/// by one when the batch is refused).
+/// by one when the batch is refused). A record whose clear fails is not written; one whose
+/// write fails after its clear says so in its outcome, since it is left without the value.
 async fn update_batch(
     api: &ApiClient,
     version: &str,
@@ -73,49 +74,86 @@ async fn update_batch(
     outcomes: &mut BTreeMap<usize, WriteOutcome>,
 ) {
     let path = format!("{}/{object}/batch/update", base(version, "objects"));
-    let clears: Vec<Value> = chunk
+    let clearing: Vec<&Pending> = chunk
         .iter()
-        .filter_map(|w| match w.op {
-            WriteOp::Update {
-                id, clear_first, ..
-            } if !clear_first.is_empty() => {
-                let properties: Map<String, Value> = clear_first
-                    .iter()
-                    .map(|name| (name.clone(), json!("")))
-                    .collect();
-                Some(json!({ "id": id, "properties": properties }))
-            }
-            _ => None,
-        })
+        .copied()
+        .filter(|w| matches!(w.op, WriteOp::Update { clear_first, .. } if !clear_first.is_empty()))
         .collect();
-    if !clears.is_empty() {
+    if !clearing.is_empty() {
+        let inputs: Vec<Value> = clearing.iter().map(|w| clear_input(w.op)).collect();
         let request =
-            ApiRequest::with_json(Method::POST, path.clone(), json!({ "inputs": clears }));
-        if let Err(err) = api.send(&request, read_value).await {
-            // Nothing is written until the clear went through; every record waits for it.
-            let outcome = WriteOutcome::from_call_error(&err);
-            for w in chunk {
-                outcomes.insert(w.index, outcome.clone());
+            ApiRequest::with_json(Method::POST, path.clone(), json!({ "inputs": inputs }));
+        match api.send(&request, read_value).await {
+            Ok(_) => {}
+            Err(CrmError::Api { .. }) if clearing.len() > 1 => {
+                // One bad record must not hold back the others: clear them one by one.
+                for w in &clearing {
+                    let cleared = patch_one(api, version, object, w.op, clear_input(w.op)).await;
+                    if !matches!(cleared, WriteOutcome::Applied(_)) {
+                        outcomes.insert(w.index, cleared);
+                    }
+                }
             }
-            return;
+            Err(err) => {
+                let outcome = WriteOutcome::from_call_error(&err);
+                for w in &clearing {
+                    outcomes.insert(w.index, outcome.clone());
+                }
+            }
         }
     }
-    let inputs: Vec<Value> = chunk.iter().map(|w| input(w.op)).collect();
+    let writing: Vec<&Pending> = chunk
+        .iter()
+        .copied()
+        .filter(|w| !outcomes.contains_key(&w.index))
+        .collect();
+    if writing.is_empty() {
+        return;
+    }
+    let inputs: Vec<Value> = writing.iter().map(|w| input(w.op)).collect();
     let request = ApiRequest::with_json(Method::POST, path, json!({ "inputs": inputs }));
     match api.send(&request, read_value).await {
-        Ok(reply) => settle_batch(&reply.value, chunk, outcomes),
-        Err(CrmError::Api { .. }) if chunk.len() > 1 => {
-            for w in chunk {
-                let outcome = update_one(api, version, object, w.op).await;
+        Ok(reply) => settle_batch(&reply.value, &writing, outcomes),
+        Err(CrmError::Api { .. }) if writing.len() > 1 => {
+            for w in &writing {
+                let outcome = patch_one(api, version, object, w.op, input(w.op)).await;
                 outcomes.insert(w.index, outcome);
             }
         }
         Err(err) => {
             let outcome = WriteOutcome::from_call_error(&err);
-            for w in chunk {
+            for w in &writing {
                 outcomes.insert(w.index, outcome.clone());
             }
         }
+    }
+    for w in &writing {
+        if let (WriteOp::Update { clear_first, .. }, Some(WriteOutcome::Refused { message, .. })) =
+            (w.op, outcomes.get_mut(&w.index))
+        {
+            if !clear_first.is_empty() {
+                message.push_str(&format!(
+                    " ({} was cleared first and is now empty)",
+                    clear_first.join(", ")
+                ));
+            }
+        }
+    }
+}
+
+/// The batch input that empties a record's `clear_first` properties.
+fn clear_input(op: &WriteOp) -> Value {
+    match op {
+        WriteOp::Update {
+            id, clear_first, ..
+        } => {
+            let properties: Map<String, Value> = clear_first
+                .iter()
+                .map(|name| (name.clone(), json!("")))
+                .collect();
+            json!({ "id": id, "properties": properties })
+        }
+        _ => Value::Null,
     }
 }
 
@@ -166,9 +204,15 @@ fn names_id(error: &Value, id: &str) -> bool {
         .is_some_and(|ids| ids.iter().any(|found| found.as_str() == Some(id)))
 }
 
-/// `PATCH /objects/{type}/{id}`: one record, its own error.
-async fn update_one(api: &ApiClient, version: &str, object: &str, op: &WriteOp) -> WriteOutcome {
-    let WriteOp::Update { id, fields, .. } = op else {
+/// `PATCH /objects/{type}/{id}` with one batch input's properties: one record, its own error.
+async fn patch_one(
+    api: &ApiClient,
+    version: &str,
+    object: &str,
+    op: &WriteOp,
+    input: Value,
+) -> WriteOutcome {
+    let Some(id) = op.record_id() else {
         return WriteOutcome::Refused {
             code: "UNSUPPORTED".into(),
             message: "not an update".into(),
@@ -177,7 +221,7 @@ async fn update_one(api: &ApiClient, version: &str, object: &str, op: &WriteOp) 
     let request = ApiRequest::with_json(
         Method::PATCH,
         format!("{}/{object}/{id}", base(version, "objects")),
-        json!({ "properties": fields }),
+        json!({ "properties": input["properties"] }),
     );
     match api.send(&request, read_value).await {
         Ok(reply) => WriteOutcome::Applied(reply.value),

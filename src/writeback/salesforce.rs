@@ -54,8 +54,10 @@ pub(super) async fn deliver(
             .copied()
             .filter(|w| matches!(w.op, WriteOp::Update { auto_assign: a, .. } if *a == auto_assign))
             .collect();
+        // A call that runs assignment rules is made once: repeating it could reassign.
+        let client = if auto_assign { single_shot } else { api };
         for chunk in group.chunks(COLLECTION_MAX) {
-            update_collection(api, version, chunk, auto_assign, &mut outcomes).await;
+            update_collection(client, version, chunk, auto_assign, &mut outcomes).await;
         }
     }
     let creates = find_created(api, version, creates, &mut outcomes).await;
@@ -206,6 +208,23 @@ async fn skip_already_written<'p>(
     let mut fresh = Vec::new();
     for w in updates {
         match w.op {
+            WriteOp::Update {
+                fields,
+                auto_assign: true,
+                ..
+            } if w.retried && fields.is_empty() => {
+                // Nothing shows whether the lost call ran the rules; running them again could
+                // hand the record to another owner, so a person decides.
+                outcomes.insert(
+                    w.index,
+                    WriteOutcome::Refused {
+                        code: "UNCONFIRMED_ASSIGNMENT".into(),
+                        message: "the answer to the assignment-rule update was lost; the rules \
+                                  are not run twice (check the record's owner)"
+                            .into(),
+                    },
+                );
+            }
             WriteOp::Update { object, fields, .. } if w.retried && !fields.is_empty() => {
                 let names: Vec<&str> = fields.keys().map(String::as_str).collect();
                 by_object
