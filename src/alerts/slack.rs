@@ -443,7 +443,10 @@ mod tests {
         ));
         assert!(
             matches!(
-                outcome(StatusCode::OK, json!({"ok": false, "error": "internal_error"})),
+                outcome(
+                    StatusCode::OK,
+                    json!({"ok": false, "error": "internal_error"})
+                ),
                 Err(PostError::Unanswered(_))
             ),
             "Slack may have posted before an internal error"

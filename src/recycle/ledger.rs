@@ -2,6 +2,7 @@
 
 use serde_json::Value;
 use sqlx::types::Json;
+use sqlx::QueryBuilder;
 
 use super::{ApplyReport, FailedAction, PolicyPlan};
 use crate::record::Millis;
@@ -15,6 +16,58 @@ pub(super) async fn waiting_writes(store: &Store) -> Result<i64, StoreError> {
     .fetch_one(pool)
     .await)
     .during("count waiting writes")
+}
+
+/// Cancels the connection's writes still pending whose policy is not among `live` (turned to
+/// a dry run, or gone from the configuration): a dry run must stop writes already queued, not
+/// only new ones. Writes claimed by a process that died stay: they may have reached the CRM,
+/// and recovery must settle them. Returns how many were cancelled.
+pub(super) async fn cancel_writes_not_of(
+    store: &Store,
+    connection_id: i64,
+    live: &[&str],
+) -> Result<u64, StoreError> {
+    let mut tx = store.begin().await?;
+    let ids: Vec<i64> = dispatch!(tx.inner(), tx => {
+        let mut query = QueryBuilder::new(
+            "SELECT o.recycle_action_id FROM writeback_outbox o JOIN recycle_actions a ON a.id = o.recycle_action_id \
+             WHERE o.origin = 'recycle' AND o.status = 'pending' AND o.connection_id = ",
+        );
+        query.push_bind(connection_id);
+        if !live.is_empty() {
+            query.push(" AND a.policy NOT IN (");
+            let mut names = query.separated(", ");
+            for policy in live {
+                names.push_bind(*policy);
+            }
+            query.push(")");
+        }
+        query.build_query_scalar().fetch_all(&mut **tx).await
+    })
+    .during("find writes of dry-run policies")?;
+    for id in &ids {
+        dispatch!(tx.inner(), tx => sqlx::query(
+            "UPDATE writeback_outbox SET status = 'failed', error_code = 'CANCELLED', \
+             error_message = 'its policy is a dry run now, or no longer configured' \
+             WHERE recycle_action_id = $1 AND status = 'pending'",
+        )
+        .bind(id)
+        .execute(&mut **tx)
+        .await
+        .map(drop))
+        .during("cancel a write")?;
+        dispatch!(tx.inner(), tx => sqlx::query(
+            "UPDATE recycle_actions SET status = 'skipped', error_code = 'CANCELLED', \
+             error_message = 'its policy is a dry run now, or no longer configured' WHERE id = $1",
+        )
+        .bind(id)
+        .execute(&mut **tx)
+        .await
+        .map(drop))
+        .during("cancel a recycle action")?;
+    }
+    tx.commit().await?;
+    Ok(ids.len() as u64)
 }
 
 /// Writes still waiting for one connection.

@@ -375,6 +375,7 @@ pub async fn apply(
             .iter()
             .find(|c| c.name == name)
             .expect("policies name configured connections");
+        cancel_writes_of_stopped_policies(store, settings, name).await?;
         if let Err(err) = deliver_connection(store, connection, apply_options).await {
             report.undelivered.push(format!("{name}: {err}"));
         }
@@ -383,6 +384,29 @@ pub async fn apply(
     summary::enqueue(store, settings, &report, wall_clock()).await?;
     ledger::finish_run(store, run_id, &report, wall_clock()).await?;
     Ok(report)
+}
+
+/// Cancels the queued writes of policies of `connection` that are dry runs now or gone.
+async fn cancel_writes_of_stopped_policies(
+    store: &Store,
+    settings: &Settings,
+    connection: &str,
+) -> Result<(), RecycleError> {
+    let Some(connection_id) = store.connection_id(connection).await? else {
+        return Ok(());
+    };
+    let live: Vec<&str> = settings
+        .recycle
+        .policies
+        .iter()
+        .filter(|p| p.connection == connection && !p.dry_run)
+        .map(|p| p.name.as_str())
+        .collect();
+    let cancelled = ledger::cancel_writes_not_of(store, connection_id, &live).await?;
+    if cancelled > 0 {
+        tracing::warn!(connection, cancelled, "cancelled queued recycle writes of policies that are dry runs now or no longer configured");
+    }
+    Ok(())
 }
 
 /// Most owner warnings one policy sends per run.

@@ -421,6 +421,55 @@ async fn a_dry_run_records_the_plan_and_writes_nothing(t: TestStore) {
     emu.stop().await.unwrap();
 }
 
+async fn turning_a_policy_into_a_dry_run_cancels_its_queued_writes(t: TestStore) {
+    let emu = start(SalesforceOptions::default()).await;
+    let ids = org_ids(&emu).await;
+    let dir = ConfigDir::new();
+    let live = PolicySpec {
+        dry_run: false,
+        cap: 1_000,
+        exclude_owner: None,
+    };
+    let settings = load(&write_config(&dir, &emu, &t.url, &ids, &live));
+    sync_all(&t.store, &settings).await;
+    let before = observe(&emu).await;
+    // The org refuses every write for now: the run queues its writes and delivers none.
+    set_faults(
+        &emu,
+        json!([{"kind": "unavailable", "path_contains": "composite", "next": 100_000}]),
+    )
+    .await;
+    recycle::apply(&t.store, &settings, &options(&emu), &quick_apply())
+        .await
+        .unwrap();
+    let queued = recycle::plan(&t.store, &settings, &options(&emu))
+        .await
+        .unwrap()
+        .waiting_in_outbox;
+    assert!(queued > 0, "writes wait in the outbox");
+    set_faults(&emu, json!([])).await;
+
+    // RevOps stops the policy: its queued writes must not reach the CRM either.
+    let stopped = PolicySpec {
+        dry_run: true,
+        ..live
+    };
+    let settings = load(&write_config(&dir, &emu, &t.url, &ids, &stopped));
+    recycle::apply(&t.store, &settings, &options(&emu), &quick_apply())
+        .await
+        .unwrap();
+    let after = observe(&emu).await;
+    assert_eq!(after.leads, before.leads, "nothing was written");
+    assert_eq!(after.members.len(), before.members.len());
+    assert_eq!(after.tasks.len(), before.tasks.len());
+    let left = recycle::plan(&t.store, &settings, &options(&emu))
+        .await
+        .unwrap()
+        .waiting_in_outbox;
+    assert_eq!(left, 0, "the queued writes were cancelled");
+    emu.stop().await.unwrap();
+}
+
 async fn the_cap_holds_and_the_next_run_continues(t: TestStore) {
     let emu = start(SalesforceOptions::default()).await;
     let ids = org_ids(&emu).await;
@@ -733,6 +782,7 @@ on_both_backends!(
     stale_leads_are_selected_and_written_exactly_once,
     a_dry_run_records_the_plan_and_writes_nothing,
     the_cap_holds_and_the_next_run_continues,
+    turning_a_policy_into_a_dry_run_cancels_its_queued_writes,
     a_record_failing_validation_leaves_the_others_applied,
     an_apply_killed_mid_run_then_run_again_applies_every_action_once,
     a_recycled_lead_that_books_a_meeting_later_has_returned,
