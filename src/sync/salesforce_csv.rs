@@ -18,7 +18,11 @@ use serde_json::{Map, Number, Value};
 enum ValueKind {
     Text,
     Boolean,
-    Number,
+    /// `int`, `long`: whole numbers, as REST writes them.
+    Integer,
+    /// `double`, `currency`, `percent`: REST writes them with a fraction (`5000.0`) where CSV
+    /// may not (`5000`); typed as floats, both paths store the same value and content hash.
+    Decimal,
     DateTime,
 }
 
@@ -27,7 +31,8 @@ impl ValueKind {
     fn of(describe_type: &str) -> ValueKind {
         match describe_type {
             "boolean" => ValueKind::Boolean,
-            "int" | "long" | "double" | "currency" | "percent" => ValueKind::Number,
+            "int" | "long" => ValueKind::Integer,
+            "double" | "currency" | "percent" => ValueKind::Decimal,
             "datetime" => ValueKind::DateTime,
             _ => ValueKind::Text,
         }
@@ -112,9 +117,16 @@ fn typed(cell: &str, kind: ValueKind) -> Result<Value, String> {
             "false" => Ok(Value::Bool(false)),
             _ => Err(format!("is not a boolean: {cell:?}")),
         },
-        ValueKind::Number => serde_json::from_str::<Number>(cell)
+        ValueKind::Integer => cell
+            .parse::<i64>()
+            .map(Value::from)
+            .map_err(|_| format!("is not a whole number: {cell:?}")),
+        ValueKind::Decimal => cell
+            .parse::<f64>()
+            .ok()
+            .and_then(Number::from_f64)
             .map(Value::Number)
-            .map_err(|_| format!("is not a number: {cell:?}")),
+            .ok_or_else(|| format!("is not a number: {cell:?}")),
         ValueKind::DateTime => rest_datetime(cell)
             .map(Value::String)
             .ok_or_else(|| format!("is not a datetime: {cell:?}")),
@@ -214,7 +226,8 @@ mod tests {
         let row = columns
             .row([
                 "006A",
-                "12000.0",
+                // Bulk may write a whole currency amount without its fraction.
+                "12000",
                 "false",
                 "2024-01-31",
                 "2024-01-31T09:15:00.000Z",
