@@ -5,9 +5,9 @@
 //! page holds and the store keeps identical versions whichever API read it: booleans and
 //! numbers become JSON booleans and numbers, datetimes are rewritten from the bulk form
 //! (`…T09:15:00.000Z`) to the REST form (`…T09:15:00.000+0000`), dates and text stay text,
-//! empty cells become null. A parent column such as `Owner.Name` becomes a nested
-//! `{"Owner": {"Name": …}}`, or `"Owner": null` when every column of that parent is empty, as
-//! REST writes an empty lookup. Columns `describe` does not type (parent fields) stay text.
+//! empty cells become null. Whole numbers stay whole and decimals (currency, percent, double)
+//! become floats, as REST writes them. The sync selects the object's own fields only, so
+//! there are no parent (`Owner.Name`) columns to nest.
 
 use std::collections::HashMap;
 
@@ -39,11 +39,10 @@ impl ValueKind {
     }
 }
 
-/// One CSV column: where its value goes in the row, and how it is typed.
+/// One CSV column: the field it holds, and how it is typed.
 #[derive(Debug)]
 struct Column {
-    /// `["Name"]`, or `["Owner", "Name"]` for a parent field.
-    path: Vec<String>,
+    name: String,
     kind: ValueKind,
 }
 
@@ -56,7 +55,7 @@ pub(crate) struct CsvColumns {
 /// A cell that does not read as its field's type.
 #[derive(Debug)]
 pub(crate) struct BadCell {
-    /// The column (`Amount`, `Owner.Name`).
+    /// The column (`Amount`).
     pub column: String,
     /// What is wrong with it.
     pub reason: String,
@@ -71,15 +70,11 @@ impl CsvColumns {
     ) -> CsvColumns {
         let columns = header
             .into_iter()
-            .map(|name| {
-                let path: Vec<String> = name.split('.').map(str::to_string).collect();
-                let kind = match path.as_slice() {
-                    [field] => types
-                        .get(field)
-                        .map_or(ValueKind::Text, |t| ValueKind::of(t)),
-                    _ => ValueKind::Text,
-                };
-                Column { path, kind }
+            .map(|name| Column {
+                name: name.to_string(),
+                kind: types
+                    .get(name)
+                    .map_or(ValueKind::Text, |t| ValueKind::of(t)),
             })
             .collect();
         CsvColumns { columns }
@@ -93,13 +88,10 @@ impl CsvColumns {
         let mut row = Map::with_capacity(self.columns.len());
         for (column, cell) in self.columns.iter().zip(record) {
             let value = typed(cell, column.kind).map_err(|reason| BadCell {
-                column: column.path.join("."),
+                column: column.name.clone(),
                 reason,
             })?;
-            insert_at(&mut row, &column.path, value);
-        }
-        for value in row.values_mut() {
-            null_if_empty_parent(value);
+            row.insert(column.name.clone(), value);
         }
         Ok(row)
     }
@@ -161,36 +153,6 @@ fn has_shape(text: &str, pattern: &str) -> bool {
         })
 }
 
-/// Puts `value` at `path` in `row`, making the parent objects a dotted path needs.
-fn insert_at(row: &mut Map<String, Value>, path: &[String], value: Value) {
-    match path {
-        [] => {}
-        [field] => {
-            row.insert(field.clone(), value);
-        }
-        [parent, rest @ ..] => {
-            let entry = row
-                .entry(parent.clone())
-                .or_insert_with(|| Value::Object(Map::new()));
-            if let Value::Object(inner) = entry {
-                insert_at(inner, rest, value);
-            }
-        }
-    }
-}
-
-/// A parent object whose every field is null is an empty lookup: null, as REST writes it.
-fn null_if_empty_parent(value: &mut Value) {
-    if let Value::Object(inner) = value {
-        for field in inner.values_mut() {
-            null_if_empty_parent(field);
-        }
-        if inner.values().all(Value::is_null) {
-            *value = Value::Null;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -219,8 +181,6 @@ mod tests {
             "CloseDate",
             "SystemModstamp",
             "NumberOfEmployees",
-            "Owner.Name",
-            "Owner.Email",
         ];
         let columns = CsvColumns::new(header, &types());
         let row = columns
@@ -232,26 +192,23 @@ mod tests {
                 "2024-01-31",
                 "2024-01-31T09:15:00.000Z",
                 "42",
-                "Ann",
-                "",
             ])
             .unwrap();
         let rest: Value = serde_json::from_str(
             r#"{"Id":"006A","Amount":12000.0,"IsWon":false,"CloseDate":"2024-01-31",
-                "SystemModstamp":"2024-01-31T09:15:00.000+0000","NumberOfEmployees":42,
-                "Owner":{"Name":"Ann","Email":null}}"#,
+                "SystemModstamp":"2024-01-31T09:15:00.000+0000","NumberOfEmployees":42}"#,
         )
         .unwrap();
         assert_eq!(Value::Object(row), rest);
     }
 
     #[test]
-    fn empty_cells_are_null_and_an_empty_parent_is_a_null_lookup() {
-        let columns = CsvColumns::new(["Id", "Amount", "Owner.Name"], &types());
+    fn empty_cells_are_null() {
+        let columns = CsvColumns::new(["Id", "Amount", "IsWon"], &types());
         let row = columns.row(["006A", "", ""]).unwrap();
         assert_eq!(
             Value::Object(row),
-            json!({"Id": "006A", "Amount": null, "Owner": null})
+            json!({"Id": "006A", "Amount": null, "IsWon": null})
         );
     }
 

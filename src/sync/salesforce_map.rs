@@ -72,7 +72,7 @@ pub(crate) fn record_row(
     let fields: Map<String, Value> = row
         .iter()
         .filter(|(name, _)| *name != "attributes" && !VOLATILE_FIELDS.contains(&name.as_str()))
-        .map(|(name, value)| (name.clone(), without_attributes(value)))
+        .map(|(name, value)| (name.clone(), value.clone()))
         .collect();
     let state = RecordState {
         name: text(row, "Name"),
@@ -98,21 +98,6 @@ pub(crate) fn record_row(
         deleted: flag(row, "IsDeleted"),
         modified_at,
     })
-}
-
-/// A field value without the `attributes` a parent record (`Owner.Name`) carries in REST rows:
-/// they name a URL, not content, and Bulk API rows do not have them.
-fn without_attributes(value: &Value) -> Value {
-    match value {
-        Value::Object(parent) => Value::Object(
-            parent
-                .iter()
-                .filter(|(name, _)| *name != "attributes")
-                .map(|(name, value)| (name.clone(), without_attributes(value)))
-                .collect(),
-        ),
-        other => other.clone(),
-    }
 }
 
 /// One stage or status change the CRM recorded in its history.
