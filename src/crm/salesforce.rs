@@ -174,3 +174,11 @@ fn page_from(reply: Reply<QueryBody>) -> QueryPage {
 fn read_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, String> {
     serde_json::from_slice(body).map_err(|err| err.to_string())
 }
+
+/// Formats epoch milliseconds as a SOQL datetime literal.
+pub fn soql_datetime(at: Millis) -> String {
+    chrono::DateTime::from_timestamp_millis(at)
+        .unwrap_or_default()
+        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+        .to_string()
+}

@@ -18,11 +18,11 @@ use serde_json::{json, Map, Value};
 
 use super::progress::Progress;
 use super::salesforce_map::{
-    history_row, lead_status_event, record_kind, record_row, soql_datetime, user_owner, BadRow,
+    history_row, lead_status_event, record_kind, record_row, user_owner, BadRow,
 };
 use super::{wall_clock, RunContext, SyncError};
 use crate::config::settings::Endpoints;
-use crate::crm::salesforce::{NextPageError, QueryPage, SalesforceClient};
+use crate::crm::salesforce::{soql_datetime, NextPageError, QueryPage, SalesforceClient};
 use crate::crm::CrmError;
 use crate::record::{
     ActorKind, LifecycleEvent, Millis, ObjectKind, Origin, RecordObservation, RecordState,

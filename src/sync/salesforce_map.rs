@@ -263,11 +263,3 @@ fn short(row: &Map<String, Value>) -> String {
     let text = Value::Object(row.clone()).to_string();
     text.chars().take(120).collect()
 }
-
-/// Formats epoch milliseconds as a SOQL datetime literal.
-pub(crate) fn soql_datetime(at: Millis) -> String {
-    chrono::DateTime::from_timestamp_millis(at)
-        .unwrap_or_default()
-        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
-        .to_string()
-}

@@ -7,6 +7,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use super::{read_value, WriteOp, WriteOutcome};
+use crate::crm::salesforce::soql_datetime;
 use crate::crm::{ApiClient, ApiRequest, CrmError};
 
 /// Records one collections call may carry.
@@ -356,13 +357,6 @@ async fn query_rows(api: &ApiClient, version: &str, soql: &str) -> Result<Vec<Va
 /// A SOQL string literal: backslashes and quotes escaped.
 fn soql_string(text: &str) -> String {
     format!("'{}'", text.replace('\\', "\\\\").replace('\'', "\\'"))
-}
-
-fn soql_datetime(at: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(at)
-        .unwrap_or_default()
-        .format("%Y-%m-%dT%H:%M:%SZ")
-        .to_string()
 }
 
 /// 15- and 18-character ids of one record compare equal.
