@@ -1187,6 +1187,25 @@ fn recycle_actions(
         raw.stage_action.is_some() && kind != PolicyKind::Stalled,
         "by policies other than stalled",
     );
+    let writes_contacts = raw.set_status.is_some()
+        || raw.set_lifecycle_stage.is_some()
+        || raw.set_owner.is_some()
+        || assignment_rules
+        || raw.add_to_campaign.is_some()
+        || raw.add_to_list.is_some()
+        || raw.create_task.is_some();
+    if kind == PolicyKind::Stalled
+        && writes_contacts
+        && stage_action != Some(StageAction::CloseLost)
+    {
+        // A stalled deal itself only changes stage; lead and contact writes are for the
+        // contacts of the deals it closes lost.
+        check.fail(
+            key,
+            "a stalled policy writes contacts (set_status, set_owner, add_to_campaign, …) only \
+             with stage_action = \"close_lost\"",
+        );
+    }
     let writes_something = raw.set_status.is_some()
         || raw.set_lifecycle_stage.is_some()
         || raw.set_owner.is_some()

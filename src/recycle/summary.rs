@@ -68,8 +68,11 @@ pub(super) async fn enqueue_warnings(
             .as_ref()
             .and_then(|slack| slack.default_channel.clone())
     });
-    let recycle_day = |since: Millis| {
-        let at = since + i64::from(super::select::action_age_days(policy)) * DAY_MS;
+    // A stalled deal's age counts from the end of its stage's max dwell.
+    let recycle_day = |candidate: &Candidate| {
+        let at = candidate.since_ms
+            + candidate.max_dwell_ms.unwrap_or(0)
+            + i64::from(super::select::action_age_days(policy)) * DAY_MS;
         chrono::DateTime::from_timestamp_millis(at)
             .map(|t| t.format("%Y-%m-%d").to_string())
             .unwrap_or_default()
@@ -85,7 +88,7 @@ pub(super) async fn enqueue_warnings(
             escape(&candidate.crm_id),
             escape(candidate.owner_id.as_deref().unwrap_or("(none)")),
             escape(reason),
-            recycle_day(candidate.since_ms)
+            recycle_day(candidate)
         );
         let payload = json!({
             "text": text,
