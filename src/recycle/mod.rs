@@ -449,14 +449,18 @@ const WARNINGS_PER_RUN: i64 = 500;
 
 /// Alert-first policies warn before they act: each record past the policy's age but still
 /// within its grace period gets one Slack message (once per record and age), naming its
-/// owner and the day it will be recycled unless it is worked first.
+/// owner and the day it will be recycled unless it is worked first. A stalled policy
+/// without a `stage_action` only warns: every deal past its stage's max dwell, once per
+/// stay in that stage.
 async fn warn_owners(
     store: &Store,
     settings: &Settings,
     policy: &PolicySettings,
     as_of: Millis,
 ) -> Result<u64, RecycleError> {
-    if !policy.alert_first || policy.grace_days == 0 || settings.slack.is_none() {
+    let alert_only = policy.kind == PolicyKind::Stalled && policy.actions.stage_action.is_none();
+    let warns_first = policy.alert_first && policy.grace_days > 0;
+    if !(alert_only || warns_first) || settings.slack.is_none() {
         return Ok(0);
     }
     let connection = connection_of(settings, policy);
@@ -472,14 +476,16 @@ async fn warn_owners(
         as_of,
         select::AgeRange {
             min_days: select::alert_age_days(policy),
-            below_days: Some(select::action_age_days(policy)),
+            below_days: (!alert_only).then(|| select::action_age_days(policy)),
         },
         Some(WARNINGS_PER_RUN),
     )
     .await?;
     let mut warnings = Vec::new();
     for candidate in &candidates {
-        if actions::plan_actions(connection.kind, policy, candidate, as_of).is_empty() {
+        if !alert_only
+            && actions::plan_actions(connection.kind, policy, candidate, as_of).is_empty()
+        {
             continue;
         }
         let reason = report::reason(policy, candidate, as_of);

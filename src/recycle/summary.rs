@@ -4,7 +4,7 @@
 use serde_json::{json, Value};
 
 use super::{ApplyReport, Candidate};
-use crate::config::settings::PolicySettings;
+use crate::config::settings::{PolicyKind, PolicySettings, StageAction};
 use crate::config::Settings;
 use crate::record::Millis;
 use crate::store::{NewAlert, Store, StoreError};
@@ -80,15 +80,25 @@ pub(super) async fn enqueue_warnings(
     let mut new = 0;
     let mut tx = store.begin().await?;
     for (candidate, reason) in warnings {
+        let day = recycle_day(candidate);
+        let consequence = match (policy.kind, policy.actions.stage_action) {
+            (PolicyKind::Stalled, Some(StageAction::MoveBack)) => {
+                format!("It will be moved back a stage on {day} unless it moves on before then.")
+            }
+            (PolicyKind::Stalled, Some(StageAction::CloseLost)) => {
+                format!("It will be closed lost on {day} unless it moves on before then.")
+            }
+            (PolicyKind::Stalled, None) => "It is past its stage's max dwell.".to_string(),
+            _ => format!("It will be recycled on {day} unless it is worked before then."),
+        };
         let text = format!(
-            "*{}*: {} {} ({}), owner {}: {}. It will be recycled on {} unless it is worked before then.",
+            "*{}*: {} {} ({}), owner {}: {}. {consequence}",
             escape(&policy.name),
             candidate.object_kind,
             escape(candidate.name.as_deref().unwrap_or("(no name)")),
             escape(&candidate.crm_id),
             escape(candidate.owner_id.as_deref().unwrap_or("(none)")),
             escape(reason),
-            recycle_day(candidate)
         );
         let payload = json!({
             "text": text,

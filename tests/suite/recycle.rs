@@ -741,6 +741,7 @@ on_both_backends!(
     assignment_rules_pick_the_owner_when_the_policy_asks_for_them,
     stalled_opportunities_move_back_a_stage_once,
     a_dry_run_stalled_policy_writes_nothing,
+    stalled_deal_owners_are_warned_once_during_the_grace_period,
     stalled_hubspot_deals_are_closed_lost_once,
 );
 
@@ -1305,6 +1306,16 @@ fn salesforce_stalled_settings(
     store_url: &str,
     dry_run: bool,
 ) -> Settings {
+    let config = salesforce_stalled_text(dir, emu, store_url, dry_run);
+    load(&dir.write("pipewarden.toml", &config).display().to_string())
+}
+
+fn salesforce_stalled_text(
+    dir: &ConfigDir,
+    emu: &RunningEmulator,
+    store_url: &str,
+    dry_run: bool,
+) -> String {
     dir.write("refresh-token", "emulator-demo-refresh-token\n");
     let gates: Vec<(&str, i64)> = SF_GATES.iter().map(|(s, d, _)| (*s, *d)).collect();
     let config = format!(
@@ -1329,7 +1340,7 @@ burst = 200
         base = emu.base_url(),
         policy = stalled_config("sf", &gates, dry_run, "stage_action = \"move_back\""),
     );
-    load(&dir.write("pipewarden.toml", &config).display().to_string())
+    config
 }
 
 /// The open opportunities in a gated stage longer than its `max_dwell` plus the grace
@@ -1636,5 +1647,86 @@ burst = 200
             );
         }
     }
+    emu.stop().await.unwrap();
+}
+
+async fn stalled_deal_owners_are_warned_once_during_the_grace_period(t: TestStore) {
+    let emu = start(SalesforceOptions::default()).await;
+    let dir = ConfigDir::new();
+    dir.write("slack-token", "xoxb-recycle-test\n");
+    // A long grace period, so that some stalled deals are past their max_dwell but not yet
+    // acted on: their owners are warned instead.
+    let grace_days = 30;
+    let config = salesforce_stalled_text(&dir, &emu, &t.url, true).replace(
+        &format!("grace_days = {STALLED_GRACE_DAYS}"),
+        &format!("grace_days = {grace_days}"),
+    ) + &format!(
+        r##"
+[slack]
+bot_token = {{ file = "slack-token" }}
+api_base_url = "{base}slack/api"
+default_channel = "#revops"
+"##,
+        base = emu.base_url()
+    );
+    let settings = load(&dir.write("pipewarden.toml", &config).display().to_string());
+    sync_all(&t.store, &settings).await;
+    let as_of = emu.clock().now_ms();
+    let deals = latest(&emu, "Opportunity").await;
+    let history = history_rows(&emu, "OpportunityHistory").await;
+    let in_grace = deals
+        .iter()
+        .filter(|(_, d)| d["IsClosed"] != json!(true))
+        .filter(|(id, d)| {
+            let stage = d["StageName"].as_str().unwrap();
+            let Some((_, dwell, Some(_))) = SF_GATES.iter().find(|(s, _, _)| *s == stage) else {
+                return false;
+            };
+            let entered = history
+                .iter()
+                .filter(|h| h["OpportunityId"] == id.as_str() && h["StageName"] == stage)
+                .map(|h| millis(h["CreatedDate"].as_str().unwrap()))
+                .max()
+                .unwrap_or_else(|| millis(d["CreatedDate"].as_str().unwrap()));
+            entered < as_of - dwell * DAY_MS && entered >= as_of - (dwell + grace_days) * DAY_MS
+        })
+        .count();
+    assert!(in_grace > 0, "some deals are within their grace period");
+    let report = recycle::apply(&t.store, &settings, &options(&emu), &quick_apply())
+        .await
+        .unwrap();
+    assert_eq!(report.policies[0].warned as usize, in_grace, "{report:?}");
+    let warnings = t
+        .store
+        .alerts()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|a| a.kind == "recycle_warning")
+        .count();
+    assert_eq!(warnings, in_grace);
+    let texts: Vec<String> = t
+        .store
+        .pending_alerts(1_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|a| a.kind == "recycle_warning")
+        .map(|a| a.payload.0["text"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(texts.len(), in_grace);
+    assert!(
+        texts
+            .iter()
+            .all(|t| t.contains("will be moved back a stage on")),
+        "{texts:?}"
+    );
+    let again = recycle::apply(&t.store, &settings, &options(&emu), &quick_apply())
+        .await
+        .unwrap();
+    assert_eq!(
+        again.policies[0].warned, 0,
+        "an owner is warned once per stalled deal"
+    );
     emu.stop().await.unwrap();
 }
