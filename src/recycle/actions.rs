@@ -76,6 +76,7 @@ fn update(object: &str, id: &str, field: &str, value: &str) -> WriteOp {
         fields,
         auto_assign: false,
         clear_first: Vec::new(),
+        only_if: None,
     }
 }
 
@@ -148,6 +149,7 @@ fn salesforce_actions(
                 fields: Map::new(),
                 auto_assign: true,
                 clear_first: Vec::new(),
+                only_if: None,
             },
         });
     }
@@ -171,6 +173,7 @@ fn salesforce_actions(
                 duplicate_ok: true,
                 find_first: None,
                 created_after_ms: None,
+                only_if: None,
             },
         });
     }
@@ -209,6 +212,7 @@ fn salesforce_actions(
                 find_first: Some(find),
                 // Allow for the CRM's clock running a little behind ours.
                 created_after_ms: Some(as_of - CLOCK_SKEW_MS),
+                only_if: None,
             },
         });
     }
