@@ -727,6 +727,7 @@ on_both_backends!(
     salesforce_gates_judge_each_move_at_its_time,
     hubspot_gates_judge_each_move_at_its_time,
     a_skip_in_revert_mode_moves_the_deal_back_and_leaves_the_owner_a_task_once,
+    a_hubspot_skip_in_revert_mode_moves_the_deal_back_unless_it_moved_on,
 );
 
 /// The latest state of every record of a Salesforce object in the emulator, by id.
@@ -892,4 +893,64 @@ fn revert_settings_belong_to_revert_rules() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("rules[0].dry_run"), "{err}");
+}
+
+async fn a_hubspot_skip_in_revert_mode_moves_the_deal_back_unless_it_moved_on(test: TestStore) {
+    let emu = super::sync::start_emulator().await;
+    let dir = ConfigDir::new();
+    let mut settings = hubspot_settings(&dir, &emu, &test.url);
+    settings.rules[0].mode = pipewarden::config::settings::RuleMode::Revert;
+    settings.rules[0].dry_run = false;
+    let connection = settings.connections[0].clone();
+    sync_and_evaluate(&test.store, &settings).await;
+
+    let [jumper, mover] = <[String; 2]>::try_from(closed_deals(&emu, 2).await).unwrap();
+    advance(&emu, "1h").await;
+    let empty =
+        json!({"dealstage": "appointmentscheduled", "budget": "", "need": "", "authority": ""});
+    for deal in [&jumper, &mover] {
+        update_deal(&emu, deal, empty.clone()).await;
+    }
+    advance(&emu, "1m").await;
+    sync_and_evaluate(&test.store, &settings).await;
+    advance(&emu, "1h").await;
+    for deal in [&jumper, &mover] {
+        update_deal(&emu, deal, json!({"dealstage": "decisionmakerboughtin"})).await;
+    }
+    advance(&emu, "1m").await;
+    let judged = sync_and_evaluate(&test.store, &settings).await;
+    assert_eq!(judged[0].reverts, 2, "{judged:?}");
+    update_deal(&emu, &mover, json!({"dealstage": "contractsent"})).await;
+
+    let quick = pipewarden::crm::RetryPolicy {
+        max_attempts: 3,
+        base_delay: std::time::Duration::from_millis(5),
+        max_delay: std::time::Duration::from_millis(20),
+    };
+    let delivered = rules::revert::deliver(&test.store, &settings, &connection, quick)
+        .await
+        .unwrap();
+    assert_eq!(
+        (delivered.applied, delivered.failed),
+        (1, 1),
+        "{delivered:?}"
+    );
+    let stage = |deal: &Value| {
+        deal["properties"]["dealstage"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let path = |id: &str| format!("/crm/v3/objects/deals/{id}?properties=dealstage");
+    let jumped = hubspot(&emu, reqwest::Method::GET, &path(&jumper), Value::Null).await;
+    assert_eq!(stage(&jumped), "appointmentscheduled", "moved back");
+    let moved = hubspot(&emu, reqwest::Method::GET, &path(&mover), Value::Null).await;
+    assert_eq!(stage(&moved), "contractsent", "moved on, left alone");
+
+    sync_and_evaluate(&test.store, &settings).await;
+    let again = rules::revert::deliver(&test.store, &settings, &connection, quick)
+        .await
+        .unwrap();
+    assert_eq!(again.applied + again.failed, 0, "{again:?}");
+    emu.stop().await.unwrap();
 }
