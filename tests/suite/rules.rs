@@ -728,6 +728,7 @@ on_both_backends!(
     hubspot_gates_judge_each_move_at_its_time,
     a_skip_in_revert_mode_moves_the_deal_back_and_leaves_the_owner_a_task_once,
     a_hubspot_skip_in_revert_mode_moves_the_deal_back_unless_it_moved_on,
+    a_dry_run_revert_rule_records_the_revert_and_queues_no_write,
 );
 
 /// The latest state of every record of a Salesforce object in the emulator, by id.
@@ -952,5 +953,59 @@ async fn a_hubspot_skip_in_revert_mode_moves_the_deal_back_unless_it_moved_on(te
         .await
         .unwrap();
     assert_eq!(again.applied + again.failed, 0, "{again:?}");
+    emu.stop().await.unwrap();
+}
+
+async fn a_dry_run_revert_rule_records_the_revert_and_queues_no_write(test: TestStore) {
+    let emu = super::sync::start_emulator().await;
+    let dir = ConfigDir::new();
+    let mut settings = hubspot_settings(&dir, &emu, &test.url);
+    settings.rules[0].mode = pipewarden::config::settings::RuleMode::Revert;
+    assert!(
+        settings.rules[0].dry_run,
+        "revert rules are dry runs by default"
+    );
+    let connection = settings.connections[0].clone();
+    sync_and_evaluate(&test.store, &settings).await;
+    let [jumper] = <[String; 1]>::try_from(closed_deals(&emu, 1).await).unwrap();
+    advance(&emu, "1h").await;
+    update_deal(
+        &emu,
+        &jumper,
+        json!({"dealstage": "appointmentscheduled", "budget": "", "need": "", "authority": ""}),
+    )
+    .await;
+    advance(&emu, "1m").await;
+    sync_and_evaluate(&test.store, &settings).await;
+    advance(&emu, "1h").await;
+    update_deal(&emu, &jumper, json!({"dealstage": "decisionmakerboughtin"})).await;
+    advance(&emu, "1m").await;
+    let judged = sync_and_evaluate(&test.store, &settings).await;
+    assert_eq!(judged[0].reverts, 1, "{judged:?}");
+    let violation = &violations_of(&test.store, &jumper).await[0];
+    let events = test.store.violation_events(violation.id).await.unwrap();
+    let planned = events
+        .iter()
+        .find(|e| e.0 == "revert_planned")
+        .expect("the dry run records the revert it would make");
+    let note: Value = serde_json::from_str(planned.3.as_deref().unwrap()).unwrap();
+    assert_eq!(note["dry_run"], true);
+    assert_eq!(note["before"]["dealstage"], "decisionmakerboughtin");
+    assert_eq!(note["after"]["dealstage"], "appointmentscheduled");
+
+    // Nothing was queued: even with writes allowed now, there is nothing to deliver.
+    settings.rules[0].dry_run = false;
+    let quick = pipewarden::crm::RetryPolicy {
+        max_attempts: 3,
+        base_delay: std::time::Duration::from_millis(5),
+        max_delay: std::time::Duration::from_millis(20),
+    };
+    let delivered = rules::revert::deliver(&test.store, &settings, &connection, quick)
+        .await
+        .unwrap();
+    assert_eq!(delivered.applied + delivered.failed, 0, "{delivered:?}");
+    let path = format!("/crm/v3/objects/deals/{jumper}?properties=dealstage");
+    let deal = hubspot(&emu, reqwest::Method::GET, &path, Value::Null).await;
+    assert_eq!(deal["properties"]["dealstage"], "decisionmakerboughtin");
     emu.stop().await.unwrap();
 }
