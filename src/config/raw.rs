@@ -116,6 +116,8 @@ pub(crate) struct RawRule {
     pub connection: String,
     pub pipeline: Option<String>,
     pub mode: Option<String>,
+    pub dry_run: Option<bool>,
+    pub max_reverts_per_run: Option<u32>,
     pub channel: Option<String>,
     #[serde(default)]
     pub forbid_skipping: bool,

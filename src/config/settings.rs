@@ -338,6 +338,10 @@ pub struct RuleSettings {
     pub pipeline: String,
     /// Record, alert or revert.
     pub mode: RuleMode,
+    /// Revert mode: plan and record the reverts only, write nothing to the CRM.
+    pub dry_run: bool,
+    /// Revert mode: most violations one evaluation reverts.
+    pub max_reverts_per_run: u32,
     /// Slack channel for this rule's alerts (bot token only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub channel: Option<String>,

@@ -821,6 +821,9 @@ fn slack_settings(check: &mut Checker, raw: &RawSlack) -> Option<SlackSettings> 
     })
 }
 
+/// Violations a revert-mode rule reverts per evaluation unless `max_reverts_per_run` says.
+const DEFAULT_REVERTS_PER_RUN: u32 = 25;
+
 fn rule_settings(
     check: &mut Checker,
     raw: &[RawRule],
@@ -858,13 +861,20 @@ fn one_rule(
             ("revert", RuleMode::Revert),
         ],
     )?;
-    if mode == RuleMode::Revert {
-        // Writing the previous stage back is not built yet; accepting the mode would alert
-        // while the operator believes deals are being moved back.
-        check.fail(
-            format!("{key}.mode"),
-            "`revert` is not available in this version; use `record` or `alert`",
-        );
+    let revert = mode == RuleMode::Revert;
+    check.not_for(
+        &format!("{key}.dry_run"),
+        !revert && raw.dry_run.is_some(),
+        "by rules whose mode is not revert",
+    );
+    check.not_for(
+        &format!("{key}.max_reverts_per_run"),
+        !revert && raw.max_reverts_per_run.is_some(),
+        "by rules whose mode is not revert",
+    );
+    let max_reverts_per_run = raw.max_reverts_per_run.unwrap_or(DEFAULT_REVERTS_PER_RUN);
+    if max_reverts_per_run == 0 {
+        check.fail(format!("{key}.max_reverts_per_run"), "must be at least 1");
     }
     if mode != RuleMode::Record {
         check_alert_route(check, key, raw.channel.as_deref(), slack);
@@ -908,6 +918,8 @@ fn one_rule(
             .clone()
             .unwrap_or_else(|| "default".to_string()),
         mode,
+        dry_run: raw.dry_run.unwrap_or(true),
+        max_reverts_per_run,
         channel: raw.channel.clone(),
         forbid_skipping: raw.forbid_skipping,
         closed_lost_requires: raw.closed_lost_requires.clone(),
@@ -1187,6 +1199,25 @@ fn recycle_actions(
         raw.stage_action.is_some() && kind != PolicyKind::Stalled,
         "by policies other than stalled",
     );
+    let writes_contacts = raw.set_status.is_some()
+        || raw.set_lifecycle_stage.is_some()
+        || raw.set_owner.is_some()
+        || assignment_rules
+        || raw.add_to_campaign.is_some()
+        || raw.add_to_list.is_some()
+        || raw.create_task.is_some();
+    if kind == PolicyKind::Stalled
+        && writes_contacts
+        && stage_action != Some(StageAction::CloseLost)
+    {
+        // A stalled deal itself only changes stage; lead and contact writes are for the
+        // contacts of the deals it closes lost.
+        check.fail(
+            key,
+            "a stalled policy writes contacts (set_status, set_owner, add_to_campaign, …) only \
+             with stage_action = \"close_lost\"",
+        );
+    }
     let writes_something = raw.set_status.is_some()
         || raw.set_lifecycle_stage.is_some()
         || raw.set_owner.is_some()

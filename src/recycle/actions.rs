@@ -4,7 +4,7 @@ use serde::Serialize;
 use serde_json::{json, Map, Value};
 
 use super::select::Candidate;
-use crate::config::settings::{CrmKind, PolicySettings};
+use crate::config::settings::{CrmKind, PolicyKind, PolicySettings, StageAction};
 use crate::record::Millis;
 use crate::writeback::WriteOp;
 
@@ -28,7 +28,8 @@ const LIFECYCLE_ORDER: &[&str] = &[
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PlannedAction {
     /// `set_status`, `set_owner`, `assign_by_rules`, `add_to_campaign`, `create_task`,
-    /// `set_lifecycle_stage` or `add_to_list`.
+    /// `set_lifecycle_stage`, `add_to_list`, or for stalled deals `move_back` or
+    /// `close_lost`.
     pub action: &'static str,
     /// The values before (from the store's current state).
     pub before: Value,
@@ -41,6 +42,20 @@ pub struct PlannedAction {
 /// Every action `policy` plans for `candidate` as of `as_of`; actions that would change
 /// nothing are left out.
 pub fn plan_actions(
+    crm: CrmKind,
+    policy: &PolicySettings,
+    candidate: &Candidate,
+    as_of: Millis,
+) -> Vec<PlannedAction> {
+    if policy.kind == PolicyKind::Stalled {
+        return stage_action(crm, policy, candidate).into_iter().collect();
+    }
+    person_actions(crm, policy, candidate, as_of)
+}
+
+/// The lead or contact writes of `policy` for `candidate` (for a `stalled` policy that
+/// closes deals lost, the writes to each closed deal's contacts).
+pub fn person_actions(
     crm: CrmKind,
     policy: &PolicySettings,
     candidate: &Candidate,
@@ -61,7 +76,35 @@ fn update(object: &str, id: &str, field: &str, value: &str) -> WriteOp {
         fields,
         auto_assign: false,
         clear_first: Vec::new(),
+        only_if: None,
     }
+}
+
+/// A stalled deal's stage write: back to the previous open stage of its pipeline, or to
+/// the pipeline's closed-lost stage. Nothing when the policy only alerts, or when there is
+/// no such stage (a deal in the first stage cannot move back).
+fn stage_action(
+    crm: CrmKind,
+    policy: &PolicySettings,
+    candidate: &Candidate,
+) -> Option<PlannedAction> {
+    let (action, target) = match policy.actions.stage_action? {
+        StageAction::MoveBack => ("move_back", candidate.previous_stage.as_deref()?),
+        StageAction::CloseLost => ("close_lost", candidate.lost_stage.as_deref()?),
+    };
+    if candidate.stage.as_deref() == Some(target) {
+        return None;
+    }
+    let field = match crm {
+        CrmKind::Salesforce => "StageName",
+        CrmKind::Hubspot => "dealstage",
+    };
+    Some(PlannedAction {
+        action,
+        before: json!({ field: candidate.stage }),
+        after: json!({ field: target }),
+        write: update(&candidate.crm_object, &candidate.crm_id, field, target),
+    })
 }
 
 fn salesforce_actions(
@@ -125,6 +168,7 @@ fn salesforce_actions(
                 fields: carried,
                 auto_assign: true,
                 clear_first: Vec::new(),
+                only_if: None,
             },
         });
     }
@@ -148,6 +192,7 @@ fn salesforce_actions(
                 duplicate_ok: true,
                 find_first: None,
                 created_after_ms: None,
+                only_if: None,
             },
         });
     }
@@ -186,6 +231,7 @@ fn salesforce_actions(
                 find_first: Some(find),
                 // Allow for the CRM's clock running a little behind ours.
                 created_after_ms: Some(as_of - CLOCK_SKEW_MS),
+                only_if: None,
             },
         });
     }

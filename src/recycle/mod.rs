@@ -23,7 +23,9 @@ use serde::Serialize;
 pub use actions::PlannedAction;
 pub use select::Candidate;
 
-use crate::config::settings::{ConnectionSettings, PolicySettings};
+use crate::config::settings::{
+    ConnectionSettings, CrmKind, PolicyKind, PolicySettings, StageAction,
+};
 use crate::config::Settings;
 use crate::crm::{ApiClient, CrmError, RetryPolicy};
 use crate::record::Millis;
@@ -162,14 +164,6 @@ async fn plan_policy(
         ));
         return Ok(plan);
     };
-    if policy.kind == crate::config::settings::PolicyKind::Stalled {
-        plan.note = Some(
-            "stalled policies are not planned by this version: stage dwell is reported by \
-             `query funnel` and enforced by stage-gate alerts"
-                .to_string(),
-        );
-        return Ok(plan);
-    }
     if cap == 0 {
         plan.held_back = true;
         plan.note = Some("the run's cap is used up".to_string());
@@ -182,6 +176,7 @@ async fn plan_policy(
         connection.kind,
         connection_id,
         policy,
+        &select::stage_dwells(&settings.rules, &policy.connection),
         as_of,
         select::AgeRange {
             min_days: select::action_age_days(policy),
@@ -200,19 +195,83 @@ async fn plan_policy(
         if planned.is_empty() {
             continue;
         }
-        if used + planned.len() > cap as usize {
-            plan.held_back = true;
-            break;
-        }
-        used += planned.len();
         let reason = report::reason(policy, &candidate, as_of);
-        plan.records.push(RecordPlan {
+        let mut records = vec![RecordPlan {
             candidate,
             reason,
             actions: planned,
-        });
+        }];
+        if closes_and_recycles_contacts(policy) {
+            let deal = &records[0];
+            let contacts =
+                contact_plans(store, connection.kind, connection_id, policy, deal, as_of)
+                    .await?
+                    .into_iter()
+                    .filter(|contact| seen.insert(contact.candidate.record_id));
+            records.extend(contacts.collect::<Vec<_>>());
+        }
+        // A deal and its contacts are taken together or not at all.
+        let count: usize = records.iter().map(|r| r.actions.len()).sum();
+        if used + count > cap as usize {
+            plan.held_back = true;
+            break;
+        }
+        used += count;
+        plan.records.extend(records);
     }
     Ok(plan)
+}
+
+/// A `stalled` policy that closes deals lost and has writes for their contacts.
+fn closes_and_recycles_contacts(policy: &PolicySettings) -> bool {
+    let actions = &policy.actions;
+    policy.kind == PolicyKind::Stalled
+        && actions.stage_action == Some(StageAction::CloseLost)
+        && (actions.set_status.is_some()
+            || actions.set_lifecycle_stage.is_some()
+            || actions.set_owner.is_some()
+            || actions.use_assignment_rules
+            || actions.add_to_campaign.is_some()
+            || actions.add_to_list.is_some()
+            || actions.create_task.is_some())
+}
+
+/// The contacts of a deal being closed lost, each with the policy's contact writes.
+async fn contact_plans(
+    store: &Store,
+    crm: CrmKind,
+    connection_id: i64,
+    policy: &PolicySettings,
+    deal: &RecordPlan,
+    as_of: Millis,
+) -> Result<Vec<RecordPlan>, RecycleError> {
+    let contacts = select::deal_contacts(
+        store,
+        crm,
+        connection_id,
+        policy,
+        deal.candidate.record_id,
+        as_of,
+    )
+    .await?;
+    Ok(contacts
+        .into_iter()
+        .filter_map(|contact| {
+            let actions = actions::person_actions(crm, policy, &contact, as_of);
+            if actions.is_empty() {
+                return None;
+            }
+            let reason = format!(
+                "contact of deal {} ({}), closed lost by this policy",
+                deal.candidate.crm_id, deal.reason
+            );
+            Some(RecordPlan {
+                candidate: contact,
+                reason,
+                actions,
+            })
+        })
+        .collect())
 }
 
 /// Plans every chosen policy as `recycle apply` would, without writing anything.
@@ -414,15 +473,18 @@ const WARNINGS_PER_RUN: i64 = 500;
 
 /// Alert-first policies warn before they act: each record past the policy's age but still
 /// within its grace period gets one Slack message (once per record and age), naming its
-/// owner and the day it will be recycled unless it is worked first.
+/// owner and the day it will be recycled unless it is worked first. A stalled policy
+/// without a `stage_action` only warns: every deal past its stage's max dwell, once per
+/// stay in that stage.
 async fn warn_owners(
     store: &Store,
     settings: &Settings,
     policy: &PolicySettings,
     as_of: Millis,
 ) -> Result<u64, RecycleError> {
-    let kind_warns = !matches!(policy.kind, crate::config::settings::PolicyKind::Stalled);
-    if !policy.alert_first || policy.grace_days == 0 || !kind_warns || settings.slack.is_none() {
+    let alert_only = policy.kind == PolicyKind::Stalled && policy.actions.stage_action.is_none();
+    let warns_first = policy.alert_first && policy.grace_days > 0;
+    if !(alert_only || warns_first) || settings.slack.is_none() {
         return Ok(0);
     }
     let connection = connection_of(settings, policy);
@@ -434,17 +496,20 @@ async fn warn_owners(
         connection.kind,
         connection_id,
         policy,
+        &select::stage_dwells(&settings.rules, &policy.connection),
         as_of,
         select::AgeRange {
-            min_days: policy.after_days,
-            below_days: Some(select::action_age_days(policy)),
+            min_days: select::alert_age_days(policy),
+            below_days: (!alert_only).then(|| select::action_age_days(policy)),
         },
         Some(WARNINGS_PER_RUN),
     )
     .await?;
     let mut warnings = Vec::new();
     for candidate in &candidates {
-        if actions::plan_actions(connection.kind, policy, candidate, as_of).is_empty() {
+        if !alert_only
+            && actions::plan_actions(connection.kind, policy, candidate, as_of).is_empty()
+        {
             continue;
         }
         let reason = report::reason(policy, candidate, as_of);

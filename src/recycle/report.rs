@@ -36,7 +36,11 @@ pub(super) fn reason(policy: &PolicySettings, candidate: &Candidate, as_of: Mill
             candidate.via_deal.as_deref().unwrap_or("?"),
             candidate.loss_reason.as_deref().unwrap_or("?")
         ),
-        PolicyKind::Stalled => format!("in its stage since {since} ({days} days)"),
+        PolicyKind::Stalled => format!(
+            "in stage {} since {since} ({days} days; max dwell {} days)",
+            candidate.stage.as_deref().unwrap_or("?"),
+            candidate.max_dwell_ms.unwrap_or(0) / DAY_MS
+        ),
     }
 }
 

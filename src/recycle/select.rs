@@ -8,7 +8,7 @@
 
 use serde::Serialize;
 
-use crate::config::settings::{CrmKind, PolicyKind, PolicyObject, PolicySettings};
+use crate::config::settings::{CrmKind, PolicyKind, PolicyObject, PolicySettings, RuleSettings};
 use crate::record::Millis;
 use crate::store::{dispatch, BackendKind, QueryContext, Store, StoreError};
 
@@ -53,6 +53,54 @@ pub struct Candidate {
     pub via_deal: Option<String>,
     /// The deal's loss reason (`lost` policies).
     pub loss_reason: Option<String>,
+    /// The deal's pipeline (`stalled` policies).
+    pub pipeline: Option<String>,
+    /// The deal's current stage (`stalled` policies).
+    pub stage: Option<String>,
+    /// The open stage before it in the pipeline order (`stalled` policies; none for the
+    /// first stage).
+    pub previous_stage: Option<String>,
+    /// The pipeline's closed-lost stage (`stalled` policies).
+    pub lost_stage: Option<String>,
+    /// The longest healthy dwell in the deal's stage, milliseconds (`stalled` policies).
+    pub max_dwell_ms: Option<Millis>,
+}
+
+/// The longest healthy dwell in one stage of one pipeline (a stage gate's `max_dwell`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StageDwell {
+    /// Pipeline id (HubSpot) or `default` / a sales process name (Salesforce).
+    pub pipeline: String,
+    /// Stage name (Salesforce) or id (HubSpot).
+    pub stage: String,
+    /// The limit, milliseconds.
+    pub max_dwell_ms: Millis,
+}
+
+/// The `max_dwell` of every gated stage of `connection`, from its stage-gate rules; where
+/// two rules gate the same stage the shorter limit wins.
+pub fn stage_dwells(rules: &[RuleSettings], connection: &str) -> Vec<StageDwell> {
+    let mut dwells: Vec<StageDwell> = Vec::new();
+    for rule in rules.iter().filter(|rule| rule.connection == connection) {
+        for gate in &rule.stages {
+            let Some(limit) = gate.max_dwell else {
+                continue;
+            };
+            let limit_ms = i64::try_from(limit.as_millis()).unwrap_or(i64::MAX);
+            match dwells
+                .iter_mut()
+                .find(|d| d.pipeline == rule.pipeline && d.stage == gate.stage)
+            {
+                Some(known) => known.max_dwell_ms = known.max_dwell_ms.min(limit_ms),
+                None => dwells.push(StageDwell {
+                    pipeline: rule.pipeline.clone(),
+                    stage: gate.stage.clone(),
+                    max_dwell_ms: limit_ms,
+                }),
+            }
+        }
+    }
+    dwells
 }
 
 /// A bound value of a built statement.
@@ -139,18 +187,29 @@ fn loss_reason_field(crm: CrmKind) -> &'static str {
 
 /// The person kind a policy acts on: lost deals act on their contacts.
 pub fn target_kind(policy: &PolicySettings) -> &'static str {
-    match policy.object {
-        PolicyObject::Lead => "lead",
-        PolicyObject::Contact | PolicyObject::Deal => "contact",
+    match (policy.kind, policy.object) {
+        (PolicyKind::Stalled, _) => "deal",
+        (_, PolicyObject::Lead) => "lead",
+        (_, PolicyObject::Contact | PolicyObject::Deal) => "contact",
+    }
+}
+
+/// Age at which a policy's records qualify (and alert-first owners are warned). A stalled
+/// deal qualifies when it passes its stage's `max_dwell`, so its age counts from there.
+pub fn alert_age_days(policy: &PolicySettings) -> u32 {
+    if policy.kind == PolicyKind::Stalled {
+        0
+    } else {
+        policy.after_days
     }
 }
 
 /// Age a policy waits for before acting: alert-first policies add their grace period.
 pub fn action_age_days(policy: &PolicySettings) -> u32 {
     if policy.alert_first {
-        policy.after_days + policy.grace_days
+        alert_age_days(policy) + policy.grace_days
     } else {
-        policy.after_days
+        alert_age_days(policy)
     }
 }
 
@@ -165,12 +224,15 @@ pub struct AgeRange {
 }
 
 /// The records `policy` selects on `connection_id` as of `as_of`, oldest first, at most
-/// `limit` of them, of an age within `ages`.
+/// `limit` of them, of an age within `ages`. A `stalled` policy's age is counted beyond
+/// the `max_dwell` of the deal's stage (`dwells`).
+#[allow(clippy::too_many_arguments)]
 pub async fn candidates(
     store: &Store,
     crm: CrmKind,
     connection_id: i64,
     policy: &PolicySettings,
+    dwells: &[StageDwell],
     as_of: Millis,
     ages: AgeRange,
     limit: Option<i64>,
@@ -191,9 +253,14 @@ pub async fn candidates(
             "NULL".to_string(),
         ),
     };
+    let deal_stages = if policy.kind == PolicyKind::Stalled {
+        format!("r.pipeline, r.stage, {PREVIOUS_STAGE}, {LOST_STAGE}")
+    } else {
+        "NULL, NULL, NULL, NULL".to_string()
+    };
     st.push(&format!(
         "SELECT r.id, r.crm_id, r.object_kind, r.crm_object, r.name, r.owner_id, r.status, \
-         r.lifecycle_stage, {since}, {via_deal}, {reason} FROM "
+         r.lifecycle_stage, {since}, {via_deal}, {reason}, {deal_stages} FROM "
     ));
     if policy.kind == PolicyKind::Lost {
         lost_source(&mut st, backend, crm, connection_id);
@@ -204,17 +271,103 @@ pub async fn candidates(
             .bind(Arg::Text(target_kind(policy).to_string()));
     }
     st.push(" AND r.deleted_at_ms IS NULL");
-    kind_filter(&mut st, backend, crm, policy, cutoff);
-    if let Some(below) = ages.below_days {
+    if policy.kind == PolicyKind::Stalled {
+        stalled_filter(&mut st, dwells, as_of, ages);
+    } else {
+        kind_filter(&mut st, backend, crm, policy, cutoff);
+    }
+    if let (Some(below), false) = (ages.below_days, policy.kind == PolicyKind::Stalled) {
         st.push(&format!(" AND {since} >= "))
             .bind(Arg::Int(as_of - i64::from(below) * DAY_MS));
     }
-    exclusions(&mut st, backend, crm, policy, as_of);
+    exclusions(&mut st, backend, crm, policy, as_of, None);
     st.push(&format!(" ORDER BY {since}, r.id"));
     if let Some(limit) = limit {
         st.push(" LIMIT ").bind(Arg::Int(limit));
     }
+    let mut found = fetch(store, st).await?;
+    for candidate in &mut found {
+        candidate.max_dwell_ms = dwells
+            .iter()
+            .find(|d| {
+                Some(&d.pipeline) == candidate.pipeline.as_ref()
+                    && Some(&d.stage) == candidate.stage.as_ref()
+            })
+            .map(|d| d.max_dwell_ms);
+    }
+    Ok(found)
+}
+
+/// The contacts of a deal a `stalled` policy closes lost, to recycle like a `lost` policy's
+/// contacts: the same sources (HubSpot associations, the contacts Salesforce leads converted
+/// into the deal became) and the same exclusions, except that the deal being closed does
+/// not count as an open deal.
+pub async fn deal_contacts(
+    store: &Store,
+    crm: CrmKind,
+    connection_id: i64,
+    policy: &PolicySettings,
+    deal_record_id: i64,
+    as_of: Millis,
+) -> Result<Vec<Candidate>, StoreError> {
+    let backend = store.backend();
+    let mut st = Statement::default();
+    st.push(
+        "SELECT r.id, r.crm_id, r.object_kind, r.crm_object, r.name, r.owner_id, r.status, \
+         r.lifecycle_stage, d.crm_modified_at_ms, d.crm_id, NULL, NULL, NULL, NULL, NULL FROM ",
+    );
+    lost_source(&mut st, backend, crm, connection_id);
+    st.push(" AND d.id = ")
+        .bind(Arg::Int(deal_record_id))
+        .push(" AND r.deleted_at_ms IS NULL");
+    exclusions(&mut st, backend, crm, policy, as_of, Some(deal_record_id));
+    st.push(" ORDER BY r.id");
     fetch(store, st).await
+}
+
+/// When a deal entered its current stage: its last move into it, else its creation.
+const STALLED_SINCE: &str = "COALESCE((SELECT MAX(t.changed_at_ms) FROM stage_transitions t \
+     WHERE t.record_id = r.id AND t.to_stage = r.stage), r.crm_created_at_ms, r.crm_modified_at_ms)";
+
+/// The open, active stage just before the deal's stage in its pipeline's order.
+const PREVIOUS_STAGE: &str = "(SELECT p.stage FROM stage_definitions p JOIN stage_definitions c \
+     ON c.connection_id = p.connection_id AND c.object_kind = p.object_kind AND c.pipeline = p.pipeline \
+     AND c.stage = r.stage WHERE p.connection_id = r.connection_id AND p.object_kind = 'deal' \
+     AND p.pipeline = r.pipeline AND NOT p.is_closed AND p.is_active AND p.sort_order < c.sort_order \
+     ORDER BY p.sort_order DESC LIMIT 1)";
+
+/// The first closed-lost stage of the deal's pipeline.
+const LOST_STAGE: &str =
+    "(SELECT q.stage FROM stage_definitions q WHERE q.connection_id = r.connection_id \
+     AND q.object_kind = 'deal' AND q.pipeline = r.pipeline AND q.is_closed AND NOT q.is_won \
+     ORDER BY q.sort_order LIMIT 1)";
+
+/// Open deals in a gated stage longer than its `max_dwell` plus the age asked for (and,
+/// for warnings, not yet that plus the upper bound).
+fn stalled_filter(st: &mut Statement, dwells: &[StageDwell], as_of: Millis, ages: AgeRange) {
+    st.push(" AND NOT r.is_closed AND (");
+    if dwells.is_empty() {
+        st.push("1 = 0");
+    }
+    for (index, dwell) in dwells.iter().enumerate() {
+        if index > 0 {
+            st.push(" OR ");
+        }
+        let entered_before = as_of - dwell.max_dwell_ms - i64::from(ages.min_days) * DAY_MS;
+        st.push("(r.pipeline = ")
+            .bind(Arg::Text(dwell.pipeline.clone()))
+            .push(" AND r.stage = ")
+            .bind(Arg::Text(dwell.stage.clone()))
+            .push(&format!(" AND {STALLED_SINCE} < "))
+            .bind(Arg::Int(entered_before));
+        if let Some(below) = ages.below_days {
+            let entered_since = as_of - dwell.max_dwell_ms - i64::from(below) * DAY_MS;
+            st.push(&format!(" AND {STALLED_SINCE} >= "))
+                .bind(Arg::Int(entered_since));
+        }
+        st.push(")");
+    }
+    st.push(")");
 }
 
 /// When a lost deal was lost: its last move into its closed stage, else its last change.
@@ -232,8 +385,9 @@ fn since_expr(kind: PolicyKind) -> &'static str {
             "COALESCE((SELECT MAX(e.occurred_at_ms) FROM lifecycle_events e \
              WHERE e.record_id = r.id AND e.event = 'disqualified'), r.crm_modified_at_ms)"
         }
-        // Lost policies date the deal (LOST_SINCE); stalled policies are not planned.
-        PolicyKind::Lost | PolicyKind::Stalled => "r.crm_modified_at_ms",
+        PolicyKind::Stalled => STALLED_SINCE,
+        // Lost policies date the deal (LOST_SINCE).
+        PolicyKind::Lost => "r.crm_modified_at_ms",
     }
 }
 
@@ -341,9 +495,9 @@ fn kind_filter(
                 .push(&format!(") AND {LOST_SINCE} < "))
                 .bind(Arg::Int(cutoff));
         }
+        // Stalled deals are selected per gated stage by `stalled_filter`; should one get
+        // here, it selects nothing rather than records of another kind.
         PolicyKind::Stalled => {
-            // Stalled policies are not planned (the plan says so); should one get here, it
-            // selects nothing rather than records of another kind.
             st.push(" AND 1 = 0");
         }
     }
@@ -376,13 +530,15 @@ fn open_person(st: &mut Statement, backend: BackendKind, crm: CrmKind) {
     }
 }
 
-/// Owners, open deals, do-not-contact flags and the cooldown.
+/// Owners, open deals (other than `closing_deal`, which the policy is closing), do-not-contact
+/// flags and the cooldown.
 fn exclusions(
     st: &mut Statement,
     backend: BackendKind,
     crm: CrmKind,
     policy: &PolicySettings,
     as_of: Millis,
+    closing_deal: Option<i64>,
 ) {
     if !policy.exclude_owners.is_empty() {
         st.push(" AND (r.owner_id IS NULL OR r.owner_id NOT IN (")
@@ -401,8 +557,11 @@ fn exclusions(
              WHERE ok.connection_id = r.connection_id AND ok.to_kind = r.object_kind AND ok.to_crm_id = r.crm_id \
              AND ok.from_kind = 'deal' AND ok.removed_at_ms IS NULL AND od.deleted_at_ms IS NULL AND od.is_closed = ",
         )
-        .bind(Arg::Bool(false))
-        .push(")");
+        .bind(Arg::Bool(false));
+        if let Some(deal) = closing_deal {
+            st.push(" AND od.id <> ").bind(Arg::Int(deal));
+        }
+        st.push(")");
     }
     // Anything recycled (or tried) within the cooldown, by any policy, is left alone; so is a
     // record whose earlier actions still wait in the outbox.
@@ -424,6 +583,10 @@ type Row = (
     Option<String>,
     Option<String>,
     i64,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
     Option<String>,
     Option<String>,
 );
@@ -456,6 +619,11 @@ async fn fetch(store: &Store, st: Statement) -> Result<Vec<Candidate>, StoreErro
             since_ms: row.8,
             via_deal: row.9,
             loss_reason: row.10,
+            pipeline: row.11,
+            stage: row.12,
+            previous_stage: row.13,
+            lost_stage: row.14,
+            max_dwell_ms: None,
         })
         .collect())
 }

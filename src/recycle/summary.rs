@@ -5,7 +5,7 @@ use serde_json::{json, Value};
 
 use super::{ApplyReport, Candidate};
 use crate::alerts::message::{escape, section_text};
-use crate::config::settings::PolicySettings;
+use crate::config::settings::{PolicyKind, PolicySettings, StageAction};
 use crate::config::Settings;
 use crate::record::Millis;
 use crate::store::{NewAlert, Store, StoreError};
@@ -69,8 +69,11 @@ pub(super) async fn enqueue_warnings(
             .as_ref()
             .and_then(|slack| slack.default_channel.clone())
     });
-    let recycle_day = |since: Millis| {
-        let at = since + i64::from(super::select::action_age_days(policy)) * DAY_MS;
+    // A stalled deal's age counts from the end of its stage's max dwell.
+    let recycle_day = |candidate: &Candidate| {
+        let at = candidate.since_ms
+            + candidate.max_dwell_ms.unwrap_or(0)
+            + i64::from(super::select::action_age_days(policy)) * DAY_MS;
         chrono::DateTime::from_timestamp_millis(at)
             .map(|t| t.format("%Y-%m-%d").to_string())
             .unwrap_or_default()
@@ -78,15 +81,25 @@ pub(super) async fn enqueue_warnings(
     let mut new = 0;
     let mut tx = store.begin().await?;
     for (candidate, reason) in warnings {
+        let day = recycle_day(candidate);
+        let consequence = match (policy.kind, policy.actions.stage_action) {
+            (PolicyKind::Stalled, Some(StageAction::MoveBack)) => {
+                format!("It will be moved back a stage on {day} unless it moves on before then.")
+            }
+            (PolicyKind::Stalled, Some(StageAction::CloseLost)) => {
+                format!("It will be closed lost on {day} unless it moves on before then.")
+            }
+            (PolicyKind::Stalled, None) => "It is past its stage's max dwell.".to_string(),
+            _ => format!("It will be recycled on {day} unless it is worked before then."),
+        };
         let text = format!(
-            "*{}*: {} {} ({}), owner {}: {}. It will be recycled on {} unless it is worked before then.",
+            "*{}*: {} {} ({}), owner {}: {}. {consequence}",
             escape(&policy.name),
             candidate.object_kind,
             escape(candidate.name.as_deref().unwrap_or("(no name)")),
             escape(&candidate.crm_id),
             escape(candidate.owner_id.as_deref().unwrap_or("(none)")),
             escape(reason),
-            recycle_day(candidate.since_ms)
         );
         let payload = json!({
             "text": text,

@@ -5,6 +5,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::gate::{CompiledRule, Finding, MissingField, ViolationKind};
+use super::revert::{self, Revert};
 use super::{alert_channel, crm_label, record_link, OwnerIndex, RulesError};
 use crate::alerts::message::{resolution_message, violation_message, ViolationAlert};
 use crate::config::settings::{ConnectionSettings, RuleMode, RuleSettings, SlackDelivery};
@@ -37,6 +38,8 @@ pub struct EvaluationReport {
     pub resolved_late: u64,
     /// Violations superseded by a move back.
     pub superseded: u64,
+    /// Violations whose revert was planned (revert mode).
+    pub reverts: u64,
 }
 
 /// Evaluates every rule of `connection` over the moves stored since its last evaluation.
@@ -203,6 +206,32 @@ impl<'a> RuleRun<'a> {
             .collect();
         let ids = tx.insert_violations(&rows).await?;
         self.report.violations += ids.len() as u64;
+        if rule.settings.mode == RuleMode::Revert && !baseline {
+            // A backward move is not undone by pushing the deal forward again.
+            let reverts: Vec<Revert> = judged
+                .iter()
+                .filter(|j| j.finding.kind != ViolationKind::Backward)
+                .filter_map(|j| {
+                    Some(Revert {
+                        violation_id: *ids.get(&j.m.transition_id)?,
+                        m: j.m,
+                        finding: &j.finding,
+                    })
+                })
+                .collect();
+            let left =
+                u64::from(rule.settings.max_reverts_per_run).saturating_sub(self.report.reverts);
+            self.report.reverts += revert::plan(
+                tx,
+                self.connection,
+                self.connection_id,
+                &rule.settings,
+                &reverts,
+                left,
+                self.now,
+            )
+            .await?;
+        }
         let (true, Some(channel)) = (alerted, channel) else {
             return Ok(());
         };

@@ -293,6 +293,8 @@ mod tests {
             connection: "c".into(),
             pipeline: "default".into(),
             mode: RuleMode::Record,
+            dry_run: true,
+            max_reverts_per_run: 25,
             channel: None,
             forbid_skipping,
             closed_lost_requires: vec!["reason".into()],

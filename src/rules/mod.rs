@@ -9,6 +9,7 @@
 
 mod evaluate;
 pub mod gate;
+pub mod revert;
 mod review;
 
 use std::collections::HashMap;
@@ -122,7 +123,7 @@ pub(crate) fn crm_label(kind: CrmKind) -> &'static str {
 pub fn describe_evaluation(report: &EvaluationReport) -> String {
     format!(
         "rule {}: {} moves judged ({} before the oldest stored state, {} exempt), {} new violations, \
-         {} alerts queued, {} resolved late, {} superseded",
+         {} alerts queued, {} resolved late, {} superseded, {} reverts planned",
         report.rule,
         report.judged,
         report.unjudged,
@@ -130,23 +131,42 @@ pub fn describe_evaluation(report: &EvaluationReport) -> String {
         report.violations,
         report.alerts,
         report.resolved_late,
-        report.superseded
+        report.superseded,
+        report.reverts
     )
 }
 
-/// Evaluates a connection's rules after its sync, logging rather than failing: a rule problem
-/// must not stop the sync loop.
+/// Evaluates a connection's rules after its sync, then delivers the reverts of revert-mode
+/// rules, logging rather than failing: a rule problem must not stop the sync loop.
 pub async fn evaluate_after_sync(
     store: &crate::store::Store,
     settings: &crate::config::Settings,
     connection: &ConnectionSettings,
 ) -> Vec<EvaluationReport> {
     let now = chrono::Utc::now().timestamp_millis();
-    match evaluate_connection(store, settings, connection, now).await {
+    let reports = match evaluate_connection(store, settings, connection, now).await {
         Ok(reports) => reports,
         Err(err) => {
             tracing::error!(connection = %connection.name, error = %err, "stage-gate evaluation failed");
             Vec::new()
         }
+    };
+    match revert::deliver(
+        store,
+        settings,
+        connection,
+        crate::crm::RetryPolicy::default(),
+    )
+    .await
+    {
+        Ok(delivered) if delivered.applied + delivered.failed + delivered.retry_later > 0 => {
+            tracing::info!(connection = %connection.name, applied = delivered.applied,
+                failed = delivered.failed, retry_later = delivered.retry_later, "write-backs delivered");
+        }
+        Ok(_) => {}
+        Err(err) => {
+            tracing::error!(connection = %connection.name, error = %err, "write-back delivery failed");
+        }
     }
+    reports
 }

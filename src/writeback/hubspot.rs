@@ -10,7 +10,7 @@ use reqwest::Method;
 use serde_json::{json, Map, Value};
 
 use super::salesforce::Pending;
-use super::{read_value, WriteOp, WriteOutcome};
+use super::{precondition_failed, precondition_holds, read_value, WriteOp, WriteOutcome};
 use crate::crm::{ApiClient, ApiRequest, CrmError};
 
 /// Inputs one batch update may carry.
@@ -43,6 +43,7 @@ pub(super) async fn deliver(
         }
     }
     for (object, group) in updates {
+        let group = hold_unless_preconditions(api, version, group, &mut outcomes).await;
         for chunk in group.chunks(BATCH_MAX) {
             update_batch(api, version, object, chunk, &mut outcomes).await;
         }
@@ -53,6 +54,47 @@ pub(super) async fn deliver(
         }
     }
     outcomes
+}
+
+/// Writes with a precondition go ahead only if the record still holds its values (read one
+/// record at a time: conditional writes are few, capped reverts); the others are refused
+/// with what HubSpot holds.
+async fn hold_unless_preconditions<'p>(
+    api: &ApiClient,
+    version: &str,
+    writes: Vec<&'p Pending<'p>>,
+    outcomes: &mut BTreeMap<usize, WriteOutcome>,
+) -> Vec<&'p Pending<'p>> {
+    let mut ready = Vec::new();
+    for w in writes {
+        let Some(condition) = w.op.only_if() else {
+            ready.push(w);
+            continue;
+        };
+        let names: Vec<&str> = condition.fields.keys().map(String::as_str).collect();
+        let path = format!(
+            "{}/{}/{}?properties={}",
+            base(version, "objects"),
+            condition.object,
+            condition.id,
+            names.join(",")
+        );
+        let request = ApiRequest::get(path);
+        match api.send(&request, read_value).await {
+            Ok(reply) => {
+                let current = reply.value.get("properties");
+                if precondition_holds(condition, current) {
+                    ready.push(w);
+                } else {
+                    outcomes.insert(w.index, precondition_failed(condition, current));
+                }
+            }
+            Err(err) => {
+                outcomes.insert(w.index, WriteOutcome::from_call_error(&err));
+            }
+        }
+    }
+    ready
 }
 
 fn base(version: &str, family: &str) -> String {

@@ -39,6 +39,10 @@ pub enum WriteOp {
         /// HubSpot: properties to clear before writing (a lifecycle stage moving backward).
         #[serde(default)]
         clear_first: Vec<String>,
+        /// Write only while the CRM still holds these values (a revert of a deal that
+        /// moved on meanwhile is not written).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        only_if: Option<Precondition>,
     },
     /// Create a record (Salesforce CampaignMember or Task).
     Create {
@@ -56,6 +60,10 @@ pub enum WriteOp {
         /// See `find_first`.
         #[serde(default)]
         created_after_ms: Option<i64>,
+        /// Create only while the CRM holds these values (a task about a revert only once
+        /// the revert is in).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        only_if: Option<Precondition>,
     },
     /// Add a contact to a HubSpot static list.
     ListAdd {
@@ -66,7 +74,30 @@ pub enum WriteOp {
     },
 }
 
+/// Values one CRM record must hold at delivery for a write to go ahead; otherwise the write
+/// is settled `failed` with the code [`PRECONDITION_FAILED`] and the values found.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Precondition {
+    /// `Opportunity`, `deals`, …
+    pub object: String,
+    /// The record's CRM id.
+    pub id: String,
+    /// Field values it must hold.
+    pub fields: Map<String, Value>,
+}
+
+/// The error code of a write whose [`Precondition`] did not hold.
+pub const PRECONDITION_FAILED: &str = "PRECONDITION_FAILED";
+
 impl WriteOp {
+    /// The precondition of the write, if any.
+    pub fn only_if(&self) -> Option<&Precondition> {
+        match self {
+            WriteOp::Update { only_if, .. } | WriteOp::Create { only_if, .. } => only_if.as_ref(),
+            WriteOp::ListAdd { .. } => None,
+        }
+    }
+
     /// The CRM object the write touches.
     pub fn object(&self) -> &str {
         match self {
@@ -120,6 +151,41 @@ impl WriteOutcome {
             other => WriteOutcome::Retry(other.to_string()),
         }
     }
+}
+
+/// The outcome of a write whose precondition does not hold, naming what the CRM holds.
+fn precondition_failed(condition: &Precondition, current: Option<&Value>) -> WriteOutcome {
+    let found = |name: &str| {
+        current
+            .and_then(|record| record.get(name))
+            .map(Value::to_string)
+            .unwrap_or_else(|| "(missing)".into())
+    };
+    let differences: Vec<String> = condition
+        .fields
+        .iter()
+        .filter(|(name, wanted)| current.and_then(|record| record.get(*name)) != Some(*wanted))
+        .map(|(name, wanted)| format!("{name} is {}, not {wanted}", found(name)))
+        .collect();
+    WriteOutcome::Refused {
+        code: PRECONDITION_FAILED.into(),
+        message: format!(
+            "{} {}: {}; not written",
+            condition.object,
+            condition.id,
+            differences.join(", ")
+        ),
+    }
+}
+
+/// Whether `current` holds every value of `condition`.
+fn precondition_holds(condition: &Precondition, current: Option<&Value>) -> bool {
+    current.is_some_and(|record| {
+        condition
+            .fields
+            .iter()
+            .all(|(name, wanted)| record.get(name) == Some(wanted))
+    })
 }
 
 /// Reads a JSON answer body (an empty body reads as null).

@@ -163,7 +163,7 @@ async fn deliver_rows(
     ops: &[Option<WriteOp>],
 ) -> BTreeMap<usize, WriteOutcome> {
     let mut merged: Vec<(WriteOp, Vec<usize>, bool)> = Vec::new();
-    let mut update_slot: BTreeMap<(String, String, bool), usize> = BTreeMap::new();
+    let mut update_slot: BTreeMap<(String, String, bool, String), usize> = BTreeMap::new();
     for (position, op) in ops.iter().enumerate() {
         let Some(op) = op else { continue };
         let retried = rows[position].3 > 0;
@@ -173,9 +173,12 @@ async fn deliver_rows(
             fields,
             auto_assign,
             clear_first,
+            only_if,
         } = op
         {
-            let key = (object.clone(), id.clone(), *auto_assign);
+            // Conditional writes merge only with writes under the same condition.
+            let condition = serde_json::to_string(only_if).unwrap_or_default();
+            let key = (object.clone(), id.clone(), *auto_assign, condition);
             if let Some(&slot) = update_slot.get(&key) {
                 let (existing, positions, any_retried) = &mut merged[slot];
                 if let WriteOp::Update {

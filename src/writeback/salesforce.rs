@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use super::{read_value, WriteOp, WriteOutcome};
+use super::{precondition_failed, precondition_holds, read_value, WriteOp, WriteOutcome};
 use crate::crm::salesforce::soql_datetime;
 use crate::crm::{ApiClient, ApiRequest, CrmError};
 
@@ -49,6 +49,7 @@ pub(super) async fn deliver(
         }
     }
     let updates = skip_already_written(api, version, updates, &mut outcomes).await;
+    let updates = hold_unless_preconditions(api, version, updates, &mut outcomes).await;
     for auto_assign in [false, true] {
         let group: Vec<&Pending> = updates
             .iter()
@@ -62,6 +63,7 @@ pub(super) async fn deliver(
         }
     }
     let creates = find_created(api, version, creates, &mut outcomes).await;
+    let creates = hold_unless_preconditions(api, version, creates, &mut outcomes).await;
     for chunk in creates.chunks(COLLECTION_MAX) {
         create_collection(single_shot, version, chunk, &mut outcomes).await;
     }
@@ -285,6 +287,70 @@ async fn skip_already_written<'p>(
     }
     fresh.sort_by_key(|w| w.index);
     fresh
+}
+
+/// Writes with a precondition go ahead only if the record still holds its values (one query
+/// per object and field list); the others are refused with what the CRM holds.
+async fn hold_unless_preconditions<'p>(
+    api: &ApiClient,
+    version: &str,
+    writes: Vec<&'p Pending<'p>>,
+    outcomes: &mut BTreeMap<usize, WriteOutcome>,
+) -> Vec<&'p Pending<'p>> {
+    let mut by_object: BTreeMap<(&str, Vec<&str>), Vec<&Pending>> = BTreeMap::new();
+    let mut ready = Vec::new();
+    for w in writes {
+        match w.op.only_if() {
+            Some(condition) => {
+                let names: Vec<&str> = condition.fields.keys().map(String::as_str).collect();
+                by_object
+                    .entry((condition.object.as_str(), names))
+                    .or_default()
+                    .push(w);
+            }
+            None => ready.push(w),
+        }
+    }
+    for ((object, names), group) in by_object {
+        for chunk in group.chunks(IDS_PER_QUERY) {
+            let ids: Vec<String> = chunk
+                .iter()
+                .filter_map(|w| w.op.only_if().map(|c| soql_string(&c.id)))
+                .collect();
+            let soql = format!(
+                "SELECT Id, {} FROM {object} WHERE Id IN ({})",
+                names.join(", "),
+                ids.join(", ")
+            );
+            let current = match query_rows(api, version, &soql).await {
+                Ok(rows) => rows,
+                Err(err) => {
+                    let outcome = WriteOutcome::from_call_error(&err);
+                    for w in chunk {
+                        outcomes.insert(w.index, outcome.clone());
+                    }
+                    continue;
+                }
+            };
+            for w in chunk {
+                let Some(condition) = w.op.only_if() else {
+                    continue;
+                };
+                let row = current.iter().find(|row| {
+                    row["Id"]
+                        .as_str()
+                        .is_some_and(|found| same_id(found, &condition.id))
+                });
+                if precondition_holds(condition, row) {
+                    ready.push(w);
+                } else {
+                    outcomes.insert(w.index, precondition_failed(condition, row));
+                }
+            }
+        }
+    }
+    ready.sort_by_key(|w| w.index);
+    ready
 }
 
 /// Creates an earlier attempt may have delivered are looked for first.

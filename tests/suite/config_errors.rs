@@ -377,3 +377,35 @@ create_task = "Call them"
         "{err}"
     );
 }
+
+#[test]
+fn a_stalled_policy_writes_contacts_only_when_it_closes_deals_lost() {
+    let dir = ConfigDir::new();
+    let policy = |stage_action: &str| {
+        format!(
+            r#"{SALESFORCE}
+[[rules]]
+name = "gates"
+connection = "acme"
+[[rules.stages]]
+stage = "Qualification"
+max_dwell = "30d"
+
+[[recycle.policies]]
+name = "stalled"
+connection = "acme"
+kind = "stalled"
+after_days = 0
+[recycle.policies.actions]
+stage_action = "{stage_action}"
+add_to_campaign = "701000000000001AAA"
+"#
+        )
+    };
+    let vars = [("SF_REFRESH", "token")];
+    let err = load(&dir, &policy("move_back"), &vars).unwrap_err();
+    assert_eq!(problem_keys(&err), ["recycle.policies[0].actions"], "{err}");
+    assert!(err.to_string().contains("close_lost"), "{err}");
+    let settings = load(&dir, &policy("close_lost"), &vars).expect("close_lost recycles contacts");
+    assert_eq!(settings.recycle.policies.len(), 1);
+}

@@ -789,6 +789,10 @@ on_both_backends!(
     hubspot_stale_contacts_are_recycled_with_lifecycle_cleared_first,
     unworked_disqualified_and_lost_policies_select_what_the_org_says,
     assignment_rules_pick_the_owner_when_the_policy_asks_for_them,
+    stalled_opportunities_move_back_a_stage_once,
+    a_dry_run_stalled_policy_writes_nothing,
+    stalled_deal_owners_are_warned_once_during_the_grace_period,
+    stalled_hubspot_deals_are_closed_lost_once,
 );
 
 const HS_TOKEN: &str = "pat-na1-emulator-demo-token";
@@ -1299,5 +1303,480 @@ use_assignment_rules = true
             );
         }
     }
+    emu.stop().await.unwrap();
+}
+
+/// Gated Salesforce stages: name, `max_dwell` in days, the open stage before it (the
+/// first stage has none, so its stalled deals cannot move back and are left alone).
+const SF_GATES: &[(&str, i64, Option<&str>)] = &[
+    ("Prospecting", 3, None),
+    ("Qualification", 3, Some("Prospecting")),
+    ("Needs Analysis", 3, Some("Qualification")),
+    ("Value Proposition", 3, Some("Needs Analysis")),
+    ("Negotiation/Review", 10, Some("Proposal/Price Quote")),
+];
+/// Gated HubSpot stages of the default pipeline: id and `max_dwell` in days.
+const HS_GATES: &[(&str, i64)] = &[("qualifiedtobuy", 20), ("presentationscheduled", 15)];
+/// Days a stalled deal's owner has after the warning.
+const STALLED_GRACE_DAYS: i64 = 5;
+
+/// Stage gates with `max_dwell` and one `stalled` policy on `connection`.
+fn stalled_config(connection: &str, gates: &[(&str, i64)], dry_run: bool, actions: &str) -> String {
+    let mut config = format!(
+        "\n[[rules]]\nname = \"gates\"\nconnection = \"{connection}\"\npipeline = \"default\"\n"
+    );
+    for (stage, days) in gates {
+        config.push_str(&format!(
+            "\n[[rules.stages]]\nstage = \"{stage}\"\nmax_dwell = \"{days}d\"\n"
+        ));
+    }
+    config.push_str(&format!(
+        r#"
+[recycle]
+max_actions_per_run = 1000
+
+[[recycle.policies]]
+name = "stalled-deals"
+connection = "{connection}"
+kind = "stalled"
+after_days = 0
+grace_days = {STALLED_GRACE_DAYS}
+dry_run = {dry_run}
+
+[recycle.policies.actions]
+{actions}
+"#
+    ));
+    config
+}
+
+fn salesforce_stalled_settings(
+    dir: &ConfigDir,
+    emu: &RunningEmulator,
+    store_url: &str,
+    dry_run: bool,
+) -> Settings {
+    let config = salesforce_stalled_text(dir, emu, store_url, dry_run);
+    load(&dir.write("pipewarden.toml", &config).display().to_string())
+}
+
+fn salesforce_stalled_text(
+    dir: &ConfigDir,
+    emu: &RunningEmulator,
+    store_url: &str,
+    dry_run: bool,
+) -> String {
+    dir.write("refresh-token", "emulator-demo-refresh-token\n");
+    let gates: Vec<(&str, i64)> = SF_GATES.iter().map(|(s, d, _)| (*s, *d)).collect();
+    let config = format!(
+        r#"
+[store]
+url = "{store_url}"
+
+[[connections]]
+name = "sf"
+kind = "salesforce"
+login_url = "{base}"
+
+[connections.auth]
+kind = "refresh_token"
+client_id = "pipewarden-demo"
+refresh_token = {{ file = "refresh-token" }}
+
+[connections.limits]
+requests_per_second = 200
+burst = 200
+{policy}"#,
+        base = emu.base_url(),
+        policy = stalled_config("sf", &gates, dry_run, "stage_action = \"move_back\""),
+    );
+    config
+}
+
+/// The open opportunities in a gated stage longer than its `max_dwell` plus the grace
+/// period, read from the ground truth (the last OpportunityHistory row into the current
+/// stage, else creation), with the stage each must move back to.
+async fn expected_stalled_opportunities(
+    emu: &RunningEmulator,
+    as_of: i64,
+) -> BTreeMap<String, String> {
+    let deals = latest(emu, "Opportunity").await;
+    let history = history_rows(emu, "OpportunityHistory").await;
+    deals
+        .iter()
+        .filter(|(_, d)| d["IsClosed"] != json!(true))
+        .filter_map(|(id, d)| {
+            let stage = d["StageName"].as_str()?;
+            let (_, dwell, previous) = SF_GATES.iter().find(|(s, _, _)| *s == stage)?;
+            let previous = (*previous)?;
+            let entered = history
+                .iter()
+                .filter(|h| h["OpportunityId"] == id.as_str() && h["StageName"] == stage)
+                .map(|h| millis(h["CreatedDate"].as_str().unwrap()))
+                .max()
+                .unwrap_or_else(|| millis(d["CreatedDate"].as_str().unwrap()));
+            (entered < as_of - (dwell + STALLED_GRACE_DAYS) * DAY_MS)
+                .then(|| (id.clone(), previous.to_string()))
+        })
+        .collect()
+}
+
+/// How many versions the ground truth holds of each record of `object`.
+async fn version_counts(emu: &RunningEmulator, object: &str) -> BTreeMap<String, usize> {
+    truth(emu, object)
+        .await
+        .into_iter()
+        .filter_map(|record| {
+            let versions = record["versions"].as_array()?;
+            let id = versions.last()?["record"]["Id"].as_str()?.to_string();
+            Some((id, versions.len()))
+        })
+        .collect()
+}
+
+async fn stalled_opportunities_move_back_a_stage_once(t: TestStore) {
+    let emu = start(SalesforceOptions::default()).await;
+    let dir = ConfigDir::new();
+    let settings = salesforce_stalled_settings(&dir, &emu, &t.url, false);
+    sync_all(&t.store, &settings).await;
+    let as_of = emu.clock().now_ms();
+    let expected = expected_stalled_opportunities(&emu, as_of).await;
+    assert!(!expected.is_empty(), "the org has stalled opportunities");
+
+    let plan = recycle::plan(&t.store, &settings, &options(&emu))
+        .await
+        .unwrap();
+    let wanted: BTreeSet<String> = expected.keys().cloned().collect();
+    assert_eq!(planned_ids(&plan), wanted);
+    for record in &plan.policies[0].records {
+        let id = &record.candidate.crm_id;
+        assert_eq!(record.actions.len(), 1, "deal {id}");
+        assert_eq!(record.actions[0].action, "move_back");
+        assert_eq!(
+            record.actions[0].after,
+            json!({ "StageName": expected[id] }),
+            "deal {id}"
+        );
+        assert!(record.reason.contains("max dwell"), "{}", record.reason);
+    }
+
+    let before = latest(&emu, "Opportunity").await;
+    let versions_before = version_counts(&emu, "Opportunity").await;
+    let report = recycle::apply(&t.store, &settings, &options(&emu), &quick_apply())
+        .await
+        .unwrap();
+    assert_eq!(report.policies[0].failed, 0, "{report:?}");
+    assert_eq!(report.policies[0].applied as usize, expected.len());
+    let again = recycle::apply(&t.store, &settings, &options(&emu), &quick_apply())
+        .await
+        .unwrap();
+    assert_eq!(again.policies[0].planned, 0, "{again:?}");
+
+    let after = latest(&emu, "Opportunity").await;
+    let versions_after = version_counts(&emu, "Opportunity").await;
+    for (id, deal) in &after {
+        match expected.get(id) {
+            Some(previous) => {
+                assert_eq!(deal["StageName"].as_str(), Some(previous.as_str()), "{id}");
+                assert_eq!(
+                    versions_after[id],
+                    versions_before[id] + 1,
+                    "deal {id} written once"
+                );
+            }
+            None => {
+                assert_eq!(
+                    Some(deal),
+                    before.get(id),
+                    "deal {id} was not to be touched"
+                );
+                assert_eq!(versions_after.get(id), versions_before.get(id), "{id}");
+            }
+        }
+    }
+    emu.stop().await.unwrap();
+}
+
+async fn a_dry_run_stalled_policy_writes_nothing(t: TestStore) {
+    let emu = start(SalesforceOptions::default()).await;
+    let dir = ConfigDir::new();
+    let settings = salesforce_stalled_settings(&dir, &emu, &t.url, true);
+    sync_all(&t.store, &settings).await;
+    let expected = expected_stalled_opportunities(&emu, emu.clock().now_ms()).await;
+    assert!(!expected.is_empty());
+    let versions_before = version_counts(&emu, "Opportunity").await;
+    let report = recycle::apply(&t.store, &settings, &options(&emu), &quick_apply())
+        .await
+        .unwrap();
+    let outcome = &report.policies[0];
+    assert!(outcome.dry_run);
+    assert_eq!(outcome.planned as usize, expected.len(), "{report:?}");
+    assert_eq!(outcome.applied, 0);
+    assert_eq!(version_counts(&emu, "Opportunity").await, versions_before);
+    emu.stop().await.unwrap();
+}
+
+/// When a HubSpot deal entered its current stage: the last `dealstage` version with that
+/// value in the ground truth.
+async fn hubspot_stage_entered(emu: &RunningEmulator, id: &str, stage: &str) -> Option<i64> {
+    let truth = hubspot_get(emu, &format!("/__emulator/hubspot/records/deals/{id}")).await;
+    truth["properties"]["dealstage"]
+        .as_array()?
+        .iter()
+        .filter(|v| v["value"] == stage)
+        .filter_map(|v| hs_instant(&v["timestamp"]))
+        .max()
+}
+
+/// How many times the ground truth shows `stage` written to a deal.
+async fn hubspot_stage_writes(emu: &RunningEmulator, id: &str, stage: &str) -> usize {
+    let truth = hubspot_get(emu, &format!("/__emulator/hubspot/records/deals/{id}")).await;
+    truth["properties"]["dealstage"]
+        .as_array()
+        .map(|versions| versions.iter().filter(|v| v["value"] == stage).count())
+        .unwrap_or(0)
+}
+
+const DEAL_LISTING: &str =
+    "/crm/v3/objects/deals?limit=100&properties=dealstage,pipeline,createdate,hs_is_closed&associations=contacts";
+
+/// The contact ids a deal of the listing is associated with.
+fn associated_contacts(deal: &Value) -> BTreeSet<String> {
+    deal["associations"]["contacts"]["results"]
+        .as_array()
+        .map(|results| {
+            results
+                .iter()
+                .filter_map(|c| c["id"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn hubspot_deals(emu: &RunningEmulator) -> BTreeMap<String, Value> {
+    hubspot_all(emu, DEAL_LISTING)
+        .await
+        .into_iter()
+        .map(|d| {
+            let mut properties = d["properties"].clone();
+            properties["contacts"] = json!(associated_contacts(&d));
+            (d["id"].as_str().unwrap().to_string(), properties)
+        })
+        .collect()
+}
+
+async fn stalled_hubspot_deals_are_closed_lost_once(t: TestStore) {
+    let emu = start(SalesforceOptions::default()).await;
+    let dir = ConfigDir::new();
+    dir.write("hubspot-token", &format!("{HS_TOKEN}\n"));
+    let config = format!(
+        r#"
+[store]
+url = "{store}"
+
+[[connections]]
+name = "hs"
+kind = "hubspot"
+api_base_url = "{base}"
+
+[connections.auth]
+kind = "private_app"
+token = {{ file = "hubspot-token" }}
+
+[connections.limits]
+requests_per_second = 200
+burst = 200
+{policy}"#,
+        store = t.url,
+        base = emu.base_url(),
+        policy = stalled_config(
+            "hs",
+            HS_GATES,
+            false,
+            "stage_action = \"close_lost\"\nset_status = \"BAD_TIMING\"\nadd_to_list = \"101\"",
+        ),
+    );
+    let settings = load(&dir.write("pipewarden.toml", &config).display().to_string());
+    sync_all(&t.store, &settings).await;
+    let as_of = emu.clock().now_ms();
+    let before = hubspot_deals(&emu).await;
+    let mut expected = BTreeSet::new();
+    for (id, deal) in &before {
+        let stage = deal["dealstage"].as_str().unwrap_or_default();
+        let Some((_, dwell)) = HS_GATES.iter().find(|(s, _)| *s == stage) else {
+            continue;
+        };
+        if deal["hs_is_closed"] == "true" || deal["pipeline"] != "default" {
+            continue;
+        }
+        let entered = match hubspot_stage_entered(&emu, id, stage).await {
+            Some(at) => at,
+            None => hs_instant(&deal["createdate"]).unwrap(),
+        };
+        if entered < as_of - (dwell + STALLED_GRACE_DAYS) * DAY_MS {
+            expected.insert(id.clone());
+        }
+    }
+    assert!(!expected.is_empty(), "the portal has stalled deals");
+    // Their contacts go to nurture, unless opted out or in another open deal.
+    let contacts = hubspot_contacts(&emu).await;
+    let open_deals_of = |contact: &str| -> BTreeSet<&String> {
+        before
+            .iter()
+            .filter(|(_, d)| d["hs_is_closed"] != "true")
+            .filter(|(_, d)| {
+                d["contacts"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|c| c == contact)
+            })
+            .map(|(id, _)| id)
+            .collect()
+    };
+    let mut expected_contacts = BTreeSet::new();
+    for deal in &expected {
+        for contact in before[deal]["contacts"].as_array().unwrap() {
+            let contact = contact.as_str().unwrap();
+            let others = open_deals_of(contact)
+                .into_iter()
+                .filter(|d| *d != deal)
+                .count();
+            if others == 0 && contacts[contact]["hs_email_optout"] != "true" {
+                expected_contacts.insert(contact.to_string());
+            }
+        }
+    }
+    assert!(!expected_contacts.is_empty(), "stalled deals have contacts");
+    let plan = recycle::plan(&t.store, &settings, &options(&emu))
+        .await
+        .unwrap();
+    let everything: BTreeSet<String> = expected.union(&expected_contacts).cloned().collect();
+    assert_eq!(planned_ids(&plan), everything);
+
+    let report = recycle::apply(&t.store, &settings, &options(&emu), &quick_apply())
+        .await
+        .unwrap();
+    assert_eq!(report.policies[0].failed, 0, "{report:?}");
+    assert_eq!(report.policies[0].applied, report.policies[0].planned);
+    let again = recycle::apply(&t.store, &settings, &options(&emu), &quick_apply())
+        .await
+        .unwrap();
+    assert_eq!(again.policies[0].planned, 0, "{again:?}");
+
+    let members: BTreeSet<String> = hubspot_all(&emu, "/crm/v3/lists/101/memberships?limit=100")
+        .await
+        .iter()
+        .filter_map(|m| m["recordId"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(
+        members, expected_contacts,
+        "the closed deals' contacts are in nurture"
+    );
+    let after_contacts = hubspot_contacts(&emu).await;
+    for id in &expected_contacts {
+        assert_eq!(
+            after_contacts[id]["hs_lead_status"], "BAD_TIMING",
+            "contact {id}"
+        );
+    }
+    let after = hubspot_deals(&emu).await;
+    for (id, deal) in &after {
+        if expected.contains(id) {
+            assert_eq!(deal["dealstage"], "closedlost", "deal {id}");
+            assert_eq!(
+                hubspot_stage_writes(&emu, id, "closedlost").await,
+                1,
+                "deal {id} closed once"
+            );
+        } else {
+            assert_eq!(
+                Some(deal),
+                before.get(id),
+                "deal {id} was not to be touched"
+            );
+        }
+    }
+    emu.stop().await.unwrap();
+}
+
+async fn stalled_deal_owners_are_warned_once_during_the_grace_period(t: TestStore) {
+    let emu = start(SalesforceOptions::default()).await;
+    let dir = ConfigDir::new();
+    dir.write("slack-token", "xoxb-recycle-test\n");
+    // A long grace period, so that some stalled deals are past their max_dwell but not yet
+    // acted on: their owners are warned instead.
+    let grace_days = 30;
+    let config = salesforce_stalled_text(&dir, &emu, &t.url, true).replace(
+        &format!("grace_days = {STALLED_GRACE_DAYS}"),
+        &format!("grace_days = {grace_days}"),
+    ) + &format!(
+        r##"
+[slack]
+bot_token = {{ file = "slack-token" }}
+api_base_url = "{base}slack/api"
+default_channel = "#revops"
+"##,
+        base = emu.base_url()
+    );
+    let settings = load(&dir.write("pipewarden.toml", &config).display().to_string());
+    sync_all(&t.store, &settings).await;
+    let as_of = emu.clock().now_ms();
+    let deals = latest(&emu, "Opportunity").await;
+    let history = history_rows(&emu, "OpportunityHistory").await;
+    let in_grace = deals
+        .iter()
+        .filter(|(_, d)| d["IsClosed"] != json!(true))
+        .filter(|(id, d)| {
+            let stage = d["StageName"].as_str().unwrap();
+            let Some((_, dwell, Some(_))) = SF_GATES.iter().find(|(s, _, _)| *s == stage) else {
+                return false;
+            };
+            let entered = history
+                .iter()
+                .filter(|h| h["OpportunityId"] == id.as_str() && h["StageName"] == stage)
+                .map(|h| millis(h["CreatedDate"].as_str().unwrap()))
+                .max()
+                .unwrap_or_else(|| millis(d["CreatedDate"].as_str().unwrap()));
+            entered < as_of - dwell * DAY_MS && entered >= as_of - (dwell + grace_days) * DAY_MS
+        })
+        .count();
+    assert!(in_grace > 0, "some deals are within their grace period");
+    let report = recycle::apply(&t.store, &settings, &options(&emu), &quick_apply())
+        .await
+        .unwrap();
+    assert_eq!(report.policies[0].warned as usize, in_grace, "{report:?}");
+    let warnings = t
+        .store
+        .alerts()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|a| a.kind == "recycle_warning")
+        .count();
+    assert_eq!(warnings, in_grace);
+    let texts: Vec<String> = t
+        .store
+        .pending_alerts(1_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|a| a.kind == "recycle_warning")
+        .map(|a| a.payload.0["text"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(texts.len(), in_grace);
+    assert!(
+        texts
+            .iter()
+            .all(|t| t.contains("will be moved back a stage on")),
+        "{texts:?}"
+    );
+    let again = recycle::apply(&t.store, &settings, &options(&emu), &quick_apply())
+        .await
+        .unwrap();
+    assert_eq!(
+        again.policies[0].warned, 0,
+        "an owner is warned once per stalled deal"
+    );
     emu.stop().await.unwrap();
 }

@@ -726,22 +726,286 @@ async fn hubspot_gates_judge_each_move_at_its_time(test: TestStore) {
 on_both_backends!(
     salesforce_gates_judge_each_move_at_its_time,
     hubspot_gates_judge_each_move_at_its_time,
+    a_skip_in_revert_mode_moves_the_deal_back_and_leaves_the_owner_a_task_once,
+    a_hubspot_skip_in_revert_mode_moves_the_deal_back_unless_it_moved_on,
+    a_dry_run_revert_rule_records_the_revert_and_queues_no_write,
 );
 
+/// The latest state of every record of a Salesforce object in the emulator, by id.
+async fn salesforce_latest(emu: &RunningEmulator, object: &str) -> HashMap<String, Value> {
+    super::sync::truth(emu, object)
+        .await
+        .into_iter()
+        .filter_map(|record| {
+            let version = record["versions"].as_array()?.last()?.clone();
+            let id = version["record"]["Id"].as_str()?.to_string();
+            Some((id, version["record"].clone()))
+        })
+        .collect()
+}
+
+/// How many versions of one record the emulator holds with `StageName` = `stage`.
+async fn stage_versions(emu: &RunningEmulator, id: &str, stage: &str) -> usize {
+    super::sync::truth(emu, "Opportunity")
+        .await
+        .into_iter()
+        .filter(|record| record["versions"][0]["record"]["Id"] == id)
+        .flat_map(|record| record["versions"].as_array().cloned().unwrap_or_default())
+        .filter(|version| version["record"]["StageName"] == stage)
+        .count()
+}
+
+async fn a_skip_in_revert_mode_moves_the_deal_back_and_leaves_the_owner_a_task_once(
+    test: TestStore,
+) {
+    let emu = start_emulator().await;
+    let dir = ConfigDir::new();
+    dir.write("slack-token", "xoxb-revert-test\n");
+    let rule = r#"
+[[rules]]
+name = "sf-revert"
+connection = "sf"
+mode = "revert"
+dry_run = false
+max_reverts_per_run = 5
+forbid_skipping = true
+
+[[rules.stages]]
+stage = "Qualification"
+required = ["Budget__c"]
+
+[[rules.stages]]
+stage = "Needs Analysis"
+required = ["Need__c"]
+"#;
+    let slack = format!(
+        "[slack]\nbot_token = {{ file = \"slack-token\" }}\napi_base_url = \"{}slack/api\"\ndefault_channel = \"#revops\"\n",
+        emu.base_url()
+    );
+    let settings = salesforce_settings(&dir, &emu, &test.url, rule, &slack);
+    let connection = &settings.connections[0];
+    let baseline = sync_and_evaluate(&test.store, &settings).await;
+    assert_eq!(baseline[0].reverts, 0, "the baseline reverts nothing");
+
+    advance(&emu, "1h").await;
+    let ids = salesforce_changes(
+        &emu,
+        json!([
+            opportunity("B jumps", "Prospecting", json!({}), 0),
+            opportunity("F moves on", "Prospecting", json!({}), 0),
+        ]),
+    )
+    .await;
+    let [b, f] = <[String; 2]>::try_from(ids).unwrap();
+    sync_and_evaluate(&test.store, &settings).await;
+    advance(&emu, "1h").await;
+    salesforce_changes(
+        &emu,
+        json!([
+            set(&b, json!({"StageName": "Needs Analysis"})),
+            set(&f, json!({"StageName": "Needs Analysis"})),
+        ]),
+    )
+    .await;
+    let judged = sync_and_evaluate(&test.store, &settings).await;
+    assert_eq!(judged[0].reverts, 2, "{judged:?}");
+    // F moves on before the reverts are delivered: it must not be moved back.
+    salesforce_changes(
+        &emu,
+        json!([set(
+            &f,
+            json!({"StageName": "Value Proposition", "Budget__c": 1, "Need__c": "x"})
+        )]),
+    )
+    .await;
+    let tasks_before = salesforce_latest(&emu, "Task").await;
+    let quick = pipewarden::crm::RetryPolicy {
+        max_attempts: 3,
+        base_delay: std::time::Duration::from_millis(5),
+        max_delay: std::time::Duration::from_millis(20),
+    };
+    let delivered = rules::revert::deliver(&test.store, &settings, connection, quick)
+        .await
+        .unwrap();
+    assert_eq!(
+        (delivered.applied, delivered.failed),
+        (2, 2),
+        "{delivered:?}"
+    );
+    assert!(delivered
+        .settled
+        .iter()
+        .filter(|s| s.status == "failed")
+        .all(|s| s.error_code.as_deref() == Some("PRECONDITION_FAILED")));
+
+    let deals = salesforce_latest(&emu, "Opportunity").await;
+    assert_eq!(deals[&b]["StageName"], "Prospecting", "B is moved back");
+    assert_eq!(
+        deals[&f]["StageName"], "Value Proposition",
+        "F moved on and stays"
+    );
+    let new_tasks: Vec<Value> = salesforce_latest(&emu, "Task")
+        .await
+        .into_iter()
+        .filter(|(id, _)| !tasks_before.contains_key(id))
+        .map(|(_, task)| task)
+        .collect();
+    assert_eq!(new_tasks.len(), 1, "{new_tasks:?}");
+    let task = &new_tasks[0];
+    assert_eq!(task["WhatId"].as_str(), Some(b.as_str()));
+    assert_eq!(
+        task["OwnerId"], deals[&b]["OwnerId"],
+        "the task is the owner's"
+    );
+    let subject = task["Subject"].as_str().unwrap();
+    assert!(
+        subject.contains("Budget__c") && subject.contains("Need__c"),
+        "{subject}"
+    );
+
+    // Evaluating and delivering again reverts nothing more and creates no second task.
+    sync_and_evaluate(&test.store, &settings).await;
+    let again = rules::revert::deliver(&test.store, &settings, connection, quick)
+        .await
+        .unwrap();
+    assert_eq!(again.applied + again.failed, 0, "{again:?}");
+    let tasks_after = salesforce_latest(&emu, "Task").await;
+    assert_eq!(tasks_after.len(), tasks_before.len() + 1);
+    assert_eq!(stage_versions(&emu, &b, "Needs Analysis").await, 1);
+    let violation = &violations_of(&test.store, &b).await[0];
+    let events = test.store.violation_events(violation.id).await.unwrap();
+    assert!(
+        events.iter().any(|e| e.0 == "revert_planned"),
+        "the revert is audited on the violation"
+    );
+    emu.stop().await.unwrap();
+}
+
 #[test]
-fn revert_mode_is_refused_until_it_exists() {
+fn revert_settings_belong_to_revert_rules() {
     let dir = ConfigDir::new();
     dir.write("token", "t\n");
     let path = dir.write(
         "pipewarden.toml",
         "[[connections]]\nname = \"sf\"\nkind = \"salesforce\"\n[connections.auth]\nkind = \"refresh_token\"\n\
-         client_id = \"c\"\nrefresh_token = { file = \"token\" }\n\n[[rules]]\nname = \"r\"\nconnection = \"sf\"\nmode = \"revert\"\n",
+         client_id = \"c\"\nrefresh_token = { file = \"token\" }\n\n[[rules]]\nname = \"r\"\nconnection = \"sf\"\ndry_run = false\n",
     );
     let err = pipewarden::config::load(Some(&path))
         .unwrap_err()
         .to_string();
-    assert!(
-        err.contains("rules[0].mode") && err.contains("`revert` is not available"),
-        "{err}"
+    assert!(err.contains("rules[0].dry_run"), "{err}");
+}
+
+async fn a_hubspot_skip_in_revert_mode_moves_the_deal_back_unless_it_moved_on(test: TestStore) {
+    let emu = super::sync::start_emulator().await;
+    let dir = ConfigDir::new();
+    let mut settings = hubspot_settings(&dir, &emu, &test.url);
+    settings.rules[0].mode = pipewarden::config::settings::RuleMode::Revert;
+    settings.rules[0].dry_run = false;
+    let connection = settings.connections[0].clone();
+    sync_and_evaluate(&test.store, &settings).await;
+
+    let [jumper, mover] = <[String; 2]>::try_from(closed_deals(&emu, 2).await).unwrap();
+    advance(&emu, "1h").await;
+    let empty =
+        json!({"dealstage": "appointmentscheduled", "budget": "", "need": "", "authority": ""});
+    for deal in [&jumper, &mover] {
+        update_deal(&emu, deal, empty.clone()).await;
+    }
+    advance(&emu, "1m").await;
+    sync_and_evaluate(&test.store, &settings).await;
+    advance(&emu, "1h").await;
+    for deal in [&jumper, &mover] {
+        update_deal(&emu, deal, json!({"dealstage": "decisionmakerboughtin"})).await;
+    }
+    advance(&emu, "1m").await;
+    let judged = sync_and_evaluate(&test.store, &settings).await;
+    assert_eq!(judged[0].reverts, 2, "{judged:?}");
+    update_deal(&emu, &mover, json!({"dealstage": "contractsent"})).await;
+
+    let quick = pipewarden::crm::RetryPolicy {
+        max_attempts: 3,
+        base_delay: std::time::Duration::from_millis(5),
+        max_delay: std::time::Duration::from_millis(20),
+    };
+    let delivered = rules::revert::deliver(&test.store, &settings, &connection, quick)
+        .await
+        .unwrap();
+    assert_eq!(
+        (delivered.applied, delivered.failed),
+        (1, 1),
+        "{delivered:?}"
     );
+    let stage = |deal: &Value| {
+        deal["properties"]["dealstage"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let path = |id: &str| format!("/crm/v3/objects/deals/{id}?properties=dealstage");
+    let jumped = hubspot(&emu, reqwest::Method::GET, &path(&jumper), Value::Null).await;
+    assert_eq!(stage(&jumped), "appointmentscheduled", "moved back");
+    let moved = hubspot(&emu, reqwest::Method::GET, &path(&mover), Value::Null).await;
+    assert_eq!(stage(&moved), "contractsent", "moved on, left alone");
+
+    sync_and_evaluate(&test.store, &settings).await;
+    let again = rules::revert::deliver(&test.store, &settings, &connection, quick)
+        .await
+        .unwrap();
+    assert_eq!(again.applied + again.failed, 0, "{again:?}");
+    emu.stop().await.unwrap();
+}
+
+async fn a_dry_run_revert_rule_records_the_revert_and_queues_no_write(test: TestStore) {
+    let emu = super::sync::start_emulator().await;
+    let dir = ConfigDir::new();
+    let mut settings = hubspot_settings(&dir, &emu, &test.url);
+    settings.rules[0].mode = pipewarden::config::settings::RuleMode::Revert;
+    assert!(
+        settings.rules[0].dry_run,
+        "revert rules are dry runs by default"
+    );
+    let connection = settings.connections[0].clone();
+    sync_and_evaluate(&test.store, &settings).await;
+    let [jumper] = <[String; 1]>::try_from(closed_deals(&emu, 1).await).unwrap();
+    advance(&emu, "1h").await;
+    update_deal(
+        &emu,
+        &jumper,
+        json!({"dealstage": "appointmentscheduled", "budget": "", "need": "", "authority": ""}),
+    )
+    .await;
+    advance(&emu, "1m").await;
+    sync_and_evaluate(&test.store, &settings).await;
+    advance(&emu, "1h").await;
+    update_deal(&emu, &jumper, json!({"dealstage": "decisionmakerboughtin"})).await;
+    advance(&emu, "1m").await;
+    let judged = sync_and_evaluate(&test.store, &settings).await;
+    assert_eq!(judged[0].reverts, 1, "{judged:?}");
+    let violation = &violations_of(&test.store, &jumper).await[0];
+    let events = test.store.violation_events(violation.id).await.unwrap();
+    let planned = events
+        .iter()
+        .find(|e| e.0 == "revert_planned")
+        .expect("the dry run records the revert it would make");
+    let note: Value = serde_json::from_str(planned.3.as_deref().unwrap()).unwrap();
+    assert_eq!(note["dry_run"], true);
+    assert_eq!(note["before"]["dealstage"], "decisionmakerboughtin");
+    assert_eq!(note["after"]["dealstage"], "appointmentscheduled");
+
+    // Nothing was queued: even with writes allowed now, there is nothing to deliver.
+    settings.rules[0].dry_run = false;
+    let quick = pipewarden::crm::RetryPolicy {
+        max_attempts: 3,
+        base_delay: std::time::Duration::from_millis(5),
+        max_delay: std::time::Duration::from_millis(20),
+    };
+    let delivered = rules::revert::deliver(&test.store, &settings, &connection, quick)
+        .await
+        .unwrap();
+    assert_eq!(delivered.applied + delivered.failed, 0, "{delivered:?}");
+    let path = format!("/crm/v3/objects/deals/{jumper}?properties=dealstage");
+    let deal = hubspot(&emu, reqwest::Method::GET, &path, Value::Null).await;
+    assert_eq!(deal["properties"]["dealstage"], "decisionmakerboughtin");
+    emu.stop().await.unwrap();
 }
