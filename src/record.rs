@@ -11,6 +11,9 @@ use sha2::{Digest, Sha256};
 /// UTC epoch milliseconds.
 pub type Millis = i64;
 
+/// One day in milliseconds (UTC days have no leap seconds in epoch time).
+pub const DAY_MS: Millis = 86_400_000;
+
 /// The kind of business object, whatever the CRM calls it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]

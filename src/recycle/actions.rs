@@ -6,9 +6,9 @@ use serde_json::{json, Map, Value};
 use super::select::Candidate;
 use crate::config::settings::{CrmKind, PolicyKind, PolicySettings, StageAction};
 use crate::record::Millis;
+use crate::record::DAY_MS;
 use crate::writeback::WriteOp;
 
-const DAY_MS: Millis = 86_400_000;
 /// How far the CRM's clock may lag pipewarden's when looking for a task it created.
 const CLOCK_SKEW_MS: Millis = 300_000;
 

@@ -4,10 +4,9 @@ use super::{ApplyReport, Plan};
 use crate::config::settings::{PolicyKind, PolicySettings};
 use crate::query::{Report, Table};
 use crate::record::Millis;
+use crate::record::DAY_MS;
 
 use super::select::Candidate;
-
-const DAY_MS: Millis = 86_400_000;
 
 fn day(at: Millis) -> String {
     chrono::DateTime::from_timestamp_millis(at)

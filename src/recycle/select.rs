@@ -10,9 +10,8 @@ use serde::Serialize;
 
 use crate::config::settings::{CrmKind, PolicyKind, PolicyObject, PolicySettings, RuleSettings};
 use crate::record::Millis;
+use crate::record::DAY_MS;
 use crate::store::{dispatch, BackendKind, QueryContext, Store, StoreError};
-
-const DAY_MS: Millis = 86_400_000;
 
 /// Salesforce lead statuses that mean the lead is no longer open.
 const SF_CLOSED_STATUSES: &[&str] = &["Closed - Converted", "Closed - Not Converted"];

@@ -8,9 +8,8 @@ use crate::alerts::message::{escape, section_text};
 use crate::config::settings::{PolicyKind, PolicySettings, StageAction};
 use crate::config::Settings;
 use crate::record::Millis;
+use crate::record::DAY_MS;
 use crate::store::{NewAlert, Store, StoreError};
-
-const DAY_MS: Millis = 86_400_000;
 
 /// Failures listed by name; the rest are counted.
 const FAILURES_SHOWN: usize = 10;

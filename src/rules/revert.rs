@@ -21,6 +21,7 @@ use crate::config::settings::{ConnectionSettings, CrmKind, RuleSettings};
 use crate::config::Settings;
 use crate::crm::{ApiClient, CrmError, RetryPolicy};
 use crate::record::Millis;
+use crate::record::DAY_MS;
 use crate::store::{dispatch, MoveAtVersion, QueryContext, Store, StoreError, StoreTx};
 use crate::writeback::{self, Precondition, WriteOp};
 
@@ -29,7 +30,6 @@ const SUBJECT_MAX: usize = 255;
 /// How far the CRM's clock may lag the move's timestamp when looking for a task created by
 /// an interrupted delivery.
 const CLOCK_SKEW_MS: Millis = 300_000;
-const DAY_MS: Millis = 86_400_000;
 
 /// One new violation to revert.
 pub(super) struct Revert<'a> {

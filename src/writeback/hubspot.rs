@@ -9,8 +9,7 @@ use std::collections::BTreeMap;
 use reqwest::Method;
 use serde_json::{json, Map, Value};
 
-use super::salesforce::Pending;
-use super::{precondition_failed, precondition_holds, read_value, WriteOp, WriteOutcome};
+use super::{precondition_failed, precondition_holds, read_value, Pending, WriteOp, WriteOutcome};
 use crate::crm::{ApiClient, ApiRequest, CrmError};
 
 /// Inputs one batch update may carry.

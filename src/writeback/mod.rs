@@ -153,6 +153,14 @@ impl WriteOutcome {
     }
 }
 
+/// One write to deliver: its place in the caller's list, the write, and whether an earlier
+/// attempt may already have reached the CRM.
+pub(super) struct Pending<'a> {
+    pub index: usize,
+    pub op: &'a WriteOp,
+    pub retried: bool,
+}
+
 /// The outcome of a write whose precondition does not hold, naming what the CRM holds.
 fn precondition_failed(condition: &Precondition, current: Option<&Value>) -> WriteOutcome {
     let found = |name: &str| {

@@ -6,7 +6,7 @@ use serde::Serialize;
 use serde_json::{json, Map, Value};
 use sqlx::types::Json;
 
-use super::salesforce::Pending;
+use super::Pending;
 use super::{hubspot, salesforce, WriteOp, WriteOutcome};
 use crate::config::settings::{ConnectionSettings, Endpoints};
 use crate::crm::ApiClient;

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use super::{precondition_failed, precondition_holds, read_value, WriteOp, WriteOutcome};
+use super::{precondition_failed, precondition_holds, read_value, Pending, WriteOp, WriteOutcome};
 use crate::crm::salesforce::soql_datetime;
 use crate::crm::{ApiClient, ApiRequest, CrmError};
 
@@ -14,14 +14,6 @@ use crate::crm::{ApiClient, ApiRequest, CrmError};
 const COLLECTION_MAX: usize = 200;
 /// Ids one recovery query names (a SOQL statement stays far below its length limit).
 const IDS_PER_QUERY: usize = 200;
-
-/// One write to deliver: its place in the caller's list, the write, and whether an earlier
-/// attempt may already have reached the CRM.
-pub(super) struct Pending<'a> {
-    pub index: usize,
-    pub op: &'a WriteOp,
-    pub retried: bool,
-}
 
 /// Delivers `writes`; the answer has one outcome per write, by `index`. Creates go through
 /// `single_shot`, a client that never repeats a call by itself: a create whose answer was
@@ -245,12 +237,7 @@ async fn skip_already_written<'p>(
                 .filter_map(|w| w.op.record_id())
                 .map(soql_string)
                 .collect();
-            let soql = format!(
-                "SELECT Id, {} FROM {object} WHERE Id IN ({})",
-                names.join(", "),
-                ids.join(", ")
-            );
-            let current = match query_rows(api, version, &soql).await {
+            let current = match current_values(api, version, object, &names, &ids).await {
                 Ok(rows) => rows,
                 Err(err) => {
                     let outcome = WriteOutcome::from_call_error(&err);
@@ -289,6 +276,22 @@ async fn skip_already_written<'p>(
     fresh
 }
 
+/// The current values of `names` on the records `ids` (SOQL literals) of `object`.
+async fn current_values(
+    api: &ApiClient,
+    version: &str,
+    object: &str,
+    names: &[&str],
+    ids: &[String],
+) -> Result<Vec<Value>, CrmError> {
+    let soql = format!(
+        "SELECT Id, {} FROM {object} WHERE Id IN ({})",
+        names.join(", "),
+        ids.join(", ")
+    );
+    query_rows(api, version, &soql).await
+}
+
 /// Writes with a precondition go ahead only if the record still holds its values (one query
 /// per object and field list); the others are refused with what the CRM holds.
 async fn hold_unless_preconditions<'p>(
@@ -317,12 +320,7 @@ async fn hold_unless_preconditions<'p>(
                 .iter()
                 .filter_map(|w| w.op.only_if().map(|c| soql_string(&c.id)))
                 .collect();
-            let soql = format!(
-                "SELECT Id, {} FROM {object} WHERE Id IN ({})",
-                names.join(", "),
-                ids.join(", ")
-            );
-            let current = match query_rows(api, version, &soql).await {
+            let current = match current_values(api, version, object, &names, &ids).await {
                 Ok(rows) => rows,
                 Err(err) => {
                     let outcome = WriteOutcome::from_call_error(&err);

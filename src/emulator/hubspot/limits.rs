@@ -18,13 +18,13 @@ use serde_json::json;
 use super::auth::Caller;
 use super::{correlation_id, HubspotOptions, Refusal};
 use crate::record::Millis;
+use crate::record::DAY_MS;
 
 const BURST_WINDOW: Duration = Duration::from_secs(10);
 const SEARCH_WINDOW: Duration = Duration::from_secs(1);
 const SEARCH_PER_SECOND: usize = 5;
 /// Public OAuth apps get this many calls per ten seconds per installed portal, whatever the tier.
 const OAUTH_BURST: u64 = 110;
-const DAY_MS: Millis = 86_400_000;
 
 /// Calls counted so far.
 #[derive(Default)]

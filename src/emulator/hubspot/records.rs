@@ -14,8 +14,8 @@ use crate::emulator::funnel::{
     QualValue, Step, CONVERSION_EVERY, WON,
 };
 use crate::record::Millis;
+use crate::record::DAY_MS;
 
-const DAY_MS: Millis = 86_400_000;
 /// Archived records can be restored this long, then they are purged.
 pub(crate) const ARCHIVE_RETENTION_MS: Millis = 90 * DAY_MS;
 /// Owner ids of reps start here (`hubspot_owner_id` holds an owner id).

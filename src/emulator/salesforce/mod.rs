@@ -33,6 +33,7 @@ use super::Shared;
 use crate::record::Millis;
 
 use crate::emulator::funnel::Actor;
+use crate::record::DAY_MS;
 use auth::Session;
 use writes::Overlay;
 pub use writes::ValidationRule;
@@ -40,7 +41,6 @@ pub use writes::ValidationRule;
 /// Oldest and newest REST versions served; Salesforce answers 404 for others.
 const OLDEST_VERSION: u32 = 31;
 const NEWEST_VERSION: u32 = 68;
-const DAY_MS: Millis = 86_400_000;
 
 /// How the emulated org is set up.
 #[derive(Debug, Clone)]

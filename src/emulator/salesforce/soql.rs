@@ -13,9 +13,9 @@ use chrono::{DateTime, Datelike, NaiveDate};
 
 use super::schema::{self, day_of, FieldDef, FieldType, ObjectDef, SfRecord, SfValue};
 use crate::record::Millis;
+use crate::record::DAY_MS;
 
 /// Relative literals are whole UTC days; datetime fields compare them in milliseconds.
-const DAY_MS: Millis = 86_400_000;
 /// Salesforce refuses larger offsets; clients must page with `nextRecordsUrl` instead.
 const MAX_OFFSET: usize = 2000;
 
