@@ -445,12 +445,13 @@ pub async fn apply(
     Ok(report)
 }
 
-/// Cancels the queued writes of policies of `connection` that are dry runs now or gone.
-async fn cancel_writes_of_stopped_policies(
+/// Cancels the queued writes of policies of `connection` that are dry runs now or gone;
+/// every delivery of the connection's outbox calls this first.
+pub(crate) async fn cancel_writes_of_stopped_policies(
     store: &Store,
     settings: &Settings,
     connection: &str,
-) -> Result<(), RecycleError> {
+) -> Result<(), StoreError> {
     let Some(connection_id) = store.connection_id(connection).await? else {
         return Ok(());
     };

@@ -267,6 +267,7 @@ pub async fn deliver(
     else {
         return Ok(writeback::DeliveryReport::default());
     };
+    crate::recycle::cancel_writes_of_stopped_policies(store, settings, &connection.name).await?;
     let api = ApiClient::new(connection, retry)?;
     let single_shot = ApiClient::new(
         connection,
