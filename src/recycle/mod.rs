@@ -27,7 +27,7 @@ use crate::config::settings::{
     ConnectionSettings, CrmKind, PolicyKind, PolicySettings, StageAction,
 };
 use crate::config::Settings;
-use crate::crm::{ApiClient, CrmError, RetryPolicy};
+use crate::crm::{CrmError, RetryPolicy};
 use crate::record::Millis;
 use crate::store::{Store, StoreError};
 use crate::writeback;
@@ -531,19 +531,7 @@ async fn deliver_connection(
     if ledger::waiting_writes_of(store, connection_id).await? == 0 {
         return Ok(writeback::DeliveryReport::default());
     }
-    let api = ApiClient::new(connection, options.retry)?;
-    let single_shot = ApiClient::new(
-        connection,
-        RetryPolicy {
-            max_attempts: 1,
-            ..options.retry
-        },
-    )?;
-    let clients = writeback::WriteClients {
-        api: &api,
-        single_shot: &single_shot,
-    };
-    Ok(writeback::deliver_pending(store, connection, connection_id, &clients, &wall_clock).await?)
+    writeback::deliver_pending(store, connection, connection_id, options.retry).await
 }
 
 fn wall_clock() -> Millis {

@@ -19,7 +19,7 @@ use sqlx::types::Json;
 use super::gate::Finding;
 use crate::config::settings::{ConnectionSettings, CrmKind, RuleSettings};
 use crate::config::Settings;
-use crate::crm::{ApiClient, CrmError, RetryPolicy};
+use crate::crm::{CrmError, RetryPolicy};
 use crate::record::Millis;
 use crate::record::DAY_MS;
 use crate::store::{dispatch, MoveAtVersion, QueryContext, Store, StoreError, StoreTx};
@@ -268,20 +268,7 @@ pub async fn deliver(
         return Ok(writeback::DeliveryReport::default());
     };
     crate::recycle::cancel_writes_of_stopped_policies(store, settings, &connection.name).await?;
-    let api = ApiClient::new(connection, retry)?;
-    let single_shot = ApiClient::new(
-        connection,
-        RetryPolicy {
-            max_attempts: 1,
-            ..retry
-        },
-    )?;
-    let clients = writeback::WriteClients {
-        api: &api,
-        single_shot: &single_shot,
-    };
-    let clock = || chrono::Utc::now().timestamp_millis();
-    Ok(writeback::deliver_pending(store, connection, connection_id, &clients, &clock).await?)
+    writeback::deliver_pending(store, connection, connection_id, retry).await
 }
 
 #[cfg(test)]

@@ -9,7 +9,9 @@ use std::collections::BTreeMap;
 use reqwest::Method;
 use serde_json::{json, Map, Value};
 
-use super::{precondition_failed, precondition_holds, read_value, Pending, WriteOp, WriteOutcome};
+use super::{
+    precondition_failed, precondition_holds, read_value, settle_all, Pending, WriteOp, WriteOutcome,
+};
 use crate::crm::{ApiClient, ApiRequest, CrmError};
 
 /// Inputs one batch update may carry.
@@ -136,10 +138,7 @@ async fn update_batch(
                 }
             }
             Err(err) => {
-                let outcome = WriteOutcome::from_call_error(&err);
-                for w in &clearing {
-                    outcomes.insert(w.index, outcome.clone());
-                }
+                settle_all(&clearing, &WriteOutcome::from_call_error(&err), outcomes);
             }
         }
     }
@@ -162,10 +161,7 @@ async fn update_batch(
             }
         }
         Err(err) => {
-            let outcome = WriteOutcome::from_call_error(&err);
-            for w in &writing {
-                outcomes.insert(w.index, outcome.clone());
-            }
+            settle_all(&writing, &WriteOutcome::from_call_error(&err), outcomes);
         }
     }
     for w in &writing {
@@ -288,10 +284,7 @@ async fn add_to_list(
     let answer = match api.send(&request, read_value).await {
         Ok(reply) => reply.value,
         Err(err) => {
-            let outcome = WriteOutcome::from_call_error(&err);
-            for w in chunk {
-                outcomes.insert(w.index, outcome.clone());
-            }
+            settle_all(chunk, &WriteOutcome::from_call_error(&err), outcomes);
             return;
         }
     };

@@ -13,10 +13,12 @@ mod hubspot;
 mod outbox;
 mod salesforce;
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-pub use outbox::{deliver_pending, DeliveryReport, SettledWrite, WriteClients};
+pub use outbox::{deliver_pending, DeliveryReport, SettledWrite};
 
 use crate::crm::CrmError;
 
@@ -159,6 +161,17 @@ pub(super) struct Pending<'a> {
     pub index: usize,
     pub op: &'a WriteOp,
     pub retried: bool,
+}
+
+/// Settles every write of a call that failed for all of them with the same outcome.
+fn settle_all(
+    writes: &[&Pending<'_>],
+    outcome: &WriteOutcome,
+    outcomes: &mut BTreeMap<usize, WriteOutcome>,
+) {
+    for w in writes {
+        outcomes.insert(w.index, outcome.clone());
+    }
 }
 
 /// The outcome of a write whose precondition does not hold, naming what the CRM holds.

@@ -9,7 +9,7 @@ use sqlx::types::Json;
 use super::Pending;
 use super::{hubspot, salesforce, WriteOp, WriteOutcome};
 use crate::config::settings::{ConnectionSettings, Endpoints};
-use crate::crm::ApiClient;
+use crate::crm::{ApiClient, CrmError, RetryPolicy};
 use crate::record::Millis;
 use crate::store::{dispatch, QueryContext, Store, StoreError};
 
@@ -51,28 +51,38 @@ pub struct DeliveryReport {
 type ClaimRow = (i64, Option<i64>, Json<Value>, i64);
 
 /// The clients a delivery calls through.
-pub struct WriteClients<'a> {
+struct WriteClients {
     /// The connection's client, retrying failed calls as configured.
-    pub api: &'a ApiClient,
+    api: ApiClient,
     /// A client of the same connection that makes each call once: for creates, which must
     /// not be repeated blindly when an answer is lost.
-    pub single_shot: &'a ApiClient,
+    single_shot: ApiClient,
 }
 
 /// Delivers every due row of `connection_id`, oldest first, in batches, until none is left
-/// or the CRM stops answering. The caller holds the connection's write lease, so rows still
-/// `in_flight` were left by a process that died mid-call and are delivered again (safely:
-/// see the module documentation).
-pub async fn deliver_pending(
+/// or the CRM stops answering, with `retry` for updates. The caller holds the connection's
+/// write lease, so rows still `in_flight` were left by a process that died mid-call and are
+/// delivered again (safely: see the module documentation). It fails when the store does, or
+/// when no client for the connection can be built.
+pub async fn deliver_pending<E: From<StoreError> + From<CrmError>>(
     store: &Store,
     connection: &ConnectionSettings,
     connection_id: i64,
-    clients: &WriteClients<'_>,
-    clock: &(dyn Fn() -> Millis + Sync),
-) -> Result<DeliveryReport, StoreError> {
+    retry: RetryPolicy,
+) -> Result<DeliveryReport, E> {
+    let clients = WriteClients {
+        api: ApiClient::new(connection, retry)?,
+        single_shot: ApiClient::new(
+            connection,
+            RetryPolicy {
+                max_attempts: 1,
+                ..retry
+            },
+        )?,
+    };
     let mut report = DeliveryReport::default();
     loop {
-        let now = clock();
+        let now = wall_clock();
         let rows = claim(store, connection_id, now).await?;
         if rows.is_empty() {
             break;
@@ -87,8 +97,8 @@ pub async fn deliver_pending(
                 }
             }
         }
-        let outcomes = deliver_rows(connection, clients, &rows, &ops).await;
-        let settled_at = clock();
+        let outcomes = deliver_rows(connection, &clients, &rows, &ops).await;
+        let settled_at = wall_clock();
         let mut answered = false;
         let mut tx = store.begin().await?;
         for (position, (id, action_id, _, attempts)) in rows.iter().enumerate() {
@@ -158,7 +168,7 @@ async fn claim(
 /// record twice), delivers, and spreads each merged outcome back over its rows.
 async fn deliver_rows(
     connection: &ConnectionSettings,
-    clients: &WriteClients<'_>,
+    clients: &WriteClients,
     rows: &[ClaimRow],
     ops: &[Option<WriteOp>],
 ) -> BTreeMap<usize, WriteOutcome> {
@@ -209,10 +219,10 @@ async fn deliver_rows(
         .collect();
     let outcomes = match &connection.endpoints {
         Endpoints::Salesforce { api_version, .. } => {
-            salesforce::deliver(clients.api, clients.single_shot, api_version, &pending).await
+            salesforce::deliver(&clients.api, &clients.single_shot, api_version, &pending).await
         }
         Endpoints::Hubspot { api_version, .. } => {
-            hubspot::deliver(clients.api, api_version, &pending).await
+            hubspot::deliver(&clients.api, api_version, &pending).await
         }
     };
     let mut by_row = BTreeMap::new();
@@ -331,4 +341,8 @@ async fn record_recycled_event(
     .await
     .map(drop))
     .during("record recycled milestone")
+}
+
+fn wall_clock() -> Millis {
+    chrono::Utc::now().timestamp_millis()
 }

@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use super::{precondition_failed, precondition_holds, read_value, Pending, WriteOp, WriteOutcome};
+use super::{
+    precondition_failed, precondition_holds, read_value, settle_all, Pending, WriteOp, WriteOutcome,
+};
 use crate::crm::salesforce::soql_datetime;
 use crate::crm::{ApiClient, ApiRequest, CrmError};
 
@@ -136,10 +138,7 @@ async fn settle_collection(
     let results = match api.send(request, read_value).await {
         Ok(reply) => reply.value,
         Err(err) => {
-            let outcome = WriteOutcome::from_call_error(&err);
-            for w in chunk {
-                outcomes.insert(w.index, outcome.clone());
-            }
+            settle_all(chunk, &WriteOutcome::from_call_error(&err), outcomes);
             return;
         }
     };
@@ -240,10 +239,7 @@ async fn skip_already_written<'p>(
             let current = match current_values(api, version, object, &names, &ids).await {
                 Ok(rows) => rows,
                 Err(err) => {
-                    let outcome = WriteOutcome::from_call_error(&err);
-                    for w in chunk {
-                        outcomes.insert(w.index, outcome.clone());
-                    }
+                    settle_all(chunk, &WriteOutcome::from_call_error(&err), outcomes);
                     continue;
                 }
             };
@@ -323,10 +319,7 @@ async fn hold_unless_preconditions<'p>(
             let current = match current_values(api, version, object, &names, &ids).await {
                 Ok(rows) => rows,
                 Err(err) => {
-                    let outcome = WriteOutcome::from_call_error(&err);
-                    for w in chunk {
-                        outcomes.insert(w.index, outcome.clone());
-                    }
+                    settle_all(chunk, &WriteOutcome::from_call_error(&err), outcomes);
                     continue;
                 }
             };
