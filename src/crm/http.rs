@@ -19,7 +19,9 @@ use tokio::sync::Semaphore;
 use url::Url;
 
 use super::limits::{header_u64, Budget, BudgetUse, Pace};
-use super::tokens::{describe_transport_error, with_trailing_slash, Token, TokenManager};
+use super::tokens::{
+    describe_transport_error, with_trailing_slash, RefreshTokenKeeper, Token, TokenManager,
+};
 use super::CrmError;
 use crate::config::settings::{ConnectionSettings, CrmKind, Endpoints};
 use crate::record::Millis;
@@ -209,6 +211,15 @@ impl ApiClient {
             retry,
             counters: Arc::default(),
         })
+    }
+
+    /// Reads and keeps the connection's rotated refresh tokens through `keeper`, so the next
+    /// client, run or replica presents the newest one.
+    pub fn keep_refresh_tokens(mut self, keeper: Option<Arc<dyn RefreshTokenKeeper>>) -> Self {
+        if let Some(keeper) = keeper {
+            self.tokens.keep_refresh_tokens(keeper);
+        }
+        self
     }
 
     /// The generation of the token calls carry now (obtaining one if there is none).

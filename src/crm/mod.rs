@@ -14,6 +14,7 @@ mod tokens;
 
 pub use http::{ApiClient, ApiRequest, ApiStats, Reply, RetryPolicy};
 pub use limits::BudgetUse;
+pub use tokens::{KeeperError, RefreshTokenKeeper};
 
 /// Why a call to a CRM failed, after whatever retries it deserved. Messages name the
 /// connection, the request and the CRM's own error code; never a token or secret.

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::future::BoxFuture;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use oauth2::basic::{
     BasicErrorResponse, BasicRevocationErrorResponse, BasicTokenIntrospectionResponse,
@@ -30,6 +31,20 @@ use super::http::RetryPolicy;
 use super::limits::lock;
 use super::CrmError;
 use crate::config::settings::{AuthSettings, ConnectionSettings, Endpoints};
+use crate::record::Millis;
+
+/// Why a [`RefreshTokenKeeper`] could not read or keep a token.
+pub type KeeperError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Keeps a connection's refresh token across runs, clients and replicas when the CRM rotates
+/// it: once rotated, the configured token is refused, so whoever refreshes next must present
+/// the newest one.
+pub trait RefreshTokenKeeper: Send + Sync {
+    /// The newest refresh token kept for the configured one, if it was ever rotated.
+    fn latest(&self) -> BoxFuture<'_, Result<Option<SecretString>, KeeperError>>;
+    /// Keeps the refresh token the CRM issued at `at` in place of the one presented.
+    fn keep(&self, token: SecretString, at: Millis) -> BoxFuture<'_, Result<(), KeeperError>>;
+}
 
 /// Fields a token response carries beyond RFC 6749: Salesforce names the instance to call.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -109,6 +124,7 @@ pub(crate) struct TokenManager {
     current: Mutex<Option<Arc<Token>>>,
     generations: AtomicU64,
     renewals: AtomicU64,
+    keeper: Option<Arc<dyn RefreshTokenKeeper>>,
 }
 
 /// Renew this long before a token's stated expiry, so no request carries an expiring token.
@@ -186,7 +202,13 @@ impl TokenManager {
             current: Mutex::new(None),
             generations: AtomicU64::new(0),
             renewals: AtomicU64::new(0),
+            keeper: None,
         })
+    }
+
+    /// Reads and keeps rotated refresh tokens through `keeper` from now on.
+    pub fn keep_refresh_tokens(&mut self, keeper: Arc<dyn RefreshTokenKeeper>) {
+        self.keeper = Some(keeper);
     }
 
     /// A token to call with: the current one, or a new one when there is none or it is due.
@@ -261,8 +283,13 @@ impl TokenManager {
         if let (Grant::Refresh { refresh_token, .. }, Some(rotated)) =
             (&self.grant, response.refresh_token())
         {
-            // The CRM rotated the refresh token; the old one no longer works.
-            *lock(refresh_token) = rotated.secret().as_str().into();
+            let rotated: SecretString = rotated.secret().as_str().into();
+            let changed = lock(refresh_token).expose_secret() != rotated.expose_secret();
+            if changed {
+                // The CRM rotated the refresh token; the old one no longer works.
+                *lock(refresh_token) = rotated.clone();
+                self.keep_rotated(rotated).await;
+            }
         }
         let instance_url = match &response.extra_fields().instance_url {
             Some(text) => Some(Url::parse(text).map_err(|err| CrmError::Auth {
@@ -300,12 +327,20 @@ impl TokenManager {
                 client,
                 refresh_token,
             } => {
-                let refresh = RefreshToken::new(lock(refresh_token).expose_secret().to_string());
-                client
-                    .exchange_refresh_token(&refresh)
-                    .request_async(&http)
-                    .await
-                    .map_err(TokenFailure::from_oauth)
+                self.adopt_kept_refresh_token(refresh_token).await;
+                let presented = lock(refresh_token).clone();
+                let answer = self.exchange_refresh_token(client, &presented).await;
+                if !matches!(answer, Err(TokenFailure::Refused { .. })) {
+                    return answer;
+                }
+                // Another client or replica of this connection may have rotated the token
+                // between our read and our request; its successor is then kept already.
+                self.adopt_kept_refresh_token(refresh_token).await;
+                let newest = lock(refresh_token).clone();
+                if newest.expose_secret() == presented.expose_secret() {
+                    return answer;
+                }
+                self.exchange_refresh_token(client, &newest).await
             }
             Grant::ClientCredentials(client) => client
                 .exchange_client_credentials()
@@ -326,6 +361,45 @@ impl TokenManager {
                     .map_err(|err| TokenFailure::Transient(err.to_string()))?;
                 read_token_response(response)
             }
+        }
+    }
+}
+
+impl TokenManager {
+    /// Replaces the refresh token in hand with the newest kept one, if a keeper has any.
+    async fn adopt_kept_refresh_token(&self, refresh_token: &std::sync::Mutex<SecretString>) {
+        let Some(keeper) = &self.keeper else { return };
+        match keeper.latest().await {
+            Ok(Some(kept)) => *lock(refresh_token) = kept,
+            Ok(None) => {}
+            Err(err) => {
+                tracing::warn!(connection = %self.connection, error = %err, "cannot read the kept refresh token; presenting the one in hand")
+            }
+        }
+    }
+
+    async fn exchange_refresh_token(
+        &self,
+        client: &OAuthClient,
+        refresh_token: &SecretString,
+    ) -> Result<CrmTokenResponse, TokenFailure> {
+        let http = |request: HttpRequest| send_token_request(&self.http, request);
+        let refresh = RefreshToken::new(refresh_token.expose_secret().to_string());
+        client
+            .exchange_refresh_token(&refresh)
+            .request_async(&http)
+            .await
+            .map_err(TokenFailure::from_oauth)
+    }
+
+    /// Hands a rotated refresh token to the keeper, so later runs and replicas present it.
+    async fn keep_rotated(&self, rotated: SecretString) {
+        let Some(keeper) = &self.keeper else { return };
+        let now = chrono::Utc::now().timestamp_millis();
+        if let Err(err) = keeper.keep(rotated, now).await {
+            // Only this process holds the new token now: the next run that starts from the
+            // configured one will be refused until the operator configures a fresh one.
+            tracing::error!(connection = %self.connection, error = %err, "cannot keep the rotated refresh token");
         }
     }
 }

@@ -14,6 +14,7 @@ mod links;
 mod metadata;
 mod records;
 mod sync_state;
+mod tokens;
 mod violations;
 
 use std::str::FromStr;
@@ -36,6 +37,7 @@ pub use records::{ObservationOutcome, RecordVersion, StoredRecord, ValidFromBasi
 pub use sync_state::{
     ConnectionTotals, QuarantineEntry, QuarantinedRecord, SyncRunStatus, SyncRunSummary,
 };
+pub use tokens::StoredRefreshTokens;
 pub use violations::{
     LaterMove, LaterVersion, MoveAtVersion, NewAlert, NewViolation, OpenViolation, OpenViolations,
     PendingAlert, StoredAlert, Violation, ViolationFilter,

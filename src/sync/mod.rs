@@ -21,7 +21,9 @@ use tokio::task::JoinHandle;
 use crate::config::settings::{ConnectionSettings, CrmKind};
 use crate::crm::{ApiClient, ApiStats, BudgetUse, CrmError, RetryPolicy};
 use crate::record::Millis;
-use crate::store::{Store, StoreError, SyncLease, SyncRunStatus, SyncRunSummary};
+use crate::store::{
+    Store, StoreError, StoredRefreshTokens, SyncLease, SyncRunStatus, SyncRunSummary,
+};
 
 /// Versions written in one run past which the store's planner statistics are refreshed: a
 /// backfill, or a burst large enough to change the shape of the history tables.
@@ -270,7 +272,9 @@ pub async fn sync_once(
             started_at,
         )
         .await?;
-    let api = ApiClient::new(settings, options.retry)?;
+    let api = ApiClient::new(settings, options.retry)?.keep_refresh_tokens(
+        StoredRefreshTokens::for_connection(store, connection_id, settings),
+    );
     let lease = WatchedLease::start(lease, settings.name.clone());
     let mut ctx = RunContext {
         store,

@@ -11,7 +11,7 @@ use super::{hubspot, salesforce, WriteOp, WriteOutcome};
 use crate::config::settings::{ConnectionSettings, Endpoints};
 use crate::crm::{ApiClient, CrmError, RetryPolicy};
 use crate::record::Millis;
-use crate::store::{dispatch, QueryContext, Store, StoreError};
+use crate::store::{dispatch, QueryContext, Store, StoreError, StoredRefreshTokens};
 
 /// Rows claimed per round: one full Salesforce collection.
 const CLAIM_BATCH: i64 = 200;
@@ -70,15 +70,17 @@ pub async fn deliver_pending<E: From<StoreError> + From<CrmError>>(
     connection_id: i64,
     retry: RetryPolicy,
 ) -> Result<DeliveryReport, E> {
+    let keeper = || StoredRefreshTokens::for_connection(store, connection_id, connection);
     let clients = WriteClients {
-        api: ApiClient::new(connection, retry)?,
+        api: ApiClient::new(connection, retry)?.keep_refresh_tokens(keeper()),
         single_shot: ApiClient::new(
             connection,
             RetryPolicy {
                 max_attempts: 1,
                 ..retry
             },
-        )?,
+        )?
+        .keep_refresh_tokens(keeper()),
     };
     let mut report = DeliveryReport::default();
     loop {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use pipewarden::config::settings::{ConnectionSettings, CrmKind};
 use pipewarden::crm::RetryPolicy;
-use pipewarden::emulator::{self, EmulatorOptions, RunningEmulator, Scale};
+use pipewarden::emulator::{self, EmulatorOptions, RunningEmulator, SalesforceOptions, Scale};
 use pipewarden::record::ObjectKind;
 use pipewarden::store::{Store, SyncRunStatus, SyncRunSummary};
 use pipewarden::sync::{self, StopSignal, SyncOptions};
@@ -407,7 +407,43 @@ async fn campaign_member_ids(emu: &RunningEmulator, token: &str) -> Vec<String> 
         .collect()
 }
 
+async fn a_rotated_refresh_token_carries_over_to_later_runs(test: TestStore) {
+    let emu = emulator::start(
+        "127.0.0.1:0".parse().unwrap(),
+        EmulatorOptions {
+            scale: Scale::Tiny,
+            salesforce: SalesforceOptions {
+                rotate_refresh_tokens: true,
+                ..SalesforceOptions::default()
+            },
+            ..EmulatorOptions::default()
+        },
+    )
+    .await
+    .expect("emulator starts");
+    let dir = ConfigDir::new();
+    let connection = salesforce_connection(&emu, &dir);
+    // Each run builds its own client and logs in again, and the org rotates the refresh
+    // token every time: only a run that presents the token the run before kept succeeds.
+    for round in 0..3 {
+        if round > 0 {
+            control(&emu, "/__emulator/clock/advance", json!({"by": "1d"})).await;
+        }
+        let summary = run_once(&test.store, &connection, &quick_options()).await;
+        assert_eq!(
+            summary.status,
+            SyncRunStatus::Succeeded,
+            "{:?}",
+            summary.message
+        );
+    }
+    let id = connection_id(&test.store).await;
+    assert_store_matches_truth(&test.store, id, &emu).await;
+    emu.stop().await.unwrap();
+}
+
 on_both_backends!(
+    a_rotated_refresh_token_carries_over_to_later_runs,
     backfill_then_changes_then_months_match_the_truth,
     faults_and_lost_locators_lose_nothing,
     hard_deleted_campaign_members_are_found_by_the_nightly_id_sweep,

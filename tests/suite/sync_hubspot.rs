@@ -653,7 +653,46 @@ async fn faults_and_expired_tokens_lose_nothing(test: TestStore) {
     emu.stop().await.unwrap();
 }
 
+async fn a_rotated_refresh_token_carries_over_to_later_runs(test: TestStore) {
+    let emu = start_emulator_with(HubspotOptions {
+        rotate_refresh_tokens: true,
+        ..roomy()
+    })
+    .await;
+    let dir = ConfigDir::new();
+    let connection = hubspot_connection(&emu, &dir, "2026-03", Auth::Oauth);
+    let options = quick_options();
+    // Each run builds its own client, so each one refreshes and the portal rotates the token
+    // every time: only a run that presents the token kept by the one before succeeds.
+    for round in 0..3 {
+        if round > 0 {
+            control(&emu, "/__emulator/clock/advance", json!({"by": "1d"})).await;
+        }
+        run(&test.store, &connection, &options).await;
+    }
+    let id = connection_id(&test.store).await;
+    assert_store_matches_truth(&test.store, id, &emu).await;
+
+    // A refresh token the operator configures afresh starts a new chain: the kept token is
+    // not presented for it (this one is unknown to the portal, so the run is refused).
+    dir.write("refresh-token", "00000000-0000-4000-8000-00000000beef\n");
+    let reconfigured = pipewarden::config::load(Some(&dir.path().join("pipewarden.toml")))
+        .expect("test config loads")
+        .connections
+        .remove(0);
+    let refused = sync::sync_once(&test.store, &reconfigured, &options, &StopSignal::never())
+        .await
+        .expect_err("an unknown refresh token is refused");
+    assert!(
+        refused.to_string().contains("BAD_REFRESH_TOKEN")
+            || refused.to_string().contains("invalid_grant"),
+        "{refused}"
+    );
+    emu.stop().await.unwrap();
+}
+
 on_both_backends!(
+    a_rotated_refresh_token_carries_over_to_later_runs,
     backfill_then_writes_and_months_match_the_truth,
     an_archived_deal_is_stored_as_deleted,
     a_change_the_index_had_not_taken_in_is_found_by_the_lookback,
