@@ -151,6 +151,10 @@ pub struct ConnectionSettings {
     pub bulk_threshold: Option<u64>,
     /// Salesforce: records per Bulk API 2.0 results chunk (`maxRecords`).
     pub bulk_chunk_size: u32,
+    /// Salesforce: how often every live row of an object with formula or roll-up fields is
+    /// read again, since their values change without the row's stamp moving; `None` never.
+    #[serde(serialize_with = "serialize_optional_duration")]
+    pub formula_refresh_interval: Option<Duration>,
     /// Extra CA certificate (PEM) to trust, e.g. behind a TLS-inspecting proxy.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub extra_ca_file: Option<PathBuf>,
@@ -508,6 +512,17 @@ pub struct ApiSettings {
 
 fn serialize_duration<S: Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.serialize_str(&format_duration(*value))
+}
+
+/// Writes an optional duration as [`serialize_duration`] does, and `None` as `"off"`.
+fn serialize_optional_duration<S: Serializer>(
+    value: &Option<Duration>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(value) => serialize_duration(value, serializer),
+        None => serializer.serialize_str("off"),
+    }
 }
 
 /// Writes a duration in the largest unit that divides it exactly ("45d", "90m", "1500ms"),

@@ -347,6 +347,7 @@ fn one_connection(
         check.fail(format!("{key}.lookback"), "must be at most 1d");
     }
     let (bulk_threshold, bulk_chunk_size) = bulk_settings(check, key, kind, raw);
+    let formula_refresh_interval = formula_refresh_interval(check, key, kind, raw);
     let extra_ca_file = raw
         .extra_ca_file
         .as_ref()
@@ -374,9 +375,39 @@ fn one_connection(
         lookback,
         bulk_threshold,
         bulk_chunk_size,
+        formula_refresh_interval,
         extra_ca_file,
         limits,
     })
+}
+
+/// `formula_refresh_interval`: a duration of at least an hour, or `"off"` (Salesforce only;
+/// default a day, as each refresh reads every live row again).
+fn formula_refresh_interval(
+    check: &mut Checker,
+    key: &str,
+    kind: CrmKind,
+    raw: &RawConnection,
+) -> Option<Duration> {
+    let field = format!("{key}.formula_refresh_interval");
+    if kind != CrmKind::Salesforce {
+        check.not_for(
+            &field,
+            raw.formula_refresh_interval.is_some(),
+            "by hubspot connections (it reads Salesforce formula fields again)",
+        );
+        return None;
+    }
+    match raw.formula_refresh_interval.as_deref().map(str::trim) {
+        Some("off") => None,
+        text => {
+            let every = check.duration(&field, text, Duration::from_secs(24 * 3600));
+            if every < Duration::from_secs(3600) {
+                check.fail(field, "must be at least 1h, or \"off\"");
+            }
+            Some(every)
+        }
+    }
 }
 
 /// Default `bulk_threshold`: below about 50,000 rows REST pages cost as few calls as a job's

@@ -60,6 +60,8 @@ const HARD_DELETED_OBJECTS: &[&str] = &["CampaignMember"];
 const ID_SWEEP_EVERY: Duration = Duration::from_secs(24 * 3600);
 /// The cursor that remembers when the last id sweep of an object began.
 const ID_SWEEP_CURSOR: &str = "id_sweep";
+/// The cursor that remembers where the formula refresh of an object is.
+const FORMULA_REFRESH_CURSOR: &str = "formula_refresh";
 /// Locator losses in a row after which the query is not restarted again.
 const MAX_RESTARTS: u32 = 10;
 
@@ -74,6 +76,8 @@ struct Stream {
     rows: Rows,
     /// Field name → `describe` type, for typing Bulk API CSV rows (record streams).
     field_types: HashMap<String, String>,
+    /// Some selected field is a formula or roll-up, whose changes the stamp does not show.
+    formulas: bool,
 }
 
 enum Rows {
@@ -133,6 +137,9 @@ impl<'c, 'a> Run<'c, 'a> {
             if self.configured(object) {
                 let stream = self.record_stream(object).await?;
                 self.run_stream(&stream, None).await?;
+                if stream.formulas {
+                    self.refresh_formulas(&stream).await?;
+                }
             }
         }
         for (object, parent_field, parent_kind) in HISTORY_OBJECTS {
@@ -182,6 +189,116 @@ impl<'c, 'a> Run<'c, 'a> {
                 "id sweep found records deleted for good in the CRM");
         }
         self.save_sweep_start(object, started).await
+    }
+
+    /// Reads every live row of a record object again, at most once per
+    /// `formula_refresh_interval`, so that formula and roll-up values that changed without
+    /// the row's stamp moving are stored (as versions starting when they were observed). The
+    /// rows are read in `Id` order and the last stored `Id` is checkpointed with each page, so
+    /// a refresh cut short (budget, shutdown, lost locator) goes on where it stopped.
+    async fn refresh_formulas(&mut self, stream: &Stream) -> Result<(), SyncError> {
+        let Some(every) = self.ctx.settings.formula_refresh_interval else {
+            return Ok(());
+        };
+        let position = self
+            .ctx
+            .store
+            .cursor(
+                self.ctx.connection_id,
+                stream.object,
+                FORMULA_REFRESH_CURSOR,
+            )
+            .await?;
+        let (started, after) = match FormulaRefresh::due(position.as_ref(), self.now(), every) {
+            FormulaRefresh::NeverRan => {
+                // The backfill that just ran read every row: the first refresh is a period away.
+                let now = self.now();
+                return self.save_formula_refresh(stream.object, now).await;
+            }
+            FormulaRefresh::NotDue => return Ok(()),
+            FormulaRefresh::Reading { started, after } => (started, after),
+        };
+        let mut after = after;
+        loop {
+            let soql = formula_refresh_soql(stream, after.as_deref());
+            let mut page = self
+                .client
+                .query(&soql, false, self.ctx.settings.page_size)
+                .await?;
+            loop {
+                self.server_now = page.server_time.or(self.server_now);
+                after = self
+                    .store_refreshed_page(stream, &page, started, after)
+                    .await?;
+                self.ctx.check_stop()?;
+                match self.client.next_page(&page).await {
+                    Ok(Some(next)) => page = next,
+                    Ok(None) => {
+                        tracing::info!(connection = %self.ctx.settings.name, object = stream.object,
+                            "formula refresh done");
+                        return self.save_formula_refresh(stream.object, started).await;
+                    }
+                    Err(NextPageError::LocatorLost) => break,
+                    Err(NextPageError::Failed(err)) => return Err(err.into()),
+                }
+            }
+        }
+    }
+
+    /// Stores one page of a formula refresh and its checkpoint in one transaction; returns the
+    /// last `Id` read.
+    async fn store_refreshed_page(
+        &mut self,
+        stream: &Stream,
+        page: &QueryPage,
+        started: Millis,
+        after: Option<String>,
+    ) -> Result<Option<String>, SyncError> {
+        let Rows::Records(kind) = stream.rows else {
+            unreachable!("formula refreshes read record objects")
+        };
+        let observed_at = page.server_time.unwrap_or_else(|| self.now());
+        let last = page
+            .records
+            .iter()
+            .filter_map(|row| row.get("Id").and_then(Value::as_str))
+            .max()
+            .map(str::to_string)
+            .or(after);
+        let mut tx = self.ctx.store.begin().await?;
+        self.store_records(&mut tx, stream, kind, &page.records, observed_at)
+            .await?;
+        tx.save_cursor(
+            self.ctx.connection_id,
+            stream.object,
+            FORMULA_REFRESH_CURSOR,
+            &json!({ "started": started, "reading": true, "after": last }),
+            Some(self.ctx.run_id),
+            observed_at,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(last)
+    }
+
+    /// Remembers that the formula refresh of `object` that began at `started` is complete.
+    async fn save_formula_refresh(
+        &mut self,
+        object: &str,
+        started: Millis,
+    ) -> Result<(), SyncError> {
+        let mut tx = self.ctx.store.begin().await?;
+        tx.save_cursor(
+            self.ctx.connection_id,
+            object,
+            FORMULA_REFRESH_CURSOR,
+            &json!({ "started": started, "reading": false }),
+            Some(self.ctx.run_id),
+            self.now(),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Remembers when the last id sweep of `object` began.
@@ -388,6 +505,9 @@ impl<'c, 'a> Run<'c, 'a> {
             .iter()
             .map(|f| (f.name.clone(), f.data_type.clone()))
             .collect();
+        let formulas = fields
+            .iter()
+            .any(|f| f.calculated && !COMPOUND_TYPES.contains(&f.data_type.as_str()));
         Ok(Stream {
             object,
             cursor: "records",
@@ -397,6 +517,7 @@ impl<'c, 'a> Run<'c, 'a> {
             query_all: true,
             rows: Rows::Records(kind),
             field_types,
+            formulas,
         })
     }
 
@@ -950,7 +1071,60 @@ fn history_stream(
             parent_kind,
         },
         field_types: HashMap::new(),
+        formulas: false,
     }
+}
+
+/// Where the formula refresh of one object stands.
+#[derive(Debug, PartialEq)]
+enum FormulaRefresh {
+    /// No refresh was ever scheduled (the object's first backfill).
+    NeverRan,
+    /// The last refresh is more recent than the interval.
+    NotDue,
+    /// A refresh that began at `started` is due, or was cut short after `after` (by `Id`).
+    Reading {
+        started: Millis,
+        after: Option<String>,
+    },
+}
+
+impl FormulaRefresh {
+    /// What to do now, from the saved position: go on with a refresh cut short, begin one
+    /// when the last began `every` ago or more, or nothing.
+    fn due(position: Option<&Value>, now: Millis, every: Duration) -> FormulaRefresh {
+        let Some(position) = position else {
+            return FormulaRefresh::NeverRan;
+        };
+        let started = position.get("started").and_then(Value::as_i64).unwrap_or(0);
+        if position.get("reading").and_then(Value::as_bool) == Some(true) {
+            let after = position
+                .get("after")
+                .and_then(Value::as_str)
+                .map(str::to_string);
+            return FormulaRefresh::Reading { started, after };
+        }
+        if now - started >= every.as_millis() as Millis {
+            FormulaRefresh::Reading {
+                started: now,
+                after: None,
+            }
+        } else {
+            FormulaRefresh::NotDue
+        }
+    }
+}
+
+/// `SELECT … FROM object [WHERE Id > after] ORDER BY Id`: live rows only, since a deleted row's
+/// formulas no longer matter.
+fn formula_refresh_soql(stream: &Stream, after: Option<&str>) -> String {
+    let after = after
+        .map(|id| format!(" WHERE Id > '{}'", id.replace(['\\', '\''], "")))
+        .unwrap_or_default();
+    format!(
+        "SELECT {} FROM {}{after} ORDER BY Id ASC",
+        stream.select, stream.object
+    )
 }
 
 /// `SELECT … FROM object WHERE stamp >= from AND stamp < upper ORDER BY stamp, Id`.

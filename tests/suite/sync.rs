@@ -9,7 +9,7 @@ use pipewarden::config::settings::{ConnectionSettings, CrmKind};
 use pipewarden::crm::RetryPolicy;
 use pipewarden::emulator::{self, EmulatorOptions, RunningEmulator, SalesforceOptions, Scale};
 use pipewarden::record::ObjectKind;
-use pipewarden::store::{Store, SyncRunStatus, SyncRunSummary};
+use pipewarden::store::{Store, SyncRunStatus, SyncRunSummary, ValidFromBasis};
 use pipewarden::sync::{self, StopSignal, SyncOptions};
 use serde_json::{json, Value};
 
@@ -442,7 +442,115 @@ async fn a_rotated_refresh_token_carries_over_to_later_runs(test: TestStore) {
     emu.stop().await.unwrap();
 }
 
+/// Row 11 of the failure table: a formula follows its parent's change while the record's
+/// `SystemModstamp` stays put, so only the periodic formula refresh can see it.
+async fn a_formula_that_changed_without_the_stamp_is_found_by_the_formula_refresh(test: TestStore) {
+    let emu = start_emulator().await;
+    let dir = ConfigDir::new();
+    let connection = ConnectionSettings {
+        formula_refresh_interval: Some(Duration::from_secs(6 * 3600)),
+        ..salesforce_connection(&emu, &dir)
+    };
+    let options = quick_options();
+    run_once(&test.store, &connection, &options).await;
+    let id = connection_id(&test.store).await;
+    let (deal, account) = truth(&emu, "Opportunity")
+        .await
+        .iter()
+        .map(|r| &r["versions"].as_array().unwrap().last().unwrap()["record"])
+        .find_map(|r| {
+            Some((
+                r["Id"].as_str()?.to_string(),
+                r["AccountId"].as_str()?.to_string(),
+            ))
+        })
+        .expect("a deal with an account");
+    let segment_of = |record: &pipewarden::store::StoredRecord| {
+        record.state.fields.get("Account_Segment__c").cloned()
+    };
+    let stored = test
+        .store
+        .record(id, ObjectKind::Deal, &deal)
+        .await
+        .unwrap()
+        .unwrap();
+    let before = segment_of(&stored);
+    let segment = if before == Some(json!("Enterprise")) {
+        "SMB"
+    } else {
+        "Enterprise"
+    };
+    control(
+        &emu,
+        "/__emulator/salesforce/changes",
+        json!({"changes": [{"object": "Account", "id": account, "set": {"Segment__c": segment}}]}),
+    )
+    .await;
+
+    control(&emu, "/__emulator/clock/advance", json!({"by": "1h"})).await;
+    run_once(&test.store, &connection, &options).await;
+    let stored = test
+        .store
+        .record(id, ObjectKind::Deal, &deal)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        segment_of(&stored),
+        before,
+        "the incremental run cannot see the formula move, and no refresh is due yet"
+    );
+
+    control(&emu, "/__emulator/clock/advance", json!({"by": "6h"})).await;
+    let refreshed = run_once(&test.store, &connection, &options).await;
+    assert_eq!(
+        refreshed.status,
+        SyncRunStatus::Succeeded,
+        "{:?}",
+        refreshed.message
+    );
+    let stored = test
+        .store
+        .record(id, ObjectKind::Deal, &deal)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        segment_of(&stored),
+        Some(json!(segment)),
+        "the refresh stored the new value"
+    );
+    let versions = test.store.versions(stored.id).await.unwrap();
+    let latest = versions.last().unwrap();
+    assert_eq!(
+        latest.valid_from_basis,
+        ValidFromBasis::Observed,
+        "the CRM did not say when"
+    );
+    assert_eq!(
+        versions[versions.len() - 2]
+            .state
+            .fields
+            .get("Account_Segment__c"),
+        before.as_ref(),
+        "the version before keeps the old value"
+    );
+
+    // The refresh is done for the interval: the next run reads no opportunity again.
+    control(&emu, "/__emulator/clock/advance", json!({"by": "1h"})).await;
+    let next = run_once(&test.store, &connection, &options).await;
+    assert!(
+        next.records_seen < refreshed.records_seen,
+        "{} records read after the refresh, {} during it",
+        next.records_seen,
+        refreshed.records_seen
+    );
+    assert_store_matches_truth(&test.store, id, &emu).await;
+    emu.stop().await.unwrap();
+}
+
 on_both_backends!(
+    a_formula_that_changed_without_the_stamp_is_found_by_the_formula_refresh,
     a_rotated_refresh_token_carries_over_to_later_runs,
     backfill_then_changes_then_months_match_the_truth,
     faults_and_lost_locators_lose_nothing,
