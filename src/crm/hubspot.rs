@@ -76,6 +76,9 @@ struct Results<T> {
     results: Vec<T>,
     #[serde(default)]
     paging: Option<Paging>,
+    /// How many records a search matched in all (searches only).
+    #[serde(default)]
+    total: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -351,6 +354,21 @@ impl<'a> HubspotClient<'a> {
             .send(&request, read_json::<Results<Map<String, Value>>>)
             .await?;
         Ok(object_page(reply))
+    }
+
+    /// How many live records of `object` there are: a search without filters for one record,
+    /// whose `total` counts them all.
+    pub async fn count(&self, object: &str) -> Result<u64, CrmError> {
+        self.wait_for_search_slot().await;
+        let path = format!("{}/{object}/search", self.base("objects"));
+        let body =
+            serde_json::json!({ "filterGroups": [], "properties": ["hs_object_id"], "limit": 1 });
+        let request = ApiRequest::with_json(Method::POST, path, body);
+        let reply = self
+            .api
+            .send(&request, read_json::<Results<Map<String, Value>>>)
+            .await?;
+        Ok(reply.value.total.unwrap_or(0))
     }
 
     /// Waits until a search may be sent; searches of one run go one at a time.

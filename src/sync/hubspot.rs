@@ -31,6 +31,7 @@ use super::hubspot_map::{
     actor_kind, is_touched_status, lead_status_event, lifecycle_event, modified_property,
     object_kind, record_row, BadRecord, HistoryEntry, RawRecord, RecordRow,
 };
+use super::progress::Progress;
 use super::{wall_clock, RunContext, SyncError};
 use crate::config::settings::Endpoints;
 use crate::crm::hubspot::{
@@ -331,6 +332,8 @@ impl<'c, 'a> Run<'c, 'a> {
     ) -> Result<Millis, SyncError> {
         let modified = [modified_property(object)];
         let limit = self.ctx.settings.page_size.clamp(1, LIST_PAGE_MAX);
+        let connection = self.ctx.settings.name.clone();
+        let mut progress = Progress::new(&connection, object, self.records_to_list(object).await);
         loop {
             let query = ListQuery {
                 after: after.as_deref(),
@@ -343,6 +346,7 @@ impl<'c, 'a> Run<'c, 'a> {
             let observed_at = self.saw_server_time(page.server_time);
             let (ids, links) = ids_and_links(object, &page);
             let records = self.read_records(object, &ids, properties, false).await?;
+            progress.advance(ids.len());
             after = page.next_after.clone();
             let next = match &after {
                 Some(_) => Position::Backfill {
@@ -363,6 +367,19 @@ impl<'c, 'a> Run<'c, 'a> {
             self.ctx.check_stop()?;
             if after.is_none() {
                 return Ok(since);
+            }
+        }
+    }
+
+    /// How many records a backfill of `object` lists, for its progress; 0 (no figures) when the
+    /// count cannot be had, since progress is no reason to fail a backfill.
+    async fn records_to_list(&self, object: &str) -> u64 {
+        match self.client.count(object).await {
+            Ok(total) => total,
+            Err(err) => {
+                tracing::warn!(connection = %self.ctx.settings.name, object, error = %err,
+                    "cannot count the records to list; the backfill shows no progress");
+                0
             }
         }
     }

@@ -1,7 +1,13 @@
-//! Progress of long reads, as periodic log lines: a backfill of a large org runs for hours,
-//! and whoever watches it (a terminal, journald, a log pipeline) needs to see how far it is.
+//! Progress of long reads: a backfill of a large org runs for hours, and whoever watches it
+//! needs to see how far it is. On a terminal it is a progress bar per read; elsewhere
+//! (journald, a log pipeline) a log line every few seconds.
 
 use std::time::{Duration, Instant};
+
+use tracing_indicatif::span_ext::IndicatifSpanExt;
+use tracing_indicatif::style::ProgressStyle;
+
+use crate::telemetry::progress_bars_drawn;
 
 /// Time between two progress lines of one read.
 const LINE_EVERY: Duration = Duration::from_secs(10);
@@ -14,12 +20,21 @@ pub(crate) struct Progress<'a> {
     done: u64,
     started: Instant,
     last_line: Instant,
+    /// The span whose progress bar the terminal shows; idle when bars are not drawn.
+    bar: tracing::Span,
 }
 
 impl<'a> Progress<'a> {
     /// Starts counting a read of `total` rows.
     pub fn new(connection: &'a str, object: &'a str, total: u64) -> Progress<'a> {
         let now = Instant::now();
+        let bar = tracing::info_span!("read", indicatif.pb_show = tracing::field::Empty);
+        if progress_bars_drawn() && total > 0 {
+            bar.pb_set_style(&bar_style());
+            bar.pb_set_message(&format!("{connection} {object}"));
+            bar.pb_set_length(total);
+            bar.pb_start();
+        }
         Progress {
             connection,
             object,
@@ -27,12 +42,17 @@ impl<'a> Progress<'a> {
             done: 0,
             started: now,
             last_line: now,
+            bar,
         }
     }
 
     /// Counts `rows` more stored rows, and logs a line when the last one is old enough.
     pub fn advance(&mut self, rows: usize) {
         self.done += rows as u64;
+        if progress_bars_drawn() {
+            self.bar.pb_inc(rows as u64);
+            return;
+        }
         if self.last_line.elapsed() >= LINE_EVERY && self.done < self.total {
             self.last_line = Instant::now();
             let figures = Figures::of(self.done, self.total, self.started.elapsed());
@@ -48,6 +68,15 @@ impl<'a> Progress<'a> {
             );
         }
     }
+}
+
+/// `demo-salesforce Lead [=====>     ] 120000/400000 18000/s eta 15s`
+fn bar_style() -> ProgressStyle {
+    ProgressStyle::with_template(
+        "{msg} [{bar:30.cyan/blue}] {human_pos}/{human_len} {per_sec} eta {eta}",
+    )
+    .expect("the progress bar template is valid")
+    .progress_chars("=> ")
 }
 
 /// The figures of a progress line.
