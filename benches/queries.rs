@@ -1,9 +1,12 @@
 //! Latency of the historical queries on a store synced from the emulated Salesforce org.
 //!
-//! `cargo bench --bench queries -- small [tiny|large] [--postgres] [--runs N]`. The emulator
-//! and the sync run in this process; the store is synced once, then each query runs N times
-//! (default 20) and p50/p95 are printed next to the targets. PostgreSQL runs use
-//! `PIPEWARDEN_TEST_POSTGRES_URL` (default the local server) and create a database of their own.
+//! `cargo bench --bench queries -- small [tiny|large] [--postgres] [--runs N] [--store URL]`.
+//! The emulator and the sync run in this process; the store is synced once, then each query
+//! runs N times (default 20) and p50/p95 are printed next to the targets. PostgreSQL
+//! runs use `PIPEWARDEN_TEST_POSTGRES_URL` (default the local server) and create a database of
+//! their own. `--store URL` skips the emulator and the sync and queries a store synced before
+//! (the `large` one a `sync` benchmark left, say: its backfill takes most of an hour), as of its
+//! latest observation; the store connection is named `sf`.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -26,9 +29,14 @@ fn main() {
         .and_then(|i| args.get(i + 1))
         .and_then(|n| n.parse().ok())
         .unwrap_or(20);
+    let store = args
+        .iter()
+        .position(|a| a == "--store")
+        .and_then(|i| args.get(i + 1))
+        .cloned();
     let scale = match args
         .iter()
-        .find(|a| !a.starts_with('-') && a.parse::<usize>().is_err())
+        .find(|a| !a.starts_with('-') && a.parse::<usize>().is_err() && Some(*a) != store.as_ref())
         .map(String::as_str)
     {
         None | Some("small") => Scale::Small,
@@ -43,7 +51,11 @@ fn main() {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    if let Err(err) = runtime.block_on(bench(scale, postgres, runs)) {
+    let outcome = match store {
+        Some(url) => runtime.block_on(bench_stored(&url, runs)),
+        None => runtime.block_on(bench(scale, postgres, runs)),
+    };
+    if let Err(err) = outcome {
         eprintln!("benchmark failed: {err}");
         std::process::exit(1);
     }
@@ -101,15 +113,66 @@ async fn bench(scale: Scale, postgres: bool, runs: usize) -> Result<(), String> 
             .map_err(|e| e.to_string())?;
     }
     let now = emu.clock().now_ms();
+    time_queries(&store, &settings, now, runs).await?;
+    store.close().await;
+    if postgres {
+        drop_postgres_database(&store_url).await?;
+    }
+    emu.stop().await.map_err(|e| e.to_string())
+}
+
+/// Times the queries over a store synced before, as of its latest observation.
+async fn bench_stored(store_url: &str, runs: usize) -> Result<(), String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let settings = settings(dir.path(), "http://127.0.0.1:9/", store_url)?;
+    let store = Store::open_migrated(&settings.store)
+        .await
+        .map_err(|e| e.to_string())?;
+    let now = latest_observation(store_url).await?;
+    println!(
+        "query benchmark: store {store_url} as of {}, {runs} runs per query, {} CPU(s)",
+        format_instant(now),
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    let result = time_queries(&store, &settings, now, runs).await;
+    store.close().await;
+    result
+}
+
+/// When the store last saw a record: the stored world's "now".
+async fn latest_observation(store_url: &str) -> Result<i64, String> {
+    const SQL: &str = "SELECT MAX(last_seen_at_ms) FROM records";
+    let latest: Option<i64> = if store_url.starts_with("postgres") {
+        let mut conn = sqlx::PgConnection::connect(store_url)
+            .await
+            .map_err(|e| e.to_string())?;
+        sqlx::query_scalar(SQL).fetch_one(&mut conn).await
+    } else {
+        let mut conn = sqlx::SqliteConnection::connect(store_url)
+            .await
+            .map_err(|e| e.to_string())?;
+        sqlx::query_scalar(SQL).fetch_one(&mut conn).await
+    }
+    .map_err(|e| e.to_string())?;
+    latest.ok_or_else(|| format!("{store_url} holds no records"))
+}
+
+/// Runs each query `runs` times as of `now` and prints p50/p95.
+async fn time_queries(
+    store: &Store,
+    settings: &Settings,
+    now: i64,
+    runs: usize,
+) -> Result<(), String> {
     let at = |days_ago: i64| format_instant(now - days_ago * DAY_MS);
-    let deal = some_deal(&store, now).await?;
+    let deal = some_deal(store, now).await?;
 
     let as_of = query::as_of::AsOfParams {
         at: at(40),
         ..Default::default()
     };
     time("as-of (quarter end)", Some(100), runs, || {
-        query::as_of::run(&store, &as_of)
+        query::as_of::run(store, &as_of)
     })
     .await?;
     let history = query::history::HistoryParams {
@@ -117,7 +180,7 @@ async fn bench(scale: Scale, postgres: bool, runs: usize) -> Result<(), String> 
         ..Default::default()
     };
     time("history (one deal)", None, runs, || {
-        query::history::run(&store, &history)
+        query::history::run(store, &history)
     })
     .await?;
     let diff = query::pipeline_diff::PipelineDiffParams {
@@ -126,7 +189,7 @@ async fn bench(scale: Scale, postgres: bool, runs: usize) -> Result<(), String> 
         ..Default::default()
     };
     time("pipeline-diff (a quarter)", Some(500), runs, || {
-        query::pipeline_diff::run(&store, &diff)
+        query::pipeline_diff::run(store, &diff)
     })
     .await?;
     let funnel = query::funnel::FunnelParams {
@@ -135,7 +198,7 @@ async fn bench(scale: Scale, postgres: bool, runs: usize) -> Result<(), String> 
         ..Default::default()
     };
     time("funnel (a year)", Some(1_000), runs, || {
-        query::funnel::run(&store, &settings, &funnel)
+        query::funnel::run(store, settings, &funnel)
     })
     .await?;
     let cohort = query::cohort::CohortParams {
@@ -148,7 +211,7 @@ async fn bench(scale: Scale, postgres: bool, runs: usize) -> Result<(), String> 
         ..Default::default()
     };
     time("cohort (24 months, won)", Some(1_000), runs, || {
-        query::cohort::run(&store, &cohort)
+        query::cohort::run(store, &cohort)
     })
     .await?;
     let campaigns = query::campaigns::CampaignsParams {
@@ -157,14 +220,9 @@ async fn bench(scale: Scale, postgres: bool, runs: usize) -> Result<(), String> 
         ..Default::default()
     };
     time("campaigns (a quarter)", None, runs, || {
-        query::campaigns::run(&store, &campaigns)
+        query::campaigns::run(store, &campaigns)
     })
-    .await?;
-    store.close().await;
-    if postgres {
-        drop_postgres_database(&store_url).await?;
-    }
-    emu.stop().await.map_err(|e| e.to_string())
+    .await
 }
 
 /// Removes the database [`create_postgres_database`] made, from the server's admin database.
