@@ -5,7 +5,7 @@
 
 use pipewarden::config::settings::ConnectionSettings;
 use pipewarden::crm::RetryPolicy;
-use pipewarden::emulator::RunningEmulator;
+use pipewarden::emulator::{self, EmulatorOptions, RunningEmulator, SalesforceOptions, Scale};
 use pipewarden::record::ObjectKind;
 use pipewarden::store::{BackendKind, Store, SyncRunStatus};
 use pipewarden::sync::{self, StopSignal, SyncError, SyncOptions, SyncReport};
@@ -494,7 +494,58 @@ async fn faults_during_bulk_reads_lose_nothing(test: TestStore) {
     emu.stop().await.unwrap();
 }
 
+/// An org whose daily quota of query jobs is spent refuses new ones: the objects it refuses
+/// are read by REST pages instead, and the store ends up as complete.
+async fn objects_refused_a_bulk_job_are_read_by_rest(test: TestStore) {
+    let emu = emulator::start(
+        "127.0.0.1:0".parse().unwrap(),
+        EmulatorOptions {
+            scale: Scale::Tiny,
+            salesforce: SalesforceOptions {
+                daily_bulk_query_jobs: 2,
+                ..SalesforceOptions::default()
+            },
+            ..EmulatorOptions::default()
+        },
+    )
+    .await
+    .expect("emulator starts");
+    let dir = ConfigDir::new();
+    let report = sync_with(
+        &test.store,
+        &bulk_connection(&emu, &dir, Some(0)),
+        &quick_options(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        report.summary.status,
+        SyncRunStatus::Succeeded,
+        "{:?}",
+        report.summary.message
+    );
+    assert_eq!(
+        bulk_jobs(&emu).await.len(),
+        2,
+        "two objects went by bulk jobs, the rest by REST"
+    );
+    let id = connection_id(&test.store).await;
+    assert_store_matches_truth(&test.store, id, &emu).await;
+    for (object, kind) in RECORD_OBJECTS {
+        for record in truth(&emu, object).await {
+            let crm_id = record["versions"].as_array().unwrap().last().unwrap()["record"]["Id"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            let stored = record_contents(&test.store, id, *kind, &crm_id).await;
+            assert_ne!(stored, Value::Null, "{object} {crm_id} is stored");
+        }
+    }
+    emu.stop().await.unwrap();
+}
+
 on_both_backends!(
+    objects_refused_a_bulk_job_are_read_by_rest,
     faults_during_bulk_reads_lose_nothing,
     a_bulk_backfill_stores_what_rest_stores_and_later_changes_come_by_rest,
     a_failed_bulk_job_is_named_and_the_next_run_recovers,

@@ -28,7 +28,7 @@ use super::records::OrgView;
 use super::schema::{self, FieldType, SfRecord, SfValue};
 use super::soql::{self, FieldPath, Selection};
 use crate::emulator::Shared;
-use crate::record::Millis;
+use crate::record::{Millis, DAY_MS};
 
 /// Records per results chunk unless the client asks for fewer with `maxRecords`.
 const DEFAULT_CHUNK: usize = 50_000;
@@ -42,6 +42,9 @@ pub(crate) struct Jobs {
     issued: u64,
     /// Error messages of the next jobs to fail, oldest first.
     failures: VecDeque<String>,
+    /// When each job was created, for the rolling daily quota; a job's own entry goes when
+    /// it is deleted, this one stays.
+    created: Vec<Millis>,
 }
 
 struct Job {
@@ -91,11 +94,14 @@ impl Job {
 
 /// Jobs created since `since` (the rolling day of `DailyBulkV2QueryJobs`).
 pub(crate) fn jobs_since(jobs: &Mutex<Jobs>, since: Millis) -> u64 {
-    let jobs = lock(jobs);
-    jobs.by_id
-        .values()
-        .filter(|job| job.created_at > since)
-        .count() as u64
+    lock(jobs).created_since(since)
+}
+
+impl Jobs {
+    /// Jobs created since `since`, deleted ones included: deleting a job gives back no quota.
+    fn created_since(&self, since: Millis) -> u64 {
+        self.created.iter().filter(|at| **at > since).count() as u64
+    }
 }
 
 fn lock(jobs: &Mutex<Jobs>) -> MutexGuard<'_, Jobs> {
@@ -171,7 +177,16 @@ pub(crate) async fn create(
         }
     };
     let mut jobs = lock(&shared.salesforce.jobs);
+    let allowed = shared.salesforce.options.daily_bulk_query_jobs;
+    if jobs.created_since(now - DAY_MS) >= allowed {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "LIMIT_EXCEEDED",
+            &format!("Max bulk v2 query jobs per 24 hrs has been reached ({allowed})"),
+        );
+    }
     jobs.issued += 1;
+    jobs.created.push(now);
     let id = sf_id(JOB_PREFIX, jobs.issued);
     let fails_with = jobs.failures.pop_front();
     let job = Job {

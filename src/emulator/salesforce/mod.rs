@@ -62,6 +62,9 @@ pub struct SalesforceOptions {
     pub session_timeout: Duration,
     /// Rolling 24-hour API allocation (Developer Edition: 15,000).
     pub daily_api_limit: u64,
+    /// Bulk API 2.0 query jobs the org accepts in a rolling 24 hours (`DailyBulkV2QueryJobs`,
+    /// 10,000); past it job creation is refused.
+    pub daily_bulk_query_jobs: u64,
     /// A per-app API limit on pipewarden's connected app, which adds
     /// `per-app-api-usage=N/M(appName=…)` to `Sforce-Limit-Info`.
     pub per_app_api_limit: Option<u64>,
@@ -88,6 +91,7 @@ impl Default for SalesforceOptions {
             jwt_username: records::INTEGRATION_USERNAME.to_string(),
             session_timeout: Duration::from_secs(2 * 3600),
             daily_api_limit: 15_000,
+            daily_bulk_query_jobs: 10_000,
             per_app_api_limit: None,
             query_timeout_rows: 500_000,
             validation_rules: vec![ValidationRule::loss_reason_required()],
@@ -432,6 +436,9 @@ async fn limits(State(shared): State<Arc<Shared>>) -> Json<Value> {
         // Bulk API (1.0) batches and ingest jobs count here; tap-salesforce reads it. This org
         // serves only Bulk API 2.0 query jobs, which count against DailyBulkV2QueryJobs.
         "DailyBulkApiBatches": { "Max": 15_000, "Remaining": 15_000 },
-        "DailyBulkV2QueryJobs": { "Max": 10_000, "Remaining": 10_000u64.saturating_sub(bulk::jobs_since(&org.jobs, now - DAY_MS)) },
+        "DailyBulkV2QueryJobs": {
+            "Max": org.options.daily_bulk_query_jobs,
+            "Remaining": org.options.daily_bulk_query_jobs.saturating_sub(bulk::jobs_since(&org.jobs, now - DAY_MS)),
+        },
     }))
 }

@@ -14,6 +14,10 @@
 //! newest stamp among its rows: where REST paging would have left it, and never later than
 //! the job's own snapshot.
 //!
+//! A job the org refuses to create (its daily `DailyBulkV2QueryJobs` quota spent, Bulk API
+//! off for the org or the user, an object it does not serve) is no reason to stop: the stream
+//! is read by REST pages instead.
+//!
 //! History objects stay on REST: Bulk API 2.0 can query them, but without `ORDER BY` (which
 //! turns off its chunking) rows come in any order, and stage moves are derived from history
 //! rows in time order; field-history `OldValue`/`NewValue` (anyType) would also lose their
@@ -26,6 +30,7 @@ use serde_json::{json, Map, Value};
 
 use super::{stream_window, Rows, Run, Stream};
 use crate::crm::salesforce_bulk::{BulkQueries, JobInfo, ResultChunk};
+use crate::crm::CrmError;
 use crate::record::{Millis, ObjectKind};
 use crate::store::{QuarantineEntry, StoreTx};
 use crate::sync::progress::Progress;
@@ -98,7 +103,23 @@ impl Run<'_, '_> {
             return Ok(false);
         }
         let soql = bulk_soql(stream, from, until);
-        let info = self.bulk().create(&soql, stream.query_all).await?;
+        let info = match self.bulk().create(&soql, stream.query_all).await {
+            Ok(info) => info,
+            Err(CrmError::Api {
+                status: 400 | 403,
+                code,
+                message,
+                ..
+            }) => {
+                // The org's daily quota of query jobs is spent, Bulk API is off for the org
+                // or the user, or the object is not served by it: REST pages read the same
+                // rows, only with more calls.
+                tracing::warn!(connection = %self.ctx.settings.name, object = stream.object,
+                    %code, %message, "the org refused a Bulk API 2.0 query job; reading by REST query pages instead");
+                return Ok(false);
+            }
+            Err(err) => return Err(err.into()),
+        };
         let created_at = self.now();
         tracing::info!(connection = %self.ctx.settings.name, object = stream.object, job = %info.id,
             "reading through a Bulk API 2.0 query job");
