@@ -849,7 +849,10 @@ async fn an_idle_expired_locator_restarts_the_query(test: TestStore) {
     .await;
     let options = quick_options();
     let advance_while_held = async {
-        while first_rule_matched(&emu).await == 0 {
+        for _ in 0..500 {
+            if first_rule_matched(&emu).await > 0 {
+                break;
+            }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         control(&emu, "/__emulator/clock/advance", json!({"by": "16m"})).await;
@@ -859,6 +862,7 @@ async fn an_idle_expired_locator_restarts_the_query(test: TestStore) {
         advance_while_held
     );
     assert_eq!(run.status, SyncRunStatus::Succeeded, "{:?}", run.message);
+    assert!(first_rule_matched(&emu).await > 0, "a page was held back");
     let id = connection_id(&test.store).await;
     control(&emu, "/__emulator/clock/advance", json!({"by": "1h"})).await;
     let next = run_once(&test.store, &connection, &quick_options()).await;
