@@ -296,6 +296,8 @@ async fn backfill_then_changes_then_months_match_the_truth(test: TestStore) {
     emu.stop().await.unwrap();
 }
 
+/// Rows 9 and 13 of the failure table: sessions expiring mid-query strand the locator, so
+/// the query restarts from its last stored page; with other faults, nothing is lost.
 async fn faults_and_lost_locators_lose_nothing(test: TestStore) {
     let emu = start_emulator().await;
     let dir = ConfigDir::new();
@@ -326,8 +328,8 @@ async fn faults_and_lost_locators_lose_nothing(test: TestStore) {
     emu.stop().await.unwrap();
 }
 
-/// Campaign members Salesforce deleted for good (queryAll never shows them) are found by the
-/// nightly id sweep, and only by it.
+/// Row 17 of the failure table: campaign members Salesforce deleted for good (queryAll never
+/// shows them) are found by the nightly id sweep, and only by it.
 async fn hard_deleted_campaign_members_are_found_by_the_nightly_id_sweep(test: TestStore) {
     let emu = start_emulator().await;
     let dir = ConfigDir::new();
