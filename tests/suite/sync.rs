@@ -8,6 +8,8 @@ use std::time::Duration;
 use pipewarden::config::settings::{ConnectionSettings, CrmKind};
 use pipewarden::crm::RetryPolicy;
 use pipewarden::emulator::{self, EmulatorOptions, RunningEmulator, SalesforceOptions, Scale};
+use pipewarden::query::format_instant;
+use pipewarden::query::history::HistoryParams;
 use pipewarden::record::ObjectKind;
 use pipewarden::store::{Store, SyncRunStatus, SyncRunSummary, ValidFromBasis};
 use pipewarden::sync::{self, StopSignal, SyncOptions};
@@ -18,8 +20,24 @@ use super::emulator_faults::set_faults;
 use crate::support::{on_both_backends, ConfigDir, TestStore};
 
 pub(crate) async fn start_emulator() -> RunningEmulator {
+    start_emulator_with(SalesforceOptions::default()).await
+}
+
+/// The connection of [`salesforce_connection`], also reading the opt-in
+/// OpportunityFieldHistory.
+fn connection_with_field_history(emu: &RunningEmulator, dir: &ConfigDir) -> ConnectionSettings {
+    let mut connection = salesforce_connection(emu, dir);
+    connection
+        .objects
+        .push("OpportunityFieldHistory".to_string());
+    connection
+}
+
+/// A tiny org with these Salesforce options.
+async fn start_emulator_with(salesforce: SalesforceOptions) -> RunningEmulator {
     let options = EmulatorOptions {
         scale: Scale::Tiny,
+        salesforce,
         ..EmulatorOptions::default()
     };
     emulator::start("127.0.0.1:0".parse().unwrap(), options)
@@ -278,6 +296,8 @@ async fn backfill_then_changes_then_months_match_the_truth(test: TestStore) {
     emu.stop().await.unwrap();
 }
 
+/// Rows 9 and 13 of the failure table: sessions expiring mid-query strand the locator, so
+/// the query restarts from its last stored page; with other faults, nothing is lost.
 async fn faults_and_lost_locators_lose_nothing(test: TestStore) {
     let emu = start_emulator().await;
     let dir = ConfigDir::new();
@@ -308,8 +328,8 @@ async fn faults_and_lost_locators_lose_nothing(test: TestStore) {
     emu.stop().await.unwrap();
 }
 
-/// Campaign members Salesforce deleted for good (queryAll never shows them) are found by the
-/// nightly id sweep, and only by it.
+/// Row 17 of the failure table: campaign members Salesforce deleted for good (queryAll never
+/// shows them) are found by the nightly id sweep, and only by it.
 async fn hard_deleted_campaign_members_are_found_by_the_nightly_id_sweep(test: TestStore) {
     let emu = start_emulator().await;
     let dir = ConfigDir::new();
@@ -549,10 +569,392 @@ async fn a_formula_that_changed_without_the_stamp_is_found_by_the_formula_refres
     emu.stop().await.unwrap();
 }
 
+/// Row 15 of the failure table: history queries over a wide window run too long
+/// (`QUERY_TIMEOUT`); the sync narrows the window until they answer and stores every row.
+async fn timed_out_history_queries_are_narrowed_until_they_answer(test: TestStore) {
+    let emu = start_emulator_with(SalesforceOptions {
+        query_timeout_rows: 50,
+        ..SalesforceOptions::default()
+    })
+    .await;
+    let dir = ConfigDir::new();
+    let connection = connection_with_field_history(&emu, &dir);
+    let options = quick_options();
+    let run = run_once(&test.store, &connection, &options).await;
+    assert_eq!(run.status, SyncRunStatus::Succeeded, "{:?}", run.message);
+    let id = connection_id(&test.store).await;
+    assert_store_matches_truth(&test.store, id, &emu).await;
+    assert_field_history_matches_truth(&test.store, &emu).await;
+    emu.stop().await.unwrap();
+}
+
+/// Row 15 of the failure table: when even an hour's window of history times out, the run
+/// fails loudly, naming `QUERY_TIMEOUT`, and records itself as failed; it never reports
+/// success, and the history checkpoint does not move past rows it never read.
+async fn history_that_times_out_at_the_narrowest_window_fails_the_run(test: TestStore) {
+    let emu = start_emulator_with(SalesforceOptions {
+        query_timeout_rows: 0,
+        ..SalesforceOptions::default()
+    })
+    .await;
+    let dir = ConfigDir::new();
+    let connection = salesforce_connection(&emu, &dir);
+    let failed = sync::sync_once(
+        &test.store,
+        &connection,
+        &quick_options(),
+        &StopSignal::never(),
+    )
+    .await
+    .expect_err("a history query that always times out fails the run");
+    assert!(failed.to_string().contains("QUERY_TIMEOUT"), "{failed}");
+    let id = connection_id(&test.store).await;
+    let runs = test.store.recent_sync_runs(id, 1).await.unwrap();
+    assert_eq!(runs[0].status, SyncRunStatus::Failed, "{:?}", runs[0]);
+    assert!(
+        runs[0]
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("QUERY_TIMEOUT")),
+        "{:?}",
+        runs[0].message
+    );
+    let history = test
+        .store
+        .cursor(id, "OpportunityHistory", "history")
+        .await
+        .unwrap();
+    assert!(
+        history.as_ref().is_none_or(|c| c.get("stamp").is_none()),
+        "no history checkpoint: {history:?}"
+    );
+    emu.stop().await.unwrap();
+}
+
+/// Row 16 of the failure table: an org at its daily API allocation answers 403
+/// `REQUEST_LIMIT_EXCEEDED`, and the run checkpoints and stops at once instead of sleeping;
+/// later runs, each held to its configured share of the allocation, resume where the one
+/// before stopped until the store matches the truth, with nothing stored twice.
+async fn runs_stop_at_the_api_budget_and_the_next_ones_resume(test: TestStore) {
+    let emu = start_emulator().await;
+    let dir = ConfigDir::new();
+    let mut connection = ConnectionSettings {
+        page_size: 200,
+        ..connection_with_field_history(&emu, &dir)
+    };
+    let options = quick_options();
+    control(
+        &emu,
+        "/__emulator/salesforce/api-usage",
+        json!({"used": 15_000}),
+    )
+    .await;
+    let refused = run_once(&test.store, &connection, &options).await;
+    assert_eq!(
+        refused.status,
+        SyncRunStatus::BudgetStopped,
+        "{:?}",
+        refused.message
+    );
+    assert!(
+        refused
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("REQUEST_LIMIT_EXCEEDED")),
+        "{:?}",
+        refused.message
+    );
+    assert_eq!(refused.versions_written, 0);
+
+    // A new day: each run may use 0.13% of the 15,000 calls, 19, before it stops.
+    control(&emu, "/__emulator/salesforce/api-usage", json!({"used": 0})).await;
+    connection.limits.daily_budget_share = 0.0013;
+    let mut stopped = 0;
+    let mut finished = None;
+    for _ in 0..40 {
+        let run = run_once(&test.store, &connection, &options).await;
+        assert!(run.api_calls <= 19, "a run keeps to its share: {run:?}");
+        match run.status {
+            SyncRunStatus::BudgetStopped => stopped += 1,
+            SyncRunStatus::Succeeded => {
+                finished = Some(run);
+                break;
+            }
+            other => panic!("run ended {other:?}: {:?}", run.message),
+        }
+    }
+    assert!(finished.is_some(), "the runs reached the end");
+    assert!(stopped >= 2, "the budget cut runs short {stopped} times");
+    let id = connection_id(&test.store).await;
+    assert_store_matches_truth(&test.store, id, &emu).await;
+    assert_field_history_matches_truth(&test.store, &emu).await;
+    connection.limits.daily_budget_share = 0.25;
+    let replay = run_once(&test.store, &connection, &options).await;
+    assert_eq!(
+        replay.status,
+        SyncRunStatus::Succeeded,
+        "{:?}",
+        replay.message
+    );
+    assert_eq!(
+        (replay.versions_written, replay.transitions_written),
+        (0, 0)
+    );
+    emu.stop().await.unwrap();
+}
+
+/// Every OpportunityFieldHistory row the emulator holds is stored once on its deal, with the
+/// old and new values of the type the CRM gave them (numbers, dates and text alike).
+async fn assert_field_history_matches_truth(store: &Store, emu: &RunningEmulator) {
+    let mut expected: BTreeMap<String, Vec<(String, String, Value, Value)>> = BTreeMap::new();
+    let mut rows: Vec<(i64, String, Value)> = truth(emu, "OpportunityFieldHistory")
+        .await
+        .iter()
+        .map(|r| r["versions"].as_array().unwrap().last().unwrap()["record"].clone())
+        .map(|row| {
+            (
+                millis(row["CreatedDate"].as_str().unwrap()),
+                row["Id"].as_str().unwrap().to_string(),
+                row,
+            )
+        })
+        .collect();
+    assert!(!rows.is_empty(), "the emulator has field history");
+    rows.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+    for (at, _, row) in &rows {
+        expected
+            .entry(row["OpportunityId"].as_str().unwrap().to_string())
+            .or_default()
+            .push((
+                format_instant(*at),
+                row["Field"].as_str().unwrap().to_string(),
+                row["OldValue"].clone(),
+                row["NewValue"].clone(),
+            ));
+    }
+    for (deal, changes) in &expected {
+        let report = pipewarden::query::history::run(
+            store,
+            &HistoryParams {
+                id: deal.clone(),
+                connection: Some("sf".to_string()),
+                kind: Some("deal".to_string()),
+            },
+        )
+        .await
+        .unwrap();
+        let stored: Vec<(String, String, Value, Value)> = report
+            .field_history
+            .into_iter()
+            .map(|f| {
+                (
+                    f.at,
+                    f.field,
+                    f.old_value.unwrap_or(Value::Null),
+                    f.new_value.unwrap_or(Value::Null),
+                )
+            })
+            .collect();
+        assert_eq!(&stored, changes, "field history of Opportunity {deal}");
+    }
+}
+
+/// Row 18 of the failure table: OpportunityFieldHistory's `OldValue` and `NewValue` are
+/// anyType; number, date and text values reach the store unchanged, never as nulls, and a
+/// second run stores none of them again. Row 19 rides along: these history objects have no
+/// filterable `SystemModstamp`, so they are read by `CreatedDate` and the run succeeds.
+async fn field_history_values_round_trip_with_their_types(test: TestStore) {
+    let emu = start_emulator().await;
+    let dir = ConfigDir::new();
+    let connection = connection_with_field_history(&emu, &dir);
+    let options = quick_options();
+    let first = run_once(&test.store, &connection, &options).await;
+    assert_eq!(
+        first.status,
+        SyncRunStatus::Succeeded,
+        "{:?}",
+        first.message
+    );
+    let kinds: std::collections::BTreeSet<&str> = truth(&emu, "OpportunityFieldHistory")
+        .await
+        .iter()
+        .map(|r| {
+            let value = &r["versions"].as_array().unwrap().last().unwrap()["record"]["NewValue"];
+            match value {
+                Value::Number(_) => "number",
+                Value::String(text)
+                    if chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d").is_ok() =>
+                {
+                    "date"
+                }
+                Value::String(_) => "text",
+                _ => "other",
+            }
+        })
+        .collect();
+    assert!(
+        ["number", "date", "text"].iter().all(|k| kinds.contains(k)),
+        "the org's field history has numbers, dates and text: {kinds:?}"
+    );
+    assert_field_history_matches_truth(&test.store, &emu).await;
+    control(&emu, "/__emulator/clock/advance", json!({"by": "1h"})).await;
+    let second = run_once(&test.store, &connection, &options).await;
+    assert_eq!(
+        second.status,
+        SyncRunStatus::Succeeded,
+        "{:?}",
+        second.message
+    );
+    assert_field_history_matches_truth(&test.store, &emu).await;
+    emu.stop().await.unwrap();
+}
+
+/// Row 20 of the failure table: parallel long queries meet 403 `ConcurrentPerOrgLongTxn`;
+/// unlike the daily limit it passes, so the sync retries and loses nothing.
+async fn concurrent_long_request_refusals_are_retried(test: TestStore) {
+    let emu = start_emulator().await;
+    let dir = ConfigDir::new();
+    let connection = ConnectionSettings {
+        page_size: 200,
+        ..connection_with_field_history(&emu, &dir)
+    };
+    set_faults(
+        &emu,
+        json!([{"kind": "concurrent_limit", "target": "salesforce", "path_contains": "/query", "every": 3}]),
+    )
+    .await;
+    let run = run_once(&test.store, &connection, &quick_options()).await;
+    assert_eq!(run.status, SyncRunStatus::Succeeded, "{:?}", run.message);
+    assert!(run.errors > 0, "refusals were met and retried");
+    set_faults(&emu, json!([])).await;
+    let id = connection_id(&test.store).await;
+    assert_store_matches_truth(&test.store, id, &emu).await;
+    assert_field_history_matches_truth(&test.store, &emu).await;
+    emu.stop().await.unwrap();
+}
+
+/// Row 14 of the failure table: a query locator left idle for fifteen minutes is gone
+/// (`INVALID_QUERY_LOCATOR`); the sync restarts the query at its last stored page and
+/// loses nothing. (An eleventh open cursor releasing the oldest ends a locator the same way.)
+async fn an_idle_expired_locator_restarts_the_query(test: TestStore) {
+    let emu = start_emulator().await;
+    let dir = ConfigDir::new();
+    let connection = ConnectionSettings {
+        page_size: 200,
+        ..salesforce_connection(&emu, &dir)
+    };
+    // The sync's second page is held back while sixteen simulated minutes pass.
+    set_faults(
+        &emu,
+        json!([{"kind": "slow", "target": "salesforce", "path_contains": "/query/", "next": 1, "delay_ms": 400}]),
+    )
+    .await;
+    let options = quick_options();
+    let advance_while_held = async {
+        for _ in 0..500 {
+            if first_rule_matched(&emu).await > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        control(&emu, "/__emulator/clock/advance", json!({"by": "16m"})).await;
+    };
+    let (run, ()) = tokio::join!(
+        run_once(&test.store, &connection, &options),
+        advance_while_held
+    );
+    assert_eq!(run.status, SyncRunStatus::Succeeded, "{:?}", run.message);
+    assert!(first_rule_matched(&emu).await > 0, "a page was held back");
+    let id = connection_id(&test.store).await;
+    control(&emu, "/__emulator/clock/advance", json!({"by": "1h"})).await;
+    let next = run_once(&test.store, &connection, &quick_options()).await;
+    assert_eq!(next.status, SyncRunStatus::Succeeded, "{:?}", next.message);
+    assert_store_matches_truth(&test.store, id, &emu).await;
+    emu.stop().await.unwrap();
+}
+
+/// Requests the first fault rule has matched so far.
+async fn first_rule_matched(emu: &RunningEmulator) -> u64 {
+    let body: Value = reqwest::get(emu.base_url().join("__emulator/faults").unwrap())
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    body["faults"][0]["matched"].as_u64().unwrap_or(0)
+}
+
+/// Row 12 of the failure table: hundreds of leads share one `SystemModstamp` across page
+/// boundaries (a mass update); paging with `>=` by (stamp, Id) stores every one of them once.
+async fn rows_sharing_one_stamp_across_pages_are_all_stored(test: TestStore) {
+    let emu = start_emulator().await;
+    let dir = ConfigDir::new();
+    let connection = ConnectionSettings {
+        page_size: 200,
+        ..salesforce_connection(&emu, &dir)
+    };
+    let options = quick_options();
+    run_once(&test.store, &connection, &options).await;
+    let id = connection_id(&test.store).await;
+    let leads: Vec<String> = truth(&emu, "Lead")
+        .await
+        .iter()
+        .map(|r| r["versions"].as_array().unwrap().last().unwrap())
+        .filter(|v| v["deleted"] == json!(false) && v["record"]["IsConverted"] == json!(false))
+        .map(|v| v["record"]["Id"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        leads.len() > 200,
+        "more than a page of leads: {}",
+        leads.len()
+    );
+    control(&emu, "/__emulator/clock/advance", json!({"by": "1h"})).await;
+    let changes: Vec<Value> = leads
+        .iter()
+        .map(|lead| json!({"object": "Lead", "id": lead, "set": {"Title": "Re-rated by a mass update"}, "by": {"kind": "workflow"}}))
+        .collect();
+    control(
+        &emu,
+        "/__emulator/salesforce/changes",
+        json!({"changes": changes}),
+    )
+    .await;
+    control(&emu, "/__emulator/clock/advance", json!({"by": "1m"})).await;
+    let run = run_once(&test.store, &connection, &options).await;
+    assert_eq!(run.status, SyncRunStatus::Succeeded, "{:?}", run.message);
+    assert_eq!(
+        run.versions_written,
+        leads.len() as i64,
+        "one new version per updated lead"
+    );
+    for lead in &leads {
+        let stored = test
+            .store
+            .record(id, ObjectKind::Lead, lead)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            stored.state.fields.get("Title"),
+            Some(&json!("Re-rated by a mass update")),
+            "Lead {lead}"
+        );
+    }
+    assert_store_matches_truth(&test.store, id, &emu).await;
+    emu.stop().await.unwrap();
+}
+
 on_both_backends!(
     a_formula_that_changed_without_the_stamp_is_found_by_the_formula_refresh,
     a_rotated_refresh_token_carries_over_to_later_runs,
     backfill_then_changes_then_months_match_the_truth,
     faults_and_lost_locators_lose_nothing,
     hard_deleted_campaign_members_are_found_by_the_nightly_id_sweep,
+    timed_out_history_queries_are_narrowed_until_they_answer,
+    history_that_times_out_at_the_narrowest_window_fails_the_run,
+    runs_stop_at_the_api_budget_and_the_next_ones_resume,
+    field_history_values_round_trip_with_their_types,
+    concurrent_long_request_refusals_are_retried,
+    an_idle_expired_locator_restarts_the_query,
+    rows_sharing_one_stamp_across_pages_are_all_stored,
 );

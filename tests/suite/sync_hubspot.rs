@@ -368,6 +368,9 @@ async fn stored_amount(store: &Store, id: i64, deal: &str) -> Option<i64> {
         .amount_cents
 }
 
+/// Rows 7 and 8 of the failure table: every record is read with its stage history in batches
+/// of at most 50 (the portal answers 400 above), and stage moves come from that history, since
+/// the sunset `hs_date_entered_*` properties are empty; the store matches the truth.
 async fn backfill_then_writes_and_months_match_the_truth(test: TestStore) {
     let emu = start_emulator().await;
     let dir = ConfigDir::new();
@@ -443,6 +446,9 @@ async fn backfill_then_writes_and_months_match_the_truth(test: TestStore) {
     emu.stop().await.unwrap();
 }
 
+/// Rows 4 and 10 of the failure table: an archived deal (no modified-date bump, never in
+/// search) is found by the `archived=true` sweep, and a portal answering 414 above 300
+/// characters of URL serves the whole run, as property lists travel in POST bodies.
 async fn an_archived_deal_is_stored_as_deleted(test: TestStore) {
     // Property lists travel in POST bodies only, so even a portal refusing URLs over 300
     // characters (HubSpot: 414 at about 8–16 k) serves every call of a run.
@@ -495,6 +501,8 @@ async fn an_archived_deal_is_stored_as_deleted(test: TestStore) {
     emu.stop().await.unwrap();
 }
 
+/// Row 6 of the failure table: a change the search index has not taken in yet is lost
+/// without a lookback and found with one.
 async fn a_change_the_index_had_not_taken_in_is_found_by_the_lookback(test: TestStore) {
     let emu = start_emulator().await;
     let dir = ConfigDir::new();
@@ -548,6 +556,8 @@ async fn a_change_the_index_had_not_taken_in_is_found_by_the_lookback(test: Test
     emu.stop().await.unwrap();
 }
 
+/// Row 1 of the failure table, in part: changes sharing one millisecond are paged by id
+/// within it, so search never needs an `after` offset.
 async fn many_changes_in_one_millisecond_page_by_id(test: TestStore) {
     let emu = start_emulator().await;
     let dir = ConfigDir::new();
@@ -624,6 +634,8 @@ async fn an_interrupted_backfill_resumes_at_its_last_page(test: TestStore) {
     emu.stop().await.unwrap();
 }
 
+/// Rows 2 and 9 of the failure table: 429s, a token endpoint throttled once, access tokens
+/// expiring every few batch reads, and other faults mid-run; nothing is lost.
 async fn faults_and_expired_tokens_lose_nothing(test: TestStore) {
     let emu = start_emulator().await;
     let dir = ConfigDir::new();
@@ -635,6 +647,7 @@ async fn faults_and_expired_tokens_lose_nothing(test: TestStore) {
     set_faults(
         &emu,
         json!([
+            {"kind": "rate_limited", "target": "hubspot", "path_contains": "/oauth/", "next": 1},
             {"kind": "unavailable", "target": "hubspot", "probability": 0.1},
             {"kind": "truncated_json", "target": "hubspot", "path_contains": "/crm/", "probability": 0.05},
             {"kind": "rate_limited", "target": "hubspot", "path_contains": "/crm/", "next": 1},
@@ -644,6 +657,11 @@ async fn faults_and_expired_tokens_lose_nothing(test: TestStore) {
     .await;
     let first = run(&test.store, &connection, &options).await;
     assert!(first.errors > 0, "faults were met and retried");
+    assert_eq!(
+        rule_counter(&emu, "fired").await,
+        1,
+        "the token endpoint answered 429 once"
+    );
     control(&emu, "/__emulator/clock/advance", json!({"by": "20d"})).await;
     control(&emu, "/__emulator/hubspot/expire-tokens", json!({})).await;
     run(&test.store, &connection, &options).await;
@@ -691,7 +709,160 @@ async fn a_rotated_refresh_token_carries_over_to_later_runs(test: TestStore) {
     emu.stop().await.unwrap();
 }
 
+/// Row 2 of the failure table: a portal whose ten-second burst limit is far below the rate the
+/// connection is configured for. The sync slows to the limit the rate headers announce
+/// rather than storming into `TEN_SECONDLY_ROLLING` 429s, waits out the interval when one
+/// comes, resumes the same page, and loses nothing.
+async fn a_burst_limit_below_the_configured_rate_is_kept_without_a_storm(test: TestStore) {
+    let emu = start_emulator_with(HubspotOptions {
+        burst_per_ten_seconds: BURST,
+        ..roomy()
+    })
+    .await;
+    let dir = ConfigDir::new();
+    let connection = ConnectionSettings {
+        page_size: 50,
+        ..hubspot_connection(&emu, &dir, "2026-03", Auth::PrivateApp)
+    };
+    let first = run(&test.store, &connection, &quick_options()).await;
+    assert!(
+        first.api_calls > BURST as i64,
+        "the run needs more calls than one burst allows: {}",
+        first.api_calls
+    );
+    assert!(
+        first.errors <= 2,
+        "a 429 or two at most, never a storm: {} errors",
+        first.errors
+    );
+    // The checks below call the same portal; let its window drain first.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let id = connection_id(&test.store).await;
+    assert_store_matches_truth(&test.store, id, &emu).await;
+    emu.stop().await.unwrap();
+}
+
+/// Calls per ten seconds the portal of the burst test allows.
+const BURST: u64 = 30;
+
+/// Rows 1 and 3 of the failure table: forty deals change in one millisecond and the
+/// incremental run finds them by search, five to a page. Search pages by key (modification
+/// time, then id), never by an `after` offset that stops at 10,000, and its calls are spaced
+/// so that search's own five-per-second limit, which answers 429 without rate headers, never
+/// refuses one: the run meets no error and stores every change.
+async fn searches_keep_under_their_own_limit_and_page_by_key(test: TestStore) {
+    let emu = start_emulator().await;
+    let dir = ConfigDir::new();
+    let connection = hubspot_connection(&emu, &dir, "2026-03", Auth::PrivateApp);
+    run(&test.store, &connection, &quick_options()).await;
+    let id = connection_id(&test.store).await;
+    control(&emu, "/__emulator/clock/advance", json!({"by": "1h"})).await;
+    let deals: Vec<String> = all_records(&emu, "deals", "")
+        .await
+        .iter()
+        .filter(|d| d["archived"] == json!(false))
+        .map(|d| d["id"].as_str().unwrap().to_string())
+        .take(40)
+        .collect();
+    assert_eq!(deals.len(), 40, "the portal has 40 live deals");
+    let inputs: Vec<Value> = deals
+        .iter()
+        .map(|deal| json!({ "id": deal, "properties": { "amount": "888" } }))
+        .collect();
+    api(
+        &emu,
+        Method::POST,
+        "/crm/v3/objects/deals/batch/update",
+        Some(json!({ "inputs": inputs })),
+    )
+    .await;
+    control(&emu, "/__emulator/clock/advance", json!({"by": "1m"})).await;
+    let small_pages = ConnectionSettings {
+        page_size: 5,
+        ..connection.clone()
+    };
+    let incremental = run(&test.store, &small_pages, &quick_options()).await;
+    assert_eq!(incremental.errors, 0, "no search was refused");
+    for deal in &deals {
+        assert_eq!(
+            stored_amount(&test.store, id, deal).await,
+            Some(88_800),
+            "deal {deal}"
+        );
+    }
+    assert_store_matches_truth(&test.store, id, &emu).await;
+    emu.stop().await.unwrap();
+}
+
+/// Row 5 of the failure table: a deal already read is modified while the backfill still
+/// pages. The run's bookmark is where it started, not the newest change it saw, so the next
+/// run (with no lookback to hide behind) finds the change.
+async fn a_deal_modified_while_the_run_pages_is_found_by_the_next_run(test: TestStore) {
+    let emu = start_emulator().await;
+    let dir = ConfigDir::new();
+    let connection = ConnectionSettings {
+        page_size: 50,
+        lookback: Duration::ZERO,
+        ..hubspot_connection(&emu, &dir, "2026-03", Auth::PrivateApp)
+    };
+    let options = quick_options();
+    let first_deal = all_records(&emu, "deals", "")
+        .await
+        .iter()
+        .filter(|d| d["archived"] == json!(false))
+        .map(|d| d["id"].as_str().unwrap().to_string())
+        .min_by_key(|id| id.parse::<u64>().unwrap())
+        .unwrap();
+    // The second batch read of deals is held back while the first deal, already read,
+    // changes a minute later.
+    set_faults(
+        &emu,
+        json!([{"kind": "slow", "target": "hubspot", "path_contains": "/deals/batch/read", "every": 2, "delay_ms": 300}]),
+    )
+    .await;
+    let change_while_held = async {
+        for _ in 0..500 {
+            if rule_counter(&emu, "fired").await > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        control(&emu, "/__emulator/clock/advance", json!({"by": "1m"})).await;
+        set_amount(&emu, &first_deal, "5555").await;
+    };
+    let (first, ()) = tokio::join!(run(&test.store, &connection, &options), change_while_held);
+    assert!(
+        first.records_seen > 50,
+        "the deals took more than one batch"
+    );
+    set_faults(&emu, json!([])).await;
+    let id = connection_id(&test.store).await;
+    assert_ne!(
+        stored_amount(&test.store, id, &first_deal).await,
+        Some(555_500),
+        "the deal was read before it changed"
+    );
+    control(&emu, "/__emulator/clock/advance", json!({"by": "1h"})).await;
+    run(&test.store, &connection, &options).await;
+    assert_eq!(
+        stored_amount(&test.store, id, &first_deal).await,
+        Some(555_500)
+    );
+    assert_store_matches_truth(&test.store, id, &emu).await;
+    emu.stop().await.unwrap();
+}
+
+/// A counter (`matched` or `fired`) of the first fault rule in force.
+async fn rule_counter(emu: &RunningEmulator, counter: &str) -> u64 {
+    let url = emu.base_url().join("__emulator/faults").unwrap();
+    let body: Value = reqwest::get(url).await.unwrap().json().await.unwrap();
+    body["faults"][0][counter].as_u64().unwrap_or(0)
+}
+
 on_both_backends!(
+    a_deal_modified_while_the_run_pages_is_found_by_the_next_run,
+    a_burst_limit_below_the_configured_rate_is_kept_without_a_storm,
+    searches_keep_under_their_own_limit_and_page_by_key,
     a_rotated_refresh_token_carries_over_to_later_runs,
     backfill_then_writes_and_months_match_the_truth,
     an_archived_deal_is_stored_as_deleted,
