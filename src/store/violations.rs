@@ -578,11 +578,12 @@ impl Store {
         }
     }
 
-    /// [`Store::moves_at_version`] page after page (with the `fields` named), read by a task of its own a few pages
-    /// ahead of the caller, so that the next page is read while the caller judges and stores
-    /// the current one (evaluation has two cores to use: the database's and its own). The
-    /// task holds a connection only while it reads a page, never while it waits to hand one
-    /// over, so a single-connection pool does not deadlock against the caller's transaction.
+    /// [`Store::moves_at_version`] page after page (with the `fields` named), read by a task
+    /// of its own a few pages ahead of the caller, so that the next page is read while the
+    /// caller judges and stores the current one (evaluation has two cores to use: the
+    /// database's and its own). The task holds a connection only while it reads a page, never
+    /// while it waits to hand one over, so a single-connection pool does not deadlock against
+    /// the caller's transaction.
     pub fn moves_at_version_pages(
         &self,
         connection_id: i64,
