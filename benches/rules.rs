@@ -92,17 +92,15 @@ required = ["Budget__c", "Need__c", "NextStep"]
 
     // Reading alone: every move with the version at the move, as evaluation reads them.
     let reading = Instant::now();
-    let (mut last, mut read) = (0, 0u64);
-    loop {
-        let moves = store
-            .moves_at_version(connection_id, last, None, 5_000)
-            .await
-            .map_err(|e| e.to_string())?;
-        let Some(newest) = moves.last().map(|m| m.transition_id) else {
-            break;
-        };
-        read += moves.len() as u64;
-        last = newest;
+    let mut read = 0u64;
+    let definitions = store
+        .stage_definitions(connection_id, pipewarden::record::ObjectKind::Deal)
+        .await
+        .map_err(|e| e.to_string())?;
+    let fields = rules::CompiledRule::new(&settings.rules[0], &definitions).fields();
+    let mut pages = store.moves_at_version_pages(connection_id, 0, None, 5_000, fields);
+    while let Some(page) = pages.next().await {
+        read += page.map_err(|e| e.to_string())?.len() as u64;
     }
     print_rate("reading moves with their versions", read, reading.elapsed());
 

@@ -135,11 +135,18 @@ impl<'a> RuleRun<'a> {
         // Read before the moves: versions stored meanwhile are looked at again next time.
         let version_mark = self.store.last_version_id(self.connection_id).await?;
         let mut last = after_transition;
+        let mut pages = self.store.moves_at_version_pages(
+            self.connection_id,
+            after_transition,
+            None,
+            BATCH,
+            self.rule.fields(),
+        );
         loop {
-            let moves = self
-                .store
-                .moves_at_version(self.connection_id, last, None, BATCH)
-                .await?;
+            let Some(page) = pages.next().await else {
+                break;
+            };
+            let moves = page?;
             let Some(newest) = moves.last().map(|m| m.transition_id) else {
                 break;
             };

@@ -125,6 +125,18 @@ impl CompiledRule {
         }
     }
 
+    /// Every field the judgement of a move reads: what the gates, closed-lost and backward
+    /// moves require. Moves are read with only these of their version's fields.
+    pub fn fields(&self) -> HashSet<String> {
+        self.gates
+            .values()
+            .flatten()
+            .chain(&self.settings.closed_lost_requires)
+            .chain(&self.settings.backward_requires)
+            .cloned()
+            .collect()
+    }
+
     /// Whether the stage metadata of the rule's pipeline is known.
     pub fn has_stages(&self) -> bool {
         !self.steps.is_empty()

@@ -42,18 +42,15 @@ impl OwnerIndex {
         OwnerIndex(owners.into_iter().map(|o| (o.crm_id.clone(), o)).collect())
     }
 
-    /// The teams an owner belongs to, as the CRM's owner metadata lists them.
-    pub(crate) fn teams(&self, owner: Option<&str>) -> Vec<&str> {
+    /// The teams an owner belongs to, as the CRM's owner metadata lists them; lazy, because
+    /// only rules that exempt teams look at them, and that once per move.
+    pub(crate) fn teams<'s>(&'s self, owner: Option<&str>) -> impl Iterator<Item = &'s str> {
         owner
             .and_then(|id| self.0.get(id))
             .and_then(|o| o.teams.as_array())
-            .map(|teams| {
-                teams
-                    .iter()
-                    .filter_map(|team| team.as_str().or_else(|| team["name"].as_str()))
-                    .collect()
-            })
-            .unwrap_or_default()
+            .into_iter()
+            .flatten()
+            .filter_map(|team| team.as_str().or_else(|| team["name"].as_str()))
     }
 
     /// An owner's display name, else the id.

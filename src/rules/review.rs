@@ -197,14 +197,10 @@ pub async fn backtest(
             .await?;
         let compiled = CompiledRule::new(rule, &definitions);
         let owners = OwnerIndex::new(store.owners(connection_id).await?);
-        let mut last = 0;
-        loop {
-            let moves = store
-                .moves_at_version(connection_id, last, Some(since), 5_000)
-                .await?;
-            let Some(newest) = moves.last().map(|m| m.transition_id) else {
-                break;
-            };
+        let mut pages =
+            store.moves_at_version_pages(connection_id, 0, Some(since), 5_000, compiled.fields());
+        while let Some(page) = pages.next().await {
+            let moves = page?;
             for m in &moves {
                 let Some(finding) = judge_move(&compiled, &owners, m, &mut report.counts) else {
                     continue;
@@ -226,7 +222,6 @@ pub async fn backtest(
                     report.examples.push(example_line(m, &finding));
                 }
             }
-            last = newest;
         }
         reports.push(report);
     }

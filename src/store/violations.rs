@@ -6,13 +6,19 @@
 //! violation or status change that decides them, so a crash loses or duplicates none.
 
 use std::collections::{HashMap, HashSet};
+use std::fmt;
 
-use serde::Serialize;
+use serde::de::{
+    self, DeserializeOwned, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess,
+    Visitor,
+};
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sqlx::types::Json;
 use sqlx::QueryBuilder;
+use tokio::sync::mpsc;
 
-use super::{dispatch, QueryContext, Store, StoreError, StoreTx, ROWS_PER_STATEMENT};
+use super::{dispatch, Backend, QueryContext, Store, StoreError, StoreTx, ROWS_PER_STATEMENT};
 use crate::record::Millis;
 
 /// A deal's stage move with the record's version at the move, as rules read it.
@@ -46,7 +52,7 @@ pub struct MoveAtVersion {
     pub amount_cents: Option<i64>,
     /// Owner at the move.
     pub owner_id: Option<String>,
-    /// Field values at the move.
+    /// Values at the move of the fields asked for (those the version has).
     pub fields: Option<Json<Map<String, Value>>>,
 }
 
@@ -169,7 +175,7 @@ pub struct ViolationFilter {
 }
 
 /// An open violation, as the resolution pass reads it.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone, sqlx::FromRow, Deserialize)]
 pub struct OpenViolation {
     /// Violation id.
     pub id: i64,
@@ -186,7 +192,7 @@ pub struct OpenViolation {
 }
 
 /// A version of a violation's record that came after its move.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone, sqlx::FromRow, Deserialize)]
 pub struct LaterVersion {
     /// The violation.
     pub violation_id: i64,
@@ -199,7 +205,7 @@ pub struct LaterVersion {
 }
 
 /// A move of a violation's record that came after its move.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone, sqlx::FromRow, Deserialize)]
 pub struct LaterMove {
     /// The violation.
     pub violation_id: i64,
@@ -227,6 +233,31 @@ macro_rules! open_touched {
         "WHERE v.rule_name = $1 AND v.connection_id = $2 AND v.status = 'open' AND v.record_id IN ( \
          SELECT record_id FROM record_versions WHERE connection_id = $2 AND id > $4 \
          UNION SELECT record_id FROM stage_transitions WHERE connection_id = $2 AND id > $3)"
+    };
+}
+
+/// [`open_touched!`] for SQLite: there the `IN (… UNION …)` form reads every version and move
+/// of the connection through an index that lacks `record_id` (seconds per query after a
+/// backfill), while these probes look up each open violation's record in the unique indexes
+/// of versions and moves, which hold the row id.
+macro_rules! open_touched_sqlite {
+    () => {
+        "WHERE v.rule_name = $1 AND v.connection_id = $2 AND v.status = 'open' AND ( \
+         EXISTS (SELECT 1 FROM record_versions n WHERE n.record_id = v.record_id AND n.id > $4) \
+         OR EXISTS (SELECT 1 FROM stage_transitions n WHERE n.record_id = v.record_id AND n.id > $3))"
+    };
+}
+
+/// The moves page of [`Store::moves_at_version`] after its columns; `$1` connection, `$2`
+/// last transition id, `$3` earliest move, `$4` page size. (The `+` keeps SQLite from reading
+/// the time index and sorting: the id range is the cheap path.)
+macro_rules! moves_at_version_from {
+    () => {
+        "FROM stage_transitions t JOIN records r ON r.id = t.record_id \
+         LEFT JOIN record_versions v ON v.id = (SELECT w.id FROM record_versions w WHERE w.record_id = t.record_id \
+           AND w.valid_from_ms <= t.changed_at_ms ORDER BY w.valid_from_ms DESC LIMIT 1) \
+         WHERE +t.connection_id = $1 AND t.object_kind = 'deal' AND t.id > $2 AND t.changed_at_ms >= $3 \
+         ORDER BY t.id LIMIT $4"
     };
 }
 
@@ -483,36 +514,114 @@ impl Store {
     }
 
     /// Deal moves of a connection after transition `after_id` (and, when given, at or after
-    /// `since`), oldest id first, each with the record's version valid at the move. (The `+`
-    /// keeps SQLite from reading the time index and sorting: the id range is the cheap path.)
+    /// `since`), oldest id first, each with the record's version valid at the move and, of
+    /// its fields, those named in `fields` (a deal may carry hundreds; a rule reads a few).
+    ///
+    /// SQLite folds the page into one JSON text: sqlx-sqlite hands every row over from its
+    /// worker thread as a message of its own, which bounded reading to some 45,000 moves/s,
+    /// while one text per page costs a single hand-over and a `serde_json` parse. The stored
+    /// field values are spliced in as they are stored (valid JSON, written by this store), so
+    /// SQLite does not parse them. PostgreSQL streams rows over its socket and reads per row.
     pub async fn moves_at_version(
         &self,
         connection_id: i64,
         after_id: i64,
         since: Option<Millis>,
         limit: i64,
+        fields: &HashSet<String>,
     ) -> Result<Vec<MoveAtVersion>, StoreError> {
-        dispatch!(self.pool(), pool => sqlx::query_as(
-            "SELECT t.id AS transition_id, t.record_id, r.crm_id, t.pipeline, t.from_stage, t.to_stage, t.changed_at_ms, \
-             t.changed_by, t.actor_kind, v.id AS version_id, v.valid_to_ms, v.name, v.amount_cents, v.owner_id, v.fields \
-             FROM stage_transitions t JOIN records r ON r.id = t.record_id \
-             LEFT JOIN record_versions v ON v.id = (SELECT w.id FROM record_versions w WHERE w.record_id = t.record_id \
-               AND w.valid_from_ms <= t.changed_at_ms ORDER BY w.valid_from_ms DESC LIMIT 1) \
-             WHERE +t.connection_id = $1 AND t.object_kind = 'deal' AND t.id > $2 AND t.changed_at_ms >= $3 \
-             ORDER BY t.id LIMIT $4",
-        )
-        .bind(connection_id)
-        .bind(after_id)
-        .bind(since.unwrap_or(i64::MIN))
-        .bind(limit)
-        .fetch_all(pool)
-        .await)
-        .during("read moves with their versions")
+        const OPERATION: &str = "read moves with their versions";
+        let since = since.unwrap_or(i64::MIN);
+        match self.pool() {
+            Backend::Sqlite(pool) => {
+                let page: Option<String> = sqlx::query_scalar(MOVES_AT_VERSION_SQLITE)
+                    .bind(connection_id)
+                    .bind(after_id)
+                    .bind(since)
+                    .bind(limit)
+                    .fetch_one(pool)
+                    .await
+                    .during(OPERATION)?;
+                let Some(page) = page else {
+                    return Ok(Vec::new());
+                };
+                let mut json = serde_json::Deserializer::from_str(&page);
+                let mut moves = PageSeed(fields)
+                    .deserialize(&mut json)
+                    .and_then(|moves| json.end().map(|()| moves))
+                    .map_err(|err| sqlx::Error::Decode(Box::new(err)))
+                    .during(OPERATION)?;
+                // group_concat keeps the page's order in practice, not by contract; sorting
+                // sorted rows is one pass.
+                moves.sort_unstable_by_key(|m| m.transition_id);
+                Ok(moves)
+            }
+            Backend::Postgres(pool) => {
+                let mut moves: Vec<MoveAtVersion> = sqlx::query_as(concat!(
+                    "SELECT t.id AS transition_id, t.record_id, r.crm_id, t.pipeline, t.from_stage, t.to_stage, \
+                     t.changed_at_ms, t.changed_by, t.actor_kind, v.id AS version_id, v.valid_to_ms, v.name, \
+                     v.amount_cents, v.owner_id, v.fields ",
+                    moves_at_version_from!()
+                ))
+                .bind(connection_id)
+                .bind(after_id)
+                .bind(since)
+                .bind(limit)
+                .fetch_all(pool)
+                .await
+                .during(OPERATION)?;
+                for Json(values) in moves.iter_mut().filter_map(|m| m.fields.as_mut()) {
+                    values.retain(|name, _| fields.contains(name));
+                }
+                Ok(moves)
+            }
+        }
+    }
+
+    /// [`Store::moves_at_version`] page after page (with the `fields` named), read by a task
+    /// of its own a few pages ahead of the caller, so that the next page is read while the
+    /// caller judges and stores the current one (evaluation has two cores to use: the
+    /// database's and its own). The task holds a connection only while it reads a page, never
+    /// while it waits to hand one over, so a single-connection pool does not deadlock against
+    /// the caller's transaction.
+    pub fn moves_at_version_pages(
+        &self,
+        connection_id: i64,
+        after_id: i64,
+        since: Option<Millis>,
+        page: i64,
+        fields: HashSet<String>,
+    ) -> MovePages {
+        let (sender, pages) = mpsc::channel(PAGES_AHEAD);
+        let store = self.clone();
+        tokio::spawn(async move {
+            let mut last = after_id;
+            loop {
+                let read = store
+                    .moves_at_version(connection_id, last, since, page, &fields)
+                    .await;
+                let next = match &read {
+                    Ok(moves) if moves.is_empty() => return,
+                    Ok(moves) => moves.last().map(|m| m.transition_id),
+                    Err(_) => None,
+                };
+                let full = read.as_ref().is_ok_and(|moves| moves.len() as i64 >= page);
+                // A closed channel means the caller stopped reading.
+                if sender.send(read).await.is_err() || !full {
+                    return;
+                }
+                let Some(next) = next else { return };
+                last = next;
+            }
+        });
+        MovePages { pages }
     }
 
     /// A rule's open violations on records that got a new version or move after the marks,
     /// with every later version and move of their records: what the resolution pass needs,
-    /// in three queries whatever the number of violations.
+    /// in three queries whatever the number of violations. Later versions are read only for
+    /// violations that miss fields: a skip with nothing missing cannot be mended by them.
+    /// SQLite folds each answer into one JSON text, as [`Store::moves_at_version`] does.
     pub async fn open_violations_touched(
         &self,
         rule_name: &str,
@@ -520,52 +629,63 @@ impl Store {
         after_transition_id: i64,
         after_version_id: i64,
     ) -> Result<OpenViolations, StoreError> {
-        let violations: Vec<OpenViolation> = dispatch!(self.pool(), pool => sqlx::query_as(concat!(
-            "SELECT v.id, v.record_id, v.kind, v.to_stage, v.changed_at_ms, v.missing_fields FROM violations v ",
-            open_touched!(),
-            " ORDER BY v.id"
-        ))
-        .bind(rule_name)
-        .bind(connection_id)
-        .bind(after_transition_id)
-        .bind(after_version_id)
-        .fetch_all(pool)
-        .await)
-        .during("read open violations")?;
+        let marks = (
+            rule_name,
+            connection_id,
+            after_transition_id,
+            after_version_id,
+        );
+        let violations: Vec<OpenViolation> = self
+            .open_touched_rows(marks, "read open violations", OPEN_VIOLATIONS)
+            .await?;
         if violations.is_empty() {
             return Ok(OpenViolations::default());
         }
-        let versions: Vec<LaterVersion> = dispatch!(self.pool(), pool => sqlx::query_as(concat!(
-            "SELECT v.id AS violation_id, w.valid_from_ms, w.deleted, w.fields FROM violations v \
-             JOIN record_versions w ON w.record_id = v.record_id AND w.valid_from_ms > v.changed_at_ms ",
-            open_touched!(),
-            " ORDER BY v.id, w.valid_from_ms"
-        ))
-        .bind(rule_name)
-        .bind(connection_id)
-        .bind(after_transition_id)
-        .bind(after_version_id)
-        .fetch_all(pool)
-        .await)
-        .during("read versions after open violations")?;
-        let moves: Vec<LaterMove> = dispatch!(self.pool(), pool => sqlx::query_as(concat!(
-            "SELECT v.id AS violation_id, t.changed_at_ms, t.to_stage FROM violations v \
-             JOIN stage_transitions t ON t.record_id = v.record_id AND t.changed_at_ms > v.changed_at_ms ",
-            open_touched!(),
-            " ORDER BY v.id, t.changed_at_ms, t.id"
-        ))
-        .bind(rule_name)
-        .bind(connection_id)
-        .bind(after_transition_id)
-        .bind(after_version_id)
-        .fetch_all(pool)
-        .await)
-        .during("read moves after open violations")?;
+        let versions: Vec<LaterVersion> = self
+            .open_touched_rows(marks, "read versions after open violations", LATER_VERSIONS)
+            .await?;
+        let moves: Vec<LaterMove> = self
+            .open_touched_rows(marks, "read moves after open violations", LATER_MOVES)
+            .await?;
         Ok(OpenViolations {
             violations,
             versions,
             moves,
         })
+    }
+
+    /// One of the resolution pass's queries, bound to the rule's marks: the SQLite form
+    /// answers one JSON text, the PostgreSQL form rows.
+    async fn open_touched_rows<T>(
+        &self,
+        (rule_name, connection_id, after_transition_id, after_version_id): (&str, i64, i64, i64),
+        operation: &'static str,
+        (sqlite, postgres): (&'static str, &'static str),
+    ) -> Result<Vec<T>, StoreError>
+    where
+        T: DeserializeOwned + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
+    {
+        match self.pool() {
+            Backend::Sqlite(pool) => {
+                let rows: Option<String> = sqlx::query_scalar(sqlite)
+                    .bind(rule_name)
+                    .bind(connection_id)
+                    .bind(after_transition_id)
+                    .bind(after_version_id)
+                    .fetch_one(pool)
+                    .await
+                    .during(operation)?;
+                rows_from_json(rows, operation)
+            }
+            Backend::Postgres(pool) => sqlx::query_as(postgres)
+                .bind(rule_name)
+                .bind(connection_id)
+                .bind(after_transition_id)
+                .bind(after_version_id)
+                .fetch_all(pool)
+                .await
+                .during(operation),
+        }
     }
 
     /// Field names the stored deals of a connection carry (a sample of the newest), which
@@ -633,6 +753,273 @@ const VIOLATION_LIST: &str = concat!(
      AND ($4 IS NULL OR v.status = $4) AND v.changed_at_ms >= $5 AND v.changed_at_ms < $6 \
      ORDER BY v.changed_at_ms DESC, v.id DESC LIMIT $7"
 );
+
+/// Pages of moves [`Store::moves_at_version_pages`] reads ahead of its caller.
+const PAGES_AHEAD: usize = 2;
+
+/// Pages of deal moves with their versions, oldest first, read ahead by a task.
+#[derive(Debug)]
+pub struct MovePages {
+    pages: mpsc::Receiver<Result<Vec<MoveAtVersion>, StoreError>>,
+}
+
+impl MovePages {
+    /// The next page; `None` after the last one or after an error was handed over.
+    pub async fn next(&mut self) -> Option<Result<Vec<MoveAtVersion>, StoreError>> {
+        self.pages.recv().await
+    }
+}
+
+/// Rows a SQLite query folded into one JSON array (`None`: it matched none).
+fn rows_from_json<T: DeserializeOwned>(
+    text: Option<String>,
+    operation: &'static str,
+) -> Result<Vec<T>, StoreError> {
+    let Some(text) = text else {
+        return Ok(Vec::new());
+    };
+    serde_json::from_str(&text)
+        .map_err(|err| sqlx::Error::Decode(Box::new(err)))
+        .during(operation)
+}
+
+/// A page of moves as one JSON array of moves, each an array of the stored fields followed by
+/// the other columns of [`MoveAtVersion`] in its order (`substr(…, 2)` drops the opening
+/// bracket of their array); [`PageSeed`] reads it.
+const MOVES_AT_VERSION_SQLITE: &str = concat!(
+    "SELECT '[' || group_concat(move, ',') || ']' FROM (SELECT '[' || coalesce(v.fields, 'null') || ',' || \
+     substr(json_array(t.id, t.record_id, r.crm_id, t.pipeline, t.from_stage, t.to_stage, t.changed_at_ms, \
+     t.changed_by, t.actor_kind, v.id, v.valid_to_ms, v.name, v.amount_cents, v.owner_id), 2) AS move ",
+    moves_at_version_from!(),
+    ")"
+);
+
+/// The resolution pass's open violations, oldest first: (SQLite, PostgreSQL).
+const OPEN_VIOLATIONS: (&str, &str) = (
+    concat!(
+        "SELECT json_group_array(json_array(v.id, v.record_id, v.kind, v.to_stage, v.changed_at_ms, \
+         json(v.missing_fields)) ORDER BY v.id) FROM violations v ",
+        open_touched_sqlite!()
+    ),
+    concat!(
+        "SELECT v.id, v.record_id, v.kind, v.to_stage, v.changed_at_ms, v.missing_fields FROM violations v ",
+        open_touched!(),
+        " ORDER BY v.id"
+    ),
+);
+
+/// Later versions of the records of open violations that miss fields, by violation then
+/// time: (SQLite, PostgreSQL).
+const LATER_VERSIONS: (&str, &str) = (
+    concat!(
+        "SELECT json_group_array(json_array(v.id, w.valid_from_ms, json(iif(w.deleted, 'true', 'false')), \
+         json(w.fields)) ORDER BY v.id, w.valid_from_ms) FROM violations v \
+         JOIN record_versions w ON w.record_id = v.record_id AND w.valid_from_ms > v.changed_at_ms ",
+        open_touched_sqlite!(),
+        " AND json_array_length(v.missing_fields) > 0"
+    ),
+    concat!(
+        "SELECT v.id AS violation_id, w.valid_from_ms, w.deleted, w.fields FROM violations v \
+         JOIN record_versions w ON w.record_id = v.record_id AND w.valid_from_ms > v.changed_at_ms ",
+        open_touched!(),
+        " AND v.missing_fields <> '[]'::jsonb ORDER BY v.id, w.valid_from_ms"
+    ),
+);
+
+/// Later moves of the records of open violations, by violation then time: (SQLite,
+/// PostgreSQL).
+const LATER_MOVES: (&str, &str) = (
+    concat!(
+        "SELECT json_group_array(json_array(v.id, t.changed_at_ms, t.to_stage) ORDER BY v.id, t.changed_at_ms, t.id) \
+         FROM violations v JOIN stage_transitions t ON t.record_id = v.record_id AND t.changed_at_ms > v.changed_at_ms ",
+        open_touched_sqlite!()
+    ),
+    concat!(
+        "SELECT v.id AS violation_id, t.changed_at_ms, t.to_stage FROM violations v \
+         JOIN stage_transitions t ON t.record_id = v.record_id AND t.changed_at_ms > v.changed_at_ms ",
+        open_touched!(),
+        " ORDER BY v.id, t.changed_at_ms, t.id"
+    ),
+);
+
+/// Reads the JSON text of a page of moves (see [`MOVES_AT_VERSION_SQLITE`]), keeping of
+/// each version's fields only the wanted ones: the others are skipped without being built.
+#[derive(Clone, Copy)]
+struct PageSeed<'w>(&'w HashSet<String>);
+
+impl<'de> DeserializeSeed<'de> for PageSeed<'_> {
+    type Value = Vec<MoveAtVersion>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for PageSeed<'_> {
+    type Value = Vec<MoveAtVersion>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an array of moves")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut moves = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+        while let Some(m) = seq.next_element_seed(MoveSeed(self.0))? {
+            moves.push(m);
+        }
+        Ok(moves)
+    }
+}
+
+/// One move of a page: its version's fields, then the other columns.
+#[derive(Clone, Copy)]
+struct MoveSeed<'w>(&'w HashSet<String>);
+
+impl<'de> DeserializeSeed<'de> for MoveSeed<'_> {
+    type Value = MoveAtVersion;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for MoveSeed<'_> {
+    type Value = MoveAtVersion;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a move: its version's fields and 14 columns")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let fields = seq
+            .next_element_seed(FieldsSeed(self.0))?
+            .ok_or_else(|| de::Error::invalid_length(0, &self))?;
+        let mut columns = Columns {
+            seq,
+            index: 0,
+            expected: &self,
+        };
+        // Struct fields are evaluated in the order written: the columns' order in the query.
+        Ok(MoveAtVersion {
+            transition_id: columns.next()?,
+            record_id: columns.next()?,
+            crm_id: columns.next()?,
+            pipeline: columns.next()?,
+            from_stage: columns.next()?,
+            to_stage: columns.next()?,
+            changed_at_ms: columns.next()?,
+            changed_by: columns.next()?,
+            actor_kind: columns.next()?,
+            version_id: columns.next()?,
+            valid_to_ms: columns.next()?,
+            name: columns.next()?,
+            amount_cents: columns.next()?,
+            owner_id: columns.next()?,
+            fields,
+        })
+    }
+}
+
+/// The columns of a move after its fields, one after the other.
+struct Columns<'e, A> {
+    seq: A,
+    index: usize,
+    expected: &'e dyn de::Expected,
+}
+
+impl<'de, A: SeqAccess<'de>> Columns<'_, A> {
+    fn next<T: Deserialize<'de>>(&mut self) -> Result<T, A::Error> {
+        self.index += 1;
+        self.seq
+            .next_element()?
+            .ok_or_else(|| de::Error::invalid_length(self.index, self.expected))
+    }
+}
+
+/// A version's fields (`null` when the move has no version), only the wanted ones.
+#[derive(Clone, Copy)]
+struct FieldsSeed<'w>(&'w HashSet<String>);
+
+impl<'de> DeserializeSeed<'de> for FieldsSeed<'_> {
+    type Value = Option<Json<Map<String, Value>>>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_option(self)
+    }
+}
+
+impl<'de> Visitor<'de> for FieldsSeed<'_> {
+    type Value = Option<Json<Map<String, Value>>>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an object of field values or null")
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer
+            .deserialize_map(WantedFields(self.0))
+            .map(|values| Some(Json(values)))
+    }
+}
+
+/// The wanted entries of a version's fields.
+#[derive(Clone, Copy)]
+struct WantedFields<'w>(&'w HashSet<String>);
+
+impl<'de> Visitor<'de> for WantedFields<'_> {
+    type Value = Map<String, Value>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an object of field values")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut values = Map::new();
+        while let Some(name) = map.next_key_seed(WantedName(self.0))? {
+            match name {
+                Some(name) => {
+                    values.insert(name, map.next_value()?);
+                }
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(values)
+    }
+}
+
+/// A field's name: `Some` (owned) when it is wanted, `None` without allocating otherwise.
+#[derive(Clone, Copy)]
+struct WantedName<'w>(&'w HashSet<String>);
+
+impl<'de> DeserializeSeed<'de> for WantedName<'_> {
+    type Value = Option<String>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for WantedName<'_> {
+    type Value = Option<String>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a field name")
+    }
+
+    fn visit_str<E: de::Error>(self, name: &str) -> Result<Self::Value, E> {
+        Ok(self.0.contains(name).then(|| name.to_owned()))
+    }
+}
 
 /// A pending outbox message, with what its thread parent has become.
 #[derive(Debug, Clone, sqlx::FromRow)]
