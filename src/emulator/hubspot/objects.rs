@@ -18,6 +18,7 @@ use super::auth::Caller;
 use super::records::{source_fields, HsRecord, PortalView, Source, Write};
 use super::schema::{lifecycle_rank, Kind, ObjectType};
 use super::{error, iso, validation_error, PortalInner, Refusal};
+use crate::emulator::parallel::map_runs;
 use crate::emulator::Shared;
 use crate::record::Millis;
 
@@ -137,7 +138,7 @@ fn history(record: &HsRecord, names: &[String]) -> Map<String, Value> {
         }
         let versions: Vec<Value> = record
             .props
-            .get(name)
+            .get(name.as_str())
             .into_iter()
             .flatten()
             .rev()
@@ -270,19 +271,32 @@ async fn list(State(shared): State<Arc<Shared>>, Path(object): Path<String>, uri
     let archived = archived_flag(&pairs);
     let (results, next) = with_view(&shared, |view, _| {
         let bound = view.bound(object);
+        let listed = |number: u64| {
+            view.record(object, number)
+                .filter(|record| record.archived_at.is_some() == archived)
+        };
         let mut results = Vec::new();
         let mut number = start;
         while number < bound && results.len() < limit {
-            if let Some(record) = view.record(object, number) {
-                if record.archived_at.is_some() == archived {
-                    results.push(render(view, &record, &selection));
-                }
-            }
-            number += 1;
+            // As many numbers as records still wanted, built over the cores: every one may
+            // be listed, so none past the last record of the page is built.
+            let window: Vec<u64> = (number..bound).take(limit - results.len()).collect();
+            let runs = map_runs(&window, |run| {
+                run.iter()
+                    .filter_map(|&number| listed(number))
+                    .map(|record| render(view, &record, &selection))
+                    .collect::<Vec<Value>>()
+            });
+            results.extend(runs.into_iter().flatten());
+            number += window.len() as u64;
         }
         let more = (number..bound).any(|candidate| {
-            view.record(object, candidate)
-                .is_some_and(|record| record.archived_at.is_some() == archived)
+            if archived {
+                listed(candidate).is_some()
+            } else {
+                // Liveness reads the life alone, without building the record.
+                view.is_live(object, candidate)
+            }
         });
         (results, more.then_some(number))
     });
