@@ -561,8 +561,19 @@ fn derive(record: &mut HsRecord) {
         .unwrap_or(record.created_at)
         .max(record.created_at);
     let modified = record.object.modified_property();
-    for &at in &change_times {
-        record.set(modified, iso(at), at, Source::Calculated);
+    if !change_times.is_empty() {
+        // A version per change: one lookup for the run of them rather than one each.
+        let versions = record.props.entry(Cow::Borrowed(modified)).or_default();
+        for &at in &change_times {
+            let value = iso(at);
+            if versions.last().is_none_or(|last| last.value != value) {
+                versions.push(Version {
+                    value,
+                    at,
+                    source: Source::Calculated,
+                });
+            }
+        }
     }
     let created_at = record.created_at;
     record.set("hs_object_id", record.id(), created_at, Source::Calculated);
