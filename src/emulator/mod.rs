@@ -19,6 +19,7 @@ mod control;
 mod faults;
 pub mod funnel;
 mod hubspot;
+mod parallel;
 mod salesforce;
 mod slack;
 mod timefmt;

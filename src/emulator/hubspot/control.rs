@@ -103,7 +103,7 @@ async fn ground_truth(
                     })
                 })
                 .collect();
-            properties.insert(name.clone(), Value::Array(versions));
+            properties.insert(name.to_string(), Value::Array(versions));
         }
         Some(json!({
             "id": record.id(),

@@ -5,7 +5,8 @@
 //! are merged in, and the calculated properties (modification date, stage flags, stage
 //! timing, lifecycle dates) are derived from the result, so they always agree with history.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
 
 use super::iso;
 use super::schema::{self, lifecycle_rank, ObjectType, INDUSTRIES};
@@ -77,7 +78,9 @@ pub(crate) struct HsRecord {
     pub created_at: Millis,
     pub modified_at: Millis,
     pub archived_at: Option<Millis>,
-    pub props: BTreeMap<String, Vec<Version>>,
+    /// Versions by property name; fixed names are borrowed, since records are rebuilt on
+    /// every read with dozens of properties each.
+    pub props: BTreeMap<Cow<'static, str>, Vec<Version>>,
 }
 
 impl HsRecord {
@@ -97,20 +100,38 @@ impl HsRecord {
     }
 
     /// Adds a version unless the property already holds that value.
-    fn set(&mut self, name: &str, value: impl Into<String>, at: Millis, source: Source) {
-        let value = value.into();
-        // One lookup, and a key allocated only for a property's first version: records are
-        // rebuilt on every read, with dozens of versions each.
-        match self.props.get_mut(name) {
+    fn set(
+        &mut self,
+        name: impl Into<Cow<'static, str>>,
+        value: impl AsRef<str> + Into<String>,
+        at: Millis,
+        source: Source,
+    ) {
+        let name = name.into();
+        // One lookup, and the value copied only when it is new: records are rebuilt on every
+        // read, with dozens of versions each.
+        match self.props.get_mut(name.as_ref()) {
             Some(versions) => {
-                if versions.last().is_some_and(|last| last.value == value) {
+                if versions
+                    .last()
+                    .is_some_and(|last| last.value == value.as_ref())
+                {
                     return;
                 }
-                versions.push(Version { value, at, source });
+                versions.push(Version {
+                    value: value.into(),
+                    at,
+                    source,
+                });
             }
             None => {
-                self.props
-                    .insert(name.to_string(), vec![Version { value, at, source }]);
+                let mut versions = Vec::with_capacity(VERSIONS_AHEAD);
+                versions.push(Version {
+                    value: value.into(),
+                    at,
+                    source,
+                });
+                self.props.insert(name, versions);
             }
         }
     }
@@ -123,13 +144,17 @@ impl HsRecord {
             .map(|version| version.value.as_str())
     }
 
-    fn advance_lifecycle(&mut self, stage: &str, at: Millis, source: Source) {
+    fn advance_lifecycle(&mut self, stage: &'static str, at: Millis, source: Source) {
         let current = self.current("lifecyclestage").and_then(lifecycle_rank);
         if current < lifecycle_rank(stage) {
             self.set("lifecyclestage", stage, at, source);
         }
     }
 }
+
+/// Room for versions a property's list starts with, enough for most properties' whole
+/// history, so building a record rarely grows one.
+const VERSIONS_AHEAD: usize = 4;
 
 /// The owner id a rep's records carry.
 pub(crate) fn owner_id(rep: u32) -> u64 {
@@ -504,7 +529,7 @@ fn apply_overlay(record: &mut HsRecord, overlay: &Overlay, now: Millis) {
     for write in overlay.writes.iter().filter(|write| write.at <= now) {
         record
             .props
-            .entry(write.property.clone())
+            .entry(Cow::Owned(write.property.clone()))
             .or_default()
             .push(Version {
                 value: write.value.clone(),
@@ -522,20 +547,33 @@ fn apply_overlay(record: &mut HsRecord, overlay: &Overlay, now: Millis) {
 
 /// Computes the calculated properties from the written ones.
 fn derive(record: &mut HsRecord) {
-    let change_times: BTreeSet<Millis> = record
+    let mut change_times: Vec<Millis> = record
         .props
         .values()
         .flatten()
         .map(|version| version.at)
         .collect();
+    change_times.sort_unstable();
+    change_times.dedup();
     record.modified_at = change_times
         .last()
         .copied()
         .unwrap_or(record.created_at)
         .max(record.created_at);
     let modified = record.object.modified_property();
-    for &at in &change_times {
-        record.set(modified, iso(at), at, Source::Calculated);
+    if !change_times.is_empty() {
+        // A version per change: one lookup for the run of them rather than one each.
+        let versions = record.props.entry(Cow::Borrowed(modified)).or_default();
+        for &at in &change_times {
+            let value = iso(at);
+            if versions.last().is_none_or(|last| last.value != value) {
+                versions.push(Version {
+                    value,
+                    at,
+                    source: Source::Calculated,
+                });
+            }
+        }
     }
     let created_at = record.created_at;
     record.set("hs_object_id", record.id(), created_at, Source::Calculated);
@@ -557,7 +595,16 @@ fn derive_lifecycle_dates(record: &mut HsRecord) {
         .collect();
     for (stage, at) in entered {
         let name = format!("hs_lifecyclestage_{stage}_date");
-        record.set(&name, iso(at), at, Source::Calculated);
+        record.set(name, iso(at), at, Source::Calculated);
+    }
+}
+
+/// A checkbox value as HubSpot writes it.
+fn flag(value: bool) -> &'static str {
+    if value {
+        "true"
+    } else {
+        "false"
     }
 }
 
@@ -570,13 +617,14 @@ fn derive_stage_properties(record: &mut HsRecord) {
         .flatten()
         .map(|version| (version.value.clone(), version.at))
         .collect();
-    let mut cumulative: HashMap<String, Millis> = HashMap::new();
+    // A deal visits a handful of stages: a list beats a hashed map here.
+    let mut cumulative: Vec<(&str, Millis)> = Vec::new();
     for (index, (stage_id, entered)) in stays.iter().enumerate() {
         let calc = Source::Calculated;
         if let Some(stage) = schema::stage_by_id(stage_id) {
-            record.set("hs_is_closed", stage.closed.to_string(), *entered, calc);
+            record.set("hs_is_closed", flag(stage.closed), *entered, calc);
             let won = stage.closed && stage.probability == "1.0";
-            record.set("hs_is_closed_won", won.to_string(), *entered, calc);
+            record.set("hs_is_closed_won", flag(won), *entered, calc);
             record.set(
                 "hs_deal_stage_probability",
                 stage.probability,
@@ -585,7 +633,7 @@ fn derive_stage_properties(record: &mut HsRecord) {
             );
         }
         record.set(
-            &format!("hs_v2_date_entered_{stage_id}"),
+            format!("hs_v2_date_entered_{stage_id}"),
             iso(*entered),
             *entered,
             calc,
@@ -594,23 +642,33 @@ fn derive_stage_properties(record: &mut HsRecord) {
             continue;
         };
         let stay = exited - entered;
-        let total = cumulative.entry(stage_id.clone()).or_default();
-        *total += stay;
-        let total = *total;
+        let total = match cumulative
+            .iter_mut()
+            .find(|(id, _)| *id == stage_id.as_str())
+        {
+            Some((_, total)) => {
+                *total += stay;
+                *total
+            }
+            None => {
+                cumulative.push((stage_id.as_str(), stay));
+                stay
+            }
+        };
         record.set(
-            &format!("hs_v2_date_exited_{stage_id}"),
+            format!("hs_v2_date_exited_{stage_id}"),
             iso(*exited),
             *exited,
             calc,
         );
         record.set(
-            &format!("hs_v2_latest_time_in_{stage_id}"),
+            format!("hs_v2_latest_time_in_{stage_id}"),
             stay.to_string(),
             *exited,
             calc,
         );
         record.set(
-            &format!("hs_v2_cumulative_time_in_{stage_id}"),
+            format!("hs_v2_cumulative_time_in_{stage_id}"),
             total.to_string(),
             *exited,
             calc,

@@ -18,6 +18,7 @@ use super::objects::{object_type, parse_instant, render, with_view, Selection, P
 use super::records::{HsRecord, PortalView};
 use super::schema::ObjectType;
 use super::validation_error;
+use crate::emulator::parallel::map_runs;
 use crate::emulator::Shared;
 
 const DEFAULT_LIMIT: usize = 10;
@@ -383,19 +384,25 @@ fn ranked_hits(
     object: ObjectType,
     request: &SearchRequest,
 ) -> Vec<u64> {
-    let mut hits: Vec<(u64, Vec<SortValue>)> = (0..indexed.bound(object))
-        .filter(|number| view.is_live(object, *number))
-        .filter_map(|number| indexed.live(object, number))
-        .filter(|record| found(request, record))
-        .map(|record| {
-            let values = request
-                .sorts
-                .iter()
-                .map(|(name, _)| sort_value(object, name, &record))
-                .collect();
-            (record.number, values)
-        })
-        .collect();
+    // Every record is looked at: split them over the cores, in number order.
+    let numbers: Vec<u64> = (0..indexed.bound(object)).collect();
+    let runs = map_runs(&numbers, |run| {
+        run.iter()
+            .copied()
+            .filter(|number| view.is_live(object, *number))
+            .filter_map(|number| indexed.live(object, number))
+            .filter(|record| found(request, record))
+            .map(|record| {
+                let values = request
+                    .sorts
+                    .iter()
+                    .map(|(name, _)| sort_value(object, name, &record))
+                    .collect();
+                (record.number, values)
+            })
+            .collect::<Vec<(u64, Vec<SortValue>)>>()
+    });
+    let mut hits: Vec<(u64, Vec<SortValue>)> = runs.into_iter().flatten().collect();
     hits.sort_by(|(a_number, a), (b_number, b)| {
         request
             .sorts

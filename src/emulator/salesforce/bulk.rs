@@ -23,10 +23,11 @@ use serde_json::{json, Value};
 
 use super::error;
 use super::ids::sf_id;
-use super::query::{evaluate, rows, ViewResolver};
+use super::query::{evaluate, ViewResolver};
 use super::records::OrgView;
-use super::schema::{self, FieldType, SfRecord, SfValue};
+use super::schema::{self, FieldType, JsonValue, SfValue};
 use super::soql::{self, FieldPath, Selection};
+use crate::emulator::parallel::map_runs;
 use crate::emulator::Shared;
 use crate::record::{Millis, DAY_MS};
 
@@ -384,8 +385,7 @@ pub(crate) async fn results(
     let Selection::Fields(paths) = &query.select else {
         return invalid_job("Aggregate queries are not supported by Bulk API 2.0 query jobs");
     };
-    let rows = rows(&view, &query, &numbers[offset..end]);
-    let csv = render_csv(paths, &rows, &ViewResolver(&view));
+    let (csv, count) = render_csv(&view, &query, paths, &numbers[offset..end]);
     let next = if end < numbers.len() {
         encode_locator(end)
     } else {
@@ -396,7 +396,7 @@ pub(crate) async fn results(
     if let Ok(value) = HeaderValue::from_str(&next) {
         headers.insert("Sforce-Locator", value);
     }
-    headers.insert("Sforce-NumberOfRecords", HeaderValue::from(rows.len()));
+    headers.insert("Sforce-NumberOfRecords", HeaderValue::from(count));
     response
 }
 
@@ -412,7 +412,14 @@ fn decode_locator(locator: &str) -> Option<usize> {
 }
 
 /// CSV as Bulk API 2.0 writes it: a header of field paths, every value quoted, empty for null.
-fn render_csv(paths: &[FieldPath], rows: &[SfRecord], resolver: &ViewResolver<'_>) -> String {
+/// The records behind `numbers` are built and written in parallel runs joined in order;
+/// also returns how many rows there are.
+fn render_csv(
+    view: &OrgView<'_>,
+    query: &soql::Query,
+    paths: &[FieldPath],
+    numbers: &[u64],
+) -> (String, usize) {
     let mut csv = String::new();
     for (column, path) in paths.iter().enumerate() {
         if column > 0 {
@@ -426,23 +433,39 @@ fn render_csv(paths: &[FieldPath], rows: &[SfRecord], resolver: &ViewResolver<'_
         push_quoted(&mut csv, &name);
     }
     csv.push('\n');
-    let mut cell = String::new();
-    for row in rows {
-        for (column, path) in paths.iter().enumerate() {
-            if column > 0 {
-                csv.push(',');
+    let resolver = ViewResolver(view);
+    let runs = map_runs(numbers, |run| {
+        let mut out = String::new();
+        let mut rows = 0;
+        let mut cell = String::new();
+        for &number in run {
+            let Some(row) = view.record(query.object, number) else {
+                continue;
+            };
+            rows += 1;
+            for (column, path) in paths.iter().enumerate() {
+                if column > 0 {
+                    out.push(',');
+                }
+                cell.clear();
+                if path.steps.is_empty() {
+                    write_csv_value(&mut cell, &row.values[path.index], path.field.kind);
+                } else {
+                    write_csv_value(&mut cell, &path.value(&row, &resolver), path.field.kind);
+                }
+                push_quoted(&mut out, &cell);
             }
-            cell.clear();
-            if path.steps.is_empty() {
-                write_csv_value(&mut cell, &row.values[path.index], path.field.kind);
-            } else {
-                write_csv_value(&mut cell, &path.value(row, resolver), path.field.kind);
-            }
-            push_quoted(&mut csv, &cell);
+            out.push('\n');
         }
-        csv.push('\n');
+        (out, rows)
+    });
+    csv.reserve(runs.iter().map(|(run, _)| run.len()).sum());
+    let mut count = 0;
+    for (run, rows) in &runs {
+        csv.push_str(run);
+        count += rows;
     }
-    csv
+    (csv, count)
 }
 
 /// A value as Bulk results write it, before quoting: JSON's rendering without the quotes of
@@ -451,17 +474,26 @@ fn write_csv_value(out: &mut String, value: &SfValue, kind: FieldType) {
     match value {
         SfValue::Null => {}
         // Bulk results write datetimes with a `Z`, unlike the REST API's `+0000`.
-        SfValue::DateTime(ms) => out.push_str(&schema::format_datetime(*ms).replace("+0000", "Z")),
+        SfValue::DateTime(ms) => schema::push_datetime(out, *ms, "Z"),
         SfValue::Text(text) => out.push_str(text),
-        other => match other.to_json(kind) {
-            Value::String(text) => out.push_str(&text),
-            json => out.push_str(&json.to_string()),
-        },
+        SfValue::Date(days) => out.push_str(&schema::format_date(*days)),
+        SfValue::Bool(flag) => out.push_str(if *flag { "true" } else { "false" }),
+        // A number always serializes; JSON spells it (integers of `int` fields, `null` for
+        // what JSON cannot hold).
+        SfValue::Number(_) => {
+            out.push_str(&serde_json::to_string(&JsonValue { value, kind }).unwrap_or_default())
+        }
     }
 }
 
 /// Appends `text` in double quotes, doubling the quotes inside.
 fn push_quoted(out: &mut String, text: &str) {
+    if !text.contains('"') {
+        out.push('"');
+        out.push_str(text);
+        out.push('"');
+        return;
+    }
     out.push('"');
     for (index, part) in text.split('"').enumerate() {
         if index > 0 {

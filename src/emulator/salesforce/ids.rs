@@ -20,9 +20,10 @@ pub(crate) fn sf_id(prefix: &str, n: u64) -> String {
         *slot = BASE62[(rest % 62) as usize];
         rest /= 62;
     }
-    id.extend(digits.iter().map(|&digit| digit as char));
+    // Base-62 digits and checksum characters are ASCII, so these always convert.
+    id.push_str(std::str::from_utf8(&digits).unwrap_or_default());
     let suffix = checksum(id.as_bytes());
-    id.extend(suffix.iter().map(|&digit| digit as char));
+    id.push_str(std::str::from_utf8(&suffix).unwrap_or_default());
     id
 }
 
@@ -31,11 +32,12 @@ pub(crate) fn sf_id(prefix: &str, n: u64) -> String {
 fn checksum(id15: &[u8]) -> [u8; 3] {
     let mut suffix = [0u8; 3];
     for (chunk, slot) in id15.chunks(5).zip(suffix.iter_mut()) {
-        let bits = chunk
-            .iter()
-            .enumerate()
-            .filter(|(_, byte)| byte.is_ascii_uppercase())
-            .fold(0usize, |bits, (position, _)| bits | (1 << position));
+        let mut bits = 0usize;
+        for (position, byte) in chunk.iter().enumerate() {
+            if byte.is_ascii_uppercase() {
+                bits |= 1 << position;
+            }
+        }
         *slot = CHECKSUM[bits];
     }
     suffix

@@ -10,10 +10,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::extract::{Path, Query as QueryParams, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use serde::ser::{SerializeMap, SerializeSeq};
+use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{json, Map, Value};
 
@@ -23,6 +23,7 @@ use super::records::OrgView;
 use super::schema::{FieldDef, JsonValue, SfRecord, SfValue};
 use super::soql::{self, FieldPath, Resolver, Selection};
 use super::{error, served_version};
+use crate::emulator::parallel::map_runs;
 use crate::emulator::Shared;
 use crate::record::Millis;
 
@@ -156,20 +157,18 @@ pub(crate) async fn query_more(
     let overlay = shared.salesforce.overlay();
     let view = OrgView::snapshot(&shared.funnel, as_of, &overlay, seq);
     let end = (offset + batch).min(numbers.len());
-    let rows = rows(&view, &query, &numbers[offset..end]);
     let next = (end < numbers.len()).then(|| format!("{id}-{end}"));
     if next.is_none() {
         lock(&shared.salesforce.cursors).open.remove(id);
     }
-    page(&view, &query, version, numbers.len(), &rows, next)
-}
-
-/// The records behind some matched numbers, as of the view's instant.
-pub(crate) fn rows(view: &OrgView<'_>, query: &soql::Query, numbers: &[u64]) -> Vec<SfRecord> {
-    numbers
-        .iter()
-        .filter_map(|&number| view.record(query.object, number))
-        .collect()
+    page(
+        &view,
+        &query,
+        version,
+        numbers.len(),
+        &numbers[offset..end],
+        next,
+    )
 }
 
 fn invalid_locator() -> Response {
@@ -218,14 +217,28 @@ fn run_query(
             .into_response();
     }
     let batch = batch_size(headers);
-    let first = rows(&view, &parsed, &matched[..batch.min(matched.len())]);
     let total = matched.len();
+    let matched = Arc::new(matched);
     let next = (total > batch).then(|| {
         let snapshot = (now, overlay.seq());
-        let id = open_cursor(shared, session, snapshot, parsed.clone(), matched, batch);
+        let id = open_cursor(
+            shared,
+            session,
+            snapshot,
+            parsed.clone(),
+            matched.clone(),
+            batch,
+        );
         format!("{id}-{batch}")
     });
-    page(&view, &parsed, version, total, &first, next)
+    page(
+        &view,
+        &parsed,
+        version,
+        total,
+        &matched[..batch.min(total)],
+        next,
+    )
 }
 
 /// Numbers of the records matching the query, ordered and cut by ORDER BY, OFFSET and LIMIT.
@@ -249,29 +262,39 @@ pub(crate) fn evaluate(
     if parsed.filter.is_none() && !ordered && !is_history {
         return Ok(present_numbers(view, parsed, include_deleted, enough));
     }
-    let mut matched: Vec<(u64, Vec<SfValue>)> = Vec::new();
-    for (number, row) in view.scan(parsed.object) {
-        if matched.len() >= enough {
-            break;
+    let mut matched = if is_history || enough != usize::MAX {
+        let mut matched: Vec<(u64, Vec<SfValue>)> = Vec::new();
+        for (number, row) in view.scan(parsed.object) {
+            if matched.len() >= enough {
+                break;
+            }
+            let Some(keys) = row_match(parsed, &resolver, &row, include_deleted) else {
+                continue;
+            };
+            matched.push((number, keys));
+            if is_history && matched.len() as u64 > timeout_rows {
+                return Err(Box::new(error(
+                    StatusCode::BAD_REQUEST,
+                    "QUERY_TIMEOUT",
+                    "Your query request was running for too long.",
+                )));
+            }
         }
-        let deleted = matches!(row.get("IsDeleted"), SfValue::Bool(true));
-        if (deleted && !include_deleted) || !parsed.matches(&row, &resolver) {
-            continue;
-        }
-        let keys = if ordered {
-            parsed.sort_keys(&row, &resolver)
-        } else {
-            Vec::new()
-        };
-        matched.push((number, keys));
-        if is_history && matched.len() as u64 > timeout_rows {
-            return Err(Box::new(error(
-                StatusCode::BAD_REQUEST,
-                "QUERY_TIMEOUT",
-                "Your query request was running for too long.",
-            )));
-        }
-    }
+        matched
+    } else {
+        // Every record is looked at: split them over the cores, in id order.
+        let numbers: Vec<u64> = view.numbers(parsed.object).collect();
+        let runs = map_runs(&numbers, |run| {
+            run.iter()
+                .filter_map(|&number| {
+                    let row = view.record(parsed.object, number)?;
+                    let keys = row_match(parsed, &resolver, &row, include_deleted)?;
+                    Some((number, keys))
+                })
+                .collect::<Vec<_>>()
+        });
+        runs.into_iter().flatten().collect()
+    };
     if ordered {
         // A stable sort keeps id order among equal keys, as the scan produced them.
         matched.sort_by(|(_, a), (_, b)| parsed.compare_keys(a, b));
@@ -286,6 +309,25 @@ pub(crate) fn evaluate(
         .collect())
 }
 
+/// The sort keys of a row the query matches (empty without ORDER BY), `None` when it does
+/// not match or is deleted and deleted rows are not asked for.
+fn row_match(
+    parsed: &soql::Query,
+    resolver: &ViewResolver<'_>,
+    row: &SfRecord,
+    include_deleted: bool,
+) -> Option<Vec<SfValue>> {
+    let deleted = matches!(row.get("IsDeleted"), SfValue::Bool(true));
+    if (deleted && !include_deleted) || !parsed.matches(row, resolver) {
+        return None;
+    }
+    Some(if parsed.order.is_empty() {
+        Vec::new()
+    } else {
+        parsed.sort_keys(row, resolver)
+    })
+}
+
 /// [`evaluate`] for a query without WHERE or ORDER BY on a non-history object: every record
 /// that exists matches, so records are only asked whether they exist and are deleted.
 fn present_numbers(
@@ -294,15 +336,30 @@ fn present_numbers(
     include_deleted: bool,
     enough: usize,
 ) -> Vec<u64> {
-    view.numbers(parsed.object)
-        .filter_map(|number| {
-            let deleted = view.presence(parsed.object, number)?;
-            (include_deleted || !deleted).then_some(number)
-        })
-        .take(enough)
-        .skip(parsed.offset.unwrap_or(0))
-        .take(parsed.limit.unwrap_or(usize::MAX))
-        .collect()
+    let present = |number: u64| {
+        let deleted = view.presence(parsed.object, number)?;
+        (include_deleted || !deleted).then_some(number)
+    };
+    let offset = parsed.offset.unwrap_or(0);
+    let limit = parsed.limit.unwrap_or(usize::MAX);
+    if enough != usize::MAX {
+        // A LIMIT stops the scan early, which runs over the cores would not.
+        return view
+            .numbers(parsed.object)
+            .filter_map(present)
+            .take(enough)
+            .skip(offset)
+            .take(limit)
+            .collect();
+    }
+    let numbers: Vec<u64> = view.numbers(parsed.object).collect();
+    let runs = map_runs(&numbers, |run| {
+        run.iter()
+            .copied()
+            .filter_map(present)
+            .collect::<Vec<u64>>()
+    });
+    runs.into_iter().flatten().skip(offset).collect()
 }
 
 /// The page size a client asked for, within what Salesforce honours.
@@ -327,7 +384,7 @@ fn open_cursor(
     session: &SessionToken,
     (now, write_seq): (Millis, u64),
     query: soql::Query,
-    numbers: Vec<u64>,
+    numbers: Arc<Vec<u64>>,
     batch: usize,
 ) -> String {
     let mut cursors = lock(&shared.salesforce.cursors);
@@ -356,37 +413,93 @@ fn open_cursor(
             as_of: now,
             seq: write_seq,
             query: Arc::new(query),
-            numbers: Arc::new(numbers),
+            numbers,
             batch,
         },
     );
     id
 }
 
-/// One page of a query result as Salesforce writes it.
+/// One page of a query result as Salesforce writes it: the records behind `numbers` as of the
+/// view's instant, built and serialized in parallel runs and joined in order.
 fn page(
     view: &OrgView<'_>,
     query: &soql::Query,
     version: &str,
     total: usize,
-    rows: &[SfRecord],
+    numbers: &[u64],
     next: Option<String>,
 ) -> Response {
     let Selection::Fields(fields) = &query.select else {
         return Json(json!({ "totalSize": total, "done": true, "records": [] })).into_response();
     };
-    Json(PageJson {
-        total,
-        next: next.map(|next| format!("/services/data/{version}/query/{next}")),
-        records: RowsJson {
-            rows,
-            fields,
-            own_fields: own_fields(fields),
-            resolver: &ViewResolver(view),
-            version,
-        },
-    })
-    .into_response()
+    let own = own_fields(fields);
+    let resolver = ViewResolver(view);
+    let runs = map_runs(numbers, |run| {
+        let mut out = Vec::new();
+        for &number in run {
+            let Some(record) = view.record(query.object, number) else {
+                continue;
+            };
+            if !out.is_empty() {
+                out.push(b',');
+            }
+            let written = match &own {
+                Some(own) => serde_json::to_writer(
+                    &mut out,
+                    &OwnRowJson {
+                        record: &record,
+                        fields: own,
+                        version,
+                    },
+                ),
+                None => {
+                    serde_json::to_writer(&mut out, &render(&record, fields, &resolver, version))
+                }
+            };
+            // Writing into a Vec fails only on a non-string map key, which these have none of.
+            debug_assert!(written.is_ok());
+        }
+        out
+    });
+    let next = next.map(|next| format!("/services/data/{version}/query/{next}"));
+    let body = page_json(total, next.as_deref(), &runs);
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
+}
+
+/// `{"totalSize", "done", "nextRecordsUrl"?, "records"}` around records already serialized in
+/// runs (each a comma-separated list, possibly empty), byte for byte what serializing the
+/// whole page at once writes.
+fn page_json(total: usize, next: Option<&str>, runs: &[Vec<u8>]) -> Vec<u8> {
+    let records: usize = runs.iter().map(Vec::len).sum();
+    let mut out = Vec::with_capacity(records + runs.len() + 160);
+    out.extend_from_slice(b"{\"totalSize\":");
+    out.extend_from_slice(total.to_string().as_bytes());
+    out.extend_from_slice(b",\"done\":");
+    out.extend_from_slice(if next.is_none() { b"true" } else { b"false" });
+    if let Some(next) = next {
+        out.extend_from_slice(b",\"nextRecordsUrl\":");
+        // A string always serializes.
+        let _ = serde_json::to_writer(&mut out, next);
+    }
+    out.extend_from_slice(b",\"records\":[");
+    let mut first = true;
+    for run in runs.iter().filter(|run| !run.is_empty()) {
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        out.extend_from_slice(run);
+    }
+    out.extend_from_slice(b"]}");
+    out
 }
 
 /// The selected fields when none is a parent's, each once, in the order first written;
@@ -403,55 +516,6 @@ fn own_fields(fields: &[FieldPath]) -> Option<Vec<&FieldPath>> {
         }
     }
     Some(own)
-}
-
-/// `{"totalSize", "done", "nextRecordsUrl"?, "records"}`, serialized without building a `Value`
-/// per record.
-struct PageJson<'a> {
-    total: usize,
-    next: Option<String>,
-    records: RowsJson<'a>,
-}
-
-impl Serialize for PageJson<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut map = serializer.serialize_map(None)?;
-        map.serialize_entry("totalSize", &self.total)?;
-        map.serialize_entry("done", &self.next.is_none())?;
-        if let Some(next) = &self.next {
-            map.serialize_entry("nextRecordsUrl", next)?;
-        }
-        map.serialize_entry("records", &self.records)?;
-        map.end()
-    }
-}
-
-/// The records of a page.
-struct RowsJson<'a> {
-    rows: &'a [SfRecord],
-    fields: &'a [FieldPath],
-    own_fields: Option<Vec<&'a FieldPath>>,
-    resolver: &'a ViewResolver<'a>,
-    version: &'a str,
-}
-
-impl Serialize for RowsJson<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut seq = serializer.serialize_seq(Some(self.rows.len()))?;
-        for row in self.rows {
-            match &self.own_fields {
-                Some(own) => seq.serialize_element(&OwnRowJson {
-                    record: row,
-                    fields: own,
-                    version: self.version,
-                })?,
-                None => {
-                    seq.serialize_element(&render(row, self.fields, self.resolver, self.version))?
-                }
-            }
-        }
-        seq.end()
-    }
 }
 
 /// A record whose selected fields are all its own: attributes, then each field.
@@ -493,14 +557,7 @@ impl Serialize for AttributesJson<'_> {
         let (shown, actual) = attribute_types(self.record);
         let mut map = serializer.serialize_map(Some(2))?;
         map.serialize_entry("type", shown)?;
-        map.serialize_entry(
-            "url",
-            &format!(
-                "/services/data/{}/sobjects/{actual}/{}",
-                self.version,
-                self.record.id()
-            ),
-        )?;
+        map.serialize_entry("url", &record_url(self.version, actual, self.record.id()))?;
         map.end()
     }
 }
@@ -524,8 +581,25 @@ fn attributes(record: &SfRecord, version: &str) -> Value {
     let (shown, actual) = attribute_types(record);
     json!({
         "type": shown,
-        "url": format!("/services/data/{version}/sobjects/{actual}/{}", record.id()),
+        "url": record_url(version, actual, record.id()),
     })
+}
+
+/// `/services/data/{version}/sobjects/{object}/{id}`, spelled without the formatting
+/// machinery: every record of a page carries one.
+fn record_url(version: &str, object: &str, id: &str) -> String {
+    const PREFIX: &str = "/services/data/";
+    const SOBJECTS: &str = "/sobjects/";
+    let mut url = String::with_capacity(
+        PREFIX.len() + version.len() + SOBJECTS.len() + object.len() + 1 + id.len(),
+    );
+    url.push_str(PREFIX);
+    url.push_str(version);
+    url.push_str(SOBJECTS);
+    url.push_str(object);
+    url.push('/');
+    url.push_str(id);
+    url
 }
 
 /// A record with the selected fields, parent fields nested under their relationship names.
