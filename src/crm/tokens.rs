@@ -7,7 +7,7 @@
 //! type. HubSpot private-app tokens never change. Salesforce names no lifetime (a session ends
 //! after inactivity), so its token is renewed when the API answers 401.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -125,7 +125,16 @@ pub(crate) struct TokenManager {
     generations: AtomicU64,
     renewals: AtomicU64,
     keeper: Option<Arc<dyn RefreshTokenKeeper>>,
+    /// The last rotated token could not be kept: the one in hand is newer than the store's.
+    unkept_rotation: AtomicBool,
 }
+
+/// Waits before looking again for a token another client kept, after a refusal.
+const KEPT_TOKEN_WAITS: [Duration; 3] = [
+    Duration::ZERO,
+    Duration::from_millis(500),
+    Duration::from_secs(2),
+];
 
 /// Renew this long before a token's stated expiry, so no request carries an expiring token.
 const RENEW_MARGIN: Duration = Duration::from_secs(120);
@@ -203,6 +212,7 @@ impl TokenManager {
             generations: AtomicU64::new(0),
             renewals: AtomicU64::new(0),
             keeper: None,
+            unkept_rotation: AtomicBool::new(false),
         })
     }
 
@@ -328,19 +338,25 @@ impl TokenManager {
                 refresh_token,
             } => {
                 self.adopt_kept_refresh_token(refresh_token).await;
-                let presented = lock(refresh_token).clone();
-                let answer = self.exchange_refresh_token(client, &presented).await;
-                if !matches!(answer, Err(TokenFailure::Refused { .. })) {
-                    return answer;
+                let mut presented = lock(refresh_token).clone();
+                let mut answer = self.exchange_refresh_token(client, &presented).await;
+                // Another client or replica of this connection may be rotating the token at
+                // this moment: its successor is kept once that answer arrives, so look again
+                // a few times before taking the refusal as final.
+                for wait in KEPT_TOKEN_WAITS {
+                    if self.keeper.is_none() || !matches!(answer, Err(TokenFailure::Refused { .. }))
+                    {
+                        break;
+                    }
+                    tokio::time::sleep(wait).await;
+                    self.adopt_kept_refresh_token(refresh_token).await;
+                    let newest = lock(refresh_token).clone();
+                    if newest.expose_secret() != presented.expose_secret() {
+                        presented = newest;
+                        answer = self.exchange_refresh_token(client, &presented).await;
+                    }
                 }
-                // Another client or replica of this connection may have rotated the token
-                // between our read and our request; its successor is then kept already.
-                self.adopt_kept_refresh_token(refresh_token).await;
-                let newest = lock(refresh_token).clone();
-                if newest.expose_secret() == presented.expose_secret() {
-                    return answer;
-                }
-                self.exchange_refresh_token(client, &newest).await
+                answer
             }
             Grant::ClientCredentials(client) => client
                 .exchange_client_credentials()
@@ -369,6 +385,9 @@ impl TokenManager {
     /// Replaces the refresh token in hand with the newest kept one, if a keeper has any.
     async fn adopt_kept_refresh_token(&self, refresh_token: &std::sync::Mutex<SecretString>) {
         let Some(keeper) = &self.keeper else { return };
+        if self.unkept_rotation.load(Ordering::Relaxed) {
+            return;
+        }
         match keeper.latest().await {
             Ok(Some(kept)) => *lock(refresh_token) = kept,
             Ok(None) => {}
@@ -396,9 +415,11 @@ impl TokenManager {
     async fn keep_rotated(&self, rotated: SecretString) {
         let Some(keeper) = &self.keeper else { return };
         let now = chrono::Utc::now().timestamp_millis();
-        if let Err(err) = keeper.keep(rotated, now).await {
-            // Only this process holds the new token now: the next run that starts from the
-            // configured one will be refused until the operator configures a fresh one.
+        let kept = keeper.keep(rotated, now).await;
+        self.unkept_rotation.store(kept.is_err(), Ordering::Relaxed);
+        if let Err(err) = kept {
+            // Only this client holds the new token now: it goes on presenting it rather than
+            // the store's older one, while other clients and later runs are refused.
             tracing::error!(connection = %self.connection, error = %err, "cannot keep the rotated refresh token");
         }
     }

@@ -133,12 +133,13 @@ impl<'c, 'a> Run<'c, 'a> {
     async fn sync(&mut self) -> Result<(), SyncError> {
         self.sync_stages().await?;
         let history_until = self.now();
+        let mut with_formulas = Vec::new();
         for object in RECORD_OBJECTS {
             if self.configured(object) {
                 let stream = self.record_stream(object).await?;
                 self.run_stream(&stream, None).await?;
                 if stream.formulas {
-                    self.refresh_formulas(&stream).await?;
+                    with_formulas.push(stream);
                 }
             }
         }
@@ -155,6 +156,11 @@ impl<'c, 'a> Run<'c, 'a> {
             if self.configured(object) {
                 self.sweep_ids(object).await?;
             }
+        }
+        // Last, so that a long refresh cut short by the budget or a stop never keeps the
+        // history and the sweeps from running.
+        for stream in &with_formulas {
+            self.refresh_formulas(stream).await?;
         }
         Ok(())
     }
@@ -219,8 +225,9 @@ impl<'c, 'a> Run<'c, 'a> {
             FormulaRefresh::Reading { started, after } => (started, after),
         };
         let mut after = after;
+        let mut restarts = 0;
         loop {
-            let soql = formula_refresh_soql(stream, after.as_deref());
+            let soql = formula_refresh_soql(stream, after.as_deref())?;
             let mut page = self
                 .client
                 .query(&soql, false, self.ctx.settings.page_size)
@@ -236,9 +243,18 @@ impl<'c, 'a> Run<'c, 'a> {
                     Ok(None) => {
                         tracing::info!(connection = %self.ctx.settings.name, object = stream.object,
                             "formula refresh done");
-                        return self.save_formula_refresh(stream.object, started).await;
+                        let done_at = self.now();
+                        return self.save_formula_refresh(stream.object, done_at).await;
                     }
-                    Err(NextPageError::LocatorLost) => break,
+                    Err(NextPageError::LocatorLost) if restarts < MAX_RESTARTS => {
+                        restarts += 1;
+                        break;
+                    }
+                    Err(NextPageError::LocatorLost) => {
+                        tracing::warn!(connection = %self.ctx.settings.name, object = stream.object,
+                            "query locator lost {MAX_RESTARTS} times in a row during the formula refresh; it goes on next run");
+                        return Ok(());
+                    }
                     Err(NextPageError::Failed(err)) => return Err(err.into()),
                 }
             }
@@ -281,18 +297,20 @@ impl<'c, 'a> Run<'c, 'a> {
         Ok(last)
     }
 
-    /// Remembers that the formula refresh of `object` that began at `started` is complete.
+    /// Remembers that a formula refresh of `object` ended (or, before the first, was
+    /// scheduled) at `done_at`: the next is due an interval later, so that a refresh longer
+    /// than the interval is not followed by another at once.
     async fn save_formula_refresh(
         &mut self,
         object: &str,
-        started: Millis,
+        done_at: Millis,
     ) -> Result<(), SyncError> {
         let mut tx = self.ctx.store.begin().await?;
         tx.save_cursor(
             self.ctx.connection_id,
             object,
             FORMULA_REFRESH_CURSOR,
-            &json!({ "started": started, "reading": false }),
+            &json!({ "done_at": done_at, "reading": false }),
             Some(self.ctx.run_id),
             self.now(),
         )
@@ -1091,20 +1109,24 @@ enum FormulaRefresh {
 
 impl FormulaRefresh {
     /// What to do now, from the saved position: go on with a refresh cut short, begin one
-    /// when the last began `every` ago or more, or nothing.
+    /// when the last ended `every` ago or more, or nothing.
     fn due(position: Option<&Value>, now: Millis, every: Duration) -> FormulaRefresh {
         let Some(position) = position else {
             return FormulaRefresh::NeverRan;
         };
-        let started = position.get("started").and_then(Value::as_i64).unwrap_or(0);
         if position.get("reading").and_then(Value::as_bool) == Some(true) {
+            let started = position
+                .get("started")
+                .and_then(Value::as_i64)
+                .unwrap_or(now);
             let after = position
                 .get("after")
                 .and_then(Value::as_str)
                 .map(str::to_string);
             return FormulaRefresh::Reading { started, after };
         }
-        if now - started >= every.as_millis() as Millis {
+        let done_at = position.get("done_at").and_then(Value::as_i64).unwrap_or(0);
+        if now - done_at >= every.as_millis() as Millis {
             FormulaRefresh::Reading {
                 started: now,
                 after: None,
@@ -1116,15 +1138,30 @@ impl FormulaRefresh {
 }
 
 /// `SELECT … FROM object [WHERE Id > after] ORDER BY Id`: live rows only, since a deleted row's
-/// formulas no longer matter.
-fn formula_refresh_soql(stream: &Stream, after: Option<&str>) -> String {
-    let after = after
-        .map(|id| format!(" WHERE Id > '{}'", id.replace(['\\', '\''], "")))
-        .unwrap_or_default();
-    format!(
+/// formulas no longer matter. The resume point comes from the store, so it is checked to be a
+/// Salesforce id before it goes into the query.
+fn formula_refresh_soql(stream: &Stream, after: Option<&str>) -> Result<String, SyncError> {
+    let after = match after {
+        None => String::new(),
+        Some(id) if is_salesforce_id(id) => format!(" WHERE Id > '{id}'"),
+        Some(id) => {
+            return Err(SyncError::Store(crate::store::StoreError::Conflict(
+                format!(
+                "the formula refresh checkpoint of {} holds `{id}`, which is not a Salesforce id",
+                stream.object
+            ),
+            )))
+        }
+    };
+    Ok(format!(
         "SELECT {} FROM {}{after} ORDER BY Id ASC",
         stream.select, stream.object
-    )
+    ))
+}
+
+/// 15 or 18 letters and digits, as Salesforce ids are.
+fn is_salesforce_id(id: &str) -> bool {
+    matches!(id.len(), 15 | 18) && id.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
 /// `SELECT … FROM object WHERE stamp >= from AND stamp < upper ORDER BY stamp, Id`.

@@ -187,6 +187,7 @@ pub(crate) async fn create(
         );
     }
     jobs.issued += 1;
+    jobs.created.retain(|at| *at > now - DAY_MS);
     jobs.created.push(now);
     let id = sf_id(JOB_PREFIX, jobs.issued);
     let fails_with = jobs.failures.pop_front();
