@@ -211,6 +211,22 @@ async fn run_once(
         .summary
 }
 
+/// One run that must succeed; its summary.
+async fn run_ok(
+    store: &Store,
+    connection: &ConnectionSettings,
+    options: &SyncOptions,
+) -> SyncRunSummary {
+    let summary = run_once(store, connection, options).await;
+    assert_eq!(
+        summary.status,
+        SyncRunStatus::Succeeded,
+        "{:?}",
+        summary.message
+    );
+    summary
+}
+
 pub(crate) async fn connection_id(store: &Store) -> i64 {
     store
         .ensure_connection("sf", CrmKind::Salesforce, 0)
@@ -224,13 +240,7 @@ async fn backfill_then_changes_then_months_match_the_truth(test: TestStore) {
     let connection = salesforce_connection(&emu, &dir);
     let options = quick_options();
 
-    let first = run_once(&test.store, &connection, &options).await;
-    assert_eq!(
-        first.status,
-        SyncRunStatus::Succeeded,
-        "{:?}",
-        first.message
-    );
+    let first = run_ok(&test.store, &connection, &options).await;
     assert!(first.versions_written > 0 && first.transitions_written > 0);
     let id = connection_id(&test.store).await;
     assert_store_matches_truth(&test.store, id, &emu).await;
@@ -250,13 +260,7 @@ async fn backfill_then_changes_then_months_match_the_truth(test: TestStore) {
         json!({"changes": [{"object": "Opportunity", "id": deal, "set": {"StageName": "Negotiation/Review"}, "by": {"kind": "rep", "number": 1}}]}),
     )
     .await;
-    let second = run_once(&test.store, &connection, &options).await;
-    assert_eq!(
-        second.status,
-        SyncRunStatus::Succeeded,
-        "{:?}",
-        second.message
-    );
+    let second = run_ok(&test.store, &connection, &options).await;
     assert!(
         second.records_seen < first.records_seen / 4,
         "an incremental run reads little: {} after {}",
@@ -284,8 +288,7 @@ async fn backfill_then_changes_then_months_match_the_truth(test: TestStore) {
     // Two simulated months of funnel activity, synced in two rounds.
     for _ in 0..2 {
         control(&emu, "/__emulator/clock/advance", json!({"by": "30d"})).await;
-        let run = run_once(&test.store, &connection, &options).await;
-        assert_eq!(run.status, SyncRunStatus::Succeeded, "{:?}", run.message);
+        run_ok(&test.store, &connection, &options).await;
     }
     assert_store_matches_truth(&test.store, id, &emu).await;
 
@@ -316,12 +319,10 @@ async fn faults_and_lost_locators_lose_nothing(test: TestStore) {
         ]),
     )
     .await;
-    let run = run_once(&test.store, &connection, &options).await;
-    assert_eq!(run.status, SyncRunStatus::Succeeded, "{:?}", run.message);
+    let run = run_ok(&test.store, &connection, &options).await;
     assert!(run.errors > 0, "faults were met and retried");
     control(&emu, "/__emulator/clock/advance", json!({"by": "20d"})).await;
-    let run = run_once(&test.store, &connection, &options).await;
-    assert_eq!(run.status, SyncRunStatus::Succeeded, "{:?}", run.message);
+    run_ok(&test.store, &connection, &options).await;
     set_faults(&emu, json!([])).await;
     let id = connection_id(&test.store).await;
     assert_store_matches_truth(&test.store, id, &emu).await;
@@ -335,13 +336,7 @@ async fn hard_deleted_campaign_members_are_found_by_the_nightly_id_sweep(test: T
     let dir = ConfigDir::new();
     let connection = salesforce_connection(&emu, &dir);
     let options = quick_options();
-    let first = run_once(&test.store, &connection, &options).await;
-    assert_eq!(
-        first.status,
-        SyncRunStatus::Succeeded,
-        "{:?}",
-        first.message
-    );
+    run_ok(&test.store, &connection, &options).await;
     let id = connection_id(&test.store).await;
     let token = access_token(&emu).await;
     let members = campaign_member_ids(&emu, &token).await;
@@ -379,13 +374,7 @@ async fn hard_deleted_campaign_members_are_found_by_the_nightly_id_sweep(test: T
     );
 
     control(&emu, "/__emulator/clock/advance", json!({"by": "1d"})).await;
-    let swept = run_once(&test.store, &connection, &options).await;
-    assert_eq!(
-        swept.status,
-        SyncRunStatus::Succeeded,
-        "{:?}",
-        swept.message
-    );
+    run_ok(&test.store, &connection, &options).await;
     assert!(is_deleted(members[0].clone()).await);
     assert!(is_deleted(members[1].clone()).await);
     assert!(
@@ -449,13 +438,7 @@ async fn a_rotated_refresh_token_carries_over_to_later_runs(test: TestStore) {
         if round > 0 {
             control(&emu, "/__emulator/clock/advance", json!({"by": "1d"})).await;
         }
-        let summary = run_once(&test.store, &connection, &quick_options()).await;
-        assert_eq!(
-            summary.status,
-            SyncRunStatus::Succeeded,
-            "{:?}",
-            summary.message
-        );
+        run_ok(&test.store, &connection, &quick_options()).await;
     }
     let id = connection_id(&test.store).await;
     assert_store_matches_truth(&test.store, id, &emu).await;
@@ -522,13 +505,7 @@ async fn a_formula_that_changed_without_the_stamp_is_found_by_the_formula_refres
     );
 
     control(&emu, "/__emulator/clock/advance", json!({"by": "6h"})).await;
-    let refreshed = run_once(&test.store, &connection, &options).await;
-    assert_eq!(
-        refreshed.status,
-        SyncRunStatus::Succeeded,
-        "{:?}",
-        refreshed.message
-    );
+    let refreshed = run_ok(&test.store, &connection, &options).await;
     let stored = test
         .store
         .record(id, ObjectKind::Deal, &deal)
@@ -580,8 +557,7 @@ async fn timed_out_history_queries_are_narrowed_until_they_answer(test: TestStor
     let dir = ConfigDir::new();
     let connection = connection_with_field_history(&emu, &dir);
     let options = quick_options();
-    let run = run_once(&test.store, &connection, &options).await;
-    assert_eq!(run.status, SyncRunStatus::Succeeded, "{:?}", run.message);
+    run_ok(&test.store, &connection, &options).await;
     let id = connection_id(&test.store).await;
     assert_store_matches_truth(&test.store, id, &emu).await;
     assert_field_history_matches_truth(&test.store, &emu).await;
@@ -689,13 +665,7 @@ async fn runs_stop_at_the_api_budget_and_the_next_ones_resume(test: TestStore) {
     assert_store_matches_truth(&test.store, id, &emu).await;
     assert_field_history_matches_truth(&test.store, &emu).await;
     connection.limits.daily_budget_share = 0.25;
-    let replay = run_once(&test.store, &connection, &options).await;
-    assert_eq!(
-        replay.status,
-        SyncRunStatus::Succeeded,
-        "{:?}",
-        replay.message
-    );
+    let replay = run_ok(&test.store, &connection, &options).await;
     assert_eq!(
         (replay.versions_written, replay.transitions_written),
         (0, 0)
@@ -768,13 +738,7 @@ async fn field_history_values_round_trip_with_their_types(test: TestStore) {
     let dir = ConfigDir::new();
     let connection = connection_with_field_history(&emu, &dir);
     let options = quick_options();
-    let first = run_once(&test.store, &connection, &options).await;
-    assert_eq!(
-        first.status,
-        SyncRunStatus::Succeeded,
-        "{:?}",
-        first.message
-    );
+    run_ok(&test.store, &connection, &options).await;
     let kinds: std::collections::BTreeSet<&str> = truth(&emu, "OpportunityFieldHistory")
         .await
         .iter()
@@ -798,13 +762,7 @@ async fn field_history_values_round_trip_with_their_types(test: TestStore) {
     );
     assert_field_history_matches_truth(&test.store, &emu).await;
     control(&emu, "/__emulator/clock/advance", json!({"by": "1h"})).await;
-    let second = run_once(&test.store, &connection, &options).await;
-    assert_eq!(
-        second.status,
-        SyncRunStatus::Succeeded,
-        "{:?}",
-        second.message
-    );
+    run_ok(&test.store, &connection, &options).await;
     assert_field_history_matches_truth(&test.store, &emu).await;
     emu.stop().await.unwrap();
 }
@@ -823,8 +781,7 @@ async fn concurrent_long_request_refusals_are_retried(test: TestStore) {
         json!([{"kind": "concurrent_limit", "target": "salesforce", "path_contains": "/query", "every": 3}]),
     )
     .await;
-    let run = run_once(&test.store, &connection, &quick_options()).await;
-    assert_eq!(run.status, SyncRunStatus::Succeeded, "{:?}", run.message);
+    let run = run_ok(&test.store, &connection, &quick_options()).await;
     assert!(run.errors > 0, "refusals were met and retried");
     set_faults(&emu, json!([])).await;
     let id = connection_id(&test.store).await;
@@ -867,8 +824,7 @@ async fn an_idle_expired_locator_restarts_the_query(test: TestStore) {
     assert!(first_rule_matched(&emu).await > 0, "a page was held back");
     let id = connection_id(&test.store).await;
     control(&emu, "/__emulator/clock/advance", json!({"by": "1h"})).await;
-    let next = run_once(&test.store, &connection, &quick_options()).await;
-    assert_eq!(next.status, SyncRunStatus::Succeeded, "{:?}", next.message);
+    run_ok(&test.store, &connection, &quick_options()).await;
     assert_store_matches_truth(&test.store, id, &emu).await;
     emu.stop().await.unwrap();
 }
@@ -920,8 +876,7 @@ async fn rows_sharing_one_stamp_across_pages_are_all_stored(test: TestStore) {
     )
     .await;
     control(&emu, "/__emulator/clock/advance", json!({"by": "1m"})).await;
-    let run = run_once(&test.store, &connection, &options).await;
-    assert_eq!(run.status, SyncRunStatus::Succeeded, "{:?}", run.message);
+    let run = run_ok(&test.store, &connection, &options).await;
     assert_eq!(
         run.versions_written,
         leads.len() as i64,
