@@ -314,7 +314,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
 async fn run_recycle(path: Option<PathBuf>, command: RecycleCommand) -> Result<(), CliError> {
     let settings = load_settings(path)?;
     let store = Store::open_migrated(&settings.store).await?;
-    let now = chrono::Utc::now().timestamp_millis();
+    let now = crate::record::wall_clock();
     let result = match command {
         RecycleCommand::Plan(args) => {
             let options = RecycleOptions {
@@ -476,7 +476,7 @@ async fn sync_once(path: Option<PathBuf>, args: SyncArgs) -> Result<(), CliError
                 for evaluation in rules::evaluate_after_sync(&store, &settings, connection).await {
                     println!("  {}", rules::describe_evaluation(&evaluation));
                 }
-                let now = chrono::Utc::now().timestamp_millis();
+                let now = crate::record::wall_clock();
                 let returned = recycle::outcomes::evaluate_after_sync(&store, now).await;
                 if returned > 0 {
                     println!("  {returned} recycled record(s) returned");
@@ -638,7 +638,7 @@ async fn rules_backtest(path: Option<PathBuf>, args: BacktestArgs) -> Result<(),
 async fn waive(path: Option<PathBuf>, args: WaiveArgs) -> Result<(), CliError> {
     let settings = load_settings(path)?;
     let store = Store::open_migrated(&settings.store).await?;
-    let now = chrono::Utc::now().timestamp_millis();
+    let now = crate::record::wall_clock();
     let result = rules::waive(&store, &settings, args.id, &args.by, &args.reason, now).await;
     store.close().await;
     result?;

@@ -133,7 +133,7 @@ async fn sync_loop(
                     transitions = run.transitions_written, api_calls = run.api_calls,
                     daily_used = report.budget.org_used, daily_limit = report.budget.org_limit, "sync run finished");
                 evaluate_after_sync(&store, &settings, connection).await;
-                let now = chrono::Utc::now().timestamp_millis();
+                let now = crate::record::wall_clock();
                 crate::recycle::outcomes::evaluate_after_sync(&store, now).await;
             }
             Err(SyncError::LeaseHeld(_)) => {

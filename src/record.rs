@@ -14,6 +14,11 @@ pub type Millis = i64;
 /// One day in milliseconds (UTC days have no leap seconds in epoch time).
 pub const DAY_MS: Millis = 86_400_000;
 
+/// This host's clock, in Unix milliseconds: when pipewarden itself did something.
+pub fn wall_clock() -> Millis {
+    chrono::Utc::now().timestamp_millis()
+}
+
 /// The kind of business object, whatever the CRM calls it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]

@@ -21,7 +21,7 @@ use serde_json::Value;
 use super::message::digest_message;
 use super::slack::{PostError, SlackClient};
 use crate::config::settings::SlackSettings;
-use crate::record::Millis;
+use crate::record::{wall_clock, Millis};
 use crate::store::{PendingAlert, Store, StoreError, SyncLease};
 use crate::sync::StopSignal;
 
@@ -101,7 +101,7 @@ impl Deliverer {
         for alert in &pending {
             let key = alert.channel.clone().unwrap_or_else(|| WEBHOOK_KEY.into());
             if alert.kind == "digest_item" {
-                if alert.next_attempt_at_ms <= now() {
+                if alert.next_attempt_at_ms <= wall_clock() {
                     digests.entry(key).or_default().push(alert);
                 }
                 continue;
@@ -109,7 +109,7 @@ impl Deliverer {
             if held.contains(&key) {
                 continue;
             }
-            if alert.next_attempt_at_ms > now() {
+            if alert.next_attempt_at_ms > wall_clock() {
                 held.insert(key);
                 continue;
             }
@@ -189,7 +189,9 @@ impl Deliverer {
                 Err(err) => return Ok(Sent::unanswered(err)),
             }
         }
-        self.store.mark_alerts_sending(message.ids, now()).await?;
+        self.store
+            .mark_alerts_sending(message.ids, wall_clock())
+            .await?;
         self.limiter.until_key_ready(&message.key.to_string()).await;
         let posted = self
             .client
@@ -214,7 +216,7 @@ impl Deliverer {
         match sent.outcome {
             Ok(ts) => {
                 self.store
-                    .mark_alerts_delivered(ids, ts.as_deref(), now())
+                    .mark_alerts_delivered(ids, ts.as_deref(), wall_clock())
                     .await?;
                 report.delivered += count;
                 Ok(true)
@@ -233,7 +235,7 @@ impl Deliverer {
                     _ => self.backoff(attempts),
                 };
                 tracing::warn!(alerts = ?ids, error = %err, retry_in_ms = wait.as_millis() as u64, "Slack delivery will be retried");
-                let next = now() + i64::try_from(wait.as_millis()).unwrap_or(i64::MAX / 2);
+                let next = wall_clock() + i64::try_from(wait.as_millis()).unwrap_or(i64::MAX / 2);
                 self.store
                     .mark_alerts_attempt_failed(ids, &err.to_string(), Some(next), answered)
                     .await?;
@@ -323,8 +325,4 @@ impl Sent {
 fn marker_of(ids: &[i64]) -> String {
     let ids: Vec<String> = ids.iter().map(i64::to_string).collect();
     ids.join(",")
-}
-
-fn now() -> Millis {
-    chrono::Utc::now().timestamp_millis()
 }

@@ -210,7 +210,7 @@ pub(super) async fn waive(
             rejection.body_text()
         ))
     })?;
-    let now = chrono::Utc::now().timestamp_millis();
+    let now = crate::record::wall_clock();
     rules::waive(
         &state.store,
         &state.settings,

@@ -414,7 +414,7 @@ impl TokenManager {
     /// Hands a rotated refresh token to the keeper, so later runs and replicas present it.
     async fn keep_rotated(&self, rotated: SecretString) {
         let Some(keeper) = &self.keeper else { return };
-        let now = chrono::Utc::now().timestamp_millis();
+        let now = crate::record::wall_clock();
         let kept = keeper.keep(rotated, now).await;
         self.unkept_rotation.store(kept.is_err(), Ordering::Relaxed);
         if let Err(err) = kept {

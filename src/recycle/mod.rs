@@ -28,6 +28,7 @@ use crate::config::settings::{
 };
 use crate::config::Settings;
 use crate::crm::{CrmError, RetryPolicy};
+use crate::record::wall_clock;
 use crate::record::Millis;
 use crate::store::{Store, StoreError};
 use crate::writeback;
@@ -532,8 +533,4 @@ async fn deliver_connection(
         return Ok(writeback::DeliveryReport::default());
     }
     writeback::deliver_pending(store, connection, connection_id, options.retry).await
-}
-
-fn wall_clock() -> Millis {
-    chrono::Utc::now().timestamp_millis()
 }

@@ -140,7 +140,7 @@ pub async fn evaluate_after_sync(
     settings: &crate::config::Settings,
     connection: &ConnectionSettings,
 ) -> Vec<EvaluationReport> {
-    let now = chrono::Utc::now().timestamp_millis();
+    let now = crate::record::wall_clock();
     let reports = match evaluate_connection(store, settings, connection, now).await {
         Ok(reports) => reports,
         Err(err) => {

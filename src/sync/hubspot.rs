@@ -32,12 +32,13 @@ use super::hubspot_map::{
     object_kind, record_row, BadRecord, HistoryEntry, RawRecord, RecordRow,
 };
 use super::progress::Progress;
-use super::{wall_clock, RunContext, SyncError};
+use super::{RunContext, SyncError};
 use crate::config::settings::Endpoints;
 use crate::crm::hubspot::{
     HubspotClient, ListQuery, ObjectPage, Owner, Pipeline, PropertyInfo, LIST_PAGE_MAX,
     SEARCH_PAGE_MAX,
 };
+use crate::record::wall_clock;
 use crate::record::{ActorKind, LifecycleEvent, Millis, ObjectKind, Origin, RecordObservation};
 use crate::store::{
     CrmOwner, NewLifecycleEvent, NewStageTransition, ObservationOutcome, QuarantineEntry,

@@ -20,6 +20,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::settings::{ConnectionSettings, CrmKind};
 use crate::crm::{ApiClient, ApiStats, BudgetUse, CrmError, RetryPolicy};
+use crate::record::wall_clock;
 use crate::record::Millis;
 use crate::store::{
     Store, StoreError, StoredRefreshTokens, SyncLease, SyncRunStatus, SyncRunSummary,
@@ -389,9 +390,4 @@ pub fn describe_run(run: &SyncRunSummary) -> String {
         line.push_str(&format!(" ({message})"));
     }
     line
-}
-
-/// This host's clock, for the audit rows.
-fn wall_clock() -> Millis {
-    chrono::Utc::now().timestamp_millis()
 }

@@ -20,10 +20,11 @@ use super::progress::Progress;
 use super::salesforce_map::{
     history_row, lead_status_event, record_kind, record_row, user_owner, BadRow,
 };
-use super::{wall_clock, RunContext, SyncError};
+use super::{RunContext, SyncError};
 use crate::config::settings::Endpoints;
 use crate::crm::salesforce::{soql_datetime, NextPageError, QueryPage, SalesforceClient};
 use crate::crm::CrmError;
+use crate::record::wall_clock;
 use crate::record::{
     ActorKind, LifecycleEvent, Millis, ObjectKind, Origin, RecordObservation, RecordState,
 };
@@ -181,7 +182,9 @@ impl<'c, 'a> Run<'c, 'a> {
         // the first sweep is only scheduled: deleting what this run did not mark seen would
         // delete every member that an earlier page or run stored.
         let Some(last) = last else {
-            return self.save_sweep_start(object, started).await;
+            return self
+                .save_position(object, ID_SWEEP_CURSOR, json!({ "started": started }))
+                .await;
         };
         if started - last < ID_SWEEP_EVERY.as_millis() as Millis {
             return Ok(());
@@ -194,7 +197,8 @@ impl<'c, 'a> Run<'c, 'a> {
             tracing::info!(connection = %self.ctx.settings.name, object, deleted,
                 "id sweep found records deleted for good in the CRM");
         }
-        self.save_sweep_start(object, started).await
+        self.save_position(object, ID_SWEEP_CURSOR, json!({ "started": started }))
+            .await
     }
 
     /// Reads every live row of a record object again, at most once per
@@ -219,7 +223,7 @@ impl<'c, 'a> Run<'c, 'a> {
             FormulaRefresh::NeverRan => {
                 // The backfill that just ran read every row: the first refresh is a period away.
                 let now = self.now();
-                return self.save_formula_refresh(stream.object, now).await;
+                return self.save_formula_done(stream.object, now).await;
             }
             FormulaRefresh::NotDue => return Ok(()),
             FormulaRefresh::Reading { started, after } => (started, after),
@@ -244,7 +248,7 @@ impl<'c, 'a> Run<'c, 'a> {
                         tracing::info!(connection = %self.ctx.settings.name, object = stream.object,
                             "formula refresh done");
                         let done_at = self.now();
-                        return self.save_formula_refresh(stream.object, done_at).await;
+                        return self.save_formula_done(stream.object, done_at).await;
                     }
                     Err(NextPageError::LocatorLost) if restarts < MAX_RESTARTS => {
                         restarts += 1;
@@ -300,33 +304,26 @@ impl<'c, 'a> Run<'c, 'a> {
     /// Remembers that a formula refresh of `object` ended (or, before the first, was
     /// scheduled) at `done_at`: the next is due an interval later, so that a refresh longer
     /// than the interval is not followed by another at once.
-    async fn save_formula_refresh(
+    async fn save_formula_done(&mut self, object: &str, done_at: Millis) -> Result<(), SyncError> {
+        let position = json!({ "done_at": done_at, "reading": false });
+        self.save_position(object, FORMULA_REFRESH_CURSOR, position)
+            .await
+    }
+
+    /// Saves a cursor position of `object` in a transaction of its own: the formula refresh
+    /// and the id sweep remember when they last ended or began.
+    async fn save_position(
         &mut self,
         object: &str,
-        done_at: Millis,
+        cursor: &str,
+        position: Value,
     ) -> Result<(), SyncError> {
         let mut tx = self.ctx.store.begin().await?;
         tx.save_cursor(
             self.ctx.connection_id,
             object,
-            FORMULA_REFRESH_CURSOR,
-            &json!({ "done_at": done_at, "reading": false }),
-            Some(self.ctx.run_id),
-            self.now(),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    /// Remembers when the last id sweep of `object` began.
-    async fn save_sweep_start(&mut self, object: &str, started: Millis) -> Result<(), SyncError> {
-        let mut tx = self.ctx.store.begin().await?;
-        tx.save_cursor(
-            self.ctx.connection_id,
-            object,
-            ID_SWEEP_CURSOR,
-            &json!({ "started": started }),
+            cursor,
+            &position,
             Some(self.ctx.run_id),
             self.now(),
         )

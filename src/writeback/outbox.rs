@@ -10,6 +10,7 @@ use super::Pending;
 use super::{hubspot, salesforce, WriteOp, WriteOutcome};
 use crate::config::settings::{ConnectionSettings, Endpoints};
 use crate::crm::{ApiClient, CrmError, RetryPolicy};
+use crate::record::wall_clock;
 use crate::record::Millis;
 use crate::store::{dispatch, QueryContext, Store, StoreError, StoredRefreshTokens};
 
@@ -343,8 +344,4 @@ async fn record_recycled_event(
     .await
     .map(drop))
     .during("record recycled milestone")
-}
-
-fn wall_clock() -> Millis {
-    chrono::Utc::now().timestamp_millis()
 }

@@ -358,6 +358,34 @@ async fn set_amount(emu: &RunningEmulator, deal: &str, amount: &str) {
     .await;
 }
 
+/// Sets the amount of the first `count` live deals in one batch update, so that they all
+/// change in the same millisecond; returns their ids.
+async fn set_amounts_in_one_batch(
+    emu: &RunningEmulator,
+    count: usize,
+    amount: &str,
+) -> Vec<String> {
+    let deals: Vec<String> = all_records(emu, "deals", "")
+        .await
+        .iter()
+        .filter(|d| d["archived"] == json!(false))
+        .map(|d| d["id"].as_str().unwrap().to_string())
+        .take(count)
+        .collect();
+    let inputs: Vec<Value> = deals
+        .iter()
+        .map(|deal| json!({ "id": deal, "properties": { "amount": amount } }))
+        .collect();
+    api(
+        emu,
+        Method::POST,
+        "/crm/v3/objects/deals/batch/update",
+        Some(json!({ "inputs": inputs })),
+    )
+    .await;
+    deals
+}
+
 async fn stored_amount(store: &Store, id: i64, deal: &str) -> Option<i64> {
     store
         .record(id, ObjectKind::Deal, deal)
@@ -565,24 +593,7 @@ async fn many_changes_in_one_millisecond_page_by_id(test: TestStore) {
     run(&test.store, &connection, &quick_options()).await;
     let id = connection_id(&test.store).await;
     control(&emu, "/__emulator/clock/advance", json!({"by": "1h"})).await;
-    let deals: Vec<String> = all_records(&emu, "deals", "")
-        .await
-        .iter()
-        .filter(|d| d["archived"] == json!(false))
-        .map(|d| d["id"].as_str().unwrap().to_string())
-        .take(25)
-        .collect();
-    let inputs: Vec<Value> = deals
-        .iter()
-        .map(|deal| json!({ "id": deal, "properties": { "amount": "777" } }))
-        .collect();
-    api(
-        &emu,
-        Method::POST,
-        "/crm/v3/objects/deals/batch/update",
-        Some(json!({ "inputs": inputs })),
-    )
-    .await;
+    let deals = set_amounts_in_one_batch(&emu, 25, "777").await;
     control(&emu, "/__emulator/clock/advance", json!({"by": "1m"})).await;
 
     let small_pages = ConnectionSettings {
@@ -757,25 +768,8 @@ async fn searches_keep_under_their_own_limit_and_page_by_key(test: TestStore) {
     run(&test.store, &connection, &quick_options()).await;
     let id = connection_id(&test.store).await;
     control(&emu, "/__emulator/clock/advance", json!({"by": "1h"})).await;
-    let deals: Vec<String> = all_records(&emu, "deals", "")
-        .await
-        .iter()
-        .filter(|d| d["archived"] == json!(false))
-        .map(|d| d["id"].as_str().unwrap().to_string())
-        .take(40)
-        .collect();
+    let deals = set_amounts_in_one_batch(&emu, 40, "888").await;
     assert_eq!(deals.len(), 40, "the portal has 40 live deals");
-    let inputs: Vec<Value> = deals
-        .iter()
-        .map(|deal| json!({ "id": deal, "properties": { "amount": "888" } }))
-        .collect();
-    api(
-        &emu,
-        Method::POST,
-        "/crm/v3/objects/deals/batch/update",
-        Some(json!({ "inputs": inputs })),
-    )
-    .await;
     control(&emu, "/__emulator/clock/advance", json!({"by": "1m"})).await;
     let small_pages = ConnectionSettings {
         page_size: 5,
