@@ -6,7 +6,9 @@
 //! runs use `PIPEWARDEN_TEST_POSTGRES_URL` (default the local server) and create a database of
 //! their own. `--store URL` skips the emulator and the sync and queries a store synced before
 //! (the `large` one a `sync` benchmark left, say: its backfill takes most of an hour), as of its
-//! latest observation; the store connection is named `sf`.
+//! latest observation; the store connection is named `sf`. `--replicate N` copies the synced
+//! data N times over before timing (see `replicate`), and `--keep PATH` leaves that SQLite
+//! store at PATH for later `--store` runs.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -29,14 +31,25 @@ fn main() {
         .and_then(|i| args.get(i + 1))
         .and_then(|n| n.parse().ok())
         .unwrap_or(20);
-    let store = args
-        .iter()
-        .position(|a| a == "--store")
-        .and_then(|i| args.get(i + 1))
-        .cloned();
+    let value_of = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let store = value_of("--store");
+    let copies: u32 = value_of("--replicate")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1);
+    let keep = value_of("--keep");
     let scale = match args
         .iter()
-        .find(|a| !a.starts_with('-') && a.parse::<usize>().is_err() && Some(*a) != store.as_ref())
+        .find(|a| {
+            !a.starts_with('-')
+                && a.parse::<usize>().is_err()
+                && Some(*a) != store.as_ref()
+                && Some(*a) != keep.as_ref()
+        })
         .map(String::as_str)
     {
         None | Some("small") => Scale::Small,
@@ -53,7 +66,15 @@ fn main() {
         .expect("tokio runtime");
     let outcome = match store {
         Some(url) => runtime.block_on(bench_stored(&url, runs)),
-        None => runtime.block_on(bench(scale, postgres, runs)),
+        None => runtime.block_on(bench(
+            Load {
+                scale,
+                postgres,
+                copies,
+                keep,
+            },
+            runs,
+        )),
     };
     if let Err(err) = outcome {
         eprintln!("benchmark failed: {err}");
@@ -61,7 +82,23 @@ fn main() {
     }
 }
 
-async fn bench(scale: Scale, postgres: bool, runs: usize) -> Result<(), String> {
+/// What store the benchmark builds before it times the queries.
+struct Load {
+    scale: Scale,
+    postgres: bool,
+    /// How many copies of the synced data the store holds (1: just the sync).
+    copies: u32,
+    /// Where to leave the SQLite store, for later `--store` runs.
+    keep: Option<String>,
+}
+
+async fn bench(load: Load, runs: usize) -> Result<(), String> {
+    let Load {
+        scale,
+        postgres,
+        copies,
+        ref keep,
+    } = load;
     let emu = emulator::start(
         "127.0.0.1:0".parse().unwrap(),
         EmulatorOptions {
@@ -72,9 +109,10 @@ async fn bench(scale: Scale, postgres: bool, runs: usize) -> Result<(), String> 
     .await
     .map_err(|e| e.to_string())?;
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let store_url = match postgres {
-        true => create_postgres_database().await?,
-        false => format!("sqlite://{}", dir.path().join("bench.db").display()),
+    let store_url = match (postgres, keep) {
+        (true, _) => create_postgres_database().await?,
+        (false, Some(path)) => format!("sqlite://{path}?mode=rwc"),
+        (false, None) => format!("sqlite://{}", dir.path().join("bench.db").display()),
     };
     let settings = settings(dir.path(), emu.base_url().as_str(), &store_url)?;
     let store = Store::open_migrated(&settings.store)
@@ -101,6 +139,14 @@ async fn bench(scale: Scale, postgres: bool, runs: usize) -> Result<(), String> 
         report.summary.transitions_written,
         started.elapsed().as_secs_f64()
     );
+    if copies > 1 {
+        let started = Instant::now();
+        replicate(&store_url, copies).await?;
+        println!(
+            "copied the synced data {copies} times over in {:.1}s",
+            started.elapsed().as_secs_f64()
+        );
+    }
     if postgres {
         // A freshly loaded database has no planner statistics until autovacuum gets to it;
         // without them PostgreSQL picks nested loops over the whole store.
@@ -119,6 +165,105 @@ async fn bench(scale: Scale, postgres: bool, runs: usize) -> Result<(), String> 
         drop_postgres_database(&store_url).await?;
     }
     emu.stop().await.map_err(|e| e.to_string())
+}
+
+/// Tables whose rows make up the synced data; `replicate` copies them.
+const DATA_TABLES: &[&str] = &[
+    "records",
+    "record_versions",
+    "field_history",
+    "stage_transitions",
+    "lifecycle_events",
+    "record_links",
+];
+
+/// Grows a synced store to `copies` times its size without a backfill of the `large` org
+/// (which takes well over an hour): copy k of every row gets its ids offset, its CRM ids
+/// suffixed `~k` and its times moved k × (a year / copies) into the past, so the copies
+/// spread over a year before the synced data and each query meets `copies` times the rows
+/// in the same shapes.
+async fn replicate(store_url: &str, copies: u32) -> Result<(), String> {
+    let shift = 365 * DAY_MS / i64::from(copies);
+    let postgres = store_url.starts_with("postgres");
+    let mut sqlite = None;
+    let mut pg = None;
+    if postgres {
+        pg = Some(
+            sqlx::PgConnection::connect(store_url)
+                .await
+                .map_err(|e| e.to_string())?,
+        );
+    } else {
+        sqlite = Some(
+            sqlx::SqliteConnection::connect(store_url)
+                .await
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    macro_rules! on {
+        ($conn:ident => $body:expr) => {
+            match (&mut sqlite, &mut pg) {
+                (Some($conn), _) => $body,
+                (_, Some($conn)) => $body,
+                _ => unreachable!("one connection is open"),
+            }
+        };
+    }
+    let mut offset: i64 = 1;
+    // record_links is keyed by CRM ids and has no `id` to offset.
+    for table in DATA_TABLES.iter().filter(|t| **t != "record_links") {
+        let max: Option<i64> = on!(conn => sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT MAX(id) FROM {table}"
+        )))
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|e| e.to_string())?);
+        while offset <= max.unwrap_or(0) {
+            offset *= 10;
+        }
+    }
+    for table in DATA_TABLES {
+        let columns: Vec<String> = on!(conn => sqlx::query_scalar(match postgres {
+            true => "SELECT column_name::text FROM information_schema.columns \
+                     WHERE table_name = $1 AND table_schema = current_schema() ORDER BY ordinal_position",
+            false => "SELECT name FROM pragma_table_info($1) ORDER BY cid",
+        })
+        .bind(*table)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(|e| e.to_string())?);
+        let copied: Vec<String> = columns
+            .iter()
+            .map(|column| match column.as_str() {
+                "id" | "record_id" => format!("{column} + copies.k * {offset}"),
+                "crm_id" | "from_crm_id" | "to_crm_id" => {
+                    format!("{column} || '~' || CAST(copies.k AS TEXT)")
+                }
+                c if c.ends_with("_ms") => format!("{column} - copies.k * {shift}"),
+                _ => column.clone(),
+            })
+            .collect();
+        let sql = format!(
+            "INSERT INTO {table} ({}) {} \
+             WITH RECURSIVE copies(k) AS (SELECT CAST(1 AS BIGINT) UNION ALL SELECT k + 1 FROM copies WHERE k < {}) \
+             SELECT {} FROM {table} CROSS JOIN copies",
+            columns.join(", "),
+            if postgres { "OVERRIDING SYSTEM VALUE" } else { "" },
+            copies - 1,
+            copied.join(", ")
+        );
+        let started = Instant::now();
+        let inserted = on!(conn => sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| format!("copy {table}: {e}"))?
+            .rows_affected());
+        println!(
+            "  {table}: {inserted} rows copied in {:.1}s",
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
 }
 
 /// Times the queries over a store synced before, as of its latest observation.
