@@ -3,6 +3,8 @@
 //! A deal's state at T is the version valid at T. Versions are as fine as the syncs were:
 //! between two syncs only the last state the CRM had is known, from its modification time.
 
+use std::collections::HashMap;
+
 use serde::{Deserialize, Serialize};
 
 use super::{
@@ -101,10 +103,10 @@ type Row = (
 const OPEN_DEALS_AT: &str = "SELECT r.crm_id, v.name, v.pipeline, v.stage, v.owner_id, v.amount_cents, \
      v.probability_bp, v.close_date, v.valid_from_ms \
      FROM record_versions v JOIN records r ON r.id = v.record_id \
-     WHERE v.connection_id = $1 AND v.object_kind = 'deal' AND v.valid_from_ms <= $2 \
-     AND (v.valid_to_ms IS NULL OR v.valid_to_ms > $2) AND v.deleted = $3 AND v.is_closed = $3 \
-     AND (CAST($4 AS TEXT) IS NULL OR v.pipeline = $4) AND (CAST($5 AS TEXT) IS NULL OR v.owner_id = $5) \
-     AND (CAST($6 AS TEXT) IS NULL OR v.stage = $6)";
+     WHERE v.connection_id = $1 AND v.object_kind = 'deal' AND v.is_closed = FALSE AND v.deleted = FALSE \
+     AND v.valid_from_ms <= $2 AND (v.valid_to_ms IS NULL OR v.valid_to_ms > $2) \
+     AND (CAST($3 AS TEXT) IS NULL OR v.pipeline = $3) AND (CAST($4 AS TEXT) IS NULL OR v.owner_id = $4) \
+     AND (CAST($5 AS TEXT) IS NULL OR v.stage = $5)";
 
 /// Answers `query as-of`.
 pub async fn run(store: &Store, params: &AsOfParams) -> Result<AsOfReport, QueryError> {
@@ -116,7 +118,6 @@ pub async fn run(store: &Store, params: &AsOfParams) -> Result<AsOfReport, Query
     let rows: Vec<Row> = dispatch!(store.pool(), pool => sqlx::query_as(OPEN_DEALS_AT)
         .bind(connection.id)
         .bind(at)
-        .bind(false)
         .bind(params.pipeline.as_deref())
         .bind(params.owner.as_deref())
         .bind(params.stage.as_deref())
@@ -155,27 +156,42 @@ fn assemble(
             .find(|s| Some(&s.pipeline) == pipeline.as_ref() && Some(&s.stage) == stage.as_ref())
             .and_then(|s| s.probability_bp)
     };
-    let mut deals: Vec<DealAsOf> = rows
+    // Deals share a handful of stages: rank and default each stage once, not once per deal.
+    let mut by_stage: HashMap<(Option<String>, Option<String>), ((i64, i64), Option<i64>)> =
+        HashMap::new();
+    let mut ranked: Vec<((i64, i64), DealAsOf)> = rows
         .into_iter()
-        .map(|r| DealAsOf {
-            probability_bp: r.6.or_else(|| default_probability(&r.2, &r.3)),
-            crm_id: r.0,
-            name: r.1,
-            pipeline: r.2,
-            stage: r.3,
-            owner_id: r.4,
-            amount_cents: r.5,
-            close_date: r.7,
-            state_since: format_instant(r.8),
+        .map(|r| {
+            let (rank, default) =
+                *by_stage
+                    .entry((r.2.clone(), r.3.clone()))
+                    .or_insert_with(|| {
+                        (
+                            stage_rank(stages, r.2.as_deref(), r.3.as_deref()),
+                            default_probability(&r.2, &r.3),
+                        )
+                    });
+            let deal = DealAsOf {
+                probability_bp: r.6.or(default),
+                crm_id: r.0,
+                name: r.1,
+                pipeline: r.2,
+                stage: r.3,
+                owner_id: r.4,
+                amount_cents: r.5,
+                close_date: r.7,
+                state_since: format_instant(r.8),
+            };
+            (rank, deal)
         })
         .collect();
-    deals.sort_by(|a, b| {
-        let rank = |d: &DealAsOf| stage_rank(stages, d.pipeline.as_deref(), d.stage.as_deref());
-        rank(a)
-            .cmp(&rank(b))
+    ranked.sort_unstable_by(|(rank_a, a), (rank_b, b)| {
+        rank_a
+            .cmp(rank_b)
             .then_with(|| a.stage.cmp(&b.stage))
             .then_with(|| a.crm_id.cmp(&b.crm_id))
     });
+    let deals: Vec<DealAsOf> = ranked.into_iter().map(|(_, deal)| deal).collect();
     let mut totals: Vec<(StageTotal, i128)> = Vec::new();
     let mut grand = (total_row(None, None), 0i128);
     for deal in &deals {

@@ -388,20 +388,7 @@ async fn events(
     Ok(by_record)
 }
 
-/// Salesforce lead conversions, as the lead's JSON fields hold them; the JSON operator is
-/// each backend's own.
-const CONVERSIONS_SQLITE: &str = "SELECT l.id, o.id FROM records l JOIN records o ON o.connection_id = l.connection_id \
-     AND o.object_kind = 'deal' AND o.crm_id = json_extract(l.fields, '$.ConvertedOpportunityId') \
-     WHERE l.connection_id = $1 AND l.object_kind = 'lead' \
-     UNION ALL SELECT l.id, o.id FROM records l JOIN records o ON o.connection_id = l.connection_id \
-     AND o.object_kind = 'contact' AND o.crm_id = json_extract(l.fields, '$.ConvertedContactId') \
-     WHERE l.connection_id = $1 AND l.object_kind = 'lead'";
-const CONVERSIONS_POSTGRES: &str = "SELECT l.id, o.id FROM records l JOIN records o ON o.connection_id = l.connection_id \
-     AND o.object_kind = 'deal' AND o.crm_id = l.fields->>'ConvertedOpportunityId' \
-     WHERE l.connection_id = $1 AND l.object_kind = 'lead' \
-     UNION ALL SELECT l.id, o.id FROM records l JOIN records o ON o.connection_id = l.connection_id \
-     AND o.object_kind = 'contact' AND o.crm_id = l.fields->>'ConvertedContactId' \
-     WHERE l.connection_id = $1 AND l.object_kind = 'lead'";
+/// Lead conversions (Salesforce) and associations (HubSpot) between stored records.
 const ASSOCIATIONS: &str = "SELECT a.id, b.id FROM record_links k \
      JOIN records a ON a.connection_id = k.connection_id AND a.object_kind = k.from_kind AND a.crm_id = k.from_crm_id \
      JOIN records b ON b.connection_id = k.connection_id AND b.object_kind = k.to_kind AND b.crm_id = k.to_crm_id \
@@ -412,19 +399,11 @@ pub(crate) async fn linked_records(
     store: &Store,
     connection_id: i64,
 ) -> Result<HashMap<i64, Vec<i64>>, QueryError> {
-    let conversions = match store.backend() {
-        BackendKind::Sqlite => CONVERSIONS_SQLITE,
-        BackendKind::Postgres => CONVERSIONS_POSTGRES,
-    };
-    let mut pairs: Vec<(i64, i64)> = Vec::new();
-    for sql in [conversions, ASSOCIATIONS] {
-        let rows: Vec<(i64, i64)> = dispatch!(store.pool(), pool => sqlx::query_as(sql)
-            .bind(connection_id)
-            .fetch_all(pool)
-            .await)
-        .during("read record links for cohorts")?;
-        pairs.extend(rows);
-    }
+    let pairs: Vec<(i64, i64)> = dispatch!(store.pool(), pool => sqlx::query_as(ASSOCIATIONS)
+        .bind(connection_id)
+        .fetch_all(pool)
+        .await)
+    .during("read record links for cohorts")?;
     let mut linked: HashMap<i64, Vec<i64>> = HashMap::new();
     for (a, b) in pairs {
         linked.entry(a).or_default().push(b);

@@ -6,10 +6,12 @@
 //! for a past window never changes. Entries come from the stage transitions (the CRM's own
 //! history where it is synced), not from versions, so no move between two syncs is missed.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
+use futures_util::TryStreamExt;
 use serde::{Deserialize, Serialize};
+use sqlx::Row;
 
 use super::as_of::stage_rank;
 use super::{
@@ -99,25 +101,92 @@ pub struct FunnelReport {
     pub stages: Vec<FunnelStage>,
 }
 
-#[derive(Debug, sqlx::FromRow)]
-struct MoveRow {
+/// One move in the window, its stage numbered in [`Stages`].
+struct Move {
     record_id: i64,
-    pipeline: Option<String>,
-    to_stage: String,
+    stage: usize,
     changed_at_ms: i64,
-    owner_id: Option<String>,
-    source: Option<String>,
-    campaign_id: Option<String>,
-    deleted_at_ms: Option<i64>,
+    id: i64,
 }
 
-/// Every move in the window of the deals that moved in it, oldest first per deal.
-const MOVES_IN_WINDOW: &str = "SELECT t.record_id, t.pipeline, t.to_stage, t.changed_at_ms, r.owner_id, r.source, \
-     r.campaign_id, r.deleted_at_ms \
-     FROM stage_transitions t JOIN records r ON r.id = t.record_id \
+/// The (pipeline, stage) pairs the window's moves went to, numbered in order of meeting,
+/// each with what the tally asks of it: moves are millions, stages a handful.
+#[derive(Default)]
+struct Stages {
+    met: Vec<StageFacts>,
+}
+
+struct StageFacts {
+    pipeline: Option<String>,
+    stage: String,
+    rank: (i64, i64),
+    closed: bool,
+    won: bool,
+    lost: bool,
+    limit_ms: Option<i64>,
+}
+
+impl Stages {
+    fn number(
+        &mut self,
+        definitions: &[StageDefinition],
+        limits: &HashMap<String, Duration>,
+        pipeline: Option<&str>,
+        stage: &str,
+    ) -> usize {
+        if let Some(known) = self
+            .met
+            .iter()
+            .position(|s| s.pipeline.as_deref() == pipeline && s.stage == stage)
+        {
+            return known;
+        }
+        let definition = definitions
+            .iter()
+            .find(|d| Some(d.pipeline.as_str()) == pipeline && d.stage == stage);
+        self.met.push(StageFacts {
+            pipeline: pipeline.map(str::to_string),
+            stage: stage.to_string(),
+            rank: stage_rank(definitions, pipeline, Some(stage)),
+            closed: definition.is_some_and(|d| d.is_closed),
+            won: definition.is_some_and(|d| d.is_closed && d.is_won),
+            lost: definition.is_some_and(|d| d.is_closed && !d.is_won),
+            limit_ms: limits.get(stage).map(|d| d.as_millis() as i64),
+        });
+        self.met.len() - 1
+    }
+}
+
+/// Every deal move in the window. The store returns them in index order; they are put in
+/// deal order here, which is cheaper than asking the database to sort millions of rows.
+const MOVES_IN_WINDOW: &str = "SELECT t.record_id, t.pipeline, t.to_stage, t.changed_at_ms, t.id \
+     FROM stage_transitions t \
      WHERE t.connection_id = $1 AND t.object_kind = 'deal' AND t.changed_at_ms >= $2 AND t.changed_at_ms < $3 \
-     AND (CAST($4 AS TEXT) IS NULL OR t.pipeline = $4) \
-     ORDER BY t.record_id, t.changed_at_ms, t.id";
+     AND (CAST($4 AS TEXT) IS NULL OR t.pipeline = $4)";
+
+/// Deals deleted before an instant: their last stage does not make them stuck.
+const DELETED_DEALS: &str =
+    "SELECT id FROM records WHERE connection_id = $1 AND object_kind = 'deal' \
+     AND deleted_at_ms IS NOT NULL AND deleted_at_ms < $2";
+
+/// The current group value of each deal that moved in the window, one query per `--by`.
+const GROUP_SQL: [(FunnelBy, &str); 3] = [
+    (
+        FunnelBy::Owner,
+        "SELECT r.id, r.owner_id FROM records r WHERE r.id IN (SELECT t.record_id FROM stage_transitions t \
+         WHERE t.connection_id = $1 AND t.object_kind = 'deal' AND t.changed_at_ms >= $2 AND t.changed_at_ms < $3)",
+    ),
+    (
+        FunnelBy::Source,
+        "SELECT r.id, r.source FROM records r WHERE r.id IN (SELECT t.record_id FROM stage_transitions t \
+         WHERE t.connection_id = $1 AND t.object_kind = 'deal' AND t.changed_at_ms >= $2 AND t.changed_at_ms < $3)",
+    ),
+    (
+        FunnelBy::Campaign,
+        "SELECT r.id, r.campaign_id FROM records r WHERE r.id IN (SELECT t.record_id FROM stage_transitions t \
+         WHERE t.connection_id = $1 AND t.object_kind = 'deal' AND t.changed_at_ms >= $2 AND t.changed_at_ms < $3)",
+    ),
+];
 
 /// Answers `query funnel`.
 pub async fn run(
@@ -127,18 +196,43 @@ pub async fn run(
 ) -> Result<FunnelReport, QueryError> {
     let (from, to) = parse_range(&params.from, &params.to)?;
     let connection = resolve_connection(store, params.connection.as_deref()).await?;
-    let stages = deal_stages(store, &connection).await?;
-    check_pipeline(&stages, params.pipeline.as_deref())?;
+    let definitions = deal_stages(store, &connection).await?;
+    check_pipeline(&definitions, params.pipeline.as_deref())?;
     let limits = max_dwell_by_stage(settings, &connection.name, params.pipeline.as_deref());
-    let moves: Vec<MoveRow> = dispatch!(store.pool(), pool => sqlx::query_as(MOVES_IN_WINDOW)
+    let mut stages = Stages::default();
+    let mut moves: Vec<Move> = Vec::new();
+    dispatch!(store.pool(), pool => {
+        let mut rows = sqlx::query(MOVES_IN_WINDOW)
+            .bind(connection.id)
+            .bind(from)
+            .bind(to)
+            .bind(params.pipeline.as_deref())
+            .fetch(pool);
+        while let Some(row) = rows.try_next().await.during("read stage moves in a window")? {
+            let stage: &str = row.try_get(2).during("read a stage move")?;
+            let pipeline: Option<&str> = row.try_get(1).during("read a stage move")?;
+            moves.push(Move {
+                record_id: row.try_get(0).during("read a stage move")?,
+                stage: stages.number(&definitions, &limits, pipeline, stage),
+                changed_at_ms: row.try_get(3).during("read a stage move")?,
+                id: row.try_get(4).during("read a stage move")?,
+            });
+        }
+    });
+    moves.sort_unstable_by_key(|m| (m.record_id, m.changed_at_ms, m.id));
+    let deleted: HashSet<i64> = dispatch!(store.pool(), pool => sqlx::query_scalar(DELETED_DEALS)
         .bind(connection.id)
-        .bind(from)
         .bind(to)
-        .bind(params.pipeline.as_deref())
         .fetch_all(pool)
         .await)
-    .during("read stage moves in a window")?;
-    let rows = tally(&stages, &limits, params.by, &moves, to);
+    .during("read deleted deals")?
+    .into_iter()
+    .collect();
+    let groups = match params.by {
+        Some(by) => Some(group_values(store, connection.id, by, (from, to)).await?),
+        None => None,
+    };
+    let rows = tally(&stages, &moves, &deleted, groups.as_ref(), to);
     Ok(FunnelReport {
         connection: connection.name,
         from: format_instant(from),
@@ -146,6 +240,31 @@ pub async fn run(
         by: params.by,
         stages: rows,
     })
+}
+
+/// The `--by` value of each deal that moved in `[from, to)`.
+async fn group_values(
+    store: &Store,
+    connection_id: i64,
+    by: FunnelBy,
+    (from, to): (Millis, Millis),
+) -> Result<HashMap<i64, String>, QueryError> {
+    let sql = GROUP_SQL
+        .iter()
+        .find(|(of, _)| *of == by)
+        .map(|(_, sql)| *sql)
+        .expect("every --by has its query");
+    let rows: Vec<(i64, Option<String>)> = dispatch!(store.pool(), pool => sqlx::query_as(sql)
+        .bind(connection_id)
+        .bind(from)
+        .bind(to)
+        .fetch_all(pool)
+        .await)
+    .during("read the groups of funnel deals")?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(id, value)| Some((id, value?)))
+        .collect())
 }
 
 #[derive(Default)]
@@ -158,72 +277,55 @@ struct Tally {
 }
 
 fn tally(
-    stages: &[StageDefinition],
-    limits: &HashMap<String, Duration>,
-    by: Option<FunnelBy>,
-    moves: &[MoveRow],
+    stages: &Stages,
+    moves: &[Move],
+    deleted: &HashSet<i64>,
+    groups: Option<&HashMap<i64, String>>,
     to: Millis,
 ) -> Vec<FunnelStage> {
-    let definition = |pipeline: &Option<String>, stage: &str| {
-        stages
-            .iter()
-            .find(|s| Some(&s.pipeline) == pipeline.as_ref() && s.stage == stage)
-    };
-    let limit_ms = |stage: &str| limits.get(stage).map(|d| d.as_millis() as i64);
-    // (group, pipeline rank, stage rank, pipeline, stage) keeps groups and stages in order.
-    type Key = (Option<String>, (i64, i64), Option<String>, String);
+    // (group, stage rank, stage number) keeps groups and stages in order.
+    type Key<'a> = (Option<&'a str>, (i64, i64), usize);
     let mut tallies: BTreeMap<Key, Tally> = BTreeMap::new();
     for deal in moves.chunk_by(|a, b| a.record_id == b.record_id) {
+        let record_id = deal[0].record_id;
+        let group = groups.and_then(|g| g.get(&record_id)).map(String::as_str);
         for (index, entry) in deal.iter().enumerate() {
-            let group = by.and_then(|by| match by {
-                FunnelBy::Owner => entry.owner_id.clone(),
-                FunnelBy::Source => entry.source.clone(),
-                FunnelBy::Campaign => entry.campaign_id.clone(),
-            });
-            let rank = stage_rank(stages, entry.pipeline.as_deref(), Some(&entry.to_stage));
-            let key = (group, rank, entry.pipeline.clone(), entry.to_stage.clone());
-            let tally = tallies.entry(key).or_default();
+            let facts = &stages.met[entry.stage];
+            let tally = tallies.entry((group, facts.rank, entry.stage)).or_default();
             tally.entered += 1;
             let later = &deal[index + 1..];
             match later.first() {
                 Some(next) => {
                     tally.dwells.push(next.changed_at_ms - entry.changed_at_ms);
-                    let next_def = definition(&next.pipeline, &next.to_stage);
-                    let lost = next_def.is_some_and(|d| d.is_closed && !d.is_won);
-                    let forward =
-                        stage_rank(stages, next.pipeline.as_deref(), Some(&next.to_stage)) > rank;
-                    if forward && !lost {
+                    let next_facts = &stages.met[next.stage];
+                    if next_facts.rank > facts.rank && !next_facts.lost {
                         tally.moved_on += 1;
                     }
                 }
                 None => {
-                    let closed =
-                        definition(&entry.pipeline, &entry.to_stage).is_some_and(|d| d.is_closed);
-                    let deleted = entry.deleted_at_ms.is_some_and(|at| at < to);
-                    let over = limit_ms(&entry.to_stage)
+                    let over = facts
+                        .limit_ms
                         .is_some_and(|limit| to - entry.changed_at_ms > limit);
-                    if !closed && !deleted && over {
+                    if !facts.closed && !deleted.contains(&record_id) && over {
                         tally.stuck += 1;
                     }
                 }
             }
-            let won_later = later.iter().any(|m| {
-                definition(&m.pipeline, &m.to_stage).is_some_and(|d| d.is_closed && d.is_won)
-            });
-            if won_later {
+            if later.iter().any(|m| stages.met[m.stage].won) {
                 tally.won += 1;
             }
         }
     }
     tallies
         .into_iter()
-        .map(|((group, _, pipeline, stage), mut t)| {
+        .map(|((group, _, stage), mut t)| {
+            let facts = &stages.met[stage];
             t.dwells.sort_unstable();
             FunnelStage {
-                max_dwell_ms: limit_ms(&stage),
-                group,
-                pipeline,
-                stage,
+                max_dwell_ms: facts.limit_ms,
+                group: group.map(str::to_string),
+                pipeline: facts.pipeline.clone(),
+                stage: facts.stage.clone(),
                 entered: t.entered,
                 moved_on: t.moved_on,
                 to_next_bp: share_bp(t.moved_on, t.entered),

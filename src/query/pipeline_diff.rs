@@ -164,20 +164,34 @@ impl State {
     }
 }
 
-const DEALS_AT: &str =
+/// The version valid at `$4` of each deal that has a version starting in `($2, $3]`. A deal
+/// without one was in the same state at both ends, so only these can have changed: the
+/// query reads the window's activity, not the whole pipeline twice.
+const CHANGED_DEALS_AT: &str =
     "SELECT v.record_id, r.crm_id, v.name, v.pipeline, v.stage, v.amount_cents, v.close_date, \
      v.is_closed, v.is_won, v.deleted, v.crm_created_at_ms \
      FROM record_versions v JOIN records r ON r.id = v.record_id \
-     WHERE v.connection_id = $1 AND v.object_kind = 'deal' AND v.valid_from_ms <= $2 \
-     AND (v.valid_to_ms IS NULL OR v.valid_to_ms > $2)";
+     WHERE v.record_id IN (SELECT c.record_id FROM record_versions c WHERE c.connection_id = $1 \
+     AND c.object_kind = 'deal' AND c.valid_from_ms > $2 AND c.valid_from_ms <= $3) \
+     AND v.valid_from_ms <= $4 AND (v.valid_to_ms IS NULL OR v.valid_to_ms > $4)";
 
-async fn deals_at(store: &Store, connection_id: i64, at: Millis) -> Result<Vec<State>, QueryError> {
-    Ok(dispatch!(store.pool(), pool => sqlx::query_as(DEALS_AT)
+/// The state at `at` of every deal whose state changed in `(from, to]`.
+async fn changed_deals_at(
+    store: &Store,
+    connection_id: i64,
+    (from, to): (Millis, Millis),
+    at: Millis,
+) -> Result<Vec<State>, QueryError> {
+    Ok(
+        dispatch!(store.pool(), pool => sqlx::query_as(CHANGED_DEALS_AT)
         .bind(connection_id)
+        .bind(from)
+        .bind(to)
         .bind(at)
         .fetch_all(pool)
         .await)
-    .during("read deals at an instant")?)
+        .during("read changed deals at an instant")?,
+    )
 }
 
 /// Answers `query pipeline-diff`.
@@ -197,11 +211,11 @@ pub async fn run(
                 .is_none_or(|p| state.pipeline.as_deref() == Some(p))
     };
     let mut ends: BTreeMap<i64, (Option<State>, Option<State>)> = BTreeMap::new();
-    for state in deals_at(store, connection.id, from).await? {
+    for state in changed_deals_at(store, connection.id, (from, to), from).await? {
         let record = state.record_id;
         ends.entry(record).or_default().0 = Some(state);
     }
-    for state in deals_at(store, connection.id, to).await? {
+    for state in changed_deals_at(store, connection.id, (from, to), to).await? {
         let record = state.record_id;
         ends.entry(record).or_default().1 = Some(state);
     }

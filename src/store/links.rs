@@ -1,4 +1,5 @@
-//! Relations between records by CRM id (`record_links`): HubSpot deal–contact associations.
+//! Relations between records by CRM id (`record_links`): HubSpot deal–contact associations and
+//! Salesforce lead conversions.
 //!
 //! Links name records by CRM id rather than store id, so a link can arrive before the record
 //! it points to has been synced.

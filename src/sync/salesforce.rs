@@ -18,7 +18,7 @@ use serde_json::{json, Map, Value};
 
 use super::progress::Progress;
 use super::salesforce_map::{
-    history_row, lead_status_event, record_kind, record_row, user_owner, BadRow,
+    conversion_links, history_row, lead_status_event, record_kind, record_row, user_owner, BadRow,
 };
 use super::{RunContext, SyncError};
 use crate::config::settings::Endpoints;
@@ -763,6 +763,12 @@ impl<'c, 'a> Run<'c, 'a> {
                 continue;
             }
             written.push(observation.crm_id.as_str());
+            if kind == ObjectKind::Lead {
+                for link in conversion_links(&observation.crm_id, &observation.state) {
+                    tx.upsert_link(self.ctx.connection_id, &link, observed_at)
+                        .await?;
+                }
+            }
             if let (ObservationOutcome::Created { record_id }, Some(created)) =
                 (outcome, observation.state.crm_created_at)
             {

@@ -3,7 +3,7 @@
 use serde_json::{Map, Value};
 
 use crate::record::{ActorKind, LifecycleEvent, Millis, ObjectKind, RecordState};
-use crate::store::CrmOwner;
+use crate::store::{CrmOwner, RecordLink};
 
 /// Fields that change on every save without meaning anything: left out of the tracked
 /// content so that a new version means a real change.
@@ -26,6 +26,28 @@ pub(crate) fn record_kind(object: &str) -> Option<ObjectKind> {
         "CampaignMember" => ObjectKind::CampaignMember,
         _ => return None,
     })
+}
+
+/// What a converted lead became, as links: the opportunity and the contact its conversion
+/// made (`ConvertedOpportunityId`, `ConvertedContactId`). Cohorts follow these to count a
+/// deal's outcome for the lead it started as.
+pub(crate) fn conversion_links(crm_id: &str, state: &RecordState) -> Vec<RecordLink> {
+    [
+        ("ConvertedOpportunityId", ObjectKind::Deal),
+        ("ConvertedContactId", ObjectKind::Contact),
+    ]
+    .into_iter()
+    .filter_map(|(field, to_kind)| {
+        let to_crm_id = state.fields.get(field)?.as_str()?;
+        Some(RecordLink {
+            from_kind: ObjectKind::Lead,
+            from_crm_id: crm_id.to_string(),
+            relation: "converted_to".into(),
+            to_kind,
+            to_crm_id: to_crm_id.to_string(),
+        })
+    })
+    .collect()
 }
 
 /// A row that could not be read, with the field at fault.
