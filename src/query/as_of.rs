@@ -157,8 +157,8 @@ fn assemble(
             .and_then(|s| s.probability_bp)
     };
     // Deals share a handful of stages: rank and default each stage once, not once per deal.
-    let mut by_stage: HashMap<(Option<String>, Option<String>), ((i64, i64), Option<i64>)> =
-        HashMap::new();
+    type StageKey = (Option<String>, Option<String>);
+    let mut by_stage: HashMap<StageKey, ((i64, i64), Option<i64>)> = HashMap::new();
     let mut ranked: Vec<((i64, i64), DealAsOf)> = rows
         .into_iter()
         .map(|r| {

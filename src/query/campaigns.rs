@@ -10,7 +10,6 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 
-use super::cohort::linked_records;
 use super::{
     format_cents, format_instant, parse_range, resolve_connection, QueryError, Report, Table,
 };
@@ -213,6 +212,30 @@ pub async fn run(store: &Store, params: &CampaignsParams) -> Result<CampaignsRep
         average,
         campaigns,
     })
+}
+
+/// Lead conversions (Salesforce) and associations (HubSpot) between stored records.
+const ASSOCIATIONS: &str = "SELECT a.id, b.id FROM record_links k \
+     JOIN records a ON a.connection_id = k.connection_id AND a.object_kind = k.from_kind AND a.crm_id = k.from_crm_id \
+     JOIN records b ON b.connection_id = k.connection_id AND b.object_kind = k.to_kind AND b.crm_id = k.to_crm_id \
+     WHERE k.connection_id = $1 AND k.removed_at_ms IS NULL AND k.relation IN ('converted_to', 'associated_with')";
+
+/// Records linked to each record, both ways round.
+async fn linked_records(
+    store: &Store,
+    connection_id: i64,
+) -> Result<HashMap<i64, Vec<i64>>, QueryError> {
+    let pairs: Vec<(i64, i64)> = dispatch!(store.pool(), pool => sqlx::query_as(ASSOCIATIONS)
+        .bind(connection_id)
+        .fetch_all(pool)
+        .await)
+    .during("read record links for cohorts")?;
+    let mut linked: HashMap<i64, Vec<i64>> = HashMap::new();
+    for (a, b) in pairs {
+        linked.entry(a).or_default().push(b);
+        linked.entry(b).or_default().push(a);
+    }
+    Ok(linked)
 }
 
 /// The mean of each figure, rounded to two decimals so that every backend prints the same.

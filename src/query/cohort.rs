@@ -267,45 +267,46 @@ fn plan(params: &CohortParams) -> Result<Plan, QueryError> {
 pub async fn run(store: &Store, params: &CohortParams) -> Result<CohortReport, QueryError> {
     let plan = plan(params)?;
     let connection = resolve_connection(store, params.connection.as_deref()).await?;
-    let starts = first_events(store, connection.id, plan.start, plan.kind).await?;
-    let starts: Vec<(i64, Millis)> = starts
-        .into_iter()
-        .filter(|(_, at)| {
-            plan.from.is_none_or(|from| *at >= from) && plan.to.is_none_or(|to| *at < to)
-        })
-        .collect();
-    let outcomes = events(store, connection.id, plan.outcome).await?;
-    let links = linked_records(store, connection.id).await?;
-    let groups = match plan.by {
-        Some(by) => Some(touches(store, connection.id, by).await?),
-        None => None,
-    };
-    // (group, start period) -> (size, first outcomes per offset, outcomes after the horizon)
-    type Tally = (i64, Vec<i64>, i64);
+    let reached = first_outcomes(store, connection.id, &plan).await?;
     let mut cohorts: BTreeMap<(Option<String>, i64), Tally> = BTreeMap::new();
-    for (record, started) in starts {
-        let first_outcome = std::iter::once(record)
-            .chain(links.get(&record).into_iter().flatten().copied())
-            .filter_map(|r| outcomes.get(&r))
-            .flatten()
-            .copied()
-            .filter(|at| *at >= started)
-            .min();
-        let start_period = plan.period.index(started);
-        let offset = first_outcome.map(|at| plan.period.index(at) - start_period);
-        let names: Vec<Option<String>> = match &groups {
-            None => vec![None],
-            Some(touches) => group_names(touches.get(&record), plan.view),
-        };
-        for name in names {
-            let cohort = cohorts
-                .entry((name, start_period))
-                .or_insert_with(|| (0, vec![0; plan.horizon as usize + 1], 0));
-            cohort.0 += 1;
-            match offset {
-                Some(offset) if offset <= i64::from(plan.horizon) => cohort.1[offset as usize] += 1,
-                Some(_) => cohort.2 += 1,
-                None => {}
+    let columns = plan.horizon as usize + 1;
+    let count_outcome = |tally: &mut Tally, offset: i64| match usize::try_from(offset) {
+        Ok(offset) if offset <= plan.horizon as usize => tally.1[offset] += 1,
+        _ => tally.2 += 1,
+    };
+    match plan.by {
+        // Without groups only counts leave the store: cohort sizes by day, and the records
+        // that reached the outcome.
+        None => {
+            for (day, size) in starts_by_day(store, connection.id, &plan).await? {
+                tally(&mut cohorts, None, plan.period.index(day * DAY_MS), columns).0 += size;
+            }
+            for (started, at) in reached.values() {
+                let start_period = plan.period.index(*started);
+                count_outcome(
+                    tally(&mut cohorts, None, start_period, columns),
+                    plan.period.index(*at) - start_period,
+                );
+            }
+        }
+        Some(by) => {
+            let groups = touches(store, connection.id, by).await?;
+            let starts = first_events(store, connection.id, plan.start, plan.kind).await?;
+            let in_range = |at: Millis| {
+                plan.from.is_none_or(|from| at >= from) && plan.to.is_none_or(|to| at < to)
+            };
+            for (record, started) in starts.into_iter().filter(|(_, at)| in_range(*at)) {
+                let start_period = plan.period.index(started);
+                let offset = reached
+                    .get(&record)
+                    .map(|(_, at)| plan.period.index(*at) - start_period);
+                for name in group_names(groups.get(&record), plan.view) {
+                    let counts = tally(&mut cohorts, name, start_period, columns);
+                    counts.0 += 1;
+                    if let Some(offset) = offset {
+                        count_outcome(counts, offset);
+                    }
+                }
             }
         }
     }
@@ -367,49 +368,95 @@ async fn first_events(
     .during("read cohort start events")?)
 }
 
-/// Every occurrence of `event`, by record.
-async fn events(
-    store: &Store,
-    connection_id: i64,
-    event: LifecycleEvent,
-) -> Result<HashMap<i64, Vec<Millis>>, QueryError> {
-    let rows: Vec<(i64, Millis)> = dispatch!(store.pool(), pool => sqlx::query_as(
-        "SELECT record_id, occurred_at_ms FROM lifecycle_events WHERE connection_id = $1 AND event = $2",
-    )
-    .bind(connection_id)
-    .bind(event.as_str())
-    .fetch_all(pool)
-    .await)
-    .during("read cohort outcome events")?;
-    let mut by_record: HashMap<i64, Vec<Millis>> = HashMap::new();
-    for (record, at) in rows {
-        by_record.entry(record).or_default().push(at);
-    }
-    Ok(by_record)
+const DAY_MS: Millis = 86_400_000;
+
+/// One cohort's counts: size, first outcomes per period offset, outcomes after the horizon.
+type Tally = (i64, Vec<i64>, i64);
+
+/// The cohort of `group` starting in `start_period`, made empty on first use.
+fn tally(
+    cohorts: &mut BTreeMap<(Option<String>, i64), Tally>,
+    group: Option<String>,
+    start_period: i64,
+    columns: usize,
+) -> &mut Tally {
+    cohorts
+        .entry((group, start_period))
+        .or_insert_with(|| (0, vec![0; columns], 0))
 }
 
-/// Lead conversions (Salesforce) and associations (HubSpot) between stored records.
-const ASSOCIATIONS: &str = "SELECT a.id, b.id FROM record_links k \
-     JOIN records a ON a.connection_id = k.connection_id AND a.object_kind = k.from_kind AND a.crm_id = k.from_crm_id \
-     JOIN records b ON b.connection_id = k.connection_id AND b.object_kind = k.to_kind AND b.crm_id = k.to_crm_id \
-     WHERE k.connection_id = $1 AND k.removed_at_ms IS NULL AND k.relation IN ('converted_to', 'associated_with')";
+/// Cohort sizes by UTC day of the start: each record's first start event in range, counted
+/// in the store. Days nest in months, quarters and years, so the caller buckets them. The
+/// day is floored, not truncated, so instants before 1970 land in their own day.
+const STARTS_BY_DAY: &str = "SELECT (started - ((started % 86400000) + 86400000) % 86400000) / 86400000, COUNT(*) \
+     FROM (SELECT MIN(occurred_at_ms) AS started FROM lifecycle_events WHERE connection_id = $1 AND event = $2 \
+     AND (CAST($3 AS TEXT) IS NULL OR object_kind = $3) GROUP BY record_id) AS firsts \
+     WHERE (CAST($4 AS BIGINT) IS NULL OR started >= $4) AND (CAST($5 AS BIGINT) IS NULL OR started < $5) \
+     GROUP BY 1";
 
-/// Records linked to each record, both ways round.
-pub(crate) async fn linked_records(
+/// Records that reached the outcome, with their start and their first outcome at or after
+/// it. Outcomes are few next to starts, so the search runs from each outcome to the records
+/// it counts for: its own, and those linked to it either way round (a lead converted into
+/// the won deal, a contact associated with it).
+const FIRST_OUTCOMES: &str = "WITH hits AS ( \
+     SELECT o.record_id AS subject, o.occurred_at_ms AS at FROM lifecycle_events o \
+     WHERE o.connection_id = $1 AND o.event = $3 \
+     UNION ALL SELECT a.id, o.occurred_at_ms FROM lifecycle_events o \
+     JOIN records b ON b.id = o.record_id \
+     JOIN record_links k ON k.connection_id = b.connection_id AND k.to_kind = b.object_kind AND k.to_crm_id = b.crm_id \
+     JOIN records a ON a.connection_id = k.connection_id AND a.object_kind = k.from_kind AND a.crm_id = k.from_crm_id \
+     WHERE o.connection_id = $1 AND o.event = $3 AND k.removed_at_ms IS NULL \
+     AND k.relation IN ('converted_to', 'associated_with') \
+     UNION ALL SELECT b.id, o.occurred_at_ms FROM lifecycle_events o \
+     JOIN records a ON a.id = o.record_id \
+     JOIN record_links k ON k.connection_id = a.connection_id AND k.from_kind = a.object_kind AND k.from_crm_id = a.crm_id \
+     JOIN records b ON b.connection_id = k.connection_id AND b.object_kind = k.to_kind AND b.crm_id = k.to_crm_id \
+     WHERE o.connection_id = $1 AND o.event = $3 AND k.removed_at_ms IS NULL \
+     AND k.relation IN ('converted_to', 'associated_with')), \
+     timed AS (SELECT h.subject, h.at, (SELECT MIN(e.occurred_at_ms) FROM lifecycle_events e \
+     WHERE e.record_id = h.subject AND e.event = $2 AND (CAST($4 AS TEXT) IS NULL OR e.object_kind = $4)) AS started \
+     FROM hits h) \
+     SELECT subject, started, MIN(at) FROM timed WHERE started IS NOT NULL AND at >= started \
+     AND (CAST($5 AS BIGINT) IS NULL OR started >= $5) AND (CAST($6 AS BIGINT) IS NULL OR started < $6) \
+     GROUP BY subject, started";
+
+/// Cohort sizes by day of the start (see [`STARTS_BY_DAY`]).
+async fn starts_by_day(
     store: &Store,
     connection_id: i64,
-) -> Result<HashMap<i64, Vec<i64>>, QueryError> {
-    let pairs: Vec<(i64, i64)> = dispatch!(store.pool(), pool => sqlx::query_as(ASSOCIATIONS)
+    plan: &Plan,
+) -> Result<Vec<(i64, i64)>, QueryError> {
+    Ok(dispatch!(store.pool(), pool => sqlx::query_as(STARTS_BY_DAY)
         .bind(connection_id)
+        .bind(plan.start.as_str())
+        .bind(plan.kind.map(ObjectKind::as_str))
+        .bind(plan.from)
+        .bind(plan.to)
         .fetch_all(pool)
         .await)
-    .during("read record links for cohorts")?;
-    let mut linked: HashMap<i64, Vec<i64>> = HashMap::new();
-    for (a, b) in pairs {
-        linked.entry(a).or_default().push(b);
-        linked.entry(b).or_default().push(a);
-    }
-    Ok(linked)
+    .during("count cohort starts")?)
+}
+
+/// Each record that reached the outcome: its start and its first outcome after it.
+async fn first_outcomes(
+    store: &Store,
+    connection_id: i64,
+    plan: &Plan,
+) -> Result<HashMap<i64, (Millis, Millis)>, QueryError> {
+    let rows: Vec<(i64, Millis, Millis)> = dispatch!(store.pool(), pool => sqlx::query_as(FIRST_OUTCOMES)
+        .bind(connection_id)
+        .bind(plan.start.as_str())
+        .bind(plan.outcome.as_str())
+        .bind(plan.kind.map(ObjectKind::as_str))
+        .bind(plan.from)
+        .bind(plan.to)
+        .fetch_all(pool)
+        .await)
+    .during("read cohort outcomes")?;
+    Ok(rows
+        .into_iter()
+        .map(|(record, started, at)| (record, (started, at)))
+        .collect())
 }
 
 /// Campaign memberships (Salesforce CampaignMember rows) by the lead or contact they hold.

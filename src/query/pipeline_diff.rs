@@ -170,10 +170,11 @@ impl State {
 const CHANGED_DEALS_AT: &str =
     "SELECT v.record_id, r.crm_id, v.name, v.pipeline, v.stage, v.amount_cents, v.close_date, \
      v.is_closed, v.is_won, v.deleted, v.crm_created_at_ms \
-     FROM record_versions v JOIN records r ON r.id = v.record_id \
-     WHERE v.record_id IN (SELECT c.record_id FROM record_versions c WHERE c.connection_id = $1 \
-     AND c.object_kind = 'deal' AND c.valid_from_ms > $2 AND c.valid_from_ms <= $3) \
-     AND v.valid_from_ms <= $4 AND (v.valid_to_ms IS NULL OR v.valid_to_ms > $4)";
+     FROM (SELECT DISTINCT c.record_id FROM record_versions c WHERE c.connection_id = $1 \
+     AND c.object_kind = 'deal' AND c.valid_from_ms > $2 AND c.valid_from_ms <= $3) AS changed \
+     JOIN record_versions v ON v.record_id = changed.record_id \
+     AND v.valid_from_ms <= $4 AND (v.valid_to_ms IS NULL OR v.valid_to_ms > $4) \
+     JOIN records r ON r.id = v.record_id";
 
 /// The state at `at` of every deal whose state changed in `(from, to]`.
 async fn changed_deals_at(
