@@ -397,7 +397,8 @@ const STARTS_BY_DAY: &str = "SELECT (started - ((started % 86400000) + 86400000)
 /// Records that reached the outcome, with their start and their first outcome at or after
 /// it. Outcomes are few next to starts, so the search runs from each outcome to the records
 /// it counts for: its own, and those linked to it either way round (a lead converted into
-/// the won deal, a contact associated with it).
+/// the won deal, a contact associated with it). `timed` is materialized so that each hit's
+/// start is looked up once, not once per mention of it.
 const FIRST_OUTCOMES: &str = "WITH hits AS ( \
      SELECT o.record_id AS subject, o.occurred_at_ms AS at FROM lifecycle_events o \
      WHERE o.connection_id = $1 AND o.event = $3 \
@@ -413,7 +414,7 @@ const FIRST_OUTCOMES: &str = "WITH hits AS ( \
      JOIN records b ON b.connection_id = k.connection_id AND b.object_kind = k.to_kind AND b.crm_id = k.to_crm_id \
      WHERE o.connection_id = $1 AND o.event = $3 AND k.removed_at_ms IS NULL \
      AND k.relation IN ('converted_to', 'associated_with')), \
-     timed AS (SELECT h.subject, h.at, (SELECT MIN(e.occurred_at_ms) FROM lifecycle_events e \
+     timed AS MATERIALIZED (SELECT h.subject, h.at, (SELECT MIN(e.occurred_at_ms) FROM lifecycle_events e \
      WHERE e.record_id = h.subject AND e.event = $2 AND (CAST($4 AS TEXT) IS NULL OR e.object_kind = $4)) AS started \
      FROM hits h) \
      SELECT subject, started, MIN(at) FROM timed WHERE started IS NOT NULL AND at >= started \
@@ -426,7 +427,8 @@ async fn starts_by_day(
     connection_id: i64,
     plan: &Plan,
 ) -> Result<Vec<(i64, i64)>, QueryError> {
-    Ok(dispatch!(store.pool(), pool => sqlx::query_as(STARTS_BY_DAY)
+    Ok(
+        dispatch!(store.pool(), pool => sqlx::query_as(STARTS_BY_DAY)
         .bind(connection_id)
         .bind(plan.start.as_str())
         .bind(plan.kind.map(ObjectKind::as_str))
@@ -434,7 +436,8 @@ async fn starts_by_day(
         .bind(plan.to)
         .fetch_all(pool)
         .await)
-    .during("count cohort starts")?)
+        .during("count cohort starts")?,
+    )
 }
 
 /// Each record that reached the outcome: its start and its first outcome after it.
@@ -443,7 +446,8 @@ async fn first_outcomes(
     connection_id: i64,
     plan: &Plan,
 ) -> Result<HashMap<i64, (Millis, Millis)>, QueryError> {
-    let rows: Vec<(i64, Millis, Millis)> = dispatch!(store.pool(), pool => sqlx::query_as(FIRST_OUTCOMES)
+    let rows: Vec<(i64, Millis, Millis)> =
+        dispatch!(store.pool(), pool => sqlx::query_as(FIRST_OUTCOMES)
         .bind(connection_id)
         .bind(plan.start.as_str())
         .bind(plan.outcome.as_str())
@@ -452,7 +456,7 @@ async fn first_outcomes(
         .bind(plan.to)
         .fetch_all(pool)
         .await)
-    .during("read cohort outcomes")?;
+        .during("read cohort outcomes")?;
     Ok(rows
         .into_iter()
         .map(|(record, started, at)| (record, (started, at)))

@@ -6,6 +6,7 @@
 //! for a past window never changes. Entries come from the stage transitions (the CRM's own
 //! history where it is synced), not from versions, so no move between two syncs is missed.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
@@ -20,7 +21,7 @@ use super::{
 };
 use crate::config::Settings;
 use crate::record::Millis;
-use crate::store::{dispatch, QueryContext, StageDefinition, Store};
+use crate::store::{dispatch, Backend, QueryContext, StageDefinition, Store};
 
 /// What `--by` groups deals by (their current value).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize, Serialize)]
@@ -157,12 +158,103 @@ impl Stages {
     }
 }
 
-/// Every deal move in the window. The store returns them in index order; they are put in
-/// deal order here, which is cheaper than asking the database to sort millions of rows.
-const MOVES_IN_WINDOW: &str = "SELECT t.record_id, t.pipeline, t.to_stage, t.changed_at_ms, t.id \
-     FROM stage_transitions t \
-     WHERE t.connection_id = $1 AND t.object_kind = 'deal' AND t.changed_at_ms >= $2 AND t.changed_at_ms < $3 \
-     AND (CAST($4 AS TEXT) IS NULL OR t.pipeline = $4)";
+/// Every deal move in `[$2, $3)`, from the covering index of moves. The store returns them in
+/// time order; they are put in deal order here, which is cheaper than asking the database to
+/// sort millions of rows.
+macro_rules! moves_in_window {
+    ($columns:literal) => {
+        concat!(
+            "SELECT ",
+            $columns,
+            " FROM stage_transitions t \
+             WHERE t.connection_id = $1 AND t.object_kind = 'deal' AND t.changed_at_ms >= $2 \
+             AND t.changed_at_ms < $3 AND (CAST($4 AS TEXT) IS NULL OR t.pipeline = $4)"
+        )
+    };
+}
+
+/// [`moves_in_window`] as rows (PostgreSQL), or as one JSON array per query (SQLite, whose
+/// rows reach Rust one by one at a cost far above the query's own for millions of moves).
+const MOVES_IN_WINDOW: (&str, &str) = (
+    moves_in_window!(
+        "json_group_array(json_array(t.record_id, t.pipeline, t.to_stage, t.changed_at_ms, t.id))"
+    ),
+    moves_in_window!("t.record_id, t.pipeline, t.to_stage, t.changed_at_ms, t.id"),
+);
+
+/// How much of the window one SQLite query folds into JSON, to bound the text's size.
+const JSON_SPAN_MS: Millis = 31 * 86_400_000;
+
+/// One move as SQLite's JSON gives it; the stage names borrow from the text.
+#[derive(Deserialize)]
+struct JsonMove<'a>(
+    i64,
+    #[serde(borrow)] Option<Cow<'a, str>>,
+    #[serde(borrow)] Cow<'a, str>,
+    i64,
+    i64,
+);
+
+/// Reads every deal move of the window, numbering stages as they are met.
+async fn read_moves(
+    store: &Store,
+    connection_id: i64,
+    (from, to): (Millis, Millis),
+    pipeline: Option<&str>,
+    mut stage_of: impl FnMut(Option<&str>, &str) -> usize,
+) -> Result<Vec<Move>, QueryError> {
+    let mut moves = Vec::new();
+    match store.pool() {
+        Backend::Sqlite(pool) => {
+            let mut start = from;
+            while start < to {
+                let end = to.min(start.saturating_add(JSON_SPAN_MS));
+                let text: Option<String> = sqlx::query_scalar(MOVES_IN_WINDOW.0)
+                    .bind(connection_id)
+                    .bind(start)
+                    .bind(end)
+                    .bind(pipeline)
+                    .fetch_one(pool)
+                    .await
+                    .during("read stage moves in a window")?;
+                let rows: Vec<JsonMove> = serde_json::from_str(text.as_deref().unwrap_or("[]"))
+                    .map_err(|err| sqlx::Error::Decode(Box::new(err)))
+                    .during("read stage moves in a window")?;
+                moves.extend(rows.into_iter().map(|m| Move {
+                    record_id: m.0,
+                    stage: stage_of(m.1.as_deref(), &m.2),
+                    changed_at_ms: m.3,
+                    id: m.4,
+                }));
+                start = end;
+            }
+        }
+        Backend::Postgres(pool) => {
+            let mut rows = sqlx::query(MOVES_IN_WINDOW.1)
+                .bind(connection_id)
+                .bind(from)
+                .bind(to)
+                .bind(pipeline)
+                .fetch(pool);
+            while let Some(row) = rows
+                .try_next()
+                .await
+                .during("read stage moves in a window")?
+            {
+                let stage: &str = row.try_get(2).during("read a stage move")?;
+                let pipeline: Option<&str> = row.try_get(1).during("read a stage move")?;
+                moves.push(Move {
+                    record_id: row.try_get(0).during("read a stage move")?,
+                    stage: stage_of(pipeline, stage),
+                    changed_at_ms: row.try_get(3).during("read a stage move")?,
+                    id: row.try_get(4).during("read a stage move")?,
+                });
+            }
+        }
+    }
+    moves.sort_unstable_by_key(|m| (m.record_id, m.changed_at_ms, m.id));
+    Ok(moves)
+}
 
 /// Deals deleted before an instant: their last stage does not make them stuck.
 const DELETED_DEALS: &str =
@@ -200,26 +292,14 @@ pub async fn run(
     check_pipeline(&definitions, params.pipeline.as_deref())?;
     let limits = max_dwell_by_stage(settings, &connection.name, params.pipeline.as_deref());
     let mut stages = Stages::default();
-    let mut moves: Vec<Move> = Vec::new();
-    dispatch!(store.pool(), pool => {
-        let mut rows = sqlx::query(MOVES_IN_WINDOW)
-            .bind(connection.id)
-            .bind(from)
-            .bind(to)
-            .bind(params.pipeline.as_deref())
-            .fetch(pool);
-        while let Some(row) = rows.try_next().await.during("read stage moves in a window")? {
-            let stage: &str = row.try_get(2).during("read a stage move")?;
-            let pipeline: Option<&str> = row.try_get(1).during("read a stage move")?;
-            moves.push(Move {
-                record_id: row.try_get(0).during("read a stage move")?,
-                stage: stages.number(&definitions, &limits, pipeline, stage),
-                changed_at_ms: row.try_get(3).during("read a stage move")?,
-                id: row.try_get(4).during("read a stage move")?,
-            });
-        }
-    });
-    moves.sort_unstable_by_key(|m| (m.record_id, m.changed_at_ms, m.id));
+    let moves = read_moves(
+        store,
+        connection.id,
+        (from, to),
+        params.pipeline.as_deref(),
+        |pipeline, stage| stages.number(&definitions, &limits, pipeline, stage),
+    )
+    .await?;
     let deleted: HashSet<i64> = dispatch!(store.pool(), pool => sqlx::query_scalar(DELETED_DEALS)
         .bind(connection.id)
         .bind(to)
