@@ -90,32 +90,81 @@ pub struct CampaignsReport {
 
 /// Members whose lead or contact is stored carry its id; others count without one. The person
 /// is looked up per kind, each on the unique index, rather than with an `IN` over two columns.
-const MEMBERS_SQLITE: &str = "SELECT json_extract(m.fields, '$.CampaignId'), \
-     COALESCE((SELECT p.id FROM records p WHERE p.connection_id = m.connection_id AND p.object_kind = 'lead' \
-               AND p.crm_id = json_extract(m.fields, '$.LeadId')), \
-              (SELECT p.id FROM records p WHERE p.connection_id = m.connection_id AND p.object_kind = 'contact' \
-               AND p.crm_id = json_extract(m.fields, '$.ContactId'))), \
-     COALESCE(json_extract(m.fields, '$.HasResponded'), 0) = 1 \
-     FROM records m WHERE m.connection_id = $1 AND m.object_kind = 'campaign_member' AND m.deleted_at_ms IS NULL \
-     AND m.crm_created_at_ms >= $2 AND m.crm_created_at_ms < $3";
-const MEMBERS_POSTGRES: &str = "SELECT m.fields->>'CampaignId', \
-     COALESCE((SELECT p.id FROM records p WHERE p.connection_id = m.connection_id AND p.object_kind = 'lead' \
-               AND p.crm_id = m.fields->>'LeadId'), \
-              (SELECT p.id FROM records p WHERE p.connection_id = m.connection_id AND p.object_kind = 'contact' \
-               AND p.crm_id = m.fields->>'ContactId')), \
-     COALESCE(m.fields->>'HasResponded', 'false') = 'true' \
-     FROM records m WHERE m.connection_id = $1 AND m.object_kind = 'campaign_member' AND m.deleted_at_ms IS NULL \
-     AND m.crm_created_at_ms >= $2 AND m.crm_created_at_ms < $3";
-const PRIMARY_DEALS: &str = "SELECT campaign_id, id FROM records WHERE connection_id = $1 AND object_kind = 'deal' \
-     AND campaign_id IS NOT NULL AND deleted_at_ms IS NULL AND crm_created_at_ms >= $2 AND crm_created_at_ms < $3";
+macro_rules! members {
+    ($campaign:literal, $lead:literal, $contact:literal, $responded:literal) => {
+        concat!(
+            "SELECT ", $campaign, " AS campaign, \
+             COALESCE((SELECT p.id FROM records p WHERE p.connection_id = m.connection_id AND p.object_kind = 'lead' \
+                       AND p.crm_id = ", $lead, "), \
+                      (SELECT p.id FROM records p WHERE p.connection_id = m.connection_id AND p.object_kind = 'contact' \
+                       AND p.crm_id = ", $contact, ")) AS person, ",
+            $responded, " AS responded \
+             FROM records m WHERE m.connection_id = $1 AND m.object_kind = 'campaign_member' AND m.deleted_at_ms IS NULL \
+             AND m.crm_created_at_ms >= $2 AND m.crm_created_at_ms < $3"
+        )
+    };
+}
+
+/// The deals (not deleted) each member's person converted into or is associated with, either
+/// way round, with their amount and outcome: only the window's members are followed.
+macro_rules! member_deals {
+    ($($members:tt)*) => {
+        concat!(
+            "WITH persons AS (SELECT DISTINCT person FROM (", $($members)*, ") AS members WHERE person IS NOT NULL) \
+             SELECT p.person, d.id, d.amount_cents, d.is_won FROM persons p JOIN records a ON a.id = p.person \
+             JOIN record_links k ON k.connection_id = a.connection_id AND k.from_kind = a.object_kind \
+             AND k.from_crm_id = a.crm_id AND k.to_kind = 'deal' \
+             JOIN records d ON d.connection_id = k.connection_id AND d.object_kind = 'deal' AND d.crm_id = k.to_crm_id \
+             WHERE k.removed_at_ms IS NULL AND k.relation IN ('converted_to', 'associated_with') AND d.deleted_at_ms IS NULL \
+             UNION ALL SELECT p.person, d.id, d.amount_cents, d.is_won FROM persons p JOIN records a ON a.id = p.person \
+             JOIN record_links k ON k.connection_id = a.connection_id AND k.to_kind = a.object_kind \
+             AND k.to_crm_id = a.crm_id AND k.from_kind = 'deal' \
+             JOIN records d ON d.connection_id = k.connection_id AND d.object_kind = 'deal' AND d.crm_id = k.from_crm_id \
+             WHERE k.removed_at_ms IS NULL AND k.relation IN ('converted_to', 'associated_with') AND d.deleted_at_ms IS NULL"
+        )
+    };
+}
+
+macro_rules! members_sqlite {
+    () => {
+        members!(
+            "json_extract(m.fields, '$.CampaignId')",
+            "json_extract(m.fields, '$.LeadId')",
+            "json_extract(m.fields, '$.ContactId')",
+            "COALESCE(json_extract(m.fields, '$.HasResponded'), 0) = 1"
+        )
+    };
+}
+
+macro_rules! members_postgres {
+    () => {
+        members!(
+            "m.fields->>'CampaignId'",
+            "m.fields->>'LeadId'",
+            "m.fields->>'ContactId'",
+            "COALESCE(m.fields->>'HasResponded', 'false') = 'true'"
+        )
+    };
+}
+
+/// (members, their deals) for (SQLite, PostgreSQL): the JSON operators are each backend's own.
+const MEMBER_QUERIES: [(&str, &str); 2] = [
+    (members_sqlite!(), member_deals!(members_sqlite!())),
+    (members_postgres!(), member_deals!(members_postgres!())),
+];
+
+const PRIMARY_DEALS: &str =
+    "SELECT campaign_id, id, amount_cents, is_won FROM records WHERE connection_id = $1 \
+     AND object_kind = 'deal' AND campaign_id IS NOT NULL AND deleted_at_ms IS NULL \
+     AND crm_created_at_ms >= $2 AND crm_created_at_ms < $3";
 
 /// Answers `query campaigns`.
 pub async fn run(store: &Store, params: &CampaignsParams) -> Result<CampaignsReport, QueryError> {
     let (from, to) = parse_range(&params.from, &params.to)?;
     let connection = resolve_connection(store, params.connection.as_deref()).await?;
-    let members_sql = match store.backend() {
-        BackendKind::Sqlite => MEMBERS_SQLITE,
-        BackendKind::Postgres => MEMBERS_POSTGRES,
+    let (members_sql, member_deals_sql) = match store.backend() {
+        BackendKind::Sqlite => MEMBER_QUERIES[0],
+        BackendKind::Postgres => MEMBER_QUERIES[1],
     };
     let members: Vec<(Option<String>, Option<i64>, bool)> =
         dispatch!(store.pool(), pool => sqlx::query_as(members_sql)
@@ -125,24 +174,22 @@ pub async fn run(store: &Store, params: &CampaignsParams) -> Result<CampaignsRep
         .fetch_all(pool)
         .await)
         .during("read campaign members")?;
-    let primary: Vec<(String, i64)> = dispatch!(store.pool(), pool => sqlx::query_as(PRIMARY_DEALS)
+    let member_deals: Vec<(i64, i64, Option<i64>, bool)> =
+        dispatch!(store.pool(), pool => sqlx::query_as(member_deals_sql)
         .bind(connection.id)
         .bind(from)
         .bind(to)
         .fetch_all(pool)
         .await)
-    .during("read primary-campaign deals")?;
-    let deals: HashMap<i64, (Option<i64>, bool)> = dispatch!(store.pool(), pool => sqlx::query_as(
-        "SELECT id, amount_cents, is_won FROM records WHERE connection_id = $1 AND object_kind = 'deal' \
-         AND deleted_at_ms IS NULL",
-    )
-    .bind(connection.id)
-    .fetch_all(pool)
-    .await)
-    .during("read deals for campaigns")?
-    .into_iter()
-    .map(|(id, amount, won): (i64, Option<i64>, bool)| (id, (amount, won)))
-    .collect();
+        .during("read the deals of campaign members")?;
+    let primary: Vec<(String, i64, Option<i64>, bool)> =
+        dispatch!(store.pool(), pool => sqlx::query_as(PRIMARY_DEALS)
+        .bind(connection.id)
+        .bind(from)
+        .bind(to)
+        .fetch_all(pool)
+        .await)
+        .during("read primary-campaign deals")?;
     let names: HashMap<String, Option<String>> = dispatch!(store.pool(), pool => sqlx::query_as(
         "SELECT crm_id, name FROM records WHERE connection_id = $1 AND object_kind = 'campaign'",
     )
@@ -152,7 +199,12 @@ pub async fn run(store: &Store, params: &CampaignsParams) -> Result<CampaignsRep
     .during("read campaigns")?
     .into_iter()
     .collect();
-    let links = linked_records(store, connection.id).await?;
+    let mut deals: HashMap<i64, (Option<i64>, bool)> = HashMap::new();
+    let mut deals_of: HashMap<i64, Vec<i64>> = HashMap::new();
+    for (person, deal, amount, won) in member_deals {
+        deals.insert(deal, (amount, won));
+        deals_of.entry(person).or_default().push(deal);
+    }
 
     let mut tallies: BTreeMap<String, (i64, i64, BTreeSet<i64>)> = BTreeMap::new();
     for (campaign, person, responded) in members {
@@ -160,17 +212,12 @@ pub async fn run(store: &Store, params: &CampaignsParams) -> Result<CampaignsRep
         let tally = tallies.entry(campaign).or_default();
         tally.0 += 1;
         tally.1 += i64::from(responded);
-        let led_to = person
-            .and_then(|p| links.get(&p))
-            .into_iter()
-            .flatten()
-            .filter(|linked| deals.contains_key(linked));
+        let led_to = person.and_then(|p| deals_of.get(&p)).into_iter().flatten();
         tally.2.extend(led_to);
     }
-    for (campaign, deal) in primary {
-        if deals.contains_key(&deal) {
-            tallies.entry(campaign).or_default().2.insert(deal);
-        }
+    for (campaign, deal, amount, won) in primary {
+        deals.insert(deal, (amount, won));
+        tallies.entry(campaign).or_default().2.insert(deal);
     }
     let figures: Vec<(String, CampaignFigures)> = tallies
         .into_iter()
@@ -212,30 +259,6 @@ pub async fn run(store: &Store, params: &CampaignsParams) -> Result<CampaignsRep
         average,
         campaigns,
     })
-}
-
-/// Lead conversions (Salesforce) and associations (HubSpot) between stored records.
-const ASSOCIATIONS: &str = "SELECT a.id, b.id FROM record_links k \
-     JOIN records a ON a.connection_id = k.connection_id AND a.object_kind = k.from_kind AND a.crm_id = k.from_crm_id \
-     JOIN records b ON b.connection_id = k.connection_id AND b.object_kind = k.to_kind AND b.crm_id = k.to_crm_id \
-     WHERE k.connection_id = $1 AND k.removed_at_ms IS NULL AND k.relation IN ('converted_to', 'associated_with')";
-
-/// Records linked to each record, both ways round.
-async fn linked_records(
-    store: &Store,
-    connection_id: i64,
-) -> Result<HashMap<i64, Vec<i64>>, QueryError> {
-    let pairs: Vec<(i64, i64)> = dispatch!(store.pool(), pool => sqlx::query_as(ASSOCIATIONS)
-        .bind(connection_id)
-        .fetch_all(pool)
-        .await)
-    .during("read record links for cohorts")?;
-    let mut linked: HashMap<i64, Vec<i64>> = HashMap::new();
-    for (a, b) in pairs {
-        linked.entry(a).or_default().push(b);
-        linked.entry(b).or_default().push(a);
-    }
-    Ok(linked)
 }
 
 /// The mean of each figure, rounded to two decimals so that every backend prints the same.

@@ -164,16 +164,23 @@ pub async fn run(store: &Store, params: &HistoryParams) -> Result<HistoryReport,
     if params.id.trim().is_empty() {
         return Err(QueryError::bad("id", "is empty; give a record's CRM id"));
     }
-    let matches: Vec<(i64, String)> = dispatch!(store.pool(), pool => sqlx::query_as(
-        "SELECT id, object_kind FROM records WHERE connection_id = $1 AND crm_id = $2 \
-         AND (CAST($3 AS TEXT) IS NULL OR object_kind = $3) ORDER BY object_kind",
-    )
-    .bind(connection.id)
-    .bind(&params.id)
-    .bind(kind.map(ObjectKind::as_str))
-    .fetch_all(pool)
-    .await)
-    .during("find record")?;
+    // One probe of the unique (connection, kind, CRM id) index per kind: a CRM id alone is not
+    // a prefix of any index, and a scan of every record takes seconds in a large store.
+    let kinds = kind.map_or(ObjectKind::ALL.to_vec(), |kind| vec![kind]);
+    let mut matches: Vec<(i64, String)> = Vec::new();
+    for kind in kinds {
+        let found: Option<i64> = dispatch!(store.pool(), pool => sqlx::query_scalar(
+            "SELECT id FROM records WHERE connection_id = $1 AND object_kind = $2 AND crm_id = $3",
+        )
+        .bind(connection.id)
+        .bind(kind.as_str())
+        .bind(&params.id)
+        .fetch_optional(pool)
+        .await)
+        .during("find record")?;
+        matches.extend(found.map(|id| (id, kind.as_str().to_string())));
+    }
+    matches.sort_by(|a, b| a.1.cmp(&b.1));
     let (record_id, kind) = match matches.as_slice() {
         [] => {
             return Err(QueryError::NotFound(format!(
