@@ -8,7 +8,7 @@
 //! (the `large` one a `sync` benchmark left, say: its backfill takes most of an hour), as of its
 //! latest observation; the store connection is named `sf`. `--replicate N` copies the synced
 //! data N times over before timing (see `replicate`), and `--keep PATH` leaves that SQLite
-//! store at PATH for later `--store` runs.
+//! store at PATH (with `--postgres`: a database named PATH) for later `--store` runs.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -88,7 +88,8 @@ struct Load {
     postgres: bool,
     /// How many copies of the synced data the store holds (1: just the sync).
     copies: u32,
-    /// Where to leave the SQLite store, for later `--store` runs.
+    /// Where to leave the store for later `--store` runs: a SQLite path, or a PostgreSQL
+    /// database name.
     keep: Option<String>,
 }
 
@@ -110,7 +111,7 @@ async fn bench(load: Load, runs: usize) -> Result<(), String> {
     .map_err(|e| e.to_string())?;
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let store_url = match (postgres, keep) {
-        (true, _) => create_postgres_database().await?,
+        (true, keep) => create_postgres_database(keep.as_deref()).await?,
         (false, Some(path)) => format!("sqlite://{path}?mode=rwc"),
         (false, None) => format!("sqlite://{}", dir.path().join("bench.db").display()),
     };
@@ -161,7 +162,7 @@ async fn bench(load: Load, runs: usize) -> Result<(), String> {
     let now = emu.clock().now_ms();
     time_queries(&store, &settings, now, runs).await?;
     store.close().await;
-    if postgres {
+    if postgres && keep.is_none() {
         drop_postgres_database(&store_url).await?;
     }
     emu.stop().await.map_err(|e| e.to_string())
@@ -316,7 +317,15 @@ async fn time_queries(
         at: at(40),
         ..Default::default()
     };
-    time("as-of (quarter end)", Some(100), runs, || {
+    let totals = query::as_of::AsOfParams {
+        totals_only: true,
+        ..as_of.clone()
+    };
+    time("as-of totals (quarter end)", Some(100), runs, || {
+        query::as_of::run(store, &totals)
+    })
+    .await?;
+    time("as-of with every deal", None, runs, || {
         query::as_of::run(store, &as_of)
     })
     .await?;
@@ -475,10 +484,15 @@ max_dwell = "30d"
     pipewarden::config::load(Some(&path)).map_err(|e| e.to_string())
 }
 
-async fn create_postgres_database() -> Result<String, String> {
+/// Creates the benchmark's database: named `keep` (and left behind) when given, else one
+/// named after this process.
+async fn create_postgres_database(keep: Option<&str>) -> Result<String, String> {
     let admin = std::env::var("PIPEWARDEN_TEST_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let name = format!("pw_query_bench_{}", std::process::id());
+    let name = keep.map_or_else(
+        || format!("pw_query_bench_{}", std::process::id()),
+        str::to_string,
+    );
     let mut conn = sqlx::PgConnection::connect(&admin)
         .await
         .map_err(|e| format!("PostgreSQL at {admin}: {e}"))?;

@@ -45,6 +45,12 @@ pub(crate) fn described_routes() -> Vec<(&'static str, &'static str, Vec<Param>)
                 ("pipeline", false, "Only this pipeline.", text()),
                 ("owner", false, "Only deals of this owner id.", text()),
                 ("stage", false, "Only deals in this stage.", text()),
+                (
+                    "totals_only",
+                    false,
+                    "Only the totals by stage, without the list of deals.",
+                    json!({ "type": "boolean" }),
+                ),
             ],
         ),
         (

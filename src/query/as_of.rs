@@ -33,6 +33,11 @@ pub struct AsOfParams {
     /// Only deals in this stage.
     #[arg(long)]
     pub stage: Option<String>,
+    /// Only the totals by stage, without the list of deals: counted in the store, which is
+    /// what makes the answer fast when hundreds of thousands of deals were open.
+    #[arg(long)]
+    #[serde(default)]
+    pub totals_only: bool,
 }
 
 /// One open deal as it was.
@@ -84,7 +89,7 @@ pub struct AsOfReport {
     pub stages: Vec<StageTotal>,
     /// Totals over every stage.
     pub total: StageTotal,
-    /// Every open deal, by stage order then CRM id.
+    /// Every open deal, by stage order then CRM id (empty with `totals_only`).
     pub deals: Vec<DealAsOf>,
 }
 
@@ -103,24 +108,59 @@ type Row = (
 /// Open deal versions valid at `$2`, through the partial index of open deal versions. SQLite
 /// is told to use it: without planner statistics it prefers the index of every version.
 macro_rules! open_deals_at {
-    ($hint:literal) => {
+    ($columns:literal, $joins:literal, $grouping:literal) => {
         concat!(
-            "SELECT r.crm_id, v.name, v.pipeline, v.stage, v.owner_id, v.amount_cents, \
-             v.probability_bp, v.close_date, v.valid_from_ms FROM record_versions v ",
-            $hint,
-            " JOIN records r ON r.id = v.record_id \
-             WHERE v.connection_id = $1 AND v.object_kind = 'deal' AND v.is_closed = FALSE AND v.deleted = FALSE \
+            "SELECT ",
+            $columns,
+            " FROM record_versions v ",
+            $joins,
+            " WHERE v.connection_id = $1 AND v.object_kind = 'deal' AND v.is_closed = FALSE AND v.deleted = FALSE \
              AND v.valid_from_ms <= $2 AND (v.valid_to_ms IS NULL OR v.valid_to_ms > $2) \
              AND (CAST($3 AS TEXT) IS NULL OR v.pipeline = $3) AND (CAST($4 AS TEXT) IS NULL OR v.owner_id = $4) \
-             AND (CAST($5 AS TEXT) IS NULL OR v.stage = $5)"
+             AND (CAST($5 AS TEXT) IS NULL OR v.stage = $5)",
+            $grouping
         )
     };
 }
 
 /// [`open_deals_at`] for (SQLite, PostgreSQL).
 const OPEN_DEALS_AT: (&str, &str) = (
-    open_deals_at!("INDEXED BY record_versions_open_deals"),
-    open_deals_at!(""),
+    open_deals_at!(
+        "r.crm_id, v.name, v.pipeline, v.stage, v.owner_id, v.amount_cents, v.probability_bp, \
+         v.close_date, v.valid_from_ms",
+        "INDEXED BY record_versions_open_deals JOIN records r ON r.id = v.record_id",
+        ""
+    ),
+    open_deals_at!(
+        "r.crm_id, v.name, v.pipeline, v.stage, v.owner_id, v.amount_cents, v.probability_bp, \
+         v.close_date, v.valid_from_ms",
+        "JOIN records r ON r.id = v.record_id",
+        ""
+    ),
+);
+
+/// Count and amount of the open deals by stage and own probability, from the partial index
+/// alone: (SQLite, PostgreSQL).
+const OPEN_TOTALS_AT: (&str, &str) = (
+    open_deals_at!(
+        "v.pipeline, v.stage, v.probability_bp, COUNT(*), CAST(SUM(v.amount_cents) AS BIGINT)",
+        "INDEXED BY record_versions_open_deals",
+        " GROUP BY v.pipeline, v.stage, v.probability_bp"
+    ),
+    open_deals_at!(
+        "v.pipeline, v.stage, v.probability_bp, COUNT(*), CAST(SUM(v.amount_cents) AS BIGINT)",
+        "",
+        " GROUP BY v.pipeline, v.stage, v.probability_bp"
+    ),
+);
+
+/// One group of open deals: pipeline, stage, their own probability, count, amount.
+type TotalsRow = (
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+    i64,
+    Option<i64>,
 );
 
 /// Answers `query as-of`.
@@ -130,11 +170,38 @@ pub async fn run(store: &Store, params: &AsOfParams) -> Result<AsOfReport, Query
     let stages = deal_stages(store, &connection).await?;
     check_pipeline(&stages, params.pipeline.as_deref())?;
     check_stage(&stages, params.stage.as_deref())?;
-    let sql = match store.backend() {
-        BackendKind::Sqlite => OPEN_DEALS_AT.0,
-        BackendKind::Postgres => OPEN_DEALS_AT.1,
+    let (deals_sql, totals_sql) = match store.backend() {
+        BackendKind::Sqlite => (OPEN_DEALS_AT.0, OPEN_TOTALS_AT.0),
+        BackendKind::Postgres => (OPEN_DEALS_AT.1, OPEN_TOTALS_AT.1),
     };
-    let rows: Vec<Row> = dispatch!(store.pool(), pool => sqlx::query_as(sql)
+    if params.totals_only {
+        let rows: Vec<TotalsRow> = dispatch!(store.pool(), pool => sqlx::query_as(totals_sql)
+            .bind(connection.id)
+            .bind(at)
+            .bind(params.pipeline.as_deref())
+            .bind(params.owner.as_deref())
+            .bind(params.stage.as_deref())
+            .fetch_all(pool)
+            .await)
+        .during("count deals as of")?;
+        let groups = rows
+            .into_iter()
+            .map(|(pipeline, stage, own, count, amount)| {
+                let probability = own.or_else(|| default_probability(&stages, &pipeline, &stage));
+                let amount = amount.unwrap_or(0);
+                let weighted = i128::from(amount) * i128::from(probability.unwrap_or(0));
+                (pipeline, stage, count, amount, weighted)
+            });
+        let (stage_totals, total) = totals(&stages, groups);
+        return Ok(AsOfReport {
+            connection: connection.name,
+            at: format_instant(at),
+            stages: stage_totals,
+            total,
+            deals: Vec::new(),
+        });
+    }
+    let rows: Vec<Row> = dispatch!(store.pool(), pool => sqlx::query_as(deals_sql)
         .bind(connection.id)
         .bind(at)
         .bind(params.pipeline.as_deref())
@@ -144,6 +211,55 @@ pub async fn run(store: &Store, params: &AsOfParams) -> Result<AsOfReport, Query
         .await)
     .during("read deals as of")?;
     Ok(assemble(&connection, at, &stages, rows))
+}
+
+/// The stage's default probability, for deals without their own.
+fn default_probability(
+    stages: &[StageDefinition],
+    pipeline: &Option<String>,
+    stage: &Option<String>,
+) -> Option<i64> {
+    stages
+        .iter()
+        .find(|s| Some(&s.pipeline) == pipeline.as_ref() && Some(&s.stage) == stage.as_ref())
+        .and_then(|s| s.probability_bp)
+}
+
+/// Totals by stage, in pipeline order, and over all, from groups of deals: (pipeline, stage,
+/// count, amount, Σ amount × probability in cents × basis points). The weighted sums are
+/// rounded once, after summing.
+fn totals(
+    stages: &[StageDefinition],
+    groups: impl Iterator<Item = (Option<String>, Option<String>, i64, i64, i128)>,
+) -> (Vec<StageTotal>, StageTotal) {
+    let mut by_stage: Vec<(StageTotal, i128)> = Vec::new();
+    let mut grand = (total_row(None, None), 0i128);
+    for (pipeline, stage, count, amount, weighted) in groups {
+        let index = match by_stage
+            .iter()
+            .position(|(t, _)| t.pipeline == pipeline && t.stage == stage)
+        {
+            Some(index) => index,
+            None => {
+                by_stage.push((total_row(pipeline, stage), 0));
+                by_stage.len() - 1
+            }
+        };
+        for (total, weighted_sum) in [&mut by_stage[index], &mut grand] {
+            total.count += count;
+            total.amount_cents += amount;
+            *weighted_sum += weighted;
+        }
+    }
+    by_stage.sort_by(|(a, _), (b, _)| {
+        let rank = |t: &StageTotal| stage_rank(stages, t.pipeline.as_deref(), t.stage.as_deref());
+        rank(a).cmp(&rank(b)).then_with(|| a.stage.cmp(&b.stage))
+    });
+    let finish = |(mut total, weighted): (StageTotal, i128)| {
+        total.weighted_cents = ((weighted + 5_000) / 10_000) as i64;
+        total
+    };
+    (by_stage.into_iter().map(finish).collect(), finish(grand))
 }
 
 /// Position of a stage in its pipeline; unknown stages sort last.
@@ -169,12 +285,6 @@ fn assemble(
     stages: &[StageDefinition],
     rows: Vec<Row>,
 ) -> AsOfReport {
-    let default_probability = |pipeline: &Option<String>, stage: &Option<String>| {
-        stages
-            .iter()
-            .find(|s| Some(&s.pipeline) == pipeline.as_ref() && Some(&s.stage) == stage.as_ref())
-            .and_then(|s| s.probability_bp)
-    };
     // Deals share a handful of stages: rank and default each stage once, not once per deal.
     type StageKey = (Option<String>, Option<String>);
     let mut by_stage: HashMap<StageKey, ((i64, i64), Option<i64>)> = HashMap::new();
@@ -187,7 +297,7 @@ fn assemble(
                     .or_insert_with(|| {
                         (
                             stage_rank(stages, r.2.as_deref(), r.3.as_deref()),
-                            default_probability(&r.2, &r.3),
+                            default_probability(stages, &r.2, &r.3),
                         )
                     });
             let deal = DealAsOf {
@@ -211,36 +321,23 @@ fn assemble(
             .then_with(|| a.crm_id.cmp(&b.crm_id))
     });
     let deals: Vec<DealAsOf> = ranked.into_iter().map(|(_, deal)| deal).collect();
-    let mut totals: Vec<(StageTotal, i128)> = Vec::new();
-    let mut grand = (total_row(None, None), 0i128);
-    for deal in &deals {
+    let groups = deals.iter().map(|deal| {
         let amount = deal.amount_cents.unwrap_or(0);
         let weighted = i128::from(amount) * i128::from(deal.probability_bp.unwrap_or(0));
-        let index = match totals
-            .iter()
-            .position(|(t, _)| t.pipeline == deal.pipeline && t.stage == deal.stage)
-        {
-            Some(index) => index,
-            None => {
-                totals.push((total_row(deal.pipeline.clone(), deal.stage.clone()), 0));
-                totals.len() - 1
-            }
-        };
-        for (total, weighted_sum) in [&mut totals[index], &mut grand] {
-            total.count += 1;
-            total.amount_cents += amount;
-            *weighted_sum += weighted;
-        }
-    }
-    let finish = |(mut total, weighted): (StageTotal, i128)| {
-        total.weighted_cents = ((weighted + 5_000) / 10_000) as i64;
-        total
-    };
+        (
+            deal.pipeline.clone(),
+            deal.stage.clone(),
+            1,
+            amount,
+            weighted,
+        )
+    });
+    let (stages, total) = totals(stages, groups);
     AsOfReport {
         connection: connection.name.clone(),
         at: format_instant(at),
-        stages: totals.into_iter().map(finish).collect(),
-        total: finish(grand),
+        stages,
+        total,
         deals,
     }
 }

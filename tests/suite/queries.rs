@@ -200,6 +200,21 @@ async fn as_of_matches_the_truth_at_each_sync(test: TestStore) {
         }
         assert_eq!(report.stages.len(), by_stage.len());
         assert_eq!(report.total.count, expected.len() as i64);
+        // Counted in the store, the totals are the same, weighted sums included.
+        let counted = query::as_of::run(
+            &test.store,
+            &AsOfParams {
+                totals_only: true,
+                ..params.clone()
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            (&counted.stages, &counted.total),
+            (&report.stages, &report.total)
+        );
+        assert!(counted.deals.is_empty());
     }
     // Filters narrow the same answer.
     let stage = "Needs Analysis";
