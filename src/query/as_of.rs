@@ -175,15 +175,15 @@ pub async fn run(store: &Store, params: &AsOfParams) -> Result<AsOfReport, Query
         BackendKind::Postgres => (OPEN_DEALS_AT.1, OPEN_TOTALS_AT.1),
     };
     if params.totals_only {
-        let rows: Vec<TotalsRow> = dispatch!(store.pool(), pool => sqlx::query_as(totals_sql)
-            .bind(connection.id)
-            .bind(at)
-            .bind(params.pipeline.as_deref())
-            .bind(params.owner.as_deref())
-            .bind(params.stage.as_deref())
-            .fetch_all(pool)
-            .await)
-        .during("count deals as of")?;
+        let rows: Vec<TotalsRow> = open_at(
+            store,
+            totals_sql,
+            connection.id,
+            at,
+            params,
+            "count deals as of",
+        )
+        .await?;
         let groups = rows
             .into_iter()
             .map(|(pipeline, stage, own, count, amount)| {
@@ -201,16 +201,42 @@ pub async fn run(store: &Store, params: &AsOfParams) -> Result<AsOfReport, Query
             deals: Vec::new(),
         });
     }
-    let rows: Vec<Row> = dispatch!(store.pool(), pool => sqlx::query_as(deals_sql)
-        .bind(connection.id)
+    let rows: Vec<Row> = open_at(
+        store,
+        deals_sql,
+        connection.id,
+        at,
+        params,
+        "read deals as of",
+    )
+    .await?;
+    Ok(assemble(&connection, at, &stages, rows))
+}
+
+/// Runs one of the [`open_deals_at`] queries with the parameters' filters.
+async fn open_at<T>(
+    store: &Store,
+    sql: &'static str,
+    connection_id: i64,
+    at: Millis,
+    params: &AsOfParams,
+    operation: &'static str,
+) -> Result<Vec<T>, QueryError>
+where
+    T: for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow>
+        + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>
+        + Send
+        + Unpin,
+{
+    Ok(dispatch!(store.pool(), pool => sqlx::query_as(sql)
+        .bind(connection_id)
         .bind(at)
         .bind(params.pipeline.as_deref())
         .bind(params.owner.as_deref())
         .bind(params.stage.as_deref())
         .fetch_all(pool)
         .await)
-    .during("read deals as of")?;
-    Ok(assemble(&connection, at, &stages, rows))
+    .during(operation)?)
 }
 
 /// The stage's default probability, for deals without their own.

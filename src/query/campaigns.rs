@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     format_cents, format_instant, parse_range, resolve_connection, QueryError, Report, Table,
 };
+use crate::record::Millis;
 use crate::store::{dispatch, BackendKind, QueryContext, Store};
 
 /// Parameters of `query campaigns` and `GET /api/v1/campaigns`.
@@ -166,30 +167,18 @@ pub async fn run(store: &Store, params: &CampaignsParams) -> Result<CampaignsRep
         BackendKind::Sqlite => MEMBER_QUERIES[0],
         BackendKind::Postgres => MEMBER_QUERIES[1],
     };
+    let window = (connection.id, from, to);
     let members: Vec<(Option<String>, Option<i64>, bool)> =
-        dispatch!(store.pool(), pool => sqlx::query_as(members_sql)
-        .bind(connection.id)
-        .bind(from)
-        .bind(to)
-        .fetch_all(pool)
-        .await)
-        .during("read campaign members")?;
-    let member_deals: Vec<(i64, i64, Option<i64>, bool)> =
-        dispatch!(store.pool(), pool => sqlx::query_as(member_deals_sql)
-        .bind(connection.id)
-        .bind(from)
-        .bind(to)
-        .fetch_all(pool)
-        .await)
-        .during("read the deals of campaign members")?;
+        in_window(store, members_sql, window, "read campaign members").await?;
+    let member_deals: Vec<(i64, i64, Option<i64>, bool)> = in_window(
+        store,
+        member_deals_sql,
+        window,
+        "read the deals of campaign members",
+    )
+    .await?;
     let primary: Vec<(String, i64, Option<i64>, bool)> =
-        dispatch!(store.pool(), pool => sqlx::query_as(PRIMARY_DEALS)
-        .bind(connection.id)
-        .bind(from)
-        .bind(to)
-        .fetch_all(pool)
-        .await)
-        .during("read primary-campaign deals")?;
+        in_window(store, PRIMARY_DEALS, window, "read primary-campaign deals").await?;
     let names: HashMap<String, Option<String>> = dispatch!(store.pool(), pool => sqlx::query_as(
         "SELECT crm_id, name FROM records WHERE connection_id = $1 AND object_kind = 'campaign'",
     )
@@ -259,6 +248,28 @@ pub async fn run(store: &Store, params: &CampaignsParams) -> Result<CampaignsRep
         average,
         campaigns,
     })
+}
+
+/// Runs a query whose parameters are the connection and the window, `$1` to `$3`.
+async fn in_window<T>(
+    store: &Store,
+    sql: &'static str,
+    (connection_id, from, to): (i64, Millis, Millis),
+    operation: &'static str,
+) -> Result<Vec<T>, QueryError>
+where
+    T: for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow>
+        + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>
+        + Send
+        + Unpin,
+{
+    Ok(dispatch!(store.pool(), pool => sqlx::query_as(sql)
+        .bind(connection_id)
+        .bind(from)
+        .bind(to)
+        .fetch_all(pool)
+        .await)
+    .during(operation)?)
 }
 
 /// The mean of each figure, rounded to two decimals so that every backend prints the same.
