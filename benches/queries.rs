@@ -263,6 +263,17 @@ async fn replicate(store_url: &str, copies: u32) -> Result<(), String> {
             "  {table}: {inserted} rows copied in {:.1}s",
             started.elapsed().as_secs_f64()
         );
+        if postgres && *table != "record_links" {
+            // Rows copied with their ids leave the identity behind; a later sync into a kept
+            // database would collide with them.
+            on!(conn => sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "SELECT setval(pg_get_serial_sequence('{table}', 'id'), (SELECT MAX(id) FROM {table}))"
+            )))
+            .execute(&mut *conn)
+            .await
+            .map(drop)
+            .map_err(|e| format!("advance the ids of {table}: {e}"))?);
+        }
     }
     Ok(())
 }

@@ -8,14 +8,14 @@ INSERT INTO record_links (connection_id, from_kind, from_crm_id, relation, to_ki
 SELECT r.connection_id, 'lead', r.crm_id, 'converted_to', 'deal',
        r.fields->>'ConvertedOpportunityId', r.first_seen_at_ms, r.last_seen_at_ms
 FROM records r JOIN connections c ON c.id = r.connection_id AND c.kind = 'salesforce'
-WHERE r.object_kind = 'lead' AND r.fields->>'ConvertedOpportunityId' IS NOT NULL
+WHERE r.object_kind = 'lead' AND jsonb_typeof(r.fields->'ConvertedOpportunityId') = 'string'
 ON CONFLICT DO NOTHING;
 INSERT INTO record_links (connection_id, from_kind, from_crm_id, relation, to_kind, to_crm_id,
                           first_seen_at_ms, last_seen_at_ms)
 SELECT r.connection_id, 'lead', r.crm_id, 'converted_to', 'contact',
        r.fields->>'ConvertedContactId', r.first_seen_at_ms, r.last_seen_at_ms
 FROM records r JOIN connections c ON c.id = r.connection_id AND c.kind = 'salesforce'
-WHERE r.object_kind = 'lead' AND r.fields->>'ConvertedContactId' IS NOT NULL
+WHERE r.object_kind = 'lead' AND jsonb_typeof(r.fields->'ConvertedContactId') = 'string'
 ON CONFLICT DO NOTHING;
 
 -- Open deal versions only, with what `as-of` totals: a pipeline as of a date is found among

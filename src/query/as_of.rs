@@ -279,7 +279,10 @@ fn totals(
     }
     by_stage.sort_by(|(a, _), (b, _)| {
         let rank = |t: &StageTotal| stage_rank(stages, t.pipeline.as_deref(), t.stage.as_deref());
-        rank(a).cmp(&rank(b)).then_with(|| a.stage.cmp(&b.stage))
+        rank(a)
+            .cmp(&rank(b))
+            .then_with(|| a.stage.cmp(&b.stage))
+            .then_with(|| a.pipeline.cmp(&b.pipeline))
     });
     let finish = |(mut total, weighted): (StageTotal, i128)| {
         total.weighted_cents = ((weighted + 5_000) / 10_000) as i64;

@@ -363,15 +363,23 @@ fn tally(
     groups: Option<&HashMap<i64, String>>,
     to: Millis,
 ) -> Vec<FunnelStage> {
-    // (group, stage rank, stage number) keeps groups and stages in order.
-    type Key<'a> = (Option<&'a str>, (i64, i64), usize);
+    // (group, stage rank, pipeline, stage, stage number) keeps groups and stages in order,
+    // by name where ranks tie (stages the metadata does not know).
+    type Key<'a> = (Option<&'a str>, (i64, i64), Option<&'a str>, &'a str, usize);
     let mut tallies: BTreeMap<Key, Tally> = BTreeMap::new();
     for deal in moves.chunk_by(|a, b| a.record_id == b.record_id) {
         let record_id = deal[0].record_id;
         let group = groups.and_then(|g| g.get(&record_id)).map(String::as_str);
         for (index, entry) in deal.iter().enumerate() {
             let facts = &stages.met[entry.stage];
-            let tally = tallies.entry((group, facts.rank, entry.stage)).or_default();
+            let key = (
+                group,
+                facts.rank,
+                facts.pipeline.as_deref(),
+                facts.stage.as_str(),
+                entry.stage,
+            );
+            let tally = tallies.entry(key).or_default();
             tally.entered += 1;
             let later = &deal[index + 1..];
             match later.first() {
@@ -398,7 +406,7 @@ fn tally(
     }
     tallies
         .into_iter()
-        .map(|((group, _, stage), mut t)| {
+        .map(|((group, _, _, _, stage), mut t)| {
             let facts = &stages.met[stage];
             t.dwells.sort_unstable();
             FunnelStage {
