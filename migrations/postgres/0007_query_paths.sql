@@ -19,9 +19,10 @@ WHERE r.object_kind = 'lead' AND jsonb_typeof(r.fields->'ConvertedContactId') = 
 ON CONFLICT DO NOTHING;
 
 -- Open deal versions only, with what `as-of` totals: a pipeline as of a date is found among
--- the deals that were open, not among every version ever stored.
+-- the deals that were open, not among every version ever stored, and its totals are summed
+-- in the index's order by stage without sorting.
 CREATE INDEX record_versions_open_deals ON record_versions
-    (connection_id, valid_from_ms, valid_to_ms, pipeline, stage, owner_id, probability_bp, amount_cents)
+    (connection_id, pipeline, stage, probability_bp, valid_from_ms, valid_to_ms, owner_id, amount_cents)
     WHERE object_kind = 'deal' AND is_closed = FALSE AND deleted = FALSE;
 
 -- Deleted records, few among many: `funnel` leaves deleted deals out of the stuck ones.
