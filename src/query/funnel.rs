@@ -128,6 +128,7 @@ struct StageFacts {
 }
 
 impl Stages {
+    /// The number of a (pipeline, stage), its facts looked up the first time it is met.
     fn number(
         &mut self,
         definitions: &[StageDefinition],
