@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     check_pipeline, check_stage, deal_stages, format_cents, format_instant, parse_instant,
-    resolve_connection, Connection, QueryError, Report, Table,
+    resolve_connection, BackendRow, Connection, QueryError, Report, Table,
 };
 use crate::record::Millis;
 use crate::store::{dispatch, BackendKind, QueryContext, StageDefinition, Store};
@@ -223,10 +223,7 @@ async fn open_at<T>(
     operation: &'static str,
 ) -> Result<Vec<T>, QueryError>
 where
-    T: for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow>
-        + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>
-        + Send
-        + Unpin,
+    T: BackendRow,
 {
     Ok(dispatch!(store.pool(), pool => sqlx::query_as(sql)
         .bind(connection_id)

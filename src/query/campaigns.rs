@@ -11,7 +11,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    format_cents, format_instant, parse_range, resolve_connection, QueryError, Report, Table,
+    format_cents, format_instant, parse_range, resolve_connection, BackendRow, QueryError, Report,
+    Table,
 };
 use crate::record::Millis;
 use crate::store::{dispatch, BackendKind, QueryContext, Store};
@@ -258,10 +259,7 @@ async fn in_window<T>(
     operation: &'static str,
 ) -> Result<Vec<T>, QueryError>
 where
-    T: for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow>
-        + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>
-        + Send
-        + Unpin,
+    T: BackendRow,
 {
     Ok(dispatch!(store.pool(), pool => sqlx::query_as(sql)
         .bind(connection_id)
