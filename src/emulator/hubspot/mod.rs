@@ -7,7 +7,7 @@
 //!
 //! Records are a pure function of (funnel, record number, simulated now), as on the
 //! Salesforce side; the only stored data are the changes clients make (an overlay of
-//! time-stamped property writes and archive times) and list memberships.
+//! time-stamped property writes and archive times), list memberships and tasks.
 
 mod auth;
 mod control;
@@ -19,6 +19,7 @@ mod objects;
 mod records;
 mod schema;
 mod search;
+mod tasks;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -147,6 +148,8 @@ pub(crate) struct PortalInner {
     pub limits: limits::Counters,
     /// Set through the control API; the option's value until then.
     pub search_index_lag_ms: Option<Millis>,
+    /// Tasks clients created.
+    pub tasks: tasks::Tasks,
 }
 
 impl PortalState {
@@ -267,6 +270,7 @@ pub(crate) fn routes(shared: Arc<Shared>) -> Router<Arc<Shared>> {
         .merge(search::routes())
         .merge(metadata::routes())
         .merge(lists::routes())
+        .merge(tasks::routes())
         .route_layer(middleware::from_fn_with_state(shared, guard));
     Router::new()
         .merge(auth::routes())

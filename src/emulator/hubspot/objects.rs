@@ -183,13 +183,13 @@ fn associations(view: &PortalView, record: &HsRecord, to: &[ObjectType]) -> Map<
 }
 
 /// Query parameters as pairs, since `properties` may come as a comma list or repeated.
-fn query_pairs(uri: &Uri) -> Vec<(String, String)> {
+pub(crate) fn query_pairs(uri: &Uri) -> Vec<(String, String)> {
     url::form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
         .into_owned()
         .collect()
 }
 
-fn list_param(pairs: &[(String, String)], key: &str) -> Option<Vec<String>> {
+pub(crate) fn list_param(pairs: &[(String, String)], key: &str) -> Option<Vec<String>> {
     let values: Vec<String> = pairs
         .iter()
         .filter(|(name, _)| name == key)
