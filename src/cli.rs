@@ -19,6 +19,7 @@ use crate::rules::{self, RulesError, Severity, WaiveError};
 use crate::store::{Store, StoreError};
 use crate::sync::{self, StopSignal, SyncError, SyncOptions};
 use crate::telemetry::LogFormat;
+use crate::writeback;
 
 /// pipewarden: CRM pipeline snapshots, stage gates, lead recycling and pipeline history.
 #[derive(Debug, Parser)]
@@ -65,6 +66,78 @@ pub enum Command {
     /// Put stale, unworked, lost and disqualified leads back into nurture.
     #[command(subcommand)]
     Recycle(RecycleCommand),
+    /// List the CRM writes pipewarden decided (stage reverts, recycle actions), newest first,
+    /// with the values written, the precondition, and what the CRM answered: the audit of
+    /// the write-back outbox. Dry runs write nothing and are not listed.
+    Writes(WritesArgs),
+}
+
+/// `pipewarden writes …`
+#[derive(Debug, clap::Args)]
+pub struct WritesArgs {
+    /// Only this connection (by name).
+    #[arg(long, value_name = "NAME")]
+    pub connection: Option<String>,
+    /// Only writes of this origin.
+    #[arg(long, value_enum)]
+    pub origin: Option<WriteOrigin>,
+    /// Only writes in this state.
+    #[arg(long, value_enum)]
+    pub status: Option<WriteStatus>,
+    /// Only writes decided from this day (YYYY-MM-DD, UTC) or instant (RFC 3339) on.
+    #[arg(long, value_name = "DATE", value_parser = parse_since)]
+    pub since: Option<i64>,
+    /// At most this many.
+    #[arg(long, default_value_t = 100)]
+    pub limit: u32,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: Format,
+}
+
+/// Why pipewarden wrote to the CRM.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum WriteOrigin {
+    /// A stage-gate rule in revert mode.
+    Revert,
+    /// A recycle policy.
+    Recycle,
+}
+
+/// Where a write stands.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum WriteStatus {
+    /// Waiting for delivery (or a retry).
+    Pending,
+    /// Being delivered, or left mid-call by a process that stopped.
+    #[value(name = "in_flight")]
+    InFlight,
+    /// The CRM holds it.
+    Applied,
+    /// Refused by the CRM or by its precondition, or given up after retries.
+    Failed,
+}
+
+impl WriteOrigin {
+    /// The name the store uses.
+    fn as_str(self) -> &'static str {
+        match self {
+            WriteOrigin::Revert => "revert",
+            WriteOrigin::Recycle => "recycle",
+        }
+    }
+}
+
+impl WriteStatus {
+    /// The name the store uses.
+    fn as_str(self) -> &'static str {
+        match self {
+            WriteStatus::Pending => "pending",
+            WriteStatus::InFlight => "in_flight",
+            WriteStatus::Applied => "applied",
+            WriteStatus::Failed => "failed",
+        }
+    }
 }
 
 /// `pipewarden recycle …`
@@ -308,7 +381,35 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Rules(RulesCommand::Backtest(args)) => rules_backtest(cli.config, args).await,
         Command::Violations(ViolationsCommand::Waive(args)) => waive(cli.config, args).await,
         Command::Recycle(command) => run_recycle(cli.config, command).await,
+        Command::Writes(args) => list_writes(cli.config, args).await,
     }
+}
+
+async fn list_writes(path: Option<PathBuf>, args: WritesArgs) -> Result<(), CliError> {
+    let settings = load_settings(path)?;
+    let store = Store::open_migrated(&settings.store).await?;
+    let listed = async {
+        let connection_id = match &args.connection {
+            Some(name) if !settings.connections.iter().any(|c| &c.name == name) => {
+                return Err(CliError::UnknownConnection(name.clone()));
+            }
+            // A configured connection that never synced has written nothing.
+            Some(name) => Some(store.connection_id(name).await?.unwrap_or(-1)),
+            None => None,
+        };
+        let filter = writeback::audit::WriteFilter {
+            connection_id,
+            origin: args.origin.map(|o| o.as_str().to_string()),
+            status: args.status.map(|s| s.as_str().to_string()),
+            since_ms: args.since,
+            limit: i64::from(args.limit),
+        };
+        let audit = writeback::audit::list(&store, &filter).await?;
+        print_report(&audit, args.format)
+    }
+    .await;
+    store.close().await;
+    listed
 }
 
 async fn run_recycle(path: Option<PathBuf>, command: RecycleCommand) -> Result<(), CliError> {

@@ -193,6 +193,7 @@ fn salesforce_actions(
                 find_first: None,
                 created_after_ms: None,
                 only_if: None,
+                associate_with: None,
             },
         });
     }
@@ -232,6 +233,7 @@ fn salesforce_actions(
                 // Allow for the CRM's clock running a little behind ours.
                 created_after_ms: Some(as_of - CLOCK_SKEW_MS),
                 only_if: None,
+                associate_with: None,
             },
         });
     }

@@ -5,7 +5,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::gate::{CompiledRule, Finding, MissingField, ViolationKind};
-use super::revert::{self, Revert};
+use super::revert;
 use super::{alert_channel, crm_label, record_link, OwnerIndex, RulesError};
 use crate::alerts::message::{resolution_message, violation_message, ViolationAlert};
 use crate::config::settings::{ConnectionSettings, RuleMode, RuleSettings, SlackDelivery};
@@ -38,8 +38,10 @@ pub struct EvaluationReport {
     pub resolved_late: u64,
     /// Violations superseded by a move back.
     pub superseded: u64,
-    /// Violations whose revert was planned (revert mode).
+    /// Violations whose revert was planned (revert mode), earlier ones' included.
     pub reverts: u64,
+    /// Violations whose revert waits for a later evaluation (past `max_reverts_per_run`).
+    pub reverts_deferred: u64,
 }
 
 /// Evaluates every rule of `connection` over the moves stored since its last evaluation.
@@ -158,6 +160,18 @@ impl<'a> RuleRun<'a> {
             last = newest;
         }
         self.resolve(after_transition, after_version).await?;
+        if self.rule.settings.mode == RuleMode::Revert {
+            let planned = revert::plan_due(
+                self.store,
+                self.connection,
+                self.connection_id,
+                &self.rule.settings,
+                self.now,
+            )
+            .await?;
+            self.report.reverts = planned.planned;
+            self.report.reverts_deferred = planned.still_due;
+        }
         let mut tx = self.store.begin().await?;
         tx.set_rule_progress(name, self.connection_id, last, version_mark, self.now)
             .await?;
@@ -214,30 +228,14 @@ impl<'a> RuleRun<'a> {
         let ids = tx.insert_violations(&rows).await?;
         self.report.violations += ids.len() as u64;
         if rule.settings.mode == RuleMode::Revert && !baseline {
-            // A backward move is not undone by pushing the deal forward again.
-            let reverts: Vec<Revert> = judged
+            // A backward move is not undone by pushing the deal forward again, and a deal
+            // created in a gated stage has no stage to go back to.
+            let due: Vec<i64> = judged
                 .iter()
-                .filter(|j| j.finding.kind != ViolationKind::Backward)
-                .filter_map(|j| {
-                    Some(Revert {
-                        violation_id: *ids.get(&j.m.transition_id)?,
-                        m: j.m,
-                        finding: &j.finding,
-                    })
-                })
+                .filter(|j| j.finding.kind != ViolationKind::Backward && j.m.from_stage.is_some())
+                .filter_map(|j| ids.get(&j.m.transition_id).copied())
                 .collect();
-            let left =
-                u64::from(rule.settings.max_reverts_per_run).saturating_sub(self.report.reverts);
-            self.report.reverts += revert::plan(
-                tx,
-                self.connection,
-                self.connection_id,
-                &rule.settings,
-                &reverts,
-                left,
-                self.now,
-            )
-            .await?;
+            revert::mark_due(tx, &due, self.now).await?;
         }
         let (true, Some(channel)) = (alerted, channel) else {
             return Ok(());

@@ -120,7 +120,7 @@ pub(crate) fn crm_label(kind: CrmKind) -> &'static str {
 pub fn describe_evaluation(report: &EvaluationReport) -> String {
     format!(
         "rule {}: {} moves judged ({} before the oldest stored state, {} exempt), {} new violations, \
-         {} alerts queued, {} resolved late, {} superseded, {} reverts planned",
+         {} alerts queued, {} resolved late, {} superseded, {} reverts planned ({} deferred to later runs)",
         report.rule,
         report.judged,
         report.unjudged,
@@ -129,7 +129,8 @@ pub fn describe_evaluation(report: &EvaluationReport) -> String {
         report.alerts,
         report.resolved_late,
         report.superseded,
-        report.reverts
+        report.reverts,
+        report.reverts_deferred
     )
 }
 

@@ -1,5 +1,5 @@
 //! Revert mode: a new violation of a `mode = "revert"` rule writes the deal's previous stage
-//! back to the CRM and, on Salesforce, leaves a Task for the owner naming what is missing.
+//! back to the CRM and leaves a task for the owner naming what is missing.
 //!
 //! The writes are decided in the evaluation's transaction, next to the violation they
 //! answer, and stored in the `writeback_outbox` keyed on that violation, so a violation is
@@ -10,35 +10,49 @@
 //! `PRECONDITION_FAILED` and what the CRM held). The outbox row is the audit: the values
 //! before (the precondition) and after (the write), the CRM's answer, when. A dry-run rule
 //! records the revert it would make as a `revert_planned` violation event and writes
-//! nothing. HubSpot gets the stage write only: the emulator this project tests against
-//! serves no notes endpoint, so no note is left there.
+//! nothing.
+//!
+//! A new violation that can be reverted is first marked `revert_due`, with the violation
+//! itself; the revert is planned after the evaluation has looked for what resolves
+//! violations, so a deal whose fields were filled meanwhile is not moved back. The per-run
+//! cap bounds how many are planned per evaluation, oldest move first; the rest stay due
+//! for the next evaluations while they stay open.
 
 use serde_json::{json, Map, Value};
 use sqlx::types::Json;
 
-use super::gate::Finding;
+use super::gate::MissingField;
 use crate::config::settings::{ConnectionSettings, CrmKind, RuleSettings};
 use crate::config::Settings;
 use crate::crm::{CrmError, RetryPolicy};
 use crate::record::Millis;
 use crate::record::DAY_MS;
-use crate::store::{dispatch, MoveAtVersion, QueryContext, Store, StoreError, StoreTx};
-use crate::writeback::{self, Precondition, WriteOp};
+use crate::store::{dispatch, QueryContext, Store, StoreError, StoreTx, ROWS_PER_STATEMENT};
+use crate::writeback::{self, Association, Precondition, WriteOp};
+use sqlx::QueryBuilder;
 
 /// Longest Task subject Salesforce stores.
 const SUBJECT_MAX: usize = 255;
+/// HubSpot's association type id for a task associated with a deal.
+const TASK_TO_DEAL: u64 = 216;
 /// How far the CRM's clock may lag the move's timestamp when looking for a task created by
 /// an interrupted delivery.
 const CLOCK_SKEW_MS: Millis = 300_000;
 
-/// One new violation to revert.
-pub(super) struct Revert<'a> {
-    /// The violation's id.
-    pub violation_id: i64,
-    /// The move that violated.
-    pub m: &'a MoveAtVersion,
-    /// What was missing or skipped.
-    pub finding: &'a Finding,
+/// One violation to revert: the move that violated and what it lacked.
+struct Revert<'a> {
+    violation_id: i64,
+    crm_id: &'a str,
+    /// The stage the deal left, which the revert writes back.
+    from_stage: &'a str,
+    to_stage: &'a str,
+    changed_at_ms: Millis,
+    /// Its owner at the move.
+    owner_id: Option<&'a str>,
+    /// Required fields that were empty.
+    missing: &'a [MissingField],
+    /// Stages jumped over.
+    skipped: &'a [String],
 }
 
 /// The stage field of a deal.
@@ -64,14 +78,11 @@ fn one_field(name: &str, value: &str) -> Map<String, Value> {
 }
 
 /// The task's subject: where the deal went back to and what to fill first.
-fn task_subject(from: &str, to: &str, finding: &Finding) -> String {
-    let mut what: Vec<String> = finding.missing.iter().map(|m| m.field.clone()).collect();
+fn task_subject(from: &str, to: &str, missing: &[MissingField], skipped: &[String]) -> String {
+    let mut what: Vec<String> = missing.iter().map(|m| m.field.clone()).collect();
     what.dedup();
     let needs = if what.is_empty() {
-        format!(
-            "move through the skipped stages ({})",
-            finding.skipped.join(", ")
-        )
+        format!("move through the skipped stages ({})", skipped.join(", "))
     } else {
         format!("fill {}", what.join(", "))
     };
@@ -83,106 +94,247 @@ fn task_subject(from: &str, to: &str, finding: &Finding) -> String {
     format!("{cut}…")
 }
 
-/// The writes reverting one violation: the stage back, then (Salesforce) the owner's task.
+/// The writes reverting one violation: the stage back, then the owner's task.
 fn revert_writes(crm: CrmKind, revert: &Revert<'_>, from: &str) -> Vec<(&'static str, WriteOp)> {
-    let m = revert.m;
     let object = deal_object(crm);
     let field = stage_field(crm);
-    let mut writes = vec![(
-        "stage",
-        WriteOp::Update {
+    let stage = WriteOp::Update {
+        object: object.to_string(),
+        id: revert.crm_id.to_string(),
+        fields: one_field(field, from),
+        auto_assign: false,
+        clear_first: Vec::new(),
+        only_if: Some(Precondition {
             object: object.to_string(),
-            id: m.crm_id.clone(),
+            id: revert.crm_id.to_string(),
+            fields: one_field(field, revert.to_stage),
+        }),
+    };
+    let subject = task_subject(from, revert.to_stage, revert.missing, revert.skipped);
+    let (task_object, fields, find, associate_with) = match crm {
+        CrmKind::Salesforce => salesforce_task(revert, &subject),
+        CrmKind::Hubspot => hubspot_task(revert, &subject),
+    };
+    let task = WriteOp::Create {
+        object: task_object.to_string(),
+        fields,
+        duplicate_ok: false,
+        find_first: Some(find),
+        created_after_ms: Some(revert.changed_at_ms - CLOCK_SKEW_MS),
+        associate_with,
+        // Only once the deal is back where the revert puts it.
+        only_if: Some(Precondition {
+            object: object.to_string(),
+            id: revert.crm_id.to_string(),
             fields: one_field(field, from),
-            auto_assign: false,
-            clear_first: Vec::new(),
-            only_if: Some(Precondition {
-                object: object.to_string(),
-                id: m.crm_id.clone(),
-                fields: one_field(field, &m.to_stage),
-            }),
-        },
-    )];
-    if crm == CrmKind::Salesforce {
-        let subject = task_subject(from, &m.to_stage, revert.finding);
-        let due = chrono::DateTime::from_timestamp_millis(m.changed_at_ms + DAY_MS)
-            .unwrap_or_default()
-            .format("%Y-%m-%d")
-            .to_string();
-        let mut fields = Map::new();
-        fields.insert("WhatId".into(), json!(m.crm_id));
-        fields.insert("Subject".into(), json!(subject));
-        fields.insert("ActivityDate".into(), json!(due));
-        fields.insert("Status".into(), json!("Not Started"));
-        fields.insert("Priority".into(), json!("High"));
-        // A queue cannot own a task; the org then gives it to the running user.
-        if let Some(owner) = m.owner_id.as_deref().filter(|o| o.starts_with("005")) {
-            fields.insert("OwnerId".into(), json!(owner));
-        }
-        let mut find = Map::new();
-        find.insert("WhatId".into(), json!(m.crm_id));
-        find.insert("Subject".into(), json!(subject));
-        writes.push((
-            "task",
-            WriteOp::Create {
-                object: "Task".into(),
-                fields,
-                duplicate_ok: false,
-                find_first: Some(find),
-                created_after_ms: Some(m.changed_at_ms - CLOCK_SKEW_MS),
-                // Only once the deal is back where the revert puts it.
-                only_if: Some(Precondition {
-                    object: object.to_string(),
-                    id: m.crm_id.clone(),
-                    fields: one_field(field, from),
-                }),
-            },
-        ));
-    }
-    writes
+        }),
+    };
+    vec![("stage", stage), ("task", task)]
 }
 
-/// Plans the reverts of a rule's new violations in the evaluation's transaction, at most
-/// `left` of them (the rule's cap for this evaluation); returns how many were planned.
-/// Violations without a previous stage (a deal created in a gated stage) cannot be reverted.
-pub(super) async fn plan(
+/// A task's object, its fields, the fields that find it again, and what it is associated with.
+type TaskParts = (
+    &'static str,
+    Map<String, Value>,
+    Map<String, Value>,
+    Option<Association>,
+);
+
+/// A Salesforce Task on the deal (`WhatId`), due the day after the move.
+fn salesforce_task(revert: &Revert<'_>, subject: &str) -> TaskParts {
+    let due = chrono::DateTime::from_timestamp_millis(revert.changed_at_ms + DAY_MS)
+        .unwrap_or_default()
+        .format("%Y-%m-%d")
+        .to_string();
+    let mut fields = Map::new();
+    fields.insert("WhatId".into(), json!(revert.crm_id));
+    fields.insert("Subject".into(), json!(subject));
+    fields.insert("ActivityDate".into(), json!(due));
+    fields.insert("Status".into(), json!("Not Started"));
+    fields.insert("Priority".into(), json!("High"));
+    // A queue cannot own a task; the org then gives it to the running user.
+    if let Some(owner) = revert.owner_id.filter(|o| o.starts_with("005")) {
+        fields.insert("OwnerId".into(), json!(owner));
+    }
+    let mut find = Map::new();
+    find.insert("WhatId".into(), json!(revert.crm_id));
+    find.insert("Subject".into(), json!(subject));
+    ("Task", fields, find, None)
+}
+
+/// A HubSpot task associated with the deal, due the day after the move.
+fn hubspot_task(revert: &Revert<'_>, subject: &str) -> TaskParts {
+    let mut fields = Map::new();
+    fields.insert(
+        "hs_timestamp".into(),
+        json!((revert.changed_at_ms + DAY_MS).to_string()),
+    );
+    fields.insert("hs_task_subject".into(), json!(subject));
+    fields.insert("hs_task_status".into(), json!("NOT_STARTED"));
+    fields.insert("hs_task_priority".into(), json!("HIGH"));
+    fields.insert("hs_task_type".into(), json!("TODO"));
+    if let Some(owner) = revert
+        .owner_id
+        .filter(|o| !o.is_empty() && o.bytes().all(|b| b.is_ascii_digit()))
+    {
+        fields.insert("hubspot_owner_id".into(), json!(owner));
+    }
+    let mut find = Map::new();
+    find.insert("hs_task_subject".into(), json!(subject));
+    let deal = Association {
+        object: "deals".into(),
+        id: revert.crm_id.to_string(),
+        type_id: TASK_TO_DEAL,
+    };
+    ("tasks", fields, find, Some(deal))
+}
+
+/// Marks new violations as due for a revert, in the evaluation's transaction that stores
+/// them; [`plan_due`] plans them.
+pub(super) async fn mark_due(
+    tx: &mut StoreTx,
+    violation_ids: &[i64],
+    now: Millis,
+) -> Result<(), StoreError> {
+    for chunk in violation_ids.chunks(ROWS_PER_STATEMENT) {
+        dispatch!(tx.inner(), tx => {
+            let mut query = QueryBuilder::new(
+                "INSERT INTO violation_events (violation_id, status, at_ms, actor) ",
+            );
+            query.push_values(chunk, |mut row, id| {
+                row.push_bind(*id)
+                    .push_bind(DUE)
+                    .push_bind(now)
+                    .push_bind("pipewarden");
+            });
+            query.build().execute(&mut **tx).await.map(drop)
+        })
+        .during("mark reverts due")?;
+    }
+    Ok(())
+}
+
+/// The event that marks a violation due for a revert.
+const DUE: &str = "revert_due";
+
+/// A violation due for a revert, as stored.
+#[derive(sqlx::FromRow)]
+struct DueRow {
+    violation_id: i64,
+    crm_id: String,
+    from_stage: String,
+    to_stage: String,
+    changed_at_ms: Millis,
+    owner_id: Option<String>,
+    missing_fields: Json<Vec<MissingField>>,
+    skipped_stages: Json<Vec<String>>,
+}
+
+/// Open violations of the rule due for a revert and not planned yet, oldest move first. A
+/// violation resolved, waived or superseded meanwhile needs no revert.
+const DUE_ROWS: &str = "SELECT v.id AS violation_id, r.crm_id, v.from_stage, v.to_stage, v.changed_at_ms, \
+     v.owner_id, v.missing_fields, v.skipped_stages \
+     FROM violations v JOIN records r ON r.id = v.record_id \
+     WHERE v.rule_name = $1 AND v.connection_id = $2 AND v.status = 'open' AND v.from_stage IS NOT NULL \
+     AND EXISTS (SELECT 1 FROM violation_events e WHERE e.violation_id = v.id AND e.status = 'revert_due') \
+     AND NOT EXISTS (SELECT 1 FROM violation_events e WHERE e.violation_id = v.id AND e.status = 'revert_planned') \
+     ORDER BY v.changed_at_ms, v.id LIMIT $3";
+
+/// How many reverts one evaluation planned, and how many stay due for later ones.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Planned {
+    /// Reverts planned (queued, or recorded only by a dry run).
+    pub planned: u64,
+    /// Reverts still due: past the rule's cap, for the next evaluations.
+    pub still_due: u64,
+}
+
+/// Plans, in one transaction, the reverts due for the rule, oldest move first, at most
+/// `max_reverts_per_run` of them: records each as a `revert_planned` event (the audit of
+/// what it will write) and, unless the rule is a dry run, queues its writes.
+pub(super) async fn plan_due(
+    store: &Store,
+    connection: &ConnectionSettings,
+    connection_id: i64,
+    rule: &RuleSettings,
+    now: Millis,
+) -> Result<Planned, StoreError> {
+    let cap = i64::from(rule.max_reverts_per_run);
+    let mut tx = store.begin().await?;
+    // One row past the cap tells whether any stay due.
+    let rows: Vec<DueRow> = dispatch!(tx.inner(), tx => sqlx::query_as(DUE_ROWS)
+        .bind(&rule.name)
+        .bind(connection_id)
+        .bind(cap + 1)
+        .fetch_all(&mut **tx)
+        .await)
+    .during("read reverts due")?;
+    let mut planned = Planned::default();
+    for row in &rows {
+        if planned.planned >= cap as u64 {
+            // Those planned above are no longer due.
+            planned.still_due = count_due(&mut tx, &rule.name, connection_id).await?;
+            break;
+        }
+        let revert = Revert {
+            violation_id: row.violation_id,
+            crm_id: &row.crm_id,
+            from_stage: &row.from_stage,
+            to_stage: &row.to_stage,
+            changed_at_ms: row.changed_at_ms,
+            owner_id: row.owner_id.as_deref(),
+            missing: &row.missing_fields,
+            skipped: &row.skipped_stages,
+        };
+        plan_one(&mut tx, connection, connection_id, rule, &revert, now).await?;
+        planned.planned += 1;
+    }
+    tx.commit().await?;
+    Ok(planned)
+}
+
+/// How many reverts of the rule are due and not planned.
+async fn count_due(tx: &mut StoreTx, rule: &str, connection_id: i64) -> Result<u64, StoreError> {
+    let sql = format!("SELECT COUNT(*) FROM ({DUE_ROWS}) due");
+    let count: i64 = dispatch!(tx.inner(), tx => sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+        .bind(rule)
+        .bind(connection_id)
+        .bind(i64::MAX)
+        .fetch_one(&mut **tx)
+        .await)
+    .during("count reverts due")?;
+    Ok(count.max(0) as u64)
+}
+
+/// Records one revert's plan on its violation and queues its writes (not for a dry run).
+async fn plan_one(
     tx: &mut StoreTx,
     connection: &ConnectionSettings,
     connection_id: i64,
     rule: &RuleSettings,
-    reverts: &[Revert<'_>],
-    left: u64,
+    revert: &Revert<'_>,
     now: Millis,
-) -> Result<u64, StoreError> {
-    let mut planned = 0;
-    for revert in reverts {
-        let Some(from) = revert.m.from_stage.as_deref() else {
-            continue;
-        };
-        if planned >= left {
-            break;
-        }
-        planned += 1;
-        let writes = revert_writes(connection.kind, revert, from);
-        let field = stage_field(connection.kind);
-        let note = json!({
-            "dry_run": rule.dry_run,
-            "before": { field: revert.m.to_stage },
-            "after": { field: from },
-            "writes": writes.iter().map(|(part, _)| *part).collect::<Vec<_>>(),
-        });
-        record_event(tx, revert.violation_id, &note, now).await?;
-        if rule.dry_run {
-            continue;
-        }
-        for (part, write) in &writes {
-            queue(tx, connection_id, revert.violation_id, part, write, now).await?;
-        }
+) -> Result<(), StoreError> {
+    let from = revert.from_stage;
+    let writes = revert_writes(connection.kind, revert, from);
+    let field = stage_field(connection.kind);
+    let note = json!({
+        "dry_run": rule.dry_run,
+        "before": { field: revert.to_stage },
+        "after": { field: from },
+        "writes": writes.iter().map(|(part, _)| *part).collect::<Vec<_>>(),
+    });
+    record_planned(tx, revert.violation_id, &note, now).await?;
+    if rule.dry_run {
+        return Ok(());
     }
-    Ok(planned)
+    for (part, write) in &writes {
+        queue(tx, connection_id, revert.violation_id, part, write, now).await?;
+    }
+    Ok(())
 }
 
-async fn record_event(
+async fn record_planned(
     tx: &mut StoreTx,
     violation_id: i64,
     note: &Value,
@@ -274,32 +426,26 @@ pub async fn deliver(
 #[cfg(test)]
 mod tests {
     use super::task_subject;
-    use crate::rules::gate::{Finding, MissingField, ViolationKind};
+    use crate::rules::gate::MissingField;
 
     #[test]
     fn the_task_names_the_missing_fields_and_fits_salesforce() {
-        let finding = Finding {
-            kind: ViolationKind::Skip,
-            missing: vec![MissingField {
-                stage: "Qualification".into(),
-                field: "Budget__c".into(),
-            }],
-            skipped: vec!["Qualification".into()],
-        };
-        let subject = task_subject("Prospecting", "Needs Analysis", &finding);
+        let missing = [MissingField {
+            stage: "Qualification".into(),
+            field: "Budget__c".into(),
+        }];
+        let skipped = ["Qualification".to_string()];
+        let subject = task_subject("Prospecting", "Needs Analysis", &missing, &skipped);
         assert_eq!(
             subject,
             "Moved back to Prospecting by pipewarden: fill Budget__c before Needs Analysis"
         );
-        let long = Finding {
-            missing: (0..40)
-                .map(|i| MissingField {
-                    stage: "S".into(),
-                    field: format!("Field_{i}__c"),
-                })
-                .collect(),
-            ..finding
-        };
-        assert_eq!(task_subject("A", "B", &long).chars().count(), 255);
+        let many: Vec<MissingField> = (0..40)
+            .map(|i| MissingField {
+                stage: "S".into(),
+                field: format!("Field_{i}__c"),
+            })
+            .collect();
+        assert_eq!(task_subject("A", "B", &many, &skipped).chars().count(), 255);
     }
 }

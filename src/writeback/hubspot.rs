@@ -1,8 +1,13 @@
-//! HubSpot writes: batch updates of up to 100 records, static-list membership additions.
+//! HubSpot writes: batch updates of up to 100 records, static-list membership additions,
+//! and tasks created with their association.
 //!
 //! A batch update fails as a whole when one input is invalid; the batch is then sent again
 //! record by record, so the invalid record is refused with its own error and the others
 //! are applied. A lifecycle stage that moves backward is cleared first, as HubSpot requires.
+//! Creates go after the updates (a revert's task waits for the stage written back), one call
+//! each through a client that never repeats a call by itself; a create that may have reached
+//! HubSpot before is looked for among its record's associations first, which, unlike
+//! search, are read consistently at once.
 
 use std::collections::BTreeMap;
 
@@ -10,7 +15,8 @@ use reqwest::Method;
 use serde_json::{json, Map, Value};
 
 use super::{
-    precondition_failed, precondition_holds, read_value, settle_all, Pending, WriteOp, WriteOutcome,
+    precondition_failed, precondition_holds, read_value, settle_all, Association, Pending, WriteOp,
+    WriteOutcome,
 };
 use crate::crm::{ApiClient, ApiRequest, CrmError};
 
@@ -19,28 +25,23 @@ const BATCH_MAX: usize = 100;
 /// Record ids one list-membership call carries.
 const LIST_IDS_MAX: usize = 100;
 
-/// Delivers `writes`; the answer has one outcome per write, by `index`.
+/// Delivers `writes`; the answer has one outcome per write, by `index`. Creates go through
+/// `single_shot`, which makes each call once.
 pub(super) async fn deliver(
     api: &ApiClient,
+    single_shot: &ApiClient,
     version: &str,
     writes: &[Pending<'_>],
 ) -> BTreeMap<usize, WriteOutcome> {
     let mut outcomes = BTreeMap::new();
     let mut updates: BTreeMap<&str, Vec<&Pending>> = BTreeMap::new();
     let mut lists: BTreeMap<&str, Vec<&Pending>> = BTreeMap::new();
+    let mut creates: Vec<&Pending> = Vec::new();
     for w in writes {
         match w.op {
             WriteOp::Update { object, .. } => updates.entry(object).or_default().push(w),
             WriteOp::ListAdd { list, .. } => lists.entry(list).or_default().push(w),
-            WriteOp::Create { .. } => {
-                outcomes.insert(
-                    w.index,
-                    WriteOutcome::Refused {
-                        code: "UNSUPPORTED".into(),
-                        message: "pipewarden creates records only in Salesforce".into(),
-                    },
-                );
-            }
+            WriteOp::Create { .. } => creates.push(w),
         }
     }
     for (object, group) in updates {
@@ -53,6 +54,11 @@ pub(super) async fn deliver(
         for chunk in group.chunks(LIST_IDS_MAX) {
             add_to_list(api, version, list, chunk, &mut outcomes).await;
         }
+    }
+    let creates = find_created(api, version, creates, &mut outcomes).await;
+    for w in hold_unless_preconditions(api, version, creates, &mut outcomes).await {
+        let outcome = create_one(single_shot, version, w.op).await;
+        outcomes.insert(w.index, outcome);
     }
     outcomes
 }
@@ -303,5 +309,157 @@ async fn add_to_list(
             WriteOutcome::Applied(json!({ "listId": list, "recordId": id }))
         };
         outcomes.insert(w.index, outcome);
+    }
+}
+
+/// `POST /objects/{type}` with the properties and the association: one record, its answer.
+async fn create_one(api: &ApiClient, version: &str, op: &WriteOp) -> WriteOutcome {
+    let WriteOp::Create {
+        object,
+        fields,
+        associate_with,
+        ..
+    } = op
+    else {
+        return WriteOutcome::Refused {
+            code: "UNSUPPORTED".into(),
+            message: "not a create".into(),
+        };
+    };
+    let associations: Vec<Value> = associate_with
+        .iter()
+        .map(|with| {
+            json!({
+                "to": { "id": with.id },
+                "types": [{ "associationCategory": "HUBSPOT_DEFINED", "associationTypeId": with.type_id }],
+            })
+        })
+        .collect();
+    let request = ApiRequest::with_json(
+        Method::POST,
+        format!("{}/{object}", base(version, "objects")),
+        json!({ "properties": fields, "associations": associations }),
+    );
+    match api.send(&request, read_value).await {
+        Ok(reply) => WriteOutcome::Applied(reply.value),
+        Err(err) => WriteOutcome::from_call_error(&err),
+    }
+}
+
+/// Creates an earlier attempt may have delivered are looked for among the associations of
+/// their record: one created at or after `created_after_ms` with the `find_first` values is
+/// the earlier attempt's, and counts as applied.
+async fn find_created<'p>(
+    api: &ApiClient,
+    version: &str,
+    creates: Vec<&'p Pending<'p>>,
+    outcomes: &mut BTreeMap<usize, WriteOutcome>,
+) -> Vec<&'p Pending<'p>> {
+    let mut left = Vec::new();
+    for w in creates {
+        let WriteOp::Create {
+            object,
+            find_first: Some(find),
+            created_after_ms,
+            associate_with: Some(with),
+            ..
+        } = w.op
+        else {
+            left.push(w);
+            continue;
+        };
+        if !w.retried {
+            left.push(w);
+            continue;
+        }
+        match created_before(api, version, object, with, find, *created_after_ms).await {
+            Ok(Some(found)) => {
+                outcomes.insert(
+                    w.index,
+                    WriteOutcome::Applied(json!({ "id": found, "already_existed": true })),
+                );
+            }
+            Ok(None) => left.push(w),
+            Err(err) => {
+                outcomes.insert(w.index, WriteOutcome::from_call_error(&err));
+            }
+        }
+    }
+    left
+}
+
+/// The id of an `object` record associated with `with` that holds the `find` values and was
+/// created at or after `after`, if there is one.
+async fn created_before(
+    api: &ApiClient,
+    version: &str,
+    object: &str,
+    with: &Association,
+    find: &Map<String, Value>,
+    after: Option<i64>,
+) -> Result<Option<String>, CrmError> {
+    let ids = associated_ids(api, with, object).await?;
+    let mut names: Vec<&str> = find.keys().map(String::as_str).collect();
+    names.push("hs_createdate");
+    for chunk in ids.chunks(BATCH_MAX) {
+        let inputs: Vec<Value> = chunk.iter().map(|id| json!({ "id": id })).collect();
+        let request = ApiRequest::with_json(
+            Method::POST,
+            format!("{}/{object}/batch/read", base(version, "objects")),
+            json!({ "inputs": inputs, "properties": names }),
+        );
+        let reply = api.send(&request, read_value).await?;
+        let results = reply.value["results"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let found = results.iter().find(|record| {
+            let properties = &record["properties"];
+            let created = properties["hs_createdate"]
+                .as_str()
+                .and_then(|text| chrono::DateTime::parse_from_rfc3339(text).ok())
+                .map(|at| at.timestamp_millis());
+            find.iter().all(|(name, value)| &properties[name] == value)
+                && after.is_none_or(|after| created.is_some_and(|created| created >= after))
+        });
+        if let Some(record) = found {
+            return Ok(record["id"].as_str().map(str::to_string));
+        }
+    }
+    Ok(None)
+}
+
+/// Ids of the `object` records associated with `with`, through the v4 associations API
+/// (every page: it answers up to 500 at a time).
+async fn associated_ids(
+    api: &ApiClient,
+    with: &Association,
+    object: &str,
+) -> Result<Vec<String>, CrmError> {
+    let path = format!(
+        "/crm/v4/objects/{}/{}/associations/{object}",
+        with.object, with.id
+    );
+    let mut ids = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let mut request = ApiRequest::get(path.clone()).param("limit", "500");
+        if let Some(after) = &after {
+            request = request.param("after", after);
+        }
+        let reply = api.send(&request, read_value).await?;
+        for result in reply.value["results"].as_array().into_iter().flatten() {
+            match &result["toObjectId"] {
+                Value::Number(id) => ids.push(id.to_string()),
+                Value::String(id) => ids.push(id.clone()),
+                _ => {}
+            }
+        }
+        after = reply.value["paging"]["next"]["after"]
+            .as_str()
+            .map(str::to_string);
+        if after.is_none() {
+            return Ok(ids);
+        }
     }
 }

@@ -9,6 +9,7 @@
 //! duplicate campaign membership counts as done, and a task is looked for before it is
 //! created again.
 
+pub mod audit;
 mod hubspot;
 mod outbox;
 mod salesforce;
@@ -46,9 +47,9 @@ pub enum WriteOp {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         only_if: Option<Precondition>,
     },
-    /// Create a record (Salesforce CampaignMember or Task).
+    /// Create a record (Salesforce CampaignMember or Task, HubSpot task).
     Create {
-        /// `CampaignMember`, `Task`.
+        /// `CampaignMember`, `Task`, `tasks`.
         object: String,
         /// Its field values.
         fields: Map<String, Value>,
@@ -62,6 +63,10 @@ pub enum WriteOp {
         /// See `find_first`.
         #[serde(default)]
         created_after_ms: Option<i64>,
+        /// HubSpot: the record the new one is associated with (a task with its deal); an
+        /// interrupted create is looked for among that record's associations.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        associate_with: Option<Association>,
         /// Create only while the CRM holds these values (a task about a revert only once
         /// the revert is in).
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -74,6 +79,17 @@ pub enum WriteOp {
         /// The contact's id.
         id: String,
     },
+}
+
+/// A HubSpot association made with a create: the record at the other end and the type.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Association {
+    /// The other record's object (`deals`).
+    pub object: String,
+    /// Its id.
+    pub id: String,
+    /// The HubSpot-defined association type (216: task to deal).
+    pub type_id: u64,
 }
 
 /// Values one CRM record must hold at delivery for a write to go ahead; otherwise the write

@@ -225,7 +225,7 @@ async fn deliver_rows(
             salesforce::deliver(&clients.api, &clients.single_shot, api_version, &pending).await
         }
         Endpoints::Hubspot { api_version, .. } => {
-            hubspot::deliver(&clients.api, api_version, &pending).await
+            hubspot::deliver(&clients.api, &clients.single_shot, api_version, &pending).await
         }
     };
     let mut by_row = BTreeMap::new();

@@ -728,6 +728,7 @@ on_both_backends!(
     hubspot_gates_judge_each_move_at_its_time,
     a_skip_in_revert_mode_moves_the_deal_back_and_leaves_the_owner_a_task_once,
     a_hubspot_skip_in_revert_mode_moves_the_deal_back_unless_it_moved_on,
+    reverts_past_the_cap_wait_for_the_next_evaluation,
     a_dry_run_revert_rule_records_the_revert_and_queues_no_write,
 );
 
@@ -878,7 +879,66 @@ required = ["Need__c"]
         events.iter().any(|e| e.0 == "revert_planned"),
         "the revert is audited on the violation"
     );
+    assert_writes_are_listed(&dir, &b, &f);
     emu.stop().await.unwrap();
+}
+
+/// `pipewarden writes` lists the four revert writes: B's stage and task applied, F's both
+/// refused by their precondition.
+fn assert_writes_are_listed(dir: &ConfigDir, b: &str, f: &str) {
+    let config = dir.path().join("pipewarden.toml");
+    // The command reads the store only, so it can block this test's runtime.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_pipewarden"))
+        .arg("--config")
+        .arg(&config)
+        .args(["writes", "--origin", "revert", "--format", "json"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let listed: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let mut writes: Vec<(String, String, String, Option<String>)> = listed["writes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| {
+            let deal = w["payload"]["only_if"]["id"].as_str().unwrap().to_string();
+            let code = w["error_code"].as_str().map(str::to_string);
+            let operation = w["operation"].as_str().unwrap().to_string();
+            (
+                deal,
+                operation,
+                w["status"].as_str().unwrap().to_string(),
+                code,
+            )
+        })
+        .collect();
+    writes.sort();
+    let refused = Some("PRECONDITION_FAILED".to_string());
+    let mut expected = vec![
+        (b.to_string(), "create".into(), "applied".into(), None),
+        (b.to_string(), "update".into(), "applied".into(), None),
+        (
+            f.to_string(),
+            "create".into(),
+            "failed".into(),
+            refused.clone(),
+        ),
+        (f.to_string(), "update".into(), "failed".into(), refused),
+    ];
+    expected.sort();
+    assert_eq!(writes, expected);
+    let failed = std::process::Command::new(env!("CARGO_BIN_EXE_pipewarden"))
+        .arg("--config")
+        .arg(&config)
+        .args(["writes", "--status", "failed", "--connection", "sf"])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&failed.stdout);
+    assert!(table.contains("CRM writes, newest first (2)"), "{table}");
+    assert!(
+        table.contains("PRECONDITION_FAILED: Opportunity"),
+        "{table}"
+    );
 }
 
 #[test]
@@ -896,63 +956,186 @@ fn revert_settings_belong_to_revert_rules() {
     assert!(err.contains("rules[0].dry_run"), "{err}");
 }
 
+/// Retries fast enough for tests.
+const QUICK: pipewarden::crm::RetryPolicy = pipewarden::crm::RetryPolicy {
+    max_attempts: 3,
+    base_delay: std::time::Duration::from_millis(5),
+    max_delay: std::time::Duration::from_millis(20),
+};
+
+/// Settings of the HubSpot gates with revert mode on and writes allowed.
+fn hubspot_revert_settings(dir: &ConfigDir, emu: &RunningEmulator, store_url: &str) -> Settings {
+    let mut settings = hubspot_settings(dir, emu, store_url);
+    settings.rules[0].mode = pipewarden::config::settings::RuleMode::Revert;
+    settings.rules[0].dry_run = false;
+    settings
+}
+
+/// Empties the deals' qualification fields in the first stage, then makes them jump to
+/// decision maker bought in: a skip with fields missing, which a revert moves back.
+async fn make_deals_jump(
+    test: &TestStore,
+    emu: &RunningEmulator,
+    settings: &Settings,
+    deals: &[&String],
+) -> Vec<rules::EvaluationReport> {
+    advance(emu, "1h").await;
+    let empty =
+        json!({"dealstage": "appointmentscheduled", "budget": "", "need": "", "authority": ""});
+    for deal in deals {
+        update_deal(emu, deal, empty.clone()).await;
+    }
+    advance(emu, "1m").await;
+    sync_and_evaluate(&test.store, settings).await;
+    advance(emu, "1h").await;
+    for deal in deals {
+        update_deal(emu, deal, json!({"dealstage": "decisionmakerboughtin"})).await;
+    }
+    advance(emu, "1m").await;
+    sync_and_evaluate(&test.store, settings).await
+}
+
+/// A HubSpot deal's stage.
+async fn hubspot_stage(emu: &RunningEmulator, id: &str) -> String {
+    let path = format!("/crm/v3/objects/deals/{id}?properties=dealstage");
+    let deal = hubspot(emu, reqwest::Method::GET, &path, Value::Null).await;
+    deal["properties"]["dealstage"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// The tasks associated with a HubSpot deal, with their properties.
+async fn hubspot_tasks_of(emu: &RunningEmulator, deal: &str) -> Vec<Value> {
+    let path = format!("/crm/v4/objects/deals/{deal}/associations/tasks");
+    let associated = hubspot(emu, reqwest::Method::GET, &path, Value::Null).await;
+    let inputs: Vec<Value> = associated["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| json!({ "id": a["toObjectId"].to_string() }))
+        .collect();
+    if inputs.is_empty() {
+        return Vec::new();
+    }
+    let properties = ["hs_task_subject", "hs_task_status", "hubspot_owner_id"];
+    let body = json!({ "inputs": inputs, "properties": properties });
+    let read = hubspot(
+        emu,
+        reqwest::Method::POST,
+        "/crm/v3/objects/tasks/batch/read",
+        body,
+    )
+    .await;
+    read["results"].as_array().unwrap().clone()
+}
+
 async fn a_hubspot_skip_in_revert_mode_moves_the_deal_back_unless_it_moved_on(test: TestStore) {
     let emu = super::sync::start_emulator().await;
     let dir = ConfigDir::new();
-    let mut settings = hubspot_settings(&dir, &emu, &test.url);
-    settings.rules[0].mode = pipewarden::config::settings::RuleMode::Revert;
-    settings.rules[0].dry_run = false;
+    let settings = hubspot_revert_settings(&dir, &emu, &test.url);
     let connection = settings.connections[0].clone();
     sync_and_evaluate(&test.store, &settings).await;
 
     let [jumper, mover] = <[String; 2]>::try_from(closed_deals(&emu, 2).await).unwrap();
-    advance(&emu, "1h").await;
-    let empty =
-        json!({"dealstage": "appointmentscheduled", "budget": "", "need": "", "authority": ""});
-    for deal in [&jumper, &mover] {
-        update_deal(&emu, deal, empty.clone()).await;
-    }
-    advance(&emu, "1m").await;
-    sync_and_evaluate(&test.store, &settings).await;
-    advance(&emu, "1h").await;
-    for deal in [&jumper, &mover] {
-        update_deal(&emu, deal, json!({"dealstage": "decisionmakerboughtin"})).await;
-    }
-    advance(&emu, "1m").await;
-    let judged = sync_and_evaluate(&test.store, &settings).await;
+    let judged = make_deals_jump(&test, &emu, &settings, &[&jumper, &mover]).await;
     assert_eq!(judged[0].reverts, 2, "{judged:?}");
     update_deal(&emu, &mover, json!({"dealstage": "contractsent"})).await;
 
-    let quick = pipewarden::crm::RetryPolicy {
-        max_attempts: 3,
-        base_delay: std::time::Duration::from_millis(5),
-        max_delay: std::time::Duration::from_millis(20),
-    };
-    let delivered = rules::revert::deliver(&test.store, &settings, &connection, quick)
+    let delivered = rules::revert::deliver(&test.store, &settings, &connection, QUICK)
         .await
         .unwrap();
     assert_eq!(
         (delivered.applied, delivered.failed),
-        (1, 1),
-        "{delivered:?}"
+        (2, 2),
+        "the jumper's stage and task are written, neither of the mover's: {delivered:?}"
     );
-    let stage = |deal: &Value| {
-        deal["properties"]["dealstage"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    };
-    let path = |id: &str| format!("/crm/v3/objects/deals/{id}?properties=dealstage");
-    let jumped = hubspot(&emu, reqwest::Method::GET, &path(&jumper), Value::Null).await;
-    assert_eq!(stage(&jumped), "appointmentscheduled", "moved back");
-    let moved = hubspot(&emu, reqwest::Method::GET, &path(&mover), Value::Null).await;
-    assert_eq!(stage(&moved), "contractsent", "moved on, left alone");
+    assert_eq!(
+        hubspot_stage(&emu, &jumper).await,
+        "appointmentscheduled",
+        "moved back"
+    );
+    assert_eq!(
+        hubspot_stage(&emu, &mover).await,
+        "contractsent",
+        "moved on, left alone"
+    );
+    assert!(hubspot_tasks_of(&emu, &mover).await.is_empty());
+    let tasks = hubspot_tasks_of(&emu, &jumper).await;
+    assert_eq!(tasks.len(), 1, "{tasks:?}");
+    let task = &tasks[0]["properties"];
+    let subject = task["hs_task_subject"].as_str().unwrap();
+    assert!(
+        subject.contains("budget") && subject.contains("appointmentscheduled"),
+        "{subject}"
+    );
+    assert_eq!(task["hs_task_status"], "NOT_STARTED");
+    let path = format!("/crm/v3/objects/deals/{jumper}?properties=hubspot_owner_id");
+    let deal = hubspot(&emu, reqwest::Method::GET, &path, Value::Null).await;
+    assert_eq!(
+        task["hubspot_owner_id"], deal["properties"]["hubspot_owner_id"],
+        "the task is the owner's"
+    );
 
     sync_and_evaluate(&test.store, &settings).await;
-    let again = rules::revert::deliver(&test.store, &settings, &connection, quick)
+    let again = rules::revert::deliver(&test.store, &settings, &connection, QUICK)
         .await
         .unwrap();
     assert_eq!(again.applied + again.failed, 0, "{again:?}");
+    assert_eq!(hubspot_tasks_of(&emu, &jumper).await.len(), 1);
+    emu.stop().await.unwrap();
+}
+
+async fn reverts_past_the_cap_wait_for_the_next_evaluation(test: TestStore) {
+    let emu = super::sync::start_emulator().await;
+    let dir = ConfigDir::new();
+    let mut settings = hubspot_revert_settings(&dir, &emu, &test.url);
+    settings.rules[0].max_reverts_per_run = 1;
+    let connection = settings.connections[0].clone();
+    sync_and_evaluate(&test.store, &settings).await;
+
+    let deals = closed_deals(&emu, 3).await;
+    let [first, second, resolved] =
+        <[&String; 3]>::try_from(deals.iter().collect::<Vec<_>>()).unwrap();
+    let judged = make_deals_jump(&test, &emu, &settings, &[first, second, resolved]).await;
+    assert_eq!(
+        (judged[0].reverts, judged[0].reverts_deferred),
+        (1, 2),
+        "{judged:?}"
+    );
+    // The third deal's fields are filled before the next evaluation: it needs no revert.
+    update_deal(
+        &emu,
+        resolved,
+        json!({"budget": "1", "need": "forecasting", "authority": "CRO"}),
+    )
+    .await;
+    advance(&emu, "1m").await;
+    let next = sync_and_evaluate(&test.store, &settings).await;
+    assert_eq!(
+        (
+            next[0].reverts,
+            next[0].reverts_deferred,
+            next[0].resolved_late
+        ),
+        (1, 0, 1),
+        "the deferred revert that still applies is planned: {next:?}"
+    );
+    let delivered = rules::revert::deliver(&test.store, &settings, &connection, QUICK)
+        .await
+        .unwrap();
+    assert_eq!(delivered.applied, 4, "two stages, two tasks: {delivered:?}");
+    for deal in [first, second] {
+        assert_eq!(hubspot_stage(&emu, deal).await, "appointmentscheduled");
+    }
+    assert_eq!(hubspot_stage(&emu, resolved).await, "decisionmakerboughtin");
+
+    let after = sync_and_evaluate(&test.store, &settings).await;
+    assert_eq!(
+        (after[0].reverts, after[0].reverts_deferred),
+        (0, 0),
+        "{after:?}"
+    );
     emu.stop().await.unwrap();
 }
 
