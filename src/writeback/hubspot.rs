@@ -15,8 +15,8 @@ use reqwest::Method;
 use serde_json::{json, Map, Value};
 
 use super::{
-    precondition_failed, precondition_holds, read_value, settle_all, Association, Pending, WriteOp,
-    WriteOutcome,
+    holds, precondition_failed, precondition_holds, read_value, settle_all, Association, Pending,
+    WriteOp, WriteOutcome,
 };
 use crate::crm::{ApiClient, ApiRequest, CrmError};
 
@@ -65,7 +65,8 @@ pub(super) async fn deliver(
 
 /// Writes with a precondition go ahead only if the record still holds its values (read one
 /// record at a time: conditional writes are few, capped reverts); the others are refused
-/// with what HubSpot holds.
+/// with what HubSpot holds, unless an earlier attempt at the same update already wrote its
+/// values (a process killed before it recorded the answer): that update is done.
 async fn hold_unless_preconditions<'p>(
     api: &ApiClient,
     version: &str,
@@ -78,7 +79,11 @@ async fn hold_unless_preconditions<'p>(
             ready.push(w);
             continue;
         };
-        let names: Vec<&str> = condition.fields.keys().map(String::as_str).collect();
+        let written = own_values(w);
+        let mut names: Vec<&str> = condition.fields.keys().map(String::as_str).collect();
+        names.extend(written.iter().flat_map(|f| f.keys().map(String::as_str)));
+        names.sort_unstable();
+        names.dedup();
         let path = format!(
             "{}/{}/{}?properties={}",
             base(version, "objects"),
@@ -92,6 +97,9 @@ async fn hold_unless_preconditions<'p>(
                 let current = reply.value.get("properties");
                 if precondition_holds(condition, current) {
                     ready.push(w);
+                } else if written.is_some_and(|fields| holds(current, fields)) {
+                    let answer = json!({ "id": condition.id, "already_written": true });
+                    outcomes.insert(w.index, WriteOutcome::Applied(answer));
                 } else {
                     outcomes.insert(w.index, precondition_failed(condition, current));
                 }
@@ -102,6 +110,19 @@ async fn hold_unless_preconditions<'p>(
         }
     }
     ready
+}
+
+/// The values a retried update writes to the record its precondition reads, if it is one.
+fn own_values<'p>(w: &'p Pending<'p>) -> Option<&'p Map<String, Value>> {
+    match (w.op, w.op.only_if()) {
+        (
+            WriteOp::Update {
+                object, id, fields, ..
+            },
+            Some(condition),
+        ) if w.retried && *object == condition.object && *id == condition.id => Some(fields),
+        _ => None,
+    }
 }
 
 fn base(version: &str, family: &str) -> String {

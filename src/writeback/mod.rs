@@ -217,9 +217,13 @@ fn precondition_failed(condition: &Precondition, current: Option<&Value>) -> Wri
 
 /// Whether `current` holds every value of `condition`.
 fn precondition_holds(condition: &Precondition, current: Option<&Value>) -> bool {
+    holds(current, &condition.fields)
+}
+
+/// Whether `current` holds every value of `fields`.
+fn holds(current: Option<&Value>, fields: &Map<String, Value>) -> bool {
     current.is_some_and(|record| {
-        condition
-            .fields
+        fields
             .iter()
             .all(|(name, wanted)| record.get(name) == Some(wanted))
     })

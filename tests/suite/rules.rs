@@ -729,6 +729,7 @@ on_both_backends!(
     a_skip_in_revert_mode_moves_the_deal_back_and_leaves_the_owner_a_task_once,
     a_hubspot_skip_in_revert_mode_moves_the_deal_back_unless_it_moved_on,
     reverts_past_the_cap_wait_for_the_next_evaluation,
+    a_task_create_killed_before_its_answer_is_not_made_twice,
     a_dry_run_revert_rule_records_the_revert_and_queues_no_write,
 );
 
@@ -1083,6 +1084,60 @@ async fn a_hubspot_skip_in_revert_mode_moves_the_deal_back_unless_it_moved_on(te
         .unwrap();
     assert_eq!(again.applied + again.failed, 0, "{again:?}");
     assert_eq!(hubspot_tasks_of(&emu, &jumper).await.len(), 1);
+    emu.stop().await.unwrap();
+}
+
+async fn a_task_create_killed_before_its_answer_is_not_made_twice(test: TestStore) {
+    let emu = super::sync::start_emulator().await;
+    let dir = ConfigDir::new();
+    hubspot_settings(&dir, &emu, &test.url);
+    let config = dir.path().join("pipewarden.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let reverting = text.replace("mode = \"alert\"", "mode = \"revert\"\ndry_run = false");
+    let path = dir.write("pipewarden.toml", &reverting);
+    let settings = pipewarden::config::load(Some(&path)).unwrap();
+    let connection = settings.connections[0].clone();
+    sync_and_evaluate(&test.store, &settings).await;
+    let [jumper] = <[String; 1]>::try_from(closed_deals(&emu, 1).await).unwrap();
+    let judged = make_deals_jump(&test, &emu, &settings, &[&jumper]).await;
+    assert_eq!(judged[0].reverts, 1, "{judged:?}");
+
+    // HubSpot creates the task at once and answers late; the process dies before the answer.
+    super::emulator_faults::set_faults(
+        &emu,
+        json!([{"kind": "slow_answer", "delay_ms": 5000, "path_contains": "objects/2026-03/tasks"}]),
+    )
+    .await;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pipewarden"))
+        .arg("--config")
+        .arg(&path)
+        .args(["sync", "--once"])
+        .env("RUST_LOG", "pipewarden=warn")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("pipewarden starts");
+    let mut created = false;
+    for _ in 0..300 {
+        if !hubspot_tasks_of(&emu, &jumper).await.is_empty() {
+            created = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    child.kill().expect("SIGKILL");
+    child.wait().unwrap();
+    assert!(created, "the run created the task before it was killed");
+    super::emulator_faults::set_faults(&emu, json!([])).await;
+
+    let delivered = rules::revert::deliver(&test.store, &settings, &connection, QUICK)
+        .await
+        .unwrap();
+    // What the killed run left in flight (the task, and the stage if its answer was not
+    // recorded either) is found done, neither refused nor made again.
+    assert_eq!(delivered.failed, 0, "{delivered:?}");
+    assert!(delivered.applied >= 1, "{delivered:?}");
+    assert_eq!(hubspot_tasks_of(&emu, &jumper).await.len(), 1);
+    assert_eq!(hubspot_stage(&emu, &jumper).await, "appointmentscheduled");
     emu.stop().await.unwrap();
 }
 
