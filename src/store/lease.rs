@@ -5,6 +5,11 @@
 //! long as that database session, so a replica that dies (crash, SIGKILL, lost network)
 //! releases it with its session and another replica takes over at its next interval.
 //!
+//! A lock alone cannot stop a run whose session died from committing the transaction it is
+//! in while another replica has taken over, so leases are also fenced: taking one raises its
+//! epoch in `lease_fences`, and [`StoreTx::hold_fence`] checks the epoch inside a transaction,
+//! holding a shared lock on it that makes a takeover wait for that transaction to end.
+//!
 //! SQLite is for one replica. A process that syncs claims the store with an exclusive lock
 //! on a file beside it, and a second one is refused with a message that says why.
 
@@ -15,7 +20,7 @@ use sha2::{Digest, Sha256};
 use sqlx::pool::PoolConnection;
 use sqlx::Postgres;
 
-use super::{Backend, QueryContext, Store, StoreError};
+use super::{Backend, QueryContext, Store, StoreError, StoreTx};
 use crate::config::settings::StoreUrl;
 
 /// The right to sync one connection, held until dropped.
@@ -23,6 +28,16 @@ use crate::config::settings::StoreUrl;
 pub struct SyncLease {
     /// The PostgreSQL session holding the advisory lock; SQLite needs none.
     session: Option<sqlx::PgConnection>,
+    /// The lease's epoch when this replica took it (PostgreSQL only).
+    fence: Option<Fence>,
+}
+
+/// A lease's name and the epoch its holder took it at: a transaction that finds a newer
+/// epoch belongs to a run whose lease was taken over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    name: String,
+    epoch: i64,
 }
 
 /// The claim of a process on a SQLite store, held until dropped.
@@ -35,7 +50,10 @@ impl Store {
     /// Takes the lease on `connection`, or `None` when another replica holds it.
     pub async fn try_lease(&self, connection: &str) -> Result<Option<SyncLease>, StoreError> {
         let Backend::Postgres(pool) = self.pool() else {
-            return Ok(Some(SyncLease { session: None }));
+            return Ok(Some(SyncLease {
+                session: None,
+                fence: None,
+            }));
         };
         let pooled: PoolConnection<Postgres> = pool.acquire().await.during("take a lease")?;
         // Out of the pool: a pooled session would keep the lock after the lease is dropped.
@@ -45,8 +63,23 @@ impl Store {
             .fetch_one(&mut session)
             .await
             .during("take a lease")?;
-        Ok(taken.then_some(SyncLease {
+        if !taken {
+            return Ok(None);
+        }
+        let epoch: i64 = sqlx::query_scalar(
+            "INSERT INTO lease_fences (name, epoch) VALUES ($1, 1) \
+             ON CONFLICT (name) DO UPDATE SET epoch = lease_fences.epoch + 1 RETURNING epoch",
+        )
+        .bind(connection)
+        .fetch_one(&mut session)
+        .await
+        .during("raise the lease's epoch")?;
+        Ok(Some(SyncLease {
             session: Some(session),
+            fence: Some(Fence {
+                name: connection.to_string(),
+                epoch,
+            }),
         }))
     }
 
@@ -83,6 +116,11 @@ impl Store {
 }
 
 impl SyncLease {
+    /// What transactions under this lease check; `None` on SQLite, which has one replica.
+    pub fn fence(&self) -> Option<Fence> {
+        self.fence.clone()
+    }
+
     /// Whether the lease is still held: a PostgreSQL session that dropped (idle timeout, a
     /// server restart) took its advisory lock with it, and another replica may hold it now.
     pub async fn is_held(&mut self) -> bool {
@@ -98,6 +136,24 @@ impl SyncLease {
             // Closing the session releases every lock it holds.
             let _ = sqlx::Connection::close(session).await;
         }
+    }
+}
+
+impl StoreTx {
+    /// Whether `fence` is still the lease's newest epoch. The shared lock on the epoch's row
+    /// lasts until this transaction ends, so a replica taking the lease over waits for it;
+    /// `false` means the lease was taken over and nothing here may be committed.
+    pub async fn hold_fence(&mut self, fence: &Fence) -> Result<bool, StoreError> {
+        let Backend::Postgres(tx) = self.inner() else {
+            return Ok(true);
+        };
+        let epoch: Option<i64> =
+            sqlx::query_scalar("SELECT epoch FROM lease_fences WHERE name = $1 FOR SHARE")
+                .bind(&fence.name)
+                .fetch_optional(&mut **tx)
+                .await
+                .during("check the lease's epoch")?;
+        Ok(epoch == Some(fence.epoch))
     }
 }
 

@@ -30,7 +30,7 @@ pub use history::{
     FieldChange, InsertedTransition, NewLifecycleEvent, NewStageTransition, StageTransition,
     StoredLifecycleEvent,
 };
-pub use lease::{SoleReplica, SyncLease};
+pub use lease::{Fence, SoleReplica, SyncLease};
 pub use links::RecordLink;
 pub use metadata::{CrmOwner, StageDefinition};
 pub use records::{ObservationOutcome, RecordVersion, StoredRecord, ValidFromBasis};

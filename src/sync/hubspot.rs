@@ -243,7 +243,7 @@ impl<'c, 'a> Run<'c, 'a> {
         definitions: &[StageDefinition],
         now: Millis,
     ) -> Result<(), SyncError> {
-        let mut tx = self.ctx.store.begin().await?;
+        let mut tx = self.ctx.begin().await?;
         for definition in definitions {
             tx.upsert_stage_definition(self.ctx.connection_id, definition, now)
                 .await?;
@@ -256,7 +256,7 @@ impl<'c, 'a> Run<'c, 'a> {
     async fn sync_owners(&mut self) -> Result<(), SyncError> {
         let owners = self.client.owners().await?;
         let now = self.now();
-        let mut tx = self.ctx.store.begin().await?;
+        let mut tx = self.ctx.begin().await?;
         for owner in &owners {
             tx.upsert_owner(self.ctx.connection_id, &owner_row(owner), now)
                 .await?;
@@ -546,7 +546,7 @@ impl<'c, 'a> Run<'c, 'a> {
     /// A page's records, links and cursor in one transaction; records that do not read (and
     /// search hits without a usable stamp) are quarantined in it.
     async fn store_page(&mut self, page: PageToStore<'_>) -> Result<(), SyncError> {
-        let mut tx = self.ctx.store.begin().await?;
+        let mut tx = self.ctx.begin().await?;
         for (bad, raw) in &page.bad_hits {
             self.quarantine(&mut tx, bad, raw, page.observed_at).await?;
         }

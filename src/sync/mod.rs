@@ -23,7 +23,8 @@ use crate::crm::{ApiClient, ApiStats, BudgetUse, CrmError, RetryPolicy};
 use crate::record::wall_clock;
 use crate::record::Millis;
 use crate::store::{
-    Store, StoreError, StoredRefreshTokens, SyncLease, SyncRunStatus, SyncRunSummary,
+    Fence, Store, StoreError, StoreTx, StoredRefreshTokens, SyncLease, SyncRunStatus,
+    SyncRunSummary,
 };
 
 /// Versions written in one run past which the store's planner statistics are refreshed: a
@@ -182,9 +183,25 @@ pub(crate) struct RunContext<'a> {
     pub counters: RunCounters,
     stop: &'a StopSignal,
     lease_lost: &'a AtomicBool,
+    /// The run's lease epoch, checked by every transaction it commits (PostgreSQL).
+    fence: Option<Fence>,
 }
 
 impl RunContext<'_> {
+    /// Starts a transaction of this run; it fails with [`SyncError::LeaseLost`] when another
+    /// replica has taken the lease over, so a run whose lease session died (which the watcher
+    /// may not have noticed yet) writes nothing more.
+    pub async fn begin(&self) -> Result<StoreTx, SyncError> {
+        let mut tx = self.store.begin().await?;
+        if let Some(fence) = &self.fence {
+            if !tx.hold_fence(fence).await? {
+                self.lease_lost.store(true, Ordering::Relaxed);
+                return Err(SyncError::LeaseLost(self.settings.name.clone()));
+            }
+        }
+        Ok(tx)
+    }
+
     /// Ends the run (after the page just committed) when a stop was asked for, or when its
     /// lease was lost and another replica may be syncing the connection.
     pub fn check_stop(&self) -> Result<(), SyncError> {
@@ -276,6 +293,7 @@ pub async fn sync_once(
     let api = ApiClient::new(settings, options.retry)?.keep_refresh_tokens(
         StoredRefreshTokens::for_connection(store, connection_id, settings),
     );
+    let fence = lease.fence();
     let lease = WatchedLease::start(lease, settings.name.clone());
     let mut ctx = RunContext {
         store,
@@ -286,6 +304,7 @@ pub async fn sync_once(
         counters: RunCounters::default(),
         stop,
         lease_lost: &lease.lost,
+        fence,
     };
     let outcome = match settings.kind {
         CrmKind::Salesforce => salesforce::sync(&mut ctx).await,

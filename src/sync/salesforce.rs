@@ -285,7 +285,7 @@ impl<'c, 'a> Run<'c, 'a> {
             .max()
             .map(str::to_string)
             .or(after);
-        let mut tx = self.ctx.store.begin().await?;
+        let mut tx = self.ctx.begin().await?;
         self.store_records(&mut tx, stream, kind, &page.records, observed_at)
             .await?;
         tx.save_cursor(
@@ -318,7 +318,7 @@ impl<'c, 'a> Run<'c, 'a> {
         cursor: &str,
         position: Value,
     ) -> Result<(), SyncError> {
-        let mut tx = self.ctx.store.begin().await?;
+        let mut tx = self.ctx.begin().await?;
         tx.save_cursor(
             self.ctx.connection_id,
             object,
@@ -351,7 +351,7 @@ impl<'c, 'a> Run<'c, 'a> {
                 .iter()
                 .filter_map(|row| row.get("Id").and_then(Value::as_str))
                 .collect();
-            let mut tx = self.ctx.store.begin().await?;
+            let mut tx = self.ctx.begin().await?;
             tx.mark_seen(self.ctx.connection_id, kind, &ids, self.now().max(started))
                 .await?;
             tx.commit().await?;
@@ -402,7 +402,7 @@ impl<'c, 'a> Run<'c, 'a> {
                     sync_run_id: Some(self.ctx.run_id),
                 })
                 .collect();
-            let mut tx = self.ctx.store.begin().await?;
+            let mut tx = self.ctx.begin().await?;
             let outcomes = tx.apply_observations(&observations).await?;
             tx.commit().await?;
             let written = outcomes.iter().filter(|o| o.wrote_version()).count();
@@ -458,7 +458,7 @@ impl<'c, 'a> Run<'c, 'a> {
             Err(err) => return Err(err),
         };
         let session_user = self.ctx.api.session_user_id().await?;
-        let mut tx = self.ctx.store.begin().await?;
+        let mut tx = self.ctx.begin().await?;
         for definition in &definitions {
             tx.upsert_stage_definition(self.ctx.connection_id, definition, self.now())
                 .await?;
@@ -663,7 +663,7 @@ impl<'c, 'a> Run<'c, 'a> {
         page: &QueryPage,
     ) -> Result<Option<Millis>, SyncError> {
         let observed_at = page.server_time.unwrap_or_else(|| self.now());
-        let mut tx = self.ctx.store.begin().await?;
+        let mut tx = self.ctx.begin().await?;
         let newest = match &stream.rows {
             Rows::Records(kind) => {
                 self.store_records(&mut tx, stream, *kind, &page.records, observed_at)

@@ -284,6 +284,47 @@ async fn a_run_whose_lease_session_dies_stops_and_the_next_run_resumes() {
     emu.stop().await.unwrap();
 }
 
+#[tokio::test]
+async fn a_transaction_under_a_lease_taken_over_is_fenced_off() {
+    let Some(test) = TestStore::postgres().await else {
+        return;
+    };
+    let first = test.store.try_lease("sf").await.unwrap().expect("free");
+    let stale = first.fence().expect("PostgreSQL leases are fenced");
+    // Its session dies (as with a network cut) and another replica takes the lease over.
+    first.release().await;
+    let second = test
+        .store
+        .try_lease("sf")
+        .await
+        .unwrap()
+        .expect("free again");
+    let current = second.fence().unwrap();
+    let mut tx = test.store.begin().await.unwrap();
+    assert!(
+        !tx.hold_fence(&stale).await.unwrap(),
+        "the old holder's transaction sees the takeover"
+    );
+    assert!(tx.hold_fence(&current).await.unwrap());
+    tx.commit().await.unwrap();
+
+    // A takeover waits for a transaction that has passed the check to end.
+    let mut holding = test.store.begin().await.unwrap();
+    assert!(holding.hold_fence(&current).await.unwrap());
+    second.release().await;
+    let takeover = tokio::spawn({
+        let store = test.store.clone();
+        async move { store.try_lease("sf").await.unwrap().is_some() }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !takeover.is_finished(),
+        "the takeover waits for the fenced transaction"
+    );
+    holding.commit().await.unwrap();
+    assert!(takeover.await.unwrap(), "then it takes the lease");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_process_on_one_sqlite_store_is_refused_with_the_reason() {
     let emu = start_emulator().await;
