@@ -154,6 +154,12 @@ pub struct PropertyInfo {
     /// Label shown in the UI.
     #[serde(default)]
     pub label: String,
+    /// HubSpot's type name (`string`, `number`, `enumeration`, `datetime`, …).
+    #[serde(rename = "type", default)]
+    pub data_type: String,
+    /// Defined by HubSpot rather than the portal (false for custom properties).
+    #[serde(default)]
+    pub hubspot_defined: bool,
     /// Enumeration options (lifecycle stages, lead statuses), in display order.
     #[serde(default)]
     pub options: Vec<PropertyOption>,

@@ -108,6 +108,14 @@ pub(crate) fn record_link(
     })
 }
 
+/// The CRM object of deals.
+pub(crate) fn deal_object(crm: CrmKind) -> &'static str {
+    match crm {
+        CrmKind::Salesforce => "Opportunity",
+        CrmKind::Hubspot => "deals",
+    }
+}
+
 /// The CRM's name as alerts show it.
 pub(crate) fn crm_label(kind: CrmKind) -> &'static str {
     match kind {

@@ -21,6 +21,7 @@
 use serde_json::{json, Map, Value};
 use sqlx::types::Json;
 
+use super::deal_object;
 use super::gate::MissingField;
 use crate::config::settings::{ConnectionSettings, CrmKind, RuleSettings};
 use crate::config::Settings;
@@ -60,14 +61,6 @@ fn stage_field(crm: CrmKind) -> &'static str {
     match crm {
         CrmKind::Salesforce => "StageName",
         CrmKind::Hubspot => "dealstage",
-    }
-}
-
-/// The CRM object of deals.
-fn deal_object(crm: CrmKind) -> &'static str {
-    match crm {
-        CrmKind::Salesforce => "Opportunity",
-        CrmKind::Hubspot => "deals",
     }
 }
 

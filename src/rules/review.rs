@@ -7,11 +7,11 @@ use serde::Serialize;
 
 use super::evaluate::{judge_move, EvaluationReport};
 use super::gate::CompiledRule;
-use super::{OwnerIndex, RulesError};
+use super::{deal_object, OwnerIndex, RulesError};
 use crate::config::settings::RuleSettings;
 use crate::config::Settings;
 use crate::record::{Millis, ObjectKind};
-use crate::store::Store;
+use crate::store::{FieldDefinition, Store};
 
 /// How bad a problem is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -41,15 +41,23 @@ pub struct RuleCheck {
     pub problems: Vec<Problem>,
 }
 
-/// Checks every rule's stages and fields against what the store knows of its CRM: stage
-/// metadata, and the fields the stored deals carry. Before a sync brought them, it warns.
+/// Checks every rule's stages and fields against the CRM's metadata the last sync stored:
+/// its pipelines' stages and its deal fields. Before a sync brought them, it warns.
 pub async fn check(store: &Store, settings: &Settings) -> Result<Vec<RuleCheck>, RulesError> {
     let mut checks = Vec::new();
     for (index, rule) in settings.rules.iter().enumerate() {
         let key = format!("rules[{index}]");
+        // Config validation has made sure every rule names a configured connection.
+        let Some(connection) = settings
+            .connections
+            .iter()
+            .find(|c| c.name == rule.connection)
+        else {
+            continue;
+        };
         checks.push(RuleCheck {
             rule: rule.name.clone(),
-            problems: check_rule(store, &key, rule).await?,
+            problems: check_rule(store, &key, rule, deal_object(connection.kind)).await?,
         });
     }
     Ok(checks)
@@ -59,6 +67,7 @@ async fn check_rule(
     store: &Store,
     key: &str,
     rule: &RuleSettings,
+    deal_object: &str,
 ) -> Result<Vec<Problem>, RulesError> {
     let warn = |message: String| Problem {
         severity: Severity::Warning,
@@ -110,10 +119,10 @@ async fn check_rule(
             }
         }
     }
-    let known_fields = store.deal_field_names(connection_id).await?;
-    if known_fields.is_empty() {
+    let fields = store.field_definitions(connection_id, deal_object).await?;
+    if fields.is_empty() {
         problems.push(warn(format!(
-            "{key} ({}): no deals of `{}` are stored yet; fields cannot be checked",
+            "{key} ({}): no field metadata of {deal_object} in `{}` is stored yet; fields cannot be checked",
             rule.name, rule.connection
         )));
         return Ok(problems);
@@ -138,15 +147,35 @@ async fn check_rule(
                 .map(|field| (format!("{key}.backward_requires"), field)),
         );
     for (place, field) in named {
-        if !known_fields.contains(field.as_str()) {
+        if !fields.iter().any(|f| f.field == *field) {
             problems.push(error(format!(
-                "{place}: `{field}` is not a deal field of connection `{}` (no stored deal has it; \
-                 for a custom field, list it in custom_fields and check the integration user can read it)",
-                rule.connection
+                "{place}: `{field}` is not a field of {deal_object} in the metadata of connection `{}` ({})",
+                rule.connection,
+                field_hint(field, &fields)
             )));
         }
     }
     Ok(problems)
+}
+
+/// A field the rule may have meant (the same name or label, but for case, spaces,
+/// underscores and a custom suffix), or why a real field may be missing from the metadata.
+fn field_hint(named: &str, fields: &[FieldDefinition]) -> String {
+    let loose = |text: &str| -> String {
+        text.trim_end_matches("__c")
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .map(|c| c.to_ascii_lowercase())
+            .collect()
+    };
+    let wanted = loose(named);
+    match fields
+        .iter()
+        .find(|f| loose(&f.field) == wanted || loose(&f.label) == wanted)
+    {
+        Some(f) => format!("did you mean `{}`, labelled \"{}\"?", f.field, f.label),
+        None => "a field hidden from the integration user is not listed either".to_string(),
+    }
 }
 
 /// What one rule would have done over stored history.

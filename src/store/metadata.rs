@@ -1,5 +1,6 @@
-//! CRM metadata: stage order and meaning, which rules, funnels and lifecycle events read,
-//! and record owners, which rules read to tell people from queues.
+//! CRM metadata: stage order and meaning, which rules, funnels and lifecycle events read;
+//! record owners, which rules read to tell people from queues; and each object's fields, which
+//! `rules check` compares rules with.
 
 use serde_json::Value;
 use sqlx::types::Json;
@@ -30,6 +31,21 @@ pub struct StageDefinition {
     pub is_active: bool,
 }
 
+/// One field (Salesforce) or property (HubSpot) of a CRM object, as its metadata lists it.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct FieldDefinition {
+    /// API name.
+    pub field: String,
+    /// Label shown to users.
+    pub label: String,
+    /// The CRM's type name (`currency`, `enumeration`, …).
+    pub data_type: String,
+    /// Usable in a query's filter.
+    pub filterable: bool,
+    /// Defined by the customer rather than the CRM.
+    pub is_custom: bool,
+}
+
 /// A user or queue that can own records, as the CRM lists it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CrmOwner {
@@ -48,6 +64,47 @@ pub struct CrmOwner {
 }
 
 impl StoreTx {
+    /// Replaces the stored fields of `crm_object` with `fields`, the object's metadata as the
+    /// CRM listed it now (fields it no longer lists are gone).
+    pub async fn replace_field_definitions(
+        &mut self,
+        connection_id: i64,
+        crm_object: &str,
+        fields: &[FieldDefinition],
+        observed_at: Millis,
+    ) -> Result<(), StoreError> {
+        dispatch!(self.inner(), tx => sqlx::query(
+            "DELETE FROM field_definitions WHERE connection_id = $1 AND crm_object = $2",
+        )
+        .bind(connection_id)
+        .bind(crm_object)
+        .execute(&mut **tx)
+        .await
+        .map(drop))
+        .during("replace field definitions")?;
+        for chunk in fields.chunks(super::ROWS_PER_STATEMENT) {
+            dispatch!(self.inner(), tx => {
+                let mut query = sqlx::QueryBuilder::new(
+                    "INSERT INTO field_definitions (connection_id, crm_object, field, label, data_type, \
+                     filterable, is_custom, observed_at_ms) ",
+                );
+                query.push_values(chunk, |mut row, f| {
+                    row.push_bind(connection_id)
+                        .push_bind(crm_object)
+                        .push_bind(&f.field)
+                        .push_bind(&f.label)
+                        .push_bind(&f.data_type)
+                        .push_bind(f.filterable)
+                        .push_bind(f.is_custom)
+                        .push_bind(observed_at);
+                });
+                query.build().execute(&mut **tx).await.map(drop)
+            })
+            .during("store field definitions")?;
+        }
+        Ok(())
+    }
+
     /// Stores an owner as last seen, replacing what was stored for it.
     pub async fn upsert_owner(
         &mut self,
@@ -110,6 +167,23 @@ impl StoreTx {
 }
 
 impl Store {
+    /// The fields of `crm_object` the last sync found in the CRM's metadata, by name.
+    pub async fn field_definitions(
+        &self,
+        connection_id: i64,
+        crm_object: &str,
+    ) -> Result<Vec<FieldDefinition>, StoreError> {
+        dispatch!(self.pool(), pool => sqlx::query_as(
+            "SELECT field, label, data_type, filterable, is_custom FROM field_definitions \
+             WHERE connection_id = $1 AND crm_object = $2 ORDER BY field",
+        )
+        .bind(connection_id)
+        .bind(crm_object)
+        .fetch_all(pool)
+        .await)
+        .during("read field definitions")
+    }
+
     /// The stored owners of a connection, by CRM id.
     pub async fn owners(&self, connection_id: i64) -> Result<Vec<CrmOwner>, StoreError> {
         type Row = (

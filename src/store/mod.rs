@@ -32,7 +32,7 @@ pub use history::{
 };
 pub use lease::{Fence, SoleReplica, SyncLease};
 pub use links::RecordLink;
-pub use metadata::{CrmOwner, StageDefinition};
+pub use metadata::{CrmOwner, FieldDefinition, StageDefinition};
 pub use records::{ObservationOutcome, RecordVersion, StoredRecord, ValidFromBasis};
 pub use sync_state::{
     ConnectionTotals, QuarantineEntry, QuarantinedRecord, SyncRunStatus, SyncRunSummary,

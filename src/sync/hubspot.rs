@@ -41,8 +41,8 @@ use crate::crm::hubspot::{
 use crate::record::wall_clock;
 use crate::record::{ActorKind, LifecycleEvent, Millis, ObjectKind, Origin, RecordObservation};
 use crate::store::{
-    CrmOwner, NewLifecycleEvent, NewStageTransition, ObservationOutcome, QuarantineEntry,
-    RecordLink, StageDefinition, StoreTx,
+    CrmOwner, FieldDefinition, NewLifecycleEvent, NewStageTransition, ObservationOutcome,
+    QuarantineEntry, RecordLink, StageDefinition, StoreTx,
 };
 
 /// Object types in the order they are synced.
@@ -270,6 +270,7 @@ impl<'c, 'a> Run<'c, 'a> {
     async fn properties_to_read(&mut self, object: &str) -> Result<Vec<String>, SyncError> {
         let listed = self.client.properties(object).await?;
         self.warn_about_missing_custom_fields(object, &listed);
+        self.store_field_definitions(object, &listed).await?;
         let mut names: Vec<String> = listed.iter().map(|p| p.name.clone()).collect();
         if object == "deals" {
             let mut stage_ids: Vec<&str> = self.stages.keys().map(|(_, s)| s.as_str()).collect();
@@ -287,6 +288,31 @@ impl<'c, 'a> Run<'c, 'a> {
                 .await?;
         }
         Ok(names)
+    }
+
+    /// Keeps the object's properties as the properties API lists them, for `rules check`.
+    async fn store_field_definitions(
+        &mut self,
+        object: &str,
+        listed: &[PropertyInfo],
+    ) -> Result<(), SyncError> {
+        let definitions: Vec<FieldDefinition> = listed
+            .iter()
+            .map(|p| FieldDefinition {
+                field: p.name.clone(),
+                label: p.label.clone(),
+                data_type: p.data_type.clone(),
+                // Search filters on any property.
+                filterable: true,
+                is_custom: !p.hubspot_defined,
+            })
+            .collect();
+        let now = self.now();
+        let mut tx = self.ctx.begin().await?;
+        tx.replace_field_definitions(self.ctx.connection_id, object, &definitions, now)
+            .await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     fn warn_about_missing_custom_fields(&self, object: &str, listed: &[PropertyInfo]) {

@@ -22,15 +22,17 @@ use super::salesforce_map::{
 };
 use super::{RunContext, SyncError};
 use crate::config::settings::Endpoints;
-use crate::crm::salesforce::{soql_datetime, NextPageError, QueryPage, SalesforceClient};
+use crate::crm::salesforce::{
+    soql_datetime, FieldInfo, NextPageError, QueryPage, SalesforceClient,
+};
 use crate::crm::CrmError;
 use crate::record::wall_clock;
 use crate::record::{
     ActorKind, LifecycleEvent, Millis, ObjectKind, Origin, RecordObservation, RecordState,
 };
 use crate::store::{
-    FieldChange, NewLifecycleEvent, NewStageTransition, ObservationOutcome, QuarantineEntry,
-    StageDefinition, StoreTx,
+    FieldChange, FieldDefinition, NewLifecycleEvent, NewStageTransition, ObservationOutcome,
+    QuarantineEntry, StageDefinition, StoreTx,
 };
 
 /// Record objects in the order they are synced.
@@ -487,10 +489,34 @@ impl<'c, 'a> Run<'c, 'a> {
         Ok(page.records)
     }
 
+    /// Keeps the object's fields as `describe` lists them, for `rules check`.
+    async fn store_field_definitions(
+        &mut self,
+        object: &str,
+        fields: &[FieldInfo],
+    ) -> Result<(), SyncError> {
+        let definitions: Vec<FieldDefinition> = fields
+            .iter()
+            .map(|f| FieldDefinition {
+                field: f.name.clone(),
+                label: f.label.clone(),
+                data_type: f.data_type.clone(),
+                filterable: f.filterable,
+                is_custom: f.custom,
+            })
+            .collect();
+        let mut tx = self.ctx.begin().await?;
+        tx.replace_field_definitions(self.ctx.connection_id, object, &definitions, wall_clock())
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// The fields to select: every plain field `describe` lists, and a warning for configured
     /// custom fields it does not (the integration user may lack field-level access).
     async fn record_stream(&mut self, object: &'static str) -> Result<Stream, SyncError> {
         let fields = self.client.describe(object).await?;
+        self.store_field_definitions(object, &fields).await?;
         let wanted_custom = self
             .ctx
             .settings

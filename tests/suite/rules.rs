@@ -190,7 +190,7 @@ connection = "sf"
 
 [[rules.stages]]
 stage = "Qualifcation"
-required = ["Bogus__c"]
+required = ["Bogus__c", "budget"]
 "#;
     let mut settings = salesforce_settings(
         &dir,
@@ -221,9 +221,13 @@ required = ["Bogus__c"]
         .iter()
         .map(|p| p.message.as_str())
         .collect();
-    assert_eq!(typo.len(), 2, "{typo:?}");
+    assert_eq!(typo.len(), 3, "{typo:?}");
     assert!(typo[0].contains("rules[1].stages[0].stage") && typo[0].contains("`Qualifcation`"));
     assert!(typo[1].contains("rules[1].stages[0].required") && typo[1].contains("`Bogus__c`"));
+    assert!(
+        typo[2].contains("`budget`") && typo[2].contains("did you mean `Budget__c`"),
+        "the field the CRM's metadata lists under a near name is suggested: {typo:?}"
+    );
     settings.rules.retain(|rule| rule.name == "sf-bant");
 
     // Five deals, created at stage 1 (C at stage 3 with its fields).
