@@ -155,6 +155,11 @@ pub struct ConnectionSettings {
     /// read again, since their values change without the row's stamp moving; `None` never.
     #[serde(serialize_with = "serialize_optional_duration")]
     pub formula_refresh_interval: Option<Duration>,
+    /// Salesforce: how often every id of each record object is read, to find records deleted
+    /// for good (CampaignMember deletes; other deletes once out of the Recycle Bin) that
+    /// `queryAll` no longer shows; `None` never.
+    #[serde(serialize_with = "serialize_optional_duration")]
+    pub id_sweep_interval: Option<Duration>,
     /// Extra CA certificate (PEM) to trust, e.g. behind a TLS-inspecting proxy.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub extra_ca_file: Option<PathBuf>,

@@ -347,7 +347,20 @@ fn one_connection(
         check.fail(format!("{key}.lookback"), "must be at most 1d");
     }
     let (bulk_threshold, bulk_chunk_size) = bulk_settings(check, key, kind, raw);
-    let formula_refresh_interval = formula_refresh_interval(check, key, kind, raw);
+    let formula_refresh_interval = salesforce_interval(
+        check,
+        &format!("{key}.formula_refresh_interval"),
+        kind,
+        raw.formula_refresh_interval.as_deref(),
+        "it reads Salesforce formula fields again",
+    );
+    let id_sweep_interval = salesforce_interval(
+        check,
+        &format!("{key}.id_sweep_interval"),
+        kind,
+        raw.id_sweep_interval.as_deref(),
+        "HubSpot deletes are found by the archived sweep",
+    );
     let extra_ca_file = raw
         .extra_ca_file
         .as_ref()
@@ -376,32 +389,33 @@ fn one_connection(
         bulk_threshold,
         bulk_chunk_size,
         formula_refresh_interval,
+        id_sweep_interval,
         extra_ca_file,
         limits,
     })
 }
 
-/// `formula_refresh_interval`: a duration of at least an hour, or `"off"` (Salesforce only;
-/// default a day, as each refresh reads every live row again).
-fn formula_refresh_interval(
+/// `formula_refresh_interval` or `id_sweep_interval`: a duration of at least an hour, or
+/// `"off"` (Salesforce only; default a day, as each pass reads every row or id again).
+fn salesforce_interval(
     check: &mut Checker,
-    key: &str,
+    field: &str,
     kind: CrmKind,
-    raw: &RawConnection,
+    value: Option<&str>,
+    why_salesforce_only: &str,
 ) -> Option<Duration> {
-    let field = format!("{key}.formula_refresh_interval");
     if kind != CrmKind::Salesforce {
         check.not_for(
-            &field,
-            raw.formula_refresh_interval.is_some(),
-            "by hubspot connections (it reads Salesforce formula fields again)",
+            field,
+            value.is_some(),
+            &format!("by hubspot connections ({why_salesforce_only})"),
         );
         return None;
     }
-    match raw.formula_refresh_interval.as_deref().map(str::trim) {
+    match value.map(str::trim) {
         Some("off") => None,
         text => {
-            let every = check.duration(&field, text, Duration::from_secs(24 * 3600));
+            let every = check.duration(field, text, Duration::from_secs(24 * 3600));
             if every < Duration::from_secs(3600) {
                 check.fail(field, "must be at least 1h, or \"off\"");
             }

@@ -56,11 +56,6 @@ const COMPOUND_TYPES: &[&str] = &["address", "location", "base64"];
 const NARROWEST_WINDOW: Duration = Duration::from_secs(3600);
 /// The start of time for a window over a stream that never ran (2000-01-01, before any org).
 const OLDEST_POSSIBLE: Millis = 946_684_800_000;
-/// Objects Salesforce deletes for good: queryAll never shows them deleted, so the ones gone
-/// are found by an id sweep.
-const HARD_DELETED_OBJECTS: &[&str] = &["CampaignMember"];
-/// How often an id sweep looks for hard-deleted records: nightly, as it reads every id.
-const ID_SWEEP_EVERY: Duration = Duration::from_secs(24 * 3600);
 /// The cursor that remembers when the last id sweep of an object began.
 const ID_SWEEP_CURSOR: &str = "id_sweep";
 /// The cursor that remembers where the formula refresh of an object is.
@@ -155,7 +150,10 @@ impl<'c, 'a> Run<'c, 'a> {
                 self.run_stream(&stream, Some(until)).await?;
             }
         }
-        for object in HARD_DELETED_OBJECTS {
+        // CampaignMember deletes are hard (queryAll never shows them), and other deletes leave
+        // the Recycle Bin after 15 days or when it is emptied: past that only a missing id
+        // tells a record is gone.
+        for object in RECORD_OBJECTS {
             if self.configured(object) {
                 self.sweep_ids(object).await?;
             }
@@ -168,11 +166,14 @@ impl<'c, 'a> Run<'c, 'a> {
         Ok(())
     }
 
-    /// Finds hard-deleted records of `object`, at most once per [`ID_SWEEP_EVERY`]: every id
-    /// the org still has is marked seen, then the records not seen since the sweep began are
+    /// Finds records of `object` deleted for good, at most once per `id_sweep_interval`: every
+    /// id the org still has is marked seen, then the records not seen since the sweep began are
     /// stored as deleted. A sweep cut short marks nothing deleted; the next run sweeps again.
     async fn sweep_ids(&mut self, object: &'static str) -> Result<(), SyncError> {
-        let kind = record_kind(object).expect("hard-deleted objects are record objects");
+        let Some(every) = self.ctx.settings.id_sweep_interval else {
+            return Ok(());
+        };
+        let kind = record_kind(object).expect("swept objects are record objects");
         let started = self.now();
         let last = self
             .ctx
@@ -188,7 +189,7 @@ impl<'c, 'a> Run<'c, 'a> {
                 .save_position(object, ID_SWEEP_CURSOR, json!({ "started": started }))
                 .await;
         };
-        if started - last < ID_SWEEP_EVERY.as_millis() as Millis {
+        if started - last < every.as_millis() as Millis {
             return Ok(());
         }
         if !self.mark_ids_seen(object, kind, started).await? {

@@ -394,11 +394,62 @@ async fn hard_deleted_campaign_members_are_found_by_the_nightly_id_sweep(test: T
     emu.stop().await.unwrap();
 }
 
-async fn campaign_member_ids(emu: &RunningEmulator, token: &str) -> Vec<String> {
-    let mut address = url::Url::parse(&url(emu, "/services/data/v62.0/query")).unwrap();
-    address
-        .query_pairs_mut()
-        .append_pair("q", "SELECT Id FROM CampaignMember ORDER BY Id LIMIT 3");
+/// A lead deleted while pipewarden was stopped for longer than the Recycle Bin keeps it is
+/// gone from queryAll too; the id sweep still finds it deleted.
+async fn a_delete_purged_from_the_recycle_bin_unseen_is_found_by_the_id_sweep(test: TestStore) {
+    let emu = start_emulator().await;
+    let dir = ConfigDir::new();
+    let connection = salesforce_connection(&emu, &dir);
+    let options = quick_options();
+    run_ok(&test.store, &connection, &options).await;
+    let id = connection_id(&test.store).await;
+    let token = access_token(&emu).await;
+    let leads = soql_ids(&emu, &token, "SELECT Id FROM Lead ORDER BY Id LIMIT 2").await;
+    let address = url(
+        &emu,
+        &format!("/services/data/v62.0/sobjects/Lead/{}", leads[0]),
+    );
+    let response = reqwest::Client::new()
+        .delete(address)
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), reqwest::StatusCode::NO_CONTENT);
+    control(&emu, "/__emulator/clock/advance", json!({"by": "16days"})).await;
+    // The session expired meanwhile.
+    let token = access_token(&emu).await;
+    let purged = soql_ids(
+        &emu,
+        &token,
+        &format!("SELECT Id FROM Lead WHERE Id = '{}'", leads[0]),
+    )
+    .await;
+    assert!(purged.is_empty(), "the lead is gone from the org");
+
+    run_ok(&test.store, &connection, &options).await;
+    let stored = |crm_id: String| {
+        let store = test.store.clone();
+        async move {
+            store
+                .record(id, ObjectKind::Lead, &crm_id)
+                .await
+                .unwrap()
+                .unwrap_or_else(|| panic!("Lead {crm_id} is in the store"))
+        }
+    };
+    assert!(stored(leads[0].clone()).await.deleted_at.is_some());
+    assert!(
+        stored(leads[1].clone()).await.deleted_at.is_none(),
+        "a lead the org still has stays live"
+    );
+    emu.stop().await.unwrap();
+}
+
+/// The ids a SOQL query answers with (one page).
+async fn soql_ids(emu: &RunningEmulator, token: &str, soql: &str) -> Vec<String> {
+    let mut address = url::Url::parse(&url(emu, "/services/data/v62.0/queryAll")).unwrap();
+    address.query_pairs_mut().append_pair("q", soql);
     let body: Value = reqwest::Client::new()
         .get(address)
         .bearer_auth(token)
@@ -414,6 +465,15 @@ async fn campaign_member_ids(emu: &RunningEmulator, token: &str) -> Vec<String> 
         .iter()
         .map(|row| row["Id"].as_str().unwrap().to_string())
         .collect()
+}
+
+async fn campaign_member_ids(emu: &RunningEmulator, token: &str) -> Vec<String> {
+    soql_ids(
+        emu,
+        token,
+        "SELECT Id FROM CampaignMember ORDER BY Id LIMIT 3",
+    )
+    .await
 }
 
 async fn a_rotated_refresh_token_carries_over_to_later_runs(test: TestStore) {
@@ -905,6 +965,7 @@ on_both_backends!(
     backfill_then_changes_then_months_match_the_truth,
     faults_and_lost_locators_lose_nothing,
     hard_deleted_campaign_members_are_found_by_the_nightly_id_sweep,
+    a_delete_purged_from_the_recycle_bin_unseen_is_found_by_the_id_sweep,
     timed_out_history_queries_are_narrowed_until_they_answer,
     history_that_times_out_at_the_narrowest_window_fails_the_run,
     runs_stop_at_the_api_budget_and_the_next_ones_resume,
