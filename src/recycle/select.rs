@@ -262,7 +262,7 @@ pub async fn candidates(
          r.lifecycle_stage, {since}, {via_deal}, {reason}, {deal_stages} FROM "
     ));
     if policy.kind == PolicyKind::Lost {
-        lost_source(&mut st, backend, crm, connection_id);
+        lost_source(&mut st, crm, connection_id);
     } else {
         st.push("records r WHERE r.connection_id = ")
             .bind(Arg::Int(connection_id))
@@ -315,7 +315,7 @@ pub async fn deal_contacts(
         "SELECT r.id, r.crm_id, r.object_kind, r.crm_object, r.name, r.owner_id, r.status, \
          r.lifecycle_stage, d.crm_modified_at_ms, d.crm_id, NULL, NULL, NULL, NULL, NULL FROM ",
     );
-    lost_source(&mut st, backend, crm, connection_id);
+    lost_source(&mut st, crm, connection_id);
     st.push(" AND d.id = ")
         .bind(Arg::Int(deal_record_id))
         .push(" AND r.deleted_at_ms IS NULL");
@@ -392,7 +392,7 @@ fn since_expr(kind: PolicyKind) -> &'static str {
 
 /// Contacts of lost deals: HubSpot associations, or for Salesforce the contact each lead
 /// converted into the deal became.
-fn lost_source(st: &mut Statement, backend: BackendKind, crm: CrmKind, connection_id: i64) {
+fn lost_source(st: &mut Statement, crm: CrmKind, connection_id: i64) {
     match crm {
         CrmKind::Hubspot => {
             st.push(
@@ -405,18 +405,17 @@ fn lost_source(st: &mut Statement, backend: BackendKind, crm: CrmKind, connectio
             .bind(Arg::Int(connection_id));
         }
         CrmKind::Salesforce => {
-            let converted_opportunity = json_text(backend, "l", "ConvertedOpportunityId");
-            let converted_contact = json_text(backend, "l", "ConvertedContactId");
-            st.push(&format!(
-                "records l JOIN records d ON d.connection_id = l.connection_id AND d.object_kind = 'deal' \
-                 AND d.crm_id = {converted_opportunity} \
-                 JOIN records r ON r.connection_id = l.connection_id AND r.object_kind = 'contact' \
-                 AND r.crm_id = {converted_contact} WHERE l.connection_id = "
-            ))
+            // The lead's two conversion links (kept by the sync) lead to the deal and contact.
+            st.push(
+                "record_links kd JOIN records d ON d.connection_id = kd.connection_id \
+                 AND d.object_kind = 'deal' AND d.crm_id = kd.to_crm_id \
+                 JOIN record_links kc ON kc.connection_id = kd.connection_id AND kc.from_kind = 'lead' \
+                 AND kc.from_crm_id = kd.from_crm_id AND kc.relation = 'converted_to' AND kc.to_kind = 'contact' \
+                 JOIN records r ON r.connection_id = kc.connection_id AND r.object_kind = 'contact' \
+                 AND r.crm_id = kc.to_crm_id WHERE kd.connection_id = ",
+            )
             .bind(Arg::Int(connection_id))
-            .push(&format!(
-                " AND l.object_kind = 'lead' AND {converted_opportunity} IS NOT NULL"
-            ));
+            .push(" AND kd.from_kind = 'lead' AND kd.relation = 'converted_to' AND kd.to_kind = 'deal'");
         }
     }
     st.push(" AND d.object_kind = 'deal' AND d.deleted_at_ms IS NULL");
