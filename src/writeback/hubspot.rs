@@ -15,8 +15,8 @@ use reqwest::Method;
 use serde_json::{json, Map, Value};
 
 use super::{
-    holds, precondition_failed, precondition_holds, read_value, settle_all, Association, Pending,
-    WriteOp, WriteOutcome,
+    holds, precondition_failed, precondition_holds, read_value, settle_all, skip_found_creates,
+    Association, Pending, WriteOp, WriteOutcome,
 };
 use crate::crm::{ApiClient, ApiRequest, CrmError};
 
@@ -55,7 +55,10 @@ pub(super) async fn deliver(
             add_to_list(api, version, list, chunk, &mut outcomes).await;
         }
     }
-    let creates = find_created(api, version, creates, &mut outcomes).await;
+    let creates = skip_found_creates(creates, &mut outcomes, async |op| {
+        created_record(api, version, op).await
+    })
+    .await;
     for w in hold_unless_preconditions(api, version, creates, &mut outcomes).await {
         let outcome = create_one(single_shot, version, w.op).await;
         outcomes.insert(w.index, outcome);
@@ -367,46 +370,25 @@ async fn create_one(api: &ApiClient, version: &str, op: &WriteOp) -> WriteOutcom
     }
 }
 
-/// Creates an earlier attempt may have delivered are looked for among the associations of
-/// their record: one created at or after `created_after_ms` with the `find_first` values is
-/// the earlier attempt's, and counts as applied.
-async fn find_created<'p>(
+/// The record an earlier attempt at `op` created, looked for among the associations of the
+/// record it was made for: one with the `find_first` values created at or after
+/// `created_after_ms`; `None` for a write that cannot be looked for.
+async fn created_record(
     api: &ApiClient,
     version: &str,
-    creates: Vec<&'p Pending<'p>>,
-    outcomes: &mut BTreeMap<usize, WriteOutcome>,
-) -> Vec<&'p Pending<'p>> {
-    let mut left = Vec::new();
-    for w in creates {
-        let WriteOp::Create {
-            object,
-            find_first: Some(find),
-            created_after_ms,
-            associate_with: Some(with),
-            ..
-        } = w.op
-        else {
-            left.push(w);
-            continue;
-        };
-        if !w.retried {
-            left.push(w);
-            continue;
-        }
-        match created_before(api, version, object, with, find, *created_after_ms).await {
-            Ok(Some(found)) => {
-                outcomes.insert(
-                    w.index,
-                    WriteOutcome::Applied(json!({ "id": found, "already_existed": true })),
-                );
-            }
-            Ok(None) => left.push(w),
-            Err(err) => {
-                outcomes.insert(w.index, WriteOutcome::from_call_error(&err));
-            }
-        }
-    }
-    left
+    op: &WriteOp,
+) -> Option<Result<Option<String>, CrmError>> {
+    let WriteOp::Create {
+        object,
+        find_first: Some(find),
+        created_after_ms,
+        associate_with: Some(with),
+        ..
+    } = op
+    else {
+        return None;
+    };
+    Some(created_before(api, version, object, with, find, *created_after_ms).await)
 }
 
 /// The id of an `object` record associated with `with` that holds the `find` values and was

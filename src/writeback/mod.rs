@@ -190,6 +190,31 @@ fn settle_all(
     }
 }
 
+/// Creates an earlier attempt may have delivered are looked for before they are sent again:
+/// `find` answers `None` for a write it cannot look for, else the id of the record the earlier
+/// attempt made, if there is one. Found ones are settled applied; the others are returned.
+async fn skip_found_creates<'p>(
+    creates: Vec<&'p Pending<'p>>,
+    outcomes: &mut BTreeMap<usize, WriteOutcome>,
+    mut find: impl AsyncFnMut(&'p WriteOp) -> Option<Result<Option<String>, CrmError>>,
+) -> Vec<&'p Pending<'p>> {
+    let mut left = Vec::new();
+    for w in creates {
+        let found = if w.retried { find(w.op).await } else { None };
+        match found {
+            None | Some(Ok(None)) => left.push(w),
+            Some(Ok(Some(id))) => {
+                let answer = serde_json::json!({ "id": id, "already_existed": true });
+                outcomes.insert(w.index, WriteOutcome::Applied(answer));
+            }
+            Some(Err(err)) => {
+                outcomes.insert(w.index, WriteOutcome::from_call_error(&err));
+            }
+        }
+    }
+    left
+}
+
 /// The outcome of a write whose precondition does not hold, naming what the CRM holds.
 fn precondition_failed(condition: &Precondition, current: Option<&Value>) -> WriteOutcome {
     let found = |name: &str| {

@@ -7,7 +7,8 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use super::{
-    precondition_failed, precondition_holds, read_value, settle_all, Pending, WriteOp, WriteOutcome,
+    precondition_failed, precondition_holds, read_value, settle_all, skip_found_creates, Pending,
+    WriteOp, WriteOutcome,
 };
 use crate::crm::salesforce::soql_datetime;
 use crate::crm::{ApiClient, ApiRequest, CrmError};
@@ -56,7 +57,10 @@ pub(super) async fn deliver(
             update_collection(client, version, chunk, auto_assign, &mut outcomes).await;
         }
     }
-    let creates = find_created(api, version, creates, &mut outcomes).await;
+    let creates = skip_found_creates(creates, &mut outcomes, async |op| {
+        created_record(api, version, op).await
+    })
+    .await;
     let creates = hold_unless_preconditions(api, version, creates, &mut outcomes).await;
     for chunk in creates.chunks(COLLECTION_MAX) {
         create_collection(single_shot, version, chunk, &mut outcomes).await;
@@ -344,62 +348,44 @@ async fn hold_unless_preconditions<'p>(
     ready
 }
 
-/// Creates an earlier attempt may have delivered are looked for first.
-async fn find_created<'p>(
+/// The Task or CampaignMember an earlier attempt at `op` created: one with the `find_first`
+/// values created at or after `created_after_ms`; `None` for a write that cannot be looked for.
+async fn created_record(
     api: &ApiClient,
     version: &str,
-    creates: Vec<&'p Pending<'p>>,
-    outcomes: &mut BTreeMap<usize, WriteOutcome>,
-) -> Vec<&'p Pending<'p>> {
-    let mut left = Vec::new();
-    for w in creates {
-        let WriteOp::Create {
-            object,
-            find_first: Some(find),
-            created_after_ms,
-            ..
-        } = w.op
-        else {
-            left.push(w);
-            continue;
-        };
-        if !w.retried {
-            left.push(w);
-            continue;
-        }
-        let mut conditions: Vec<String> = find
-            .iter()
-            .map(|(name, value)| {
-                let text = match value {
-                    Value::String(text) => soql_string(text),
-                    other => other.to_string(),
-                };
-                format!("{name} = {text}")
-            })
-            .collect();
-        if let Some(after) = created_after_ms {
-            conditions.push(format!("CreatedDate >= {}", soql_datetime(*after)));
-        }
-        let soql = format!(
-            "SELECT Id FROM {object} WHERE {} ORDER BY CreatedDate LIMIT 1",
-            conditions.join(" AND ")
-        );
-        match query_rows(api, version, &soql).await {
-            Ok(rows) if !rows.is_empty() => {
-                outcomes.insert(
-                    w.index,
-                    WriteOutcome::Applied(
-                        json!({ "id": rows[0]["Id"], "success": true, "already_existed": true }),
-                    ),
-                );
-            }
-            Ok(_) => left.push(w),
-            Err(err) => {
-                outcomes.insert(w.index, WriteOutcome::from_call_error(&err));
-            }
-        }
+    op: &WriteOp,
+) -> Option<Result<Option<String>, CrmError>> {
+    let WriteOp::Create {
+        object,
+        find_first: Some(find),
+        created_after_ms,
+        ..
+    } = op
+    else {
+        return None;
+    };
+    let mut conditions: Vec<String> = find
+        .iter()
+        .map(|(name, value)| {
+            let text = match value {
+                Value::String(text) => soql_string(text),
+                other => other.to_string(),
+            };
+            format!("{name} = {text}")
+        })
+        .collect();
+    if let Some(after) = created_after_ms {
+        conditions.push(format!("CreatedDate >= {}", soql_datetime(*after)));
     }
-    left
+    let soql = format!(
+        "SELECT Id FROM {object} WHERE {} ORDER BY CreatedDate LIMIT 1",
+        conditions.join(" AND ")
+    );
+    Some(query_rows(api, version, &soql).await.map(|rows| {
+        rows.first()
+            .and_then(|row| row["Id"].as_str())
+            .map(str::to_string)
+    }))
 }
 
 async fn query_rows(api: &ApiClient, version: &str, soql: &str) -> Result<Vec<Value>, CrmError> {

@@ -342,17 +342,7 @@ async fn hard_deleted_campaign_members_are_found_by_the_nightly_id_sweep(test: T
     let members = campaign_member_ids(&emu, &token).await;
     assert!(members.len() >= 3, "the emulator has campaign members");
     for member in &members[..2] {
-        let address = url(
-            &emu,
-            &format!("/services/data/v62.0/sobjects/CampaignMember/{member}"),
-        );
-        let response = reqwest::Client::new()
-            .delete(address)
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), reqwest::StatusCode::NO_CONTENT);
+        delete_record(&emu, &token, "CampaignMember", member).await;
     }
     let is_deleted = |member: String| {
         let store = test.store.clone();
@@ -405,17 +395,7 @@ async fn a_delete_purged_from_the_recycle_bin_unseen_is_found_by_the_id_sweep(te
     let id = connection_id(&test.store).await;
     let token = access_token(&emu).await;
     let leads = soql_ids(&emu, &token, "SELECT Id FROM Lead ORDER BY Id LIMIT 2").await;
-    let address = url(
-        &emu,
-        &format!("/services/data/v62.0/sobjects/Lead/{}", leads[0]),
-    );
-    let response = reqwest::Client::new()
-        .delete(address)
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), reqwest::StatusCode::NO_CONTENT);
+    delete_record(&emu, &token, "Lead", &leads[0]).await;
     control(&emu, "/__emulator/clock/advance", json!({"by": "16days"})).await;
     // The session expired meanwhile.
     let token = access_token(&emu).await;
@@ -444,6 +424,18 @@ async fn a_delete_purged_from_the_recycle_bin_unseen_is_found_by_the_id_sweep(te
         "a lead the org still has stays live"
     );
     emu.stop().await.unwrap();
+}
+
+/// Deletes one Salesforce record through the REST API.
+async fn delete_record(emu: &RunningEmulator, token: &str, object: &str, id: &str) {
+    let address = url(emu, &format!("/services/data/v62.0/sobjects/{object}/{id}"));
+    let response = reqwest::Client::new()
+        .delete(address)
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), reqwest::StatusCode::NO_CONTENT);
 }
 
 /// The ids a SOQL query answers with (one page).
