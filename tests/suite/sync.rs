@@ -494,7 +494,36 @@ async fn a_rotated_refresh_token_carries_over_to_later_runs(test: TestStore) {
     }
     let id = connection_id(&test.store).await;
     assert_store_matches_truth(&test.store, id, &emu).await;
+
+    // The store holds the kept token sealed: its value is no credential the org accepts.
+    let stored = stored_refresh_token(&test.url).await;
+    assert!(stored.starts_with("sealed-v1:"), "{stored}");
+    let (status, body) = super::emulator::token(
+        &emu,
+        &[
+            ("grant_type", "refresh_token"),
+            ("client_id", super::emulator::CLIENT_ID),
+            ("refresh_token", &stored),
+        ],
+    )
+    .await;
+    assert_eq!(status, reqwest::StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"], "invalid_grant");
+    run_ok(&test.store, &connection, &quick_options()).await;
     emu.stop().await.unwrap();
+}
+
+/// The one kept refresh token's stored value, read from the database itself.
+pub(crate) async fn stored_refresh_token(store_url: &str) -> String {
+    use sqlx::Connection;
+    let sql = "SELECT refresh_token FROM rotated_refresh_tokens";
+    if store_url.starts_with("postgres") {
+        let mut db = sqlx::PgConnection::connect(store_url).await.unwrap();
+        sqlx::query_scalar(sql).fetch_one(&mut db).await.unwrap()
+    } else {
+        let mut db = sqlx::SqliteConnection::connect(store_url).await.unwrap();
+        sqlx::query_scalar(sql).fetch_one(&mut db).await.unwrap()
+    }
 }
 
 /// Row 11 of the failure table: a formula follows its parent's change while the record's

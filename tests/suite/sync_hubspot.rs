@@ -701,6 +701,8 @@ async fn a_rotated_refresh_token_carries_over_to_later_runs(test: TestStore) {
     }
     let id = connection_id(&test.store).await;
     assert_store_matches_truth(&test.store, id, &emu).await;
+    let stored = super::sync::stored_refresh_token(&test.url).await;
+    assert!(stored.starts_with("sealed-v1:"), "kept sealed: {stored}");
 
     // A refresh token the operator configures afresh starts a new chain: the kept token is
     // not presented for it (this one is unknown to the portal, so the run is refused).
