@@ -389,16 +389,13 @@ async fn list_writes(path: Option<PathBuf>, args: WritesArgs) -> Result<(), CliE
     let settings = load_settings(path)?;
     let store = Store::open_migrated(&settings.store).await?;
     let listed = async {
-        let connection_id = match &args.connection {
-            Some(name) if !settings.connections.iter().any(|c| &c.name == name) => {
+        if let Some(name) = &args.connection {
+            if !settings.connections.iter().any(|c| &c.name == name) {
                 return Err(CliError::UnknownConnection(name.clone()));
             }
-            // A configured connection that never synced has written nothing.
-            Some(name) => Some(store.connection_id(name).await?.unwrap_or(-1)),
-            None => None,
-        };
+        }
         let filter = writeback::audit::WriteFilter {
-            connection_id,
+            connection: args.connection.clone(),
             origin: args.origin.map(|o| o.as_str().to_string()),
             status: args.status.map(|s| s.as_str().to_string()),
             since_ms: args.since,

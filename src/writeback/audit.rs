@@ -14,8 +14,8 @@ use crate::store::{dispatch, QueryContext, Store, StoreError};
 /// Which writes to list.
 #[derive(Debug, Clone, Default)]
 pub struct WriteFilter {
-    /// Only this connection's id.
-    pub connection_id: Option<i64>,
+    /// Only this connection (by name).
+    pub connection: Option<String>,
     /// Only writes of this origin: `revert` or `recycle`.
     pub origin: Option<String>,
     /// Only writes in this state: `pending`, `in_flight`, `applied` or `failed`.
@@ -74,14 +74,14 @@ const WRITES: &str = "SELECT w.id, c.name AS connection, w.origin, w.violation_i
      w.crm_object, w.crm_id, w.operation, w.payload, w.status, w.attempts, w.error_code, w.error_message, \
      w.crm_response, w.created_at_ms, w.applied_at_ms \
      FROM writeback_outbox w JOIN connections c ON c.id = w.connection_id \
-     WHERE ($1 IS NULL OR w.connection_id = $1) AND ($2 IS NULL OR w.origin = $2) \
+     WHERE ($1 IS NULL OR c.name = $1) AND ($2 IS NULL OR w.origin = $2) \
      AND ($3 IS NULL OR w.status = $3) AND ($4 IS NULL OR w.created_at_ms >= $4) \
      ORDER BY w.created_at_ms DESC, w.id DESC LIMIT $5";
 
 /// Lists the writes `filter` selects.
 pub async fn list(store: &Store, filter: &WriteFilter) -> Result<WriteAudit, StoreError> {
     let writes = dispatch!(store.pool(), pool => sqlx::query_as(WRITES)
-        .bind(filter.connection_id)
+        .bind(filter.connection.as_deref())
         .bind(filter.origin.as_deref())
         .bind(filter.status.as_deref())
         .bind(filter.since_ms)
