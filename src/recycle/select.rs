@@ -415,7 +415,10 @@ fn lost_source(st: &mut Statement, crm: CrmKind, connection_id: i64) {
                  AND r.crm_id = kc.to_crm_id WHERE kd.connection_id = ",
             )
             .bind(Arg::Int(connection_id))
-            .push(" AND kd.from_kind = 'lead' AND kd.relation = 'converted_to' AND kd.to_kind = 'deal'");
+            .push(
+                " AND kd.from_kind = 'lead' AND kd.relation = 'converted_to' AND kd.to_kind = 'deal' \
+                 AND kd.removed_at_ms IS NULL AND kc.removed_at_ms IS NULL",
+            );
         }
     }
     st.push(" AND d.object_kind = 'deal' AND d.deleted_at_ms IS NULL");

@@ -87,8 +87,10 @@ fn task_subject(from: &str, to: &str, missing: &[MissingField], skipped: &[Strin
     format!("{cut}…")
 }
 
-/// The writes reverting one violation: the stage back, then the owner's task.
-fn revert_writes(crm: CrmKind, revert: &Revert<'_>, from: &str) -> Vec<(&'static str, WriteOp)> {
+/// The writes reverting one violation, planned at `now`: the stage back, then the owner's
+/// task, due a day after the plan (a revert deferred past the cap is not born overdue).
+fn revert_writes(crm: CrmKind, revert: &Revert<'_>, now: Millis) -> Vec<(&'static str, WriteOp)> {
+    let from = revert.from_stage;
     let object = deal_object(crm);
     let field = stage_field(crm);
     let stage = WriteOp::Update {
@@ -105,8 +107,8 @@ fn revert_writes(crm: CrmKind, revert: &Revert<'_>, from: &str) -> Vec<(&'static
     };
     let subject = task_subject(from, revert.to_stage, revert.missing, revert.skipped);
     let (task_object, fields, find, associate_with) = match crm {
-        CrmKind::Salesforce => salesforce_task(revert, &subject),
-        CrmKind::Hubspot => hubspot_task(revert, &subject),
+        CrmKind::Salesforce => salesforce_task(revert, &subject, now + DAY_MS),
+        CrmKind::Hubspot => hubspot_task(revert, &subject, now + DAY_MS),
     };
     let task = WriteOp::Create {
         object: task_object.to_string(),
@@ -133,9 +135,9 @@ type TaskParts = (
     Option<Association>,
 );
 
-/// A Salesforce Task on the deal (`WhatId`), due the day after the move.
-fn salesforce_task(revert: &Revert<'_>, subject: &str) -> TaskParts {
-    let due = chrono::DateTime::from_timestamp_millis(revert.changed_at_ms + DAY_MS)
+/// A Salesforce Task on the deal (`WhatId`), due on the day of `due`.
+fn salesforce_task(revert: &Revert<'_>, subject: &str, due: Millis) -> TaskParts {
+    let due = chrono::DateTime::from_timestamp_millis(due)
         .unwrap_or_default()
         .format("%Y-%m-%d")
         .to_string();
@@ -155,13 +157,10 @@ fn salesforce_task(revert: &Revert<'_>, subject: &str) -> TaskParts {
     ("Task", fields, find, None)
 }
 
-/// A HubSpot task associated with the deal, due the day after the move.
-fn hubspot_task(revert: &Revert<'_>, subject: &str) -> TaskParts {
+/// A HubSpot task associated with the deal, due at `due`.
+fn hubspot_task(revert: &Revert<'_>, subject: &str, due: Millis) -> TaskParts {
     let mut fields = Map::new();
-    fields.insert(
-        "hs_timestamp".into(),
-        json!((revert.changed_at_ms + DAY_MS).to_string()),
-    );
+    fields.insert("hs_timestamp".into(), json!(due.to_string()));
     fields.insert("hs_task_subject".into(), json!(subject));
     fields.insert("hs_task_status".into(), json!("NOT_STARTED"));
     fields.insert("hs_task_priority".into(), json!("HIGH"));
@@ -309,7 +308,7 @@ async fn plan_one(
     now: Millis,
 ) -> Result<(), StoreError> {
     let from = revert.from_stage;
-    let writes = revert_writes(connection.kind, revert, from);
+    let writes = revert_writes(connection.kind, revert, now);
     let field = stage_field(connection.kind);
     let note = json!({
         "dry_run": rule.dry_run,

@@ -66,14 +66,11 @@ impl Store {
         if !taken {
             return Ok(None);
         }
-        let epoch: i64 = sqlx::query_scalar(
-            "INSERT INTO lease_fences (name, epoch) VALUES ($1, 1) \
-             ON CONFLICT (name) DO UPDATE SET epoch = lease_fences.epoch + 1 RETURNING epoch",
-        )
-        .bind(connection)
-        .fetch_one(&mut session)
-        .await
-        .during("raise the lease's epoch")?;
+        let Some(epoch) = raise_epoch(&mut session, connection).await? else {
+            // The previous holder's transaction is still open: leave the lease to it for now.
+            let _ = sqlx::Connection::close(session).await;
+            return Ok(None);
+        };
         Ok(Some(SyncLease {
             session: Some(session),
             fence: Some(Fence {
@@ -154,6 +151,43 @@ impl StoreTx {
                 .await
                 .during("check the lease's epoch")?;
         Ok(epoch == Some(fence.epoch))
+    }
+}
+
+/// How long a takeover waits for a transaction of the previous holder that passed the fence.
+const TAKEOVER_WAIT: &str = "5s";
+
+/// Raises the lease's epoch on the session that holds its lock; `None` when a transaction of
+/// the previous holder keeps the epoch locked past [`TAKEOVER_WAIT`] (a stalled client), so a
+/// takeover never hangs on it.
+async fn raise_epoch(
+    session: &mut sqlx::PgConnection,
+    name: &str,
+) -> Result<Option<i64>, StoreError> {
+    let mut tx = sqlx::Connection::begin(&mut *session)
+        .await
+        .during("raise the lease's epoch")?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SET LOCAL lock_timeout = '{TAKEOVER_WAIT}'"
+    )))
+    .execute(&mut *tx)
+    .await
+    .during("raise the lease's epoch")?;
+    let raised = sqlx::query_scalar(
+        "INSERT INTO lease_fences (name, epoch) VALUES ($1, 1) \
+         ON CONFLICT (name) DO UPDATE SET epoch = lease_fences.epoch + 1 RETURNING epoch",
+    )
+    .bind(name)
+    .fetch_one(&mut *tx)
+    .await;
+    match raised {
+        Ok(epoch) => {
+            tx.commit().await.during("raise the lease's epoch")?;
+            Ok(Some(epoch))
+        }
+        // lock_not_available: the lock timeout ran out.
+        Err(sqlx::Error::Database(err)) if err.code().as_deref() == Some("55P03") => Ok(None),
+        Err(err) => Err(err).during("raise the lease's epoch"),
     }
 }
 

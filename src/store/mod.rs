@@ -118,6 +118,9 @@ pub enum StoreError {
     /// The stored data contradicts the request (e.g. a connection re-used for another CRM).
     #[error("{0}")]
     Conflict(String),
+    /// A kept refresh token could not be sealed for the store.
+    #[error("cannot seal a kept refresh token: {0}")]
+    Sealing(&'static str),
 }
 
 /// Attaches the operation's name to a driver error.

@@ -5,8 +5,8 @@
 //! A kept token is sealed (AES-256-GCM) under a key derived from the configured refresh token,
 //! which the store never holds: a copy of the database alone yields no working credential, and
 //! a row cannot be moved to another connection (the connection and the configured token's
-//! fingerprint are authenticated with it). Rows kept before sealing are read as they are and
-//! sealed at the next rotation.
+//! fingerprint are authenticated with it). A row kept before sealing is sealed when it is
+//! first read.
 
 use std::sync::Arc;
 
@@ -81,6 +81,9 @@ impl StoredRefreshTokens {
         let Some((stored,)) = row else {
             return Ok(None);
         };
+        if !stored.starts_with(SEALED_PREFIX) {
+            self.seal_legacy_row(&stored).await?;
+        }
         let opened = self.seal.open(stored);
         if opened.is_none() {
             tracing::warn!(
@@ -89,6 +92,22 @@ impl StoredRefreshTokens {
             );
         }
         Ok(opened)
+    }
+
+    /// Seals a token kept before tokens were sealed, where it is still the kept one.
+    async fn seal_legacy_row(&self, plain: &str) -> Result<(), StoreError> {
+        let sealed = self.seal.seal(plain)?;
+        dispatch!(self.store.pool(), pool => sqlx::query(
+            "UPDATE rotated_refresh_tokens SET refresh_token = $3 \
+             WHERE connection_id = $1 AND refresh_token = $2",
+        )
+        .bind(self.connection_id)
+        .bind(plain)
+        .bind(sealed)
+        .execute(pool)
+        .await
+        .map(drop))
+        .during("seal a kept refresh token")
     }
 
     async fn keep_token(&self, token: &SecretString, at: Millis) -> Result<(), StoreError> {
@@ -123,7 +142,7 @@ impl TokenSeal {
     fn seal(&self, token: &str) -> Result<String, StoreError> {
         let mut nonce = [0u8; NONCE_LEN];
         aws_lc_rs::rand::fill(&mut nonce)
-            .map_err(|_| StoreError::Conflict("no randomness to seal a refresh token".into()))?;
+            .map_err(|_| StoreError::Sealing("no random nonce"))?;
         let mut sealed = token.as_bytes().to_vec();
         self.key
             .seal_in_place_append_tag(
@@ -131,7 +150,7 @@ impl TokenSeal {
                 Aad::from(self.aad.as_bytes()),
                 &mut sealed,
             )
-            .map_err(|_| StoreError::Conflict("a refresh token could not be sealed".into()))?;
+            .map_err(|_| StoreError::Sealing("the cipher refused it"))?;
         let mut stored = nonce.to_vec();
         stored.extend_from_slice(&sealed);
         Ok(format!("{SEALED_PREFIX}{}", BASE64.encode(stored)))

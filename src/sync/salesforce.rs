@@ -490,7 +490,8 @@ impl<'c, 'a> Run<'c, 'a> {
         Ok(page.records)
     }
 
-    /// Keeps the object's fields as `describe` lists them, for `rules check`.
+    /// Keeps the object's fields as `describe` lists them, for `rules check`: those the sync
+    /// reads (compound fields are not selected, only their components).
     async fn store_field_definitions(
         &mut self,
         object: &str,
@@ -498,6 +499,7 @@ impl<'c, 'a> Run<'c, 'a> {
     ) -> Result<(), SyncError> {
         let definitions: Vec<FieldDefinition> = fields
             .iter()
+            .filter(|f| !COMPOUND_TYPES.contains(&f.data_type.as_str()))
             .map(|f| FieldDefinition {
                 field: f.name.clone(),
                 label: f.label.clone(),
@@ -507,7 +509,8 @@ impl<'c, 'a> Run<'c, 'a> {
             })
             .collect();
         let mut tx = self.ctx.begin().await?;
-        tx.replace_field_definitions(self.ctx.connection_id, object, &definitions, wall_clock())
+        let now = self.now();
+        tx.replace_field_definitions(self.ctx.connection_id, object, &definitions, now)
             .await?;
         tx.commit().await?;
         Ok(())

@@ -314,7 +314,7 @@ async fn a_transaction_under_a_lease_taken_over_is_fenced_off() {
     second.release().await;
     let takeover = tokio::spawn({
         let store = test.store.clone();
-        async move { store.try_lease("sf").await.unwrap().is_some() }
+        async move { store.try_lease("sf").await.unwrap() }
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
@@ -322,7 +322,20 @@ async fn a_transaction_under_a_lease_taken_over_is_fenced_off() {
         "the takeover waits for the fenced transaction"
     );
     holding.commit().await.unwrap();
-    assert!(takeover.await.unwrap(), "then it takes the lease");
+    let third = takeover.await.unwrap();
+    assert!(third.is_some(), "then it takes the lease");
+
+    // A transaction that stays open past the takeover's wait (a stalled client) makes the
+    // takeover give up rather than hang: the lease is left for later.
+    let mut stalled = test.store.begin().await.unwrap();
+    assert!(stalled
+        .hold_fence(&third.as_ref().unwrap().fence().unwrap())
+        .await
+        .unwrap());
+    third.unwrap().release().await;
+    assert!(test.store.try_lease("sf").await.unwrap().is_none());
+    stalled.commit().await.unwrap();
+    assert!(test.store.try_lease("sf").await.unwrap().is_some());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

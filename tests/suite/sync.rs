@@ -513,6 +513,70 @@ async fn a_rotated_refresh_token_carries_over_to_later_runs(test: TestStore) {
     emu.stop().await.unwrap();
 }
 
+/// A refresh token kept in plain text (before tokens were sealed) is still used, and sealed.
+async fn a_token_kept_before_sealing_is_used_and_sealed(test: TestStore) {
+    use sha2::Digest;
+    let emu = emulator::start(
+        "127.0.0.1:0".parse().unwrap(),
+        EmulatorOptions {
+            scale: Scale::Tiny,
+            salesforce: SalesforceOptions {
+                rotate_refresh_tokens: true,
+                ..SalesforceOptions::default()
+            },
+            ..EmulatorOptions::default()
+        },
+    )
+    .await
+    .expect("emulator starts");
+    let dir = ConfigDir::new();
+    let connection = salesforce_connection(&emu, &dir);
+    // An older pipewarden rotated the configured token and kept the new one as it was.
+    let (status, body) = super::emulator::token(
+        &emu,
+        &[
+            ("grant_type", "refresh_token"),
+            ("client_id", super::emulator::CLIENT_ID),
+            ("refresh_token", super::emulator::REFRESH_TOKEN),
+        ],
+    )
+    .await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+    let kept = body["refresh_token"].as_str().unwrap().to_string();
+    let id = test
+        .store
+        .ensure_connection(&connection.name, CrmKind::Salesforce, 0)
+        .await
+        .unwrap();
+    let fingerprint: String = sha2::Sha256::digest(super::emulator::REFRESH_TOKEN.as_bytes())
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect();
+    let insert = format!(
+        "INSERT INTO rotated_refresh_tokens (connection_id, configured_sha256, refresh_token, rotated_at_ms) \
+         VALUES ({id}, '{fingerprint}', '{kept}', 0)"
+    );
+    execute(&test.url, &insert).await;
+
+    run_ok(&test.store, &connection, &quick_options()).await;
+    let stored = stored_refresh_token(&test.url).await;
+    assert!(stored.starts_with("sealed-v1:"), "{stored}");
+    emu.stop().await.unwrap();
+}
+
+/// Runs one statement on the store's database itself.
+async fn execute(store_url: &str, sql: &str) {
+    use sqlx::Connection;
+    let sql = sqlx::AssertSqlSafe(sql.to_string());
+    if store_url.starts_with("postgres") {
+        let mut db = sqlx::PgConnection::connect(store_url).await.unwrap();
+        sqlx::raw_sql(sql).execute(&mut db).await.unwrap();
+    } else {
+        let mut db = sqlx::SqliteConnection::connect(store_url).await.unwrap();
+        sqlx::raw_sql(sql).execute(&mut db).await.unwrap();
+    }
+}
+
 /// The one kept refresh token's stored value, read from the database itself.
 pub(crate) async fn stored_refresh_token(store_url: &str) -> String {
     use sqlx::Connection;
@@ -983,6 +1047,7 @@ async fn rows_sharing_one_stamp_across_pages_are_all_stored(test: TestStore) {
 on_both_backends!(
     a_formula_that_changed_without_the_stamp_is_found_by_the_formula_refresh,
     a_rotated_refresh_token_carries_over_to_later_runs,
+    a_token_kept_before_sealing_is_used_and_sealed,
     backfill_then_changes_then_months_match_the_truth,
     faults_and_lost_locators_lose_nothing,
     hard_deleted_campaign_members_are_found_by_the_nightly_id_sweep,

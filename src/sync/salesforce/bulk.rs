@@ -129,7 +129,7 @@ impl Run<'_, '_> {
             newest: None,
             created_at,
         };
-        let mut tx = self.ctx.store.begin().await?;
+        let mut tx = self.ctx.begin().await?;
         let position = json!({ "stamp": stamp, "bulk": &checkpoint });
         self.save_bulk_cursor(&mut tx, stream, &position).await?;
         tx.commit().await?;
@@ -368,7 +368,7 @@ impl Run<'_, '_> {
             records: batch,
             observed_at,
         } = batch;
-        let mut tx = self.ctx.store.begin().await?;
+        let mut tx = self.ctx.begin().await?;
         let mut rows = Vec::with_capacity(batch.len());
         for record in batch {
             match columns.row(record.iter()) {
@@ -441,7 +441,7 @@ impl Run<'_, '_> {
 
     /// Forgets the job being read: the stream's `stamp` stays where it was.
     async fn drop_job(&mut self, stream: &Stream, stamp: Option<Millis>) -> Result<(), SyncError> {
-        let mut tx = self.ctx.store.begin().await?;
+        let mut tx = self.ctx.begin().await?;
         self.save_bulk_cursor(&mut tx, stream, &json!({ "stamp": stamp }))
             .await?;
         tx.commit().await?;
