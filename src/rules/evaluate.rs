@@ -12,7 +12,7 @@ use crate::config::settings::{ConnectionSettings, RuleMode, RuleSettings, SlackD
 use crate::config::Settings;
 use crate::record::{ActorKind, Millis, ObjectKind};
 use crate::store::{
-    LaterMove, LaterVersion, MoveAtVersion, NewAlert, NewViolation, OpenViolation, Store,
+    Ending, LaterMove, LaterVersion, MoveAtVersion, NewAlert, NewViolation, OpenViolation, Store,
     StoreError, StoreTx,
 };
 
@@ -355,23 +355,23 @@ impl<'a> RuleRun<'a> {
             return Ok(());
         }
         let mut tx = self.store.begin().await?;
+        let rows: Vec<Ending> = endings
+            .iter()
+            .map(|(violation, (status, at))| Ending {
+                violation_id: violation.id,
+                status,
+                at: *at,
+                note: (*status == "resolved_late").then(|| {
+                    format!("filled {} ms after the move", at - violation.changed_at_ms)
+                }),
+            })
+            .collect();
+        let closed = tx.close_violations(&rows, self.now, "pipewarden").await?;
         for (violation, (status, at)) in endings {
-            let delay = at - violation.changed_at_ms;
-            let note =
-                (status == "resolved_late").then(|| format!("filled {delay} ms after the move"));
-            if !tx
-                .close_violation(
-                    violation.id,
-                    status,
-                    at,
-                    self.now,
-                    Some("pipewarden"),
-                    note.as_deref(),
-                )
-                .await?
-            {
+            if !closed.contains(&violation.id) {
                 continue;
             }
+            let delay = at - violation.changed_at_ms;
             match status {
                 "resolved_late" => self.report.resolved_late += 1,
                 _ => self.report.superseded += 1,

@@ -39,8 +39,8 @@ pub use sync_state::{
 };
 pub use tokens::StoredRefreshTokens;
 pub use violations::{
-    LaterMove, LaterVersion, MoveAtVersion, MovePages, NewAlert, NewViolation, OpenViolation,
-    OpenViolations, PendingAlert, StoredAlert, Violation, ViolationFilter,
+    Ending, LaterMove, LaterVersion, MoveAtVersion, MovePages, NewAlert, NewViolation,
+    OpenViolation, OpenViolations, PendingAlert, StoredAlert, Violation, ViolationFilter,
 };
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
