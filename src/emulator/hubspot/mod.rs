@@ -143,6 +143,11 @@ pub(crate) struct PortalInner {
     pub refresh_tokens: HashSet<String>,
     pub tokens_issued: u64,
     pub overlays: records::Overlays,
+    /// Bumped whenever client writes or archives reach `overlays`, so that what was worked
+    /// out from them (search's ranked hits) can tell it is out of date.
+    pub overlays_version: u64,
+    /// Ranked hits of recent searches, so paging through one does not rank every record again.
+    pub search_cache: search::RankedCache,
     /// List id → member record number → when it was added.
     pub memberships: HashMap<u64, BTreeMap<u64, Millis>>,
     pub limits: limits::Counters,

@@ -81,6 +81,11 @@ pub(crate) fn with_view<T>(
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read(&view, &mut inner)));
     // Writers append to the (emptied) map while the view borrowed the real one.
     let written = std::mem::replace(&mut inner.overlays, overlays);
+    if !written.is_empty() {
+        // Every client write and archive lands in the emptied map, so this is the one place
+        // that sees the overlays change.
+        inner.overlays_version += 1;
+    }
     for (key, overlay) in written {
         let target = inner.overlays.entry(key).or_default();
         target.writes.extend(overlay.writes);

@@ -6,6 +6,7 @@
 //! timing, lifecycle dates) are derived from the result, so they always agree with history.
 
 use std::borrow::Cow;
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 
 use super::iso;
@@ -107,11 +108,11 @@ impl HsRecord {
         at: Millis,
         source: Source,
     ) {
-        let name = name.into();
         // One lookup, and the value copied only when it is new: records are rebuilt on every
         // read, with dozens of versions each.
-        match self.props.get_mut(name.as_ref()) {
-            Some(versions) => {
+        match self.props.entry(name.into()) {
+            Entry::Occupied(mut occupied) => {
+                let versions = occupied.get_mut();
                 if versions
                     .last()
                     .is_some_and(|last| last.value == value.as_ref())
@@ -124,14 +125,14 @@ impl HsRecord {
                     source,
                 });
             }
-            None => {
+            Entry::Vacant(vacant) => {
                 let mut versions = Vec::with_capacity(VERSIONS_AHEAD);
                 versions.push(Version {
                     value: value.into(),
                     at,
                     source,
                 });
-                self.props.insert(name, versions);
+                vacant.insert(versions);
             }
         }
     }

@@ -20,6 +20,7 @@ use super::schema::ObjectType;
 use super::validation_error;
 use crate::emulator::parallel::map_runs;
 use crate::emulator::Shared;
+use crate::record::Millis;
 
 const DEFAULT_LIMIT: usize = 10;
 const MAX_LIMIT: usize = 200;
@@ -29,6 +30,9 @@ const MAX_GROUPS: usize = 5;
 const MAX_FILTERS_PER_GROUP: usize = 6;
 const MAX_FILTERS: usize = 18;
 const MAX_QUERY_CHARS: usize = 3_000;
+/// Searches whose ranked hits are kept: a client pages through one search at a time, and a
+/// few more let interleaved searches keep theirs.
+const CACHED_SEARCHES: usize = 4;
 
 pub(crate) fn routes() -> Router<Arc<Shared>> {
     let mut router = Router::new();
@@ -77,7 +81,7 @@ impl Operator {
 }
 
 /// One checked filter.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 struct Filter {
     property: String,
     operator: Operator,
@@ -422,6 +426,74 @@ fn ranked_hits(
     hits.into_iter().map(|(number, _)| number).collect()
 }
 
+/// What decides a search's ranked hits: the same key always ranks the same numbers, since
+/// records are a pure function of the funnel, the instant and the overlays. Limit and offset
+/// are left out, so every page of one search shares its key.
+#[derive(PartialEq)]
+struct RankKey {
+    object: ObjectType,
+    groups: Vec<Vec<Filter>>,
+    sorts: Vec<(String, bool)>,
+    query: Option<String>,
+    /// The instant live records are seen at.
+    now: Millis,
+    /// The instant the index shows records as of.
+    indexed_at: Millis,
+    /// [`super::PortalInner::overlays_version`] when the hits were ranked.
+    overlays_version: u64,
+}
+
+impl RankKey {
+    fn of(
+        object: ObjectType,
+        request: &SearchRequest,
+        (now, indexed_at): (Millis, Millis),
+        overlays_version: u64,
+    ) -> RankKey {
+        RankKey {
+            object,
+            groups: request.groups.clone(),
+            sorts: request.sorts.clone(),
+            query: request.query.clone(),
+            now,
+            indexed_at,
+            overlays_version,
+        }
+    }
+}
+
+/// Ranked hits of the latest searches, newest last. Ranking builds every record of the
+/// object and sorts them, while a page renders at most 200: without this, paging through a
+/// search repeated that whole ranking for each page.
+#[derive(Default)]
+pub(crate) struct RankedCache {
+    entries: Vec<(RankKey, Arc<Vec<u64>>)>,
+}
+
+impl RankedCache {
+    /// The hits ranked under `key`, ranking them with `rank` unless they are kept.
+    fn hits(&mut self, key: RankKey, rank: impl FnOnce() -> Vec<u64>) -> Arc<Vec<u64>> {
+        if let Some(at) = self.entries.iter().position(|(kept, _)| *kept == key) {
+            let entry = self.entries.remove(at);
+            let hits = entry.1.clone();
+            self.entries.push(entry);
+            return hits;
+        }
+        // Hits of an older instant or overlay version can never be asked for again.
+        self.entries.retain(|(kept, _)| {
+            kept.now == key.now
+                && kept.indexed_at == key.indexed_at
+                && kept.overlays_version == key.overlays_version
+        });
+        if self.entries.len() >= CACHED_SEARCHES {
+            self.entries.remove(0);
+        }
+        let hits = Arc::new(rank());
+        self.entries.push((key, hits.clone()));
+        hits
+    }
+}
+
 async fn search(
     State(shared): State<Arc<Shared>>,
     Path(object): Path<String>,
@@ -455,7 +527,15 @@ async fn search(
             now: view.now - lag,
             overlays: view.overlays,
         };
-        let hits = ranked_hits(view, &indexed, object, &request);
+        let key = RankKey::of(
+            object,
+            &request,
+            (view.now, indexed.now),
+            inner.overlays_version,
+        );
+        let hits = inner
+            .search_cache
+            .hits(key, || ranked_hits(view, &indexed, object, &request));
         let total = hits.len();
         let page: Vec<Value> = hits
             .iter()

@@ -135,6 +135,12 @@ fn text(value: &str) -> SfValue {
     SfValue::Text(value.to_string())
 }
 
+/// A text value from a string made for it, moved in rather than copied: ids and names are
+/// built for every record of a page.
+fn owned(value: String) -> SfValue {
+    SfValue::Text(value)
+}
+
 fn decimal(value: f64) -> SfValue {
     SfValue::Number(value)
 }
@@ -169,13 +175,13 @@ fn owner_id(owner: Owner) -> String {
 fn stamp_audit<C>(record: &mut SfRecord, created_at: Millis, created_by: Actor, seen: &[Step<C>]) {
     record.set("IsDeleted", SfValue::Bool(false));
     record.set("CreatedDate", datetime(created_at));
-    record.set("CreatedById", text(&user_id(created_by)));
+    record.set("CreatedById", owned(user_id(created_by)));
     // Automated processes bump SystemModstamp only; everyone else LastModifiedDate as well.
     let last_user = seen.iter().rev().find(|step| step.by != Actor::Workflow);
     let (modified_at, modified_by) =
         last_user.map_or((created_at, created_by), |step| (step.at, step.by));
     record.set("LastModifiedDate", datetime(modified_at));
-    record.set("LastModifiedById", text(&user_id(modified_by)));
+    record.set("LastModifiedById", owned(user_id(modified_by)));
     let modstamp = seen
         .last()
         .map_or(created_at, |step| step.at)
@@ -341,7 +347,7 @@ impl<'a> OrgView<'a> {
             Some((_, number))
                 if number < CREATED_BASE && self.entry(ACCOUNT.name, number).is_none() =>
             {
-                text(self.funnel.account(number).segment_at(self.now))
+                text(self.funnel.account_segment_at(number, self.now))
             }
             _ => self
                 .by_id(account, &[ACCOUNT.name])
@@ -446,7 +452,7 @@ impl<'a> OrgView<'a> {
         for (slot, row) in rows.iter_mut().enumerate() {
             row.set(
                 "Id",
-                text(&sf_id(history.key_prefix, slot_base + slot as u64)),
+                owned(sf_id(history.key_prefix, slot_base + slot as u64)),
             );
         }
         rows
@@ -650,8 +656,8 @@ impl<'a> OrgView<'a> {
         let (deal, visible, deleted_at) = self.deal(number)?;
         let state = DealState::replay(&deal, &deal.steps[..visible]);
         let mut record = SfRecord::empty(&OPPORTUNITY);
-        record.set("Id", text(&sf_id(OPPORTUNITY.key_prefix, number)));
-        record.set("AccountId", text(&sf_id(ACCOUNT.key_prefix, deal.account)));
+        record.set("Id", owned(sf_id(OPPORTUNITY.key_prefix, number)));
+        record.set("AccountId", owned(sf_id(ACCOUNT.key_prefix, deal.account)));
         record.set("Name", text(&deal.name));
         record.set("Amount", number_of(state.amount));
         record.set("CloseDate", SfValue::Date(state.close_date));
@@ -667,7 +673,7 @@ impl<'a> OrgView<'a> {
             ),
         );
         record.set("HasOpenActivity", SfValue::Bool(state.stage < WON));
-        record.set("OwnerId", text(&rep_id(deal.owner)));
+        record.set("OwnerId", owned(rep_id(deal.owner)));
         record.set(
             "LastActivityDate",
             SfValue::Date(day_of(state.last_activity)),
@@ -704,9 +710,9 @@ impl<'a> OrgView<'a> {
             |rows: &mut Vec<SfRecord>, at: Millis, by: Actor, fill: &dyn Fn(&mut SfRecord)| {
                 let mut row = SfRecord::empty(object);
                 let slot = number * HISTORY_SLOTS + rows.len() as u64;
-                row.set("Id", text(&sf_id(object.key_prefix, slot)));
+                row.set("Id", owned(sf_id(object.key_prefix, slot)));
                 row.set("OpportunityId", text(&opportunity_id));
-                row.set("CreatedById", text(&user_id(by)));
+                row.set("CreatedById", owned(user_id(by)));
                 row.set("CreatedDate", datetime(at));
                 row.set("SystemModstamp", datetime(at));
                 row.set("IsDeleted", SfValue::Bool(deleted_at.is_some()));
@@ -763,16 +769,16 @@ impl<'a> OrgView<'a> {
         let (lead, visible, deleted_at) = self.lead_life(number)?;
         let steps = &lead.steps[..visible];
         let mut record = SfRecord::empty(&LEAD);
-        record.set("Id", text(&sf_id(LEAD.key_prefix, number)));
+        record.set("Id", owned(sf_id(LEAD.key_prefix, number)));
         record.set("FirstName", text(lead.first_name));
         record.set("LastName", text(lead.last_name));
         record.set(
             "Name",
-            text(&format!("{} {}", lead.first_name, lead.last_name)),
+            owned(format!("{} {}", lead.first_name, lead.last_name)),
         );
         record.set("Title", text(lead.title));
         record.set("Company", text(&lead.company));
-        record.set("Email", text(&lead.email()));
+        record.set("Email", owned(lead.email()));
         record.set("Industry", text(lead.industry));
         record.set("LeadSource", text(lead.source));
         record.set("HasOptedOutOfEmail", SfValue::Bool(lead.opted_out));
@@ -805,22 +811,22 @@ impl<'a> OrgView<'a> {
                     record.set("ConvertedDate", SfValue::Date(day_of(step.at)));
                     record.set(
                         "ConvertedAccountId",
-                        text(&sf_id(ACCOUNT.key_prefix, 2 * conversion)),
+                        owned(sf_id(ACCOUNT.key_prefix, 2 * conversion)),
                     );
                     record.set(
                         "ConvertedContactId",
-                        text(&sf_id(CONTACT.key_prefix, 2 * conversion)),
+                        owned(sf_id(CONTACT.key_prefix, 2 * conversion)),
                     );
                     record.set(
                         "ConvertedOpportunityId",
-                        text(&sf_id(OPPORTUNITY.key_prefix, 2 * conversion)),
+                        owned(sf_id(OPPORTUNITY.key_prefix, 2 * conversion)),
                     );
                 }
                 LeadChange::Deleted => {}
             }
         }
         record.set("Status", text(status_label(status)));
-        record.set("OwnerId", text(&owner_id(owner)));
+        record.set("OwnerId", owned(owner_id(owner)));
         record.set("IsUnreadByOwner", SfValue::Bool(unread));
         stamp_audit(&mut record, lead.created_at, lead.created_by, steps);
         record.set("IsDeleted", SfValue::Bool(deleted_at.is_some()));
@@ -847,9 +853,9 @@ impl<'a> OrgView<'a> {
             }
             let mut row = SfRecord::empty(&LEAD_HISTORY);
             let slot = LEAD_HISTORY_BASE + number * HISTORY_SLOTS + rows.len() as u64;
-            row.set("Id", text(&sf_id(LEAD_HISTORY.key_prefix, slot)));
+            row.set("Id", owned(sf_id(LEAD_HISTORY.key_prefix, slot)));
             row.set("LeadId", text(&lead_id));
-            row.set("CreatedById", text(&user_id(by)));
+            row.set("CreatedById", owned(user_id(by)));
             row.set("CreatedDate", datetime(at));
             row.set("IsDeleted", SfValue::Bool(deleted_at.is_some()));
             row.set("Field", text(field));
@@ -891,8 +897,8 @@ impl<'a> OrgView<'a> {
                         by,
                         "Owner",
                         "EntityId",
-                        text(&owner_id(owner)),
-                        text(&owner_id(*next)),
+                        owned(owner_id(owner)),
+                        owned(owner_id(*next)),
                     );
                     let old_name = self.owner_name(owner);
                     let new_name = self.owner_name(*next);
@@ -973,7 +979,7 @@ impl<'a> OrgView<'a> {
             return None;
         }
         let mut record = SfRecord::empty(&ACCOUNT);
-        record.set("Id", text(&sf_id(ACCOUNT.key_prefix, number)));
+        record.set("Id", owned(sf_id(ACCOUNT.key_prefix, number)));
         record.set("Name", text(&account.name));
         record.set(
             "Type",
@@ -989,7 +995,7 @@ impl<'a> OrgView<'a> {
             "AnnualRevenue",
             number_of(i64::from(account.employees) * 150_000),
         );
-        record.set("OwnerId", text(&rep_id(account.owner)));
+        record.set("OwnerId", owned(rep_id(account.owner)));
         record.set("Segment__c", text(account.segment_at(self.now)));
         let changes: Vec<Step<()>> = account
             .resegmented
@@ -1057,11 +1063,11 @@ impl<'a> OrgView<'a> {
                 false,
             )
         };
-        record.set("Id", text(&sf_id(CONTACT.key_prefix, number)));
+        record.set("Id", owned(sf_id(CONTACT.key_prefix, number)));
         record.set("AccountId", account.get("Id").clone());
         record.set("FirstName", text(first));
         record.set("LastName", text(last));
-        record.set("Name", text(&format!("{first} {last}")));
+        record.set("Name", owned(format!("{first} {last}")));
         record.set("Title", text(title));
         record.set("Email", text(&email));
         record.set("LeadSource", text(source));
@@ -1094,7 +1100,7 @@ impl<'a> OrgView<'a> {
             "In Progress"
         };
         let mut record = SfRecord::empty(&CAMPAIGN);
-        record.set("Id", text(&sf_id(CAMPAIGN.key_prefix, number)));
+        record.set("Id", owned(sf_id(CAMPAIGN.key_prefix, number)));
         record.set("Name", text(&campaign.name));
         record.set("Type", text(campaign.kind));
         record.set("Status", text(status));
@@ -1103,7 +1109,7 @@ impl<'a> OrgView<'a> {
         record.set("IsActive", SfValue::Bool(today <= end));
         record.set("BudgetedCost", number_of(campaign.budget));
         record.set("ActualCost", number_of(campaign.budget * 9 / 10));
-        record.set("OwnerId", text(&user_id(Actor::Import)));
+        record.set("OwnerId", owned(user_id(Actor::Import)));
         stamp_audit::<()>(&mut record, campaign.created_at, Actor::Import, &[]);
         Some(record)
     }
@@ -1120,8 +1126,8 @@ impl<'a> OrgView<'a> {
             .find(|step| matches!(step.change, LeadChange::Status(_)));
         let lead_id = sf_id(LEAD.key_prefix, number);
         let mut record = SfRecord::empty(&CAMPAIGN_MEMBER);
-        record.set("Id", text(&sf_id(CAMPAIGN_MEMBER.key_prefix, number)));
-        record.set("CampaignId", text(&sf_id(CAMPAIGN.key_prefix, campaign)));
+        record.set("Id", owned(sf_id(CAMPAIGN_MEMBER.key_prefix, number)));
+        record.set("CampaignId", owned(sf_id(CAMPAIGN.key_prefix, campaign)));
         record.set("LeadId", text(&lead_id));
         record.set(
             "Status",
@@ -1137,7 +1143,7 @@ impl<'a> OrgView<'a> {
             responded.map_or(SfValue::Null, |step| SfValue::Date(day_of(step.at))),
         );
         record.set("LeadOrContactId", text(&lead_id));
-        record.set("LeadOrContactOwnerId", text(&owner_id(lead.owner)));
+        record.set("LeadOrContactOwnerId", owned(owner_id(lead.owner)));
         let touched: Vec<&Step<LeadChange>> = responded.into_iter().collect();
         let changes: Vec<Step<()>> = touched
             .iter()
@@ -1168,12 +1174,12 @@ impl<'a> OrgView<'a> {
             last.to_lowercase(),
             number
         );
-        record.set("Id", text(&sf_id(USER_OBJECT.key_prefix, number)));
+        record.set("Id", owned(sf_id(USER_OBJECT.key_prefix, number)));
         record.set("Username", text(&username));
         record.set("FirstName", text(first));
         record.set("LastName", text(last));
-        record.set("Name", text(&format!("{first} {last}")));
-        record.set("Alias", text(&alias.to_lowercase()));
+        record.set("Name", owned(format!("{first} {last}")));
+        record.set("Alias", owned(alias.to_lowercase()));
         record.set("Email", text(&username));
         record.set("IsActive", SfValue::Bool(true));
         record.set("Department", text(department));
@@ -1193,9 +1199,9 @@ impl<'a> OrgView<'a> {
     fn group(&self, number: u64) -> Option<SfRecord> {
         let name = QUEUES.get(number as usize)?;
         let mut record = SfRecord::empty(&GROUP);
-        record.set("Id", text(&sf_id(GROUP.key_prefix, number)));
+        record.set("Id", owned(sf_id(GROUP.key_prefix, number)));
         record.set("Name", text(name));
-        record.set("DeveloperName", text(&name.replace(' ', "_")));
+        record.set("DeveloperName", owned(name.replace(' ', "_")));
         record.set("Type", text("Queue"));
         stamp_audit::<()>(&mut record, self.funnel.origin(), Actor::Import, &[]);
         Some(record)
@@ -1204,7 +1210,7 @@ impl<'a> OrgView<'a> {
     fn opportunity_stage(&self, number: u64) -> Option<SfRecord> {
         let stage = STAGES.get(number as usize)?;
         let mut record = SfRecord::empty(&OPPORTUNITY_STAGE);
-        record.set("Id", text(&sf_id(OPPORTUNITY_STAGE.key_prefix, number)));
+        record.set("Id", owned(sf_id(OPPORTUNITY_STAGE.key_prefix, number)));
         record.set("MasterLabel", text(stage.name));
         record.set("ApiName", text(stage.name));
         record.set("IsActive", SfValue::Bool(true));
@@ -1223,7 +1229,7 @@ impl<'a> OrgView<'a> {
         let index = usize::try_from(number).ok()?.checked_sub(STAGES.len())?;
         let (label, converted) = LEAD_STATUSES.get(index)?;
         let mut record = SfRecord::empty(&LEAD_STATUS);
-        record.set("Id", text(&sf_id(LEAD_STATUS.key_prefix, number)));
+        record.set("Id", owned(sf_id(LEAD_STATUS.key_prefix, number)));
         record.set("MasterLabel", text(label));
         record.set("ApiName", text(label));
         record.set("SortOrder", number_of(index as i64 + 1));
