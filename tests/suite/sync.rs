@@ -468,8 +468,9 @@ async fn campaign_member_ids(emu: &RunningEmulator, token: &str) -> Vec<String> 
     .await
 }
 
-async fn a_rotated_refresh_token_carries_over_to_later_runs(test: TestStore) {
-    let emu = emulator::start(
+/// An emulator whose org issues a new refresh token on every refresh and revokes the old one.
+async fn start_rotating_emulator() -> RunningEmulator {
+    emulator::start(
         "127.0.0.1:0".parse().unwrap(),
         EmulatorOptions {
             scale: Scale::Tiny,
@@ -481,7 +482,11 @@ async fn a_rotated_refresh_token_carries_over_to_later_runs(test: TestStore) {
         },
     )
     .await
-    .expect("emulator starts");
+    .expect("emulator starts")
+}
+
+async fn a_rotated_refresh_token_carries_over_to_later_runs(test: TestStore) {
+    let emu = start_rotating_emulator().await;
     let dir = ConfigDir::new();
     let connection = salesforce_connection(&emu, &dir);
     // Each run builds its own client and logs in again, and the org rotates the refresh
@@ -516,19 +521,7 @@ async fn a_rotated_refresh_token_carries_over_to_later_runs(test: TestStore) {
 /// A refresh token kept in plain text (before tokens were sealed) is still used, and sealed.
 async fn a_token_kept_before_sealing_is_used_and_sealed(test: TestStore) {
     use sha2::Digest;
-    let emu = emulator::start(
-        "127.0.0.1:0".parse().unwrap(),
-        EmulatorOptions {
-            scale: Scale::Tiny,
-            salesforce: SalesforceOptions {
-                rotate_refresh_tokens: true,
-                ..SalesforceOptions::default()
-            },
-            ..EmulatorOptions::default()
-        },
-    )
-    .await
-    .expect("emulator starts");
+    let emu = start_rotating_emulator().await;
     let dir = ConfigDir::new();
     let connection = salesforce_connection(&emu, &dir);
     // An older pipewarden rotated the configured token and kept the new one as it was.
