@@ -743,27 +743,6 @@ impl Store {
         }
     }
 
-    /// Field names the stored deals of a connection carry (a sample of the newest), which
-    /// `rules check` compares rules with.
-    pub async fn deal_field_names(
-        &self,
-        connection_id: i64,
-    ) -> Result<std::collections::BTreeSet<String>, StoreError> {
-        let rows: Vec<Json<Map<String, Value>>> =
-            dispatch!(self.pool(), pool => sqlx::query_scalar(
-            "SELECT fields FROM records WHERE connection_id = $1 AND object_kind = 'deal' \
-             ORDER BY crm_modified_at_ms DESC LIMIT 500",
-        )
-        .bind(connection_id)
-        .fetch_all(pool)
-        .await)
-            .during("read deal field names")?;
-        Ok(rows
-            .into_iter()
-            .flat_map(|Json(fields)| fields.into_iter().map(|(name, _)| name))
-            .collect())
-    }
-
     /// One violation.
     pub async fn violation(&self, id: i64) -> Result<Option<Violation>, StoreError> {
         dispatch!(self.pool(), pool => sqlx::query_as(VIOLATION_BY_ID).bind(id).fetch_optional(pool).await)
