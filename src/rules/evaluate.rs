@@ -361,9 +361,8 @@ impl<'a> RuleRun<'a> {
                 violation_id: violation.id,
                 status,
                 at: *at,
-                note: (*status == "resolved_late").then(|| {
-                    format!("filled {} ms after the move", at - violation.changed_at_ms)
-                }),
+                note: (*status == "resolved_late")
+                    .then(|| format!("filled {} ms after the move", at - violation.changed_at_ms)),
             })
             .collect();
         let closed = tx.close_violations(&rows, self.now, "pipewarden").await?;

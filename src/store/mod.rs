@@ -346,11 +346,16 @@ mod tests {
             max_connections: 1,
             busy_timeout: Duration::from_secs(5),
         };
-        let store = Store::connect(&settings).await.expect("PostgreSQL is reachable");
+        let store = Store::connect(&settings)
+            .await
+            .expect("PostgreSQL is reachable");
         let Backend::Postgres(pool) = store.pool() else {
             unreachable!("a postgres:// URL opens PostgreSQL")
         };
-        let jit: String = sqlx::query_scalar("SHOW jit").fetch_one(pool).await.unwrap();
+        let jit: String = sqlx::query_scalar("SHOW jit")
+            .fetch_one(pool)
+            .await
+            .unwrap();
         store.close().await;
         jit
     }
@@ -358,7 +363,10 @@ mod tests {
     #[tokio::test]
     async fn postgres_sessions_run_without_jit_unless_the_url_asks_for_it() {
         let Ok(url) = std::env::var("PIPEWARDEN_TEST_POSTGRES_URL") else {
-            assert!(std::env::var_os("CI").is_none(), "CI runs the PostgreSQL tests");
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI runs the PostgreSQL tests"
+            );
             return;
         };
         assert_eq!(jit_of(&url).await, "off");

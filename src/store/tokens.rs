@@ -141,8 +141,7 @@ impl TokenSeal {
     /// The token as stored: `sealed-v1:` and the base64 of a fresh nonce and the ciphertext.
     fn seal(&self, token: &str) -> Result<String, StoreError> {
         let mut nonce = [0u8; NONCE_LEN];
-        aws_lc_rs::rand::fill(&mut nonce)
-            .map_err(|_| StoreError::Sealing("no random nonce"))?;
+        aws_lc_rs::rand::fill(&mut nonce).map_err(|_| StoreError::Sealing("no random nonce"))?;
         let mut sealed = token.as_bytes().to_vec();
         self.key
             .seal_in_place_append_tag(

@@ -450,8 +450,10 @@ impl StoreTx {
                 query.build_query_scalar().fetch_all(&mut **tx).await
             })
             .during("close violations")?;
-            let now_closed: Vec<&Ending> =
-                chunk.iter().filter(|e| ids.contains(&e.violation_id)).collect();
+            let now_closed: Vec<&Ending> = chunk
+                .iter()
+                .filter(|e| ids.contains(&e.violation_id))
+                .collect();
             if !now_closed.is_empty() {
                 dispatch!(self.inner(), tx => {
                     let mut query = QueryBuilder::new(
