@@ -10,6 +10,9 @@
 //! data N times over before timing (see `replicate`), and `--keep PATH` leaves that SQLite
 //! store at PATH (with `--postgres`: a database named PATH) for later `--store` runs.
 
+#[path = "support/postgres.rs"]
+mod postgres;
+
 use std::future::Future;
 use std::time::{Duration, Instant};
 
@@ -111,7 +114,12 @@ async fn bench(load: Load, runs: usize) -> Result<(), String> {
     .map_err(|e| e.to_string())?;
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let store_url = match (postgres, keep) {
-        (true, keep) => create_postgres_database(keep.as_deref()).await?,
+        (true, keep) => {
+            let name = keep
+                .clone()
+                .unwrap_or_else(|| format!("pw_query_bench_{}", std::process::id()));
+            postgres::create_database(&name).await?
+        }
         (false, Some(path)) => format!("sqlite://{path}?mode=rwc"),
         (false, None) => format!("sqlite://{}", dir.path().join("bench.db").display()),
     };
@@ -163,7 +171,7 @@ async fn bench(load: Load, runs: usize) -> Result<(), String> {
     time_queries(&store, &settings, now, runs).await?;
     store.close().await;
     if postgres && keep.is_none() {
-        drop_postgres_database(&store_url).await?;
+        postgres::drop_database(&store_url).await?;
     }
     emu.stop().await.map_err(|e| e.to_string())
 }
@@ -390,23 +398,6 @@ async fn time_queries(
     .await
 }
 
-/// Removes the database [`create_postgres_database`] made, from the server's admin database.
-async fn drop_postgres_database(store_url: &str) -> Result<(), String> {
-    let mut url = url::Url::parse(store_url).map_err(|e| e.to_string())?;
-    let name = url.path().trim_start_matches('/').to_string();
-    url.set_path("/postgres");
-    let mut conn = sqlx::PgConnection::connect(url.as_str())
-        .await
-        .map_err(|e| e.to_string())?;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
-    )))
-    .execute(&mut conn)
-    .await
-    .map_err(|e| e.to_string())?;
-    Ok(())
-}
-
 /// Runs `query` `runs` times and prints p50/p95 (and the target, in milliseconds).
 async fn time<F, Fut, T>(
     name: &str,
@@ -493,25 +484,4 @@ max_dwell = "30d"
     let path = dir.join("pipewarden.toml");
     std::fs::write(&path, config).map_err(|e| e.to_string())?;
     pipewarden::config::load(Some(&path)).map_err(|e| e.to_string())
-}
-
-/// Creates the benchmark's database: named `keep` (and left behind) when given, else one
-/// named after this process.
-async fn create_postgres_database(keep: Option<&str>) -> Result<String, String> {
-    let admin = std::env::var("PIPEWARDEN_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let name = keep.map_or_else(
-        || format!("pw_query_bench_{}", std::process::id()),
-        str::to_string,
-    );
-    let mut conn = sqlx::PgConnection::connect(&admin)
-        .await
-        .map_err(|e| format!("PostgreSQL at {admin}: {e}"))?;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
-        .execute(&mut conn)
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut url = url::Url::parse(&admin).map_err(|e| e.to_string())?;
-    url.set_path(&name);
-    Ok(url.to_string())
 }

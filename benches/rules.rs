@@ -11,6 +11,9 @@
 //! user may create databases) and dropped at the end, whether the run succeeded or not. The
 //! same rows are stored on both backends, so both report the same violations.
 
+#[path = "support/postgres.rs"]
+mod postgres;
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -49,9 +52,9 @@ async fn run(deals: i64, postgres: bool) -> Result<(), String> {
         let url = format!("sqlite://{}", dir.path().join("bench.db").display());
         return bench(dir.path(), &url, deals).await;
     }
-    let url = create_postgres_database().await?;
+    let url = postgres::create_database(&format!("pw_rules_bench_{}", std::process::id())).await?;
     let outcome = bench(dir.path(), &url, deals).await;
-    let dropped = drop_postgres_database(&url).await;
+    let dropped = postgres::drop_database(&url).await;
     match (outcome, dropped) {
         (Err(run), Err(drop)) => Err(format!("{run} (and dropping the database failed: {drop})")),
         (outcome, dropped) => outcome.and(dropped),
@@ -382,37 +385,4 @@ impl Dialect {
             Dialect::Postgres => format!("({text})::jsonb"),
         }
     }
-}
-
-/// Creates a database of this run's own on the server `PIPEWARDEN_TEST_POSTGRES_URL` names
-/// and answers its URL.
-async fn create_postgres_database() -> Result<String, String> {
-    let admin = std::env::var("PIPEWARDEN_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let name = format!("pw_rules_bench_{}", std::process::id());
-    let mut conn = sqlx::PgConnection::connect(&admin)
-        .await
-        .map_err(|e| format!("PostgreSQL at {admin}: {e}"))?;
-    execute(&mut conn, format!("CREATE DATABASE \"{name}\"")).await?;
-    conn.close().await.map_err(|e| e.to_string())?;
-    let mut url = url::Url::parse(&admin).map_err(|e| e.to_string())?;
-    url.set_path(&name);
-    Ok(url.to_string())
-}
-
-/// Drops the database [`create_postgres_database`] made, from the server's `postgres`
-/// database (`WITH (FORCE)`: a failed run may have left connections to it open).
-async fn drop_postgres_database(store_url: &str) -> Result<(), String> {
-    let mut url = url::Url::parse(store_url).map_err(|e| e.to_string())?;
-    let name = url.path().trim_start_matches('/').to_string();
-    url.set_path("/postgres");
-    let mut conn = sqlx::PgConnection::connect(url.as_str())
-        .await
-        .map_err(|e| e.to_string())?;
-    execute(
-        &mut conn,
-        format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"),
-    )
-    .await?;
-    conn.close().await.map_err(|e| e.to_string())
 }

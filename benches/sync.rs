@@ -9,13 +9,17 @@
 //! PostgreSQL runs use `PIPEWARDEN_TEST_POSTGRES_URL` (default the local server) and create a
 //! database of their own.
 
+// This benchmark leaves its databases on the server: it drops none.
+#[allow(dead_code)]
+#[path = "support/postgres.rs"]
+mod postgres;
+
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use pipewarden::emulator::{self, EmulatorOptions, RunningEmulator, Scale};
 use serde_json::{json, Value};
-use sqlx::Connection;
 
 const RECORD_OBJECTS: &[&str] = &[
     "Account",
@@ -72,7 +76,7 @@ async fn bench(scale: Scale, postgres: bool) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let store_url = match postgres {
-        true => create_postgres_database("rest").await?,
+        true => postgres::create_database(&format!("pw_bench_rest_{}", std::process::id())).await?,
         false => format!("sqlite://{}", dir.path().join("bench.db").display()),
     };
     let config = write_config(dir.path(), &emu, &store_url, "\"off\"")?;
@@ -106,7 +110,7 @@ async fn bench(scale: Scale, postgres: bool) -> Result<(), String> {
 
     let bulk_dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let bulk_store_url = match postgres {
-        true => create_postgres_database("bulk").await?,
+        true => postgres::create_database(&format!("pw_bench_bulk_{}", std::process::id())).await?,
         false => format!("sqlite://{}", bulk_dir.path().join("bench.db").display()),
     };
     let bulk_config = write_config(bulk_dir.path(), &emu, &bulk_store_url, "0")?;
@@ -349,26 +353,4 @@ daily_budget_share = 0.8
     let path = dir.join("pipewarden.toml");
     std::fs::write(&path, config).map_err(|e| e.to_string())?;
     Ok(path)
-}
-
-async fn create_postgres_database(purpose: &str) -> Result<String, String> {
-    let admin = std::env::var("PIPEWARDEN_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-    let name = format!("pw_bench_{purpose}_{}", std::process::id());
-    let mut connection = sqlx::PgConnection::connect(&admin)
-        .await
-        .map_err(|e| e.to_string())?;
-    let drop = format!("DROP DATABASE IF EXISTS \"{name}\"");
-    sqlx::raw_sql(sqlx::AssertSqlSafe(drop))
-        .execute(&mut connection)
-        .await
-        .map_err(|e| e.to_string())?;
-    let create = format!("CREATE DATABASE \"{name}\"");
-    sqlx::raw_sql(sqlx::AssertSqlSafe(create))
-        .execute(&mut connection)
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut url = url::Url::parse(&admin).map_err(|e| e.to_string())?;
-    url.set_path(&name);
-    Ok(url.to_string())
 }
