@@ -46,6 +46,10 @@ pub struct FieldDefinition {
     pub is_custom: bool,
 }
 
+/// The stored fields of one CRM object, by name: `$1` connection, `$2` object.
+const FIELDS_OF_OBJECT: &str = "SELECT field, label, data_type, filterable, is_custom \
+     FROM field_definitions WHERE connection_id = $1 AND crm_object = $2 ORDER BY field";
+
 /// A user or queue that can own records, as the CRM lists it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CrmOwner {
@@ -65,7 +69,9 @@ pub struct CrmOwner {
 
 impl StoreTx {
     /// Replaces the stored fields of `crm_object` with `fields`, the object's metadata as the
-    /// CRM listed it now (fields it no longer lists are gone).
+    /// CRM listed it now (fields it no longer lists are gone). Every sync lists them, and they
+    /// rarely change, so an unchanged list writes nothing (`observed_at` is then when the
+    /// stored list was first seen).
     pub async fn replace_field_definitions(
         &mut self,
         connection_id: i64,
@@ -73,6 +79,20 @@ impl StoreTx {
         fields: &[FieldDefinition],
         observed_at: Millis,
     ) -> Result<(), StoreError> {
+        let mut stored: Vec<FieldDefinition> =
+            dispatch!(self.inner(), tx => sqlx::query_as(FIELDS_OF_OBJECT)
+                .bind(connection_id)
+                .bind(crm_object)
+                .fetch_all(&mut **tx)
+                .await)
+            .during("read field definitions")?;
+        let mut listed = fields.to_vec();
+        // Compared in Rust's order: the database's collation may order names differently.
+        stored.sort_by(|a, b| a.field.cmp(&b.field));
+        listed.sort_by(|a, b| a.field.cmp(&b.field));
+        if listed == stored {
+            return Ok(());
+        }
         dispatch!(self.inner(), tx => sqlx::query(
             "DELETE FROM field_definitions WHERE connection_id = $1 AND crm_object = $2",
         )
@@ -173,10 +193,7 @@ impl Store {
         connection_id: i64,
         crm_object: &str,
     ) -> Result<Vec<FieldDefinition>, StoreError> {
-        dispatch!(self.pool(), pool => sqlx::query_as(
-            "SELECT field, label, data_type, filterable, is_custom FROM field_definitions \
-             WHERE connection_id = $1 AND crm_object = $2 ORDER BY field",
-        )
+        dispatch!(self.pool(), pool => sqlx::query_as(FIELDS_OF_OBJECT)
         .bind(connection_id)
         .bind(crm_object)
         .fetch_all(pool)
