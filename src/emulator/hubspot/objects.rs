@@ -1,6 +1,7 @@
 //! CRM objects under `/crm/v3/objects/{type}` and `/crm/objects/2026-03/{type}`: list, read,
 //! batch read, update, batch update and archive.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -12,10 +13,13 @@ use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
-use serde_json::{json, Map, Value};
+use serde::ser::{SerializeMap, SerializeSeq};
+use serde::{Serialize, Serializer};
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
 
 use super::auth::Caller;
-use super::records::{source_fields, HsRecord, PortalView, Source, Write};
+use super::records::{source_fields, HsRecord, PortalView, Source, Version, Write};
 use super::schema::{lifecycle_rank, Kind, ObjectType};
 use super::{error, iso, validation_error, PortalInner, Refusal};
 use crate::emulator::Shared;
@@ -97,94 +101,190 @@ pub(crate) fn with_view<T>(
     result.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
 }
 
-/// A record as HubSpot's `SimplePublicObject(WithAssociations)`.
-pub(crate) fn render(view: &PortalView, record: &HsRecord, selection: &Selection) -> Value {
-    let object = record.object;
-    let mut properties = Map::new();
-    let names: Vec<&str> = match &selection.properties {
-        Some(names) => names.iter().map(String::as_str).collect(),
-        None => object.default_properties().to_vec(),
-    };
-    for name in names {
-        if object.property(name).is_some() {
-            let value = record.current(name).map_or(Value::Null, |v| json!(v));
-            properties.insert(name.to_string(), value);
+impl Selection {
+    /// What a response shows of each `object` record: the selection's known properties, each
+    /// once in the order first asked (as a JSON map keeps them), worked out once per request
+    /// rather than once per record.
+    pub(crate) fn shown(&self, object: ObjectType) -> Shown<'_> {
+        let properties = match &self.properties {
+            Some(names) => known_once(object, names.iter().map(String::as_str)),
+            None => known_once(object, object.default_properties().iter().copied()),
+        };
+        Shown {
+            properties,
+            with_history: known_once(object, self.with_history.iter().map(String::as_str)),
+            associations: &self.associations,
         }
     }
-    let mut body = Map::new();
-    body.insert("id".into(), json!(record.id()));
-    body.insert("properties".into(), Value::Object(properties));
-    if !selection.with_history.is_empty() {
-        body.insert(
-            "propertiesWithHistory".into(),
-            Value::Object(history(record, &selection.with_history)),
-        );
+}
+
+/// The names `object` has a property of, each once, in the order first met.
+fn known_once<'s>(object: ObjectType, names: impl Iterator<Item = &'s str>) -> Vec<&'s str> {
+    let mut seen = HashSet::new();
+    names
+        .filter(|name| object.property(name).is_some() && seen.insert(*name))
+        .collect()
+}
+
+/// A [`Selection`] resolved for one object type (see [`Selection::shown`]).
+pub(crate) struct Shown<'s> {
+    properties: Vec<&'s str>,
+    with_history: Vec<&'s str>,
+    associations: &'s [ObjectType],
+}
+
+/// A record as HubSpot's `SimplePublicObject(WithAssociations)`, as JSON text: pages of
+/// records are written straight into the response, never built as `Value`s, which cost more
+/// than building the records themselves.
+pub(crate) fn render(view: &PortalView, record: &HsRecord, shown: &Shown) -> Box<RawValue> {
+    let json = RecordJson {
+        view,
+        record,
+        shown,
+    };
+    // Serializing fails only on a non-string map key, which these have none of.
+    serde_json::value::to_raw_value(&json).unwrap_or_else(|_| RawValue::NULL.to_owned())
+}
+
+struct RecordJson<'a> {
+    view: &'a PortalView<'a>,
+    record: &'a HsRecord,
+    shown: &'a Shown<'a>,
+}
+
+impl Serialize for RecordJson<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let (record, shown) = (self.record, self.shown);
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("id", &record.id())?;
+        map.serialize_entry(
+            "properties",
+            &PropertiesJson {
+                record,
+                names: &shown.properties,
+            },
+        )?;
+        if !shown.with_history.is_empty() {
+            map.serialize_entry(
+                "propertiesWithHistory",
+                &HistoryJson {
+                    record,
+                    names: &shown.with_history,
+                },
+            )?;
+        }
+        map.serialize_entry("createdAt", &iso(record.created_at))?;
+        map.serialize_entry("updatedAt", &iso(record.modified_at))?;
+        map.serialize_entry("archived", &record.archived_at.is_some())?;
+        if let Some(at) = record.archived_at {
+            map.serialize_entry("archivedAt", &iso(at))?;
+        }
+        let associated: Vec<(ObjectType, Vec<u64>)> = shown
+            .associations
+            .iter()
+            .map(|&target| {
+                let numbers = self.view.associated(record.object, record.number, target);
+                (target, numbers)
+            })
+            .filter(|(_, numbers)| !numbers.is_empty())
+            .collect();
+        if !associated.is_empty() {
+            map.serialize_entry(
+                "associations",
+                &AssociationsJson {
+                    from: record.object,
+                    associated: &associated,
+                },
+            )?;
+        }
+        map.end()
     }
-    body.insert("createdAt".into(), json!(iso(record.created_at)));
-    body.insert("updatedAt".into(), json!(iso(record.modified_at)));
-    body.insert("archived".into(), json!(record.archived_at.is_some()));
-    if let Some(at) = record.archived_at {
-        body.insert("archivedAt".into(), json!(iso(at)));
+}
+
+/// Each shown property's current value (`null` when it never had one).
+struct PropertiesJson<'a> {
+    record: &'a HsRecord,
+    names: &'a [&'a str],
+}
+
+impl Serialize for PropertiesJson<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.names.len()))?;
+        for &name in self.names {
+            map.serialize_entry(name, &self.record.current(name))?;
+        }
+        map.end()
     }
-    let associations = associations(view, record, &selection.associations);
-    if !associations.is_empty() {
-        body.insert("associations".into(), Value::Object(associations));
-    }
-    Value::Object(body)
 }
 
 /// Every version of each named property, newest first.
-fn history(record: &HsRecord, names: &[String]) -> Map<String, Value> {
-    let mut out = Map::new();
-    for name in names {
-        if record.object.property(name).is_none() {
-            continue;
-        }
-        let versions: Vec<Value> = record
-            .props
-            .get(name.as_str())
-            .into_iter()
-            .flatten()
-            .rev()
-            .map(|version| {
-                let (source_type, source_id, user) = source_fields(version.source);
-                let mut entry = json!({
-                    "value": version.value,
-                    "timestamp": iso(version.at),
-                    "sourceType": source_type,
-                });
-                if let Some(source_id) = source_id {
-                    entry["sourceId"] = json!(source_id);
-                }
-                if let Some(user) = user {
-                    entry["updatedByUserId"] = json!(user);
-                }
-                entry
-            })
-            .collect();
-        out.insert(name.clone(), Value::Array(versions));
-    }
-    out
+struct HistoryJson<'a> {
+    record: &'a HsRecord,
+    names: &'a [&'a str],
 }
 
-fn associations(view: &PortalView, record: &HsRecord, to: &[ObjectType]) -> Map<String, Value> {
-    let mut out = Map::new();
-    for &target in to {
-        let ids: Vec<Value> = view
-            .associated(record.object, record.number, target)
-            .into_iter()
-            .map(|number| {
-                json!({
-                    "id": target.id(number),
-                    "type": format!("{}_to_{}", record.object.singular(), target.singular()),
-                })
-            })
-            .collect();
-        if !ids.is_empty() {
-            out.insert(target.plural().to_string(), json!({ "results": ids }));
+impl Serialize for HistoryJson<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.names.len()))?;
+        for &name in self.names {
+            let versions = self.record.props.get(name).map_or(&[][..], Vec::as_slice);
+            map.serialize_entry(name, &VersionsJson(versions))?;
         }
+        map.end()
     }
-    out
+}
+
+struct VersionsJson<'a>(&'a [Version]);
+
+impl Serialize for VersionsJson<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut seq = serializer.serialize_seq(Some(self.0.len()))?;
+        for version in self.0.iter().rev() {
+            seq.serialize_element(&VersionJson(version))?;
+        }
+        seq.end()
+    }
+}
+
+struct VersionJson<'a>(&'a Version);
+
+impl Serialize for VersionJson<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let version = self.0;
+        let (source_type, source_id, user) = source_fields(version.source);
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("value", &version.value)?;
+        map.serialize_entry("timestamp", &iso(version.at))?;
+        map.serialize_entry("sourceType", source_type)?;
+        if let Some(source_id) = source_id {
+            map.serialize_entry("sourceId", &source_id)?;
+        }
+        if let Some(user) = user {
+            map.serialize_entry("updatedByUserId", &user)?;
+        }
+        map.end()
+    }
+}
+
+/// `{"contacts": {"results": [{"id", "type": "deal_to_contact"}]}}` per associated type.
+struct AssociationsJson<'a> {
+    from: ObjectType,
+    associated: &'a [(ObjectType, Vec<u64>)],
+}
+
+impl Serialize for AssociationsJson<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.associated.len()))?;
+        for (target, numbers) in self.associated {
+            let kind = format!("{}_to_{}", self.from.singular(), target.singular());
+            let results: Vec<Value> = numbers
+                .iter()
+                .map(|&number| json!({ "id": target.id(number), "type": kind }))
+                .collect();
+            map.serialize_entry(target.plural(), &json!({ "results": results }))?;
+        }
+        map.end()
+    }
 }
 
 /// Query parameters as pairs, since `properties` may come as a comma list or repeated.
@@ -273,6 +373,7 @@ async fn list(State(shared): State<Arc<Shared>>, Path(object): Path<String>, uri
         },
     };
     let archived = archived_flag(&pairs);
+    let shown = selection.shown(object);
     let (results, next) = with_view(&shared, |view, _| {
         let bound = view.bound(object);
         let listed = |number: u64| {
@@ -285,7 +386,7 @@ async fn list(State(shared): State<Arc<Shared>>, Path(object): Path<String>, uri
         // rendered values, probably, crossing threads), unlike search and Salesforce pages.
         while number < bound && results.len() < limit {
             if let Some(record) = listed(number) {
-                results.push(render(view, &record, &selection));
+                results.push(render(view, &record, &shown));
             }
             number += 1;
         }
@@ -299,13 +400,19 @@ async fn list(State(shared): State<Arc<Shared>>, Path(object): Path<String>, uri
         });
         (results, more.then_some(number))
     });
-    let mut body = json!({ "results": results });
-    if let Some(next) = next {
+    let paging = next.map(|next| {
         let after = encode_after(next);
-        body["paging"] =
-            json!({ "next": { "after": after, "link": next_link(&shared, &uri, &after) } });
-    }
-    Json(body).into_response()
+        json!({ "next": { "after": after, "link": next_link(&shared, &uri, &after) } })
+    });
+    Json(ListPage { results, paging }).into_response()
+}
+
+/// A page of a listing.
+#[derive(Serialize)]
+struct ListPage {
+    results: Vec<Box<RawValue>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    paging: Option<Value>,
 }
 
 /// The next page's URL: this request's path and query with `after` replaced.
@@ -356,7 +463,7 @@ async fn read(
             .number(&id)
             .and_then(|number| view.record(object, number))
             .filter(|record| record.archived_at.is_some() == archived)?;
-        Some(render(view, &record, &selection))
+        Some(render(view, &record, &selection.shown(object)))
     });
     match found {
         Some(body) => Json(body).into_response(),
@@ -385,22 +492,24 @@ fn string_list(value: &Value) -> Vec<String> {
 }
 
 fn batch_response(
-    results: Vec<Value>,
+    results: Vec<Box<RawValue>>,
     missing: Vec<String>,
     object: ObjectType,
     now: Millis,
 ) -> Response {
-    let mut body = json!({
-        "status": "COMPLETE",
-        "results": results,
-        "startedAt": iso(now),
-        "completedAt": iso(now),
-    });
+    let mut body = BatchAnswer {
+        status: "COMPLETE",
+        results,
+        started_at: iso(now),
+        completed_at: iso(now),
+        num_errors: None,
+        errors: None,
+    };
     if missing.is_empty() {
         return Json(body).into_response();
     }
-    body["numErrors"] = json!(1);
-    body["errors"] = json!([{
+    body.num_errors = Some(1);
+    body.errors = Some(json!([{
         "status": "error",
         "category": "OBJECT_NOT_FOUND",
         "message": format!(
@@ -408,8 +517,22 @@ fn batch_response(
             object.singular().to_uppercase()
         ),
         "context": { "ids": missing },
-    }]);
+    }]));
     (StatusCode::MULTI_STATUS, Json(body)).into_response()
+}
+
+/// A batch's answer, with its errors when some inputs were not found.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct BatchAnswer {
+    status: &'static str,
+    results: Vec<Box<RawValue>>,
+    started_at: String,
+    completed_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    num_errors: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    errors: Option<Value>,
 }
 
 /// `POST .../{type}/batch/read`.
@@ -460,6 +583,7 @@ async fn batch_read(
     }
     let archived = archived_flag(&query_pairs(&uri));
     let now = shared.clock.now_ms();
+    let shown = selection.shown(object);
     let (results, missing) = with_view(&shared, |view, _| {
         let mut results = Vec::new();
         let mut missing = Vec::new();
@@ -469,7 +593,7 @@ async fn batch_read(
                 .and_then(|number| view.record(object, number))
                 .filter(|record| record.archived_at.is_some() == archived);
             match record {
-                Some(record) => results.push(render(view, &record, &selection)),
+                Some(record) => results.push(render(view, &record, &shown)),
                 None => missing.push(id.clone()),
             }
         }
@@ -714,7 +838,7 @@ async fn update(
             properties: Some(properties),
             ..Selection::default()
         };
-        Some(render(view, &record, &selection))
+        Some(render(view, &record, &selection.shown(object)))
     });
     body.map_or_else(not_found, |body| Json(body).into_response())
 }
@@ -777,7 +901,7 @@ async fn batch_update(
                     properties: Some(writes.iter().map(|(name, _)| name.clone()).collect()),
                     ..Selection::default()
                 };
-                Some(render(view, &record, &selection))
+                Some(render(view, &record, &selection.shown(object)))
             })
             .collect()
     });

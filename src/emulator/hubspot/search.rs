@@ -12,6 +12,8 @@ use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
+use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use super::objects::{object_type, parse_instant, render, with_view, Selection, PREFIXES};
@@ -537,19 +539,31 @@ async fn search(
             .search_cache
             .hits(key, || ranked_hits(view, &indexed, object, &request));
         let total = hits.len();
-        let page: Vec<Value> = hits
+        let shown = request.selection.shown(object);
+        let page: Vec<Box<RawValue>> = hits
             .iter()
             .skip(request.after)
             .take(request.limit)
             .filter_map(|number| indexed.live(object, *number))
-            .map(|record| render(&indexed, &record, &request.selection))
+            .map(|record| render(&indexed, &record, &shown))
             .collect();
         (total, page)
     });
-    let mut answer = json!({ "total": total, "results": results });
     let next = request.after + request.limit;
-    if next < total {
-        answer["paging"] = json!({ "next": { "after": next.to_string() } });
-    }
-    Json(answer).into_response()
+    let paging = (next < total).then(|| json!({ "next": { "after": next.to_string() } }));
+    Json(SearchPage {
+        total,
+        results,
+        paging,
+    })
+    .into_response()
+}
+
+/// A page of search results.
+#[derive(Serialize)]
+struct SearchPage {
+    total: usize,
+    results: Vec<Box<RawValue>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    paging: Option<Value>,
 }
