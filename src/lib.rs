@@ -7,6 +7,14 @@
 //! Data flows one way: fetch → normalise → [`store`] → evaluate → act. The modules are named
 //! for those steps; [`cli`] is the command-line face of the library.
 
+/// mimalloc rather than the system allocator for everything linked with this library: the
+/// binary, its tests and its benchmarks alike, so benchmark figures are the binary's. Paging
+/// JSON and rebuilding emulator records allocate and free small blocks across tokio's worker
+/// threads, where glibc's malloc spent a third of the emulator benchmark's time; with
+/// mimalloc the same runs served 20-70% more records per second.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 pub mod alerts;
 pub mod api;
 pub mod cli;
