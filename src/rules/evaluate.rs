@@ -18,6 +18,10 @@ use crate::store::{
 
 /// Moves read and judged per transaction.
 const BATCH: i64 = 5_000;
+/// New violations stored by one evaluation before the violation tables' statistics are first
+/// refreshed, and again each time the number doubles (see
+/// [`Store::refresh_violation_statistics`]).
+const STATISTICS_AFTER: u64 = 1_000;
 
 /// What one rule's evaluation did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -137,6 +141,7 @@ impl<'a> RuleRun<'a> {
         // Read before the moves: versions stored meanwhile are looked at again next time.
         let version_mark = self.store.last_version_id(self.connection_id).await?;
         let mut last = after_transition;
+        let mut analyze_at = STATISTICS_AFTER;
         let mut pages = self.store.moves_at_version_pages(
             self.connection_id,
             after_transition,
@@ -158,6 +163,10 @@ impl<'a> RuleRun<'a> {
                 .await?;
             tx.commit().await?;
             last = newest;
+            if self.report.violations >= analyze_at {
+                self.store.refresh_violation_statistics().await?;
+                analyze_at = self.report.violations.saturating_mul(2);
+            }
         }
         self.resolve(after_transition, after_version).await?;
         if self.rule.settings.mode == RuleMode::Revert {

@@ -244,6 +244,23 @@ impl Store {
             .during("refresh planner statistics")
     }
 
+    /// Refreshes PostgreSQL's statistics of the violation tables (SQLite plans without them).
+    /// PostgreSQL checks each violation event's reference to its violation with a plan cached
+    /// per connection and made from the statistics of the time: made while the table was
+    /// nearly empty, it scans the whole table, and a rule's first evaluation over a long
+    /// history, storing tens of thousands of violations, ran for every event a scan that grew
+    /// with the table. New statistics make the cached plans be made again.
+    pub async fn refresh_violation_statistics(&self) -> Result<(), StoreError> {
+        let Backend::Postgres(pool) = &self.pool else {
+            return Ok(());
+        };
+        sqlx::query("ANALYZE violations, violation_events")
+            .execute(pool)
+            .await
+            .during("refresh planner statistics of violations")
+            .map(drop)
+    }
+
     /// Starts a write transaction.
     pub async fn begin(&self) -> Result<StoreTx, StoreError> {
         let tx = match &self.pool {
