@@ -164,7 +164,10 @@ impl<'a> RuleRun<'a> {
             tx.commit().await?;
             last = newest;
             if self.report.violations >= analyze_at {
-                self.store.refresh_violation_statistics().await?;
+                // Only speed is at stake: a failed refresh must not stop the evaluation.
+                if let Err(err) = self.store.refresh_violation_statistics().await {
+                    tracing::warn!(error = %err, "could not refresh the violation tables' statistics");
+                }
                 analyze_at = self.report.violations.saturating_mul(2);
             }
         }

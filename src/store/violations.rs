@@ -227,22 +227,30 @@ pub struct OpenViolations {
 }
 
 /// The filter of open violations on touched records; `$1` rule, `$2` connection, `$3` last
-/// transition id, `$4` last version id. With no transition read before (`$3 = 0`, a rule's
-/// first evaluation) every violation's record has a later move, its own: the filter is then
-/// left out rather than answered by reading every version and move of the connection, which
-/// cost PostgreSQL about a second per query after a backfill of a million moves.
+/// transition id, `$4` last version id.
 macro_rules! open_touched {
     () => {
-        "WHERE v.rule_name = $1 AND v.connection_id = $2 AND v.status = 'open' AND ($3 = 0 OR v.record_id IN ( \
+        "WHERE v.rule_name = $1 AND v.connection_id = $2 AND v.status = 'open' AND v.record_id IN ( \
          SELECT record_id FROM record_versions WHERE connection_id = $2 AND id > $4 \
-         UNION SELECT record_id FROM stage_transitions WHERE connection_id = $2 AND id > $3))"
+         UNION SELECT record_id FROM stage_transitions WHERE connection_id = $2 AND id > $3)"
+    };
+}
+
+/// [`open_touched!`] when no transition was read before (last transition id 0): every
+/// violation's record then has a later move, its own, so only `$1` rule and `$2` connection
+/// filter. Reading every version and move of the connection to find that out cost PostgreSQL
+/// about a second per query after a backfill of a million moves.
+macro_rules! open_every {
+    () => {
+        "WHERE v.rule_name = $1 AND v.connection_id = $2 AND v.status = 'open'"
     };
 }
 
 /// [`open_touched!`] for SQLite: there the `IN (… UNION …)` form reads every version and move
 /// of the connection through an index that lacks `record_id` (seconds per query after a
 /// backfill), while these probes look up each open violation's record in the unique indexes
-/// of versions and moves, which hold the row id.
+/// of versions and moves, which hold the row id. SQLite checks `$3 = 0` (see [`open_every!`])
+/// per row before probing.
 macro_rules! open_touched_sqlite {
     () => {
         "WHERE v.rule_name = $1 AND v.connection_id = $2 AND v.status = 'open' AND ($3 = 0 \
@@ -720,14 +728,14 @@ impl Store {
         &self,
         (rule_name, connection_id, after_transition_id, after_version_id): (&str, i64, i64, i64),
         operation: &'static str,
-        (sqlite, postgres): (&'static str, &'static str),
+        query: ResolutionQuery,
     ) -> Result<Vec<T>, StoreError>
     where
         T: DeserializeOwned + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
     {
         match self.pool() {
             Backend::Sqlite(pool) => {
-                let rows: Option<String> = sqlx::query_scalar(sqlite)
+                let rows: Option<String> = sqlx::query_scalar(query.sqlite)
                     .bind(rule_name)
                     .bind(connection_id)
                     .bind(after_transition_id)
@@ -737,7 +745,15 @@ impl Store {
                     .during(operation)?;
                 rows_from_json(rows, operation)
             }
-            Backend::Postgres(pool) => sqlx::query_as(postgres)
+            Backend::Postgres(pool) if after_transition_id == 0 => {
+                sqlx::query_as(query.postgres_every)
+                    .bind(rule_name)
+                    .bind(connection_id)
+                    .fetch_all(pool)
+                    .await
+                    .during(operation)
+            }
+            Backend::Postgres(pool) => sqlx::query_as(query.postgres_touched)
                 .bind(rule_name)
                 .bind(connection_id)
                 .bind(after_transition_id)
@@ -851,52 +867,51 @@ const MOVES_AT_VERSION_POSTGRES: &str = "SELECT t.id AS transition_id, t.record_
      WHERE t.connection_id = $1 AND t.object_kind = 'deal' AND t.id > $2 AND t.changed_at_ms >= $3 \
      ORDER BY t.id LIMIT $4";
 
-/// The resolution pass's open violations, oldest first: (SQLite, PostgreSQL).
-const OPEN_VIOLATIONS: (&str, &str) = (
-    concat!(
-        "SELECT json_group_array(json_array(v.id, v.record_id, v.kind, v.to_stage, v.changed_at_ms, \
-         json(v.missing_fields)) ORDER BY v.id) FROM violations v ",
-        open_touched_sqlite!()
-    ),
-    concat!(
-        "SELECT v.id, v.record_id, v.kind, v.to_stage, v.changed_at_ms, v.missing_fields FROM violations v ",
-        open_touched!(),
+/// One of the resolution pass's queries: the SQLite form, and the PostgreSQL form with the
+/// filter of touched records and without it (see [`open_every!`]).
+struct ResolutionQuery {
+    sqlite: &'static str,
+    postgres_touched: &'static str,
+    postgres_every: &'static str,
+}
+
+/// A [`ResolutionQuery`] from the text around its filter, for each dialect.
+macro_rules! resolution_query {
+    (sqlite: $sqlite_head:literal, $sqlite_tail:literal; postgres: $head:literal, $tail:literal) => {
+        ResolutionQuery {
+            sqlite: concat!($sqlite_head, open_touched_sqlite!(), $sqlite_tail),
+            postgres_touched: concat!($head, open_touched!(), $tail),
+            postgres_every: concat!($head, open_every!(), $tail),
+        }
+    };
+}
+
+/// The resolution pass's open violations, oldest first.
+const OPEN_VIOLATIONS: ResolutionQuery = resolution_query!(
+    sqlite: "SELECT json_group_array(json_array(v.id, v.record_id, v.kind, v.to_stage, v.changed_at_ms, \
+         json(v.missing_fields)) ORDER BY v.id) FROM violations v ", "";
+    postgres: "SELECT v.id, v.record_id, v.kind, v.to_stage, v.changed_at_ms, v.missing_fields FROM violations v ",
         " ORDER BY v.id"
-    ),
 );
 
-/// Later versions of the records of open violations that miss fields, by violation then
-/// time: (SQLite, PostgreSQL).
-const LATER_VERSIONS: (&str, &str) = (
-    concat!(
-        "SELECT json_group_array(json_array(v.id, w.valid_from_ms, json(iif(w.deleted, 'true', 'false')), \
+/// Later versions of the records of open violations that miss fields, by violation then time.
+const LATER_VERSIONS: ResolutionQuery = resolution_query!(
+    sqlite: "SELECT json_group_array(json_array(v.id, w.valid_from_ms, json(iif(w.deleted, 'true', 'false')), \
          json(w.fields)) ORDER BY v.id, w.valid_from_ms) FROM violations v \
          JOIN record_versions w ON w.record_id = v.record_id AND w.valid_from_ms > v.changed_at_ms ",
-        open_touched_sqlite!(),
-        " AND json_array_length(v.missing_fields) > 0"
-    ),
-    concat!(
-        "SELECT v.id AS violation_id, w.valid_from_ms, w.deleted, w.fields FROM violations v \
+        " AND json_array_length(v.missing_fields) > 0";
+    postgres: "SELECT v.id AS violation_id, w.valid_from_ms, w.deleted, w.fields FROM violations v \
          JOIN record_versions w ON w.record_id = v.record_id AND w.valid_from_ms > v.changed_at_ms ",
-        open_touched!(),
         " AND v.missing_fields <> '[]'::jsonb ORDER BY v.id, w.valid_from_ms"
-    ),
 );
 
-/// Later moves of the records of open violations, by violation then time: (SQLite,
-/// PostgreSQL).
-const LATER_MOVES: (&str, &str) = (
-    concat!(
-        "SELECT json_group_array(json_array(v.id, t.changed_at_ms, t.to_stage) ORDER BY v.id, t.changed_at_ms, t.id) \
-         FROM violations v JOIN stage_transitions t ON t.record_id = v.record_id AND t.changed_at_ms > v.changed_at_ms ",
-        open_touched_sqlite!()
-    ),
-    concat!(
-        "SELECT v.id AS violation_id, t.changed_at_ms, t.to_stage FROM violations v \
+/// Later moves of the records of open violations, by violation then time.
+const LATER_MOVES: ResolutionQuery = resolution_query!(
+    sqlite: "SELECT json_group_array(json_array(v.id, t.changed_at_ms, t.to_stage) ORDER BY v.id, t.changed_at_ms, t.id) \
+         FROM violations v JOIN stage_transitions t ON t.record_id = v.record_id AND t.changed_at_ms > v.changed_at_ms ", "";
+    postgres: "SELECT v.id AS violation_id, t.changed_at_ms, t.to_stage FROM violations v \
          JOIN stage_transitions t ON t.record_id = v.record_id AND t.changed_at_ms > v.changed_at_ms ",
-        open_touched!(),
         " ORDER BY v.id, t.changed_at_ms, t.id"
-    ),
 );
 
 /// Reads the JSON text of a page of moves (see [`MOVES_AT_VERSION_SQLITE`]), keeping of

@@ -397,6 +397,51 @@ async fn default_named_and_repeated_properties() {
     emu.stop().await.unwrap();
 }
 
+/// Names asked twice, or an association type under two of its names, are answered once, as
+/// keys of a JSON map are: counted in the response text, since a parsed map would hide a
+/// repeated key.
+#[tokio::test]
+async fn names_asked_twice_are_answered_once() {
+    let emu = start(roomy()).await;
+    let target = with_query(
+        &emu,
+        "/crm/v3/objects/deals",
+        &[
+            ("limit", "50"),
+            ("properties", "dealname,dealname,amount"),
+            ("associations", "contacts,contact,0-1"),
+            ("propertiesWithHistory", "no_such_property"),
+        ],
+    );
+    let text = reqwest::Client::new()
+        .get(target)
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let body: Value = serde_json::from_str(&text).unwrap();
+    let results = body["results"].as_array().unwrap();
+    assert_eq!(results.len(), 50, "{text}");
+    assert_eq!(text.matches("\"dealname\":").count(), results.len());
+    let linked = results
+        .iter()
+        .filter(|deal| deal["associations"]["contacts"].is_object())
+        .count();
+    assert!(linked > 0, "some deal of the first 50 has a contact");
+    assert_eq!(text.matches("\"contacts\":{").count(), linked);
+    for deal in results {
+        assert_eq!(
+            deal["propertiesWithHistory"],
+            json!({}),
+            "history asked of unknown names only is an empty map"
+        );
+    }
+    emu.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn history_is_newest_first_with_real_source_types_and_capped_at_fifty() {
     let emu = start(roomy()).await;

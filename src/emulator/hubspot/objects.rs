@@ -110,10 +110,15 @@ impl Selection {
             Some(names) => known_once(object, names.iter().map(String::as_str)),
             None => known_once(object, object.default_properties().iter().copied()),
         };
+        let mut associations = self.associations.clone();
+        let mut seen = HashSet::new();
+        // `contacts`, `contact` and `0-1` name one type, listed once as a map would.
+        associations.retain(|target| seen.insert(*target));
         Shown {
             properties,
+            history_asked: !self.with_history.is_empty(),
             with_history: known_once(object, self.with_history.iter().map(String::as_str)),
-            associations: &self.associations,
+            associations,
         }
     }
 }
@@ -129,8 +134,11 @@ fn known_once<'s>(object: ObjectType, names: impl Iterator<Item = &'s str>) -> V
 /// A [`Selection`] resolved for one object type (see [`Selection::shown`]).
 pub(crate) struct Shown<'s> {
     properties: Vec<&'s str>,
+    /// History was asked for, of known names or not: HubSpot then answers
+    /// `propertiesWithHistory`, empty when it knows none of them.
+    history_asked: bool,
     with_history: Vec<&'s str>,
-    associations: &'s [ObjectType],
+    associations: Vec<ObjectType>,
 }
 
 /// A record as HubSpot's `SimplePublicObject(WithAssociations)`, as JSON text: pages of
@@ -142,8 +150,7 @@ pub(crate) fn render(view: &PortalView, record: &HsRecord, shown: &Shown) -> Box
         record,
         shown,
     };
-    // Serializing fails only on a non-string map key, which these have none of.
-    serde_json::value::to_raw_value(&json).unwrap_or_else(|_| RawValue::NULL.to_owned())
+    serde_json::value::to_raw_value(&json).expect("every map key of a record is a string")
 }
 
 struct RecordJson<'a> {
@@ -164,7 +171,7 @@ impl Serialize for RecordJson<'_> {
                 names: &shown.properties,
             },
         )?;
-        if !shown.with_history.is_empty() {
+        if shown.history_asked {
             map.serialize_entry(
                 "propertiesWithHistory",
                 &HistoryJson {
@@ -382,8 +389,8 @@ async fn list(State(shared): State<Arc<Shared>>, Path(object): Path<String>, uri
         };
         let mut results = Vec::new();
         let mut number = start;
-        // One thread: built over the cores, a page of 100 measured slower than this (its
-        // rendered values, probably, crossing threads), unlike search and Salesforce pages.
+        // One thread: built over the cores, a page of 100 measured slower than this (when
+        // records were rendered as `Value`s), unlike search and Salesforce pages.
         while number < bound && results.len() < limit {
             if let Some(record) = listed(number) {
                 results.push(render(view, &record, &shown));
