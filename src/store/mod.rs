@@ -245,7 +245,8 @@ impl Store {
     }
 
     /// Refreshes PostgreSQL's statistics of the violation tables (nothing on SQLite, which
-    /// checks a foreign key through the parent key's index whatever its statistics say). PostgreSQL checks each violation event's reference to its violation with a plan cached
+    /// checks a foreign key through the parent key's index whatever its statistics say).
+    /// PostgreSQL checks each violation event's reference to its violation with a plan cached
     /// per connection and made from the statistics of the time: made while the table was
     /// nearly empty, it scans the whole table, and a rule's first evaluation over a long
     /// history, storing tens of thousands of violations, ran for every event a scan that grew
