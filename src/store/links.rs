@@ -4,11 +4,15 @@
 //! Links name records by CRM id rather than store id, so a link can arrive before the record
 //! it points to has been synced.
 
-use super::{dispatch, QueryContext, Store, StoreError, StoreTx};
+use std::collections::HashSet;
+
+use sqlx::QueryBuilder;
+
+use super::{dispatch, QueryContext, Store, StoreError, StoreTx, ROWS_PER_STATEMENT};
 use crate::record::{Millis, ObjectKind};
 
 /// A relation between two records of one connection.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct RecordLink {
     /// Kind of the record the link starts from.
     pub from_kind: ObjectKind,
@@ -23,31 +27,42 @@ pub struct RecordLink {
 }
 
 impl StoreTx {
-    /// Stores a link as seen now; seeing it again only moves its last-seen time.
-    pub async fn upsert_link(
+    /// Stores links as seen now, a few hundred per statement; seeing one again only moves its
+    /// last-seen time. A link listed twice is stored once: one statement cannot update a row
+    /// twice.
+    pub async fn upsert_links(
         &mut self,
         connection_id: i64,
-        link: &RecordLink,
+        links: &[RecordLink],
         seen_at: Millis,
     ) -> Result<(), StoreError> {
-        dispatch!(self.inner(), tx => sqlx::query(
-            "INSERT INTO record_links (connection_id, from_kind, from_crm_id, relation, to_kind, to_crm_id, \
-             first_seen_at_ms, last_seen_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $7) \
-             ON CONFLICT (connection_id, from_kind, from_crm_id, relation, to_kind, to_crm_id) \
-             DO UPDATE SET last_seen_at_ms = excluded.last_seen_at_ms, removed_at_ms = NULL",
-        )
-        .bind(connection_id)
-        .bind(link.from_kind.as_str())
-        .bind(&link.from_crm_id)
-        .bind(&link.relation)
-        .bind(link.to_kind.as_str())
-        .bind(&link.to_crm_id)
-        .bind(seen_at)
-        .execute(&mut **tx)
-        .await
-        .map(|done| done.rows_affected()))
-        .during("store record link")
-        .map(drop)
+        let mut seen = HashSet::new();
+        let unique: Vec<&RecordLink> = links.iter().filter(|link| seen.insert(*link)).collect();
+        for chunk in unique.chunks(ROWS_PER_STATEMENT) {
+            dispatch!(self.inner(), tx => {
+                let mut query = QueryBuilder::new(
+                    "INSERT INTO record_links (connection_id, from_kind, from_crm_id, relation, to_kind, \
+                     to_crm_id, first_seen_at_ms, last_seen_at_ms) ",
+                );
+                query.push_values(chunk, |mut row, link| {
+                    row.push_bind(connection_id)
+                        .push_bind(link.from_kind.as_str())
+                        .push_bind(&link.from_crm_id)
+                        .push_bind(&link.relation)
+                        .push_bind(link.to_kind.as_str())
+                        .push_bind(&link.to_crm_id)
+                        .push_bind(seen_at)
+                        .push_bind(seen_at);
+                });
+                query.push(
+                    " ON CONFLICT (connection_id, from_kind, from_crm_id, relation, to_kind, to_crm_id) \
+                     DO UPDATE SET last_seen_at_ms = excluded.last_seen_at_ms, removed_at_ms = NULL",
+                );
+                query.build().execute(&mut **tx).await.map(drop)
+            })
+            .during("store record links")?;
+        }
+        Ok(())
     }
 }
 

@@ -586,10 +586,8 @@ impl<'c, 'a> Run<'c, 'a> {
                     .await?;
             }
         }
-        for link in &page.links {
-            tx.upsert_link(self.ctx.connection_id, link, page.observed_at)
-                .await?;
-        }
+        tx.upsert_links(self.ctx.connection_id, &page.links, page.observed_at)
+            .await?;
         if let Some(cursor) = &page.cursor {
             tx.save_cursor(
                 self.ctx.connection_id,

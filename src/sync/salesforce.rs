@@ -788,16 +788,14 @@ impl<'c, 'a> Run<'c, 'a> {
         let outcomes = tx.apply_observations(&observations).await?;
         let mut written = Vec::new();
         let mut milestones = Vec::new();
+        let mut links = Vec::new();
         for (observation, outcome) in observations.iter().zip(&outcomes) {
             if !outcome.wrote_version() {
                 continue;
             }
             written.push(observation.crm_id.as_str());
             if kind == ObjectKind::Lead {
-                for link in conversion_links(&observation.crm_id, &observation.state) {
-                    tx.upsert_link(self.ctx.connection_id, &link, observed_at)
-                        .await?;
-                }
+                links.extend(conversion_links(&observation.crm_id, &observation.state));
             }
             if let (ObservationOutcome::Created { record_id }, Some(created)) =
                 (outcome, observation.state.crm_created_at)
@@ -819,6 +817,8 @@ impl<'c, 'a> Run<'c, 'a> {
         tx.release_from_quarantine(self.ctx.connection_id, stream.object, &written, observed_at)
             .await?;
         tx.record_lifecycle_events(&milestones).await?;
+        tx.upsert_links(self.ctx.connection_id, &links, observed_at)
+            .await?;
         Ok(observations.iter().map(|obs| obs.modified_at).max())
     }
 
