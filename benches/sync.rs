@@ -6,11 +6,9 @@
 //! peak RSS, and the time of an incremental run that picks up 1,000 scripted changes; then a
 //! second backfill into a fresh store through Bulk API 2.0 query jobs (`bulk_threshold = 0`),
 //! with its records/s and API calls against the fewest that jobs allow.
-//! PostgreSQL runs use `PIPEWARDEN_TEST_POSTGRES_URL` (default the local server) and create a
-//! database of their own.
+//! PostgreSQL runs use `PIPEWARDEN_TEST_POSTGRES_URL` (default the local server) and create
+//! two databases of their own, dropped at the end.
 
-// This benchmark leaves its databases on the server: it drops none.
-#[allow(dead_code)]
 #[path = "support/postgres.rs"]
 mod postgres;
 
@@ -66,7 +64,40 @@ fn main() {
     }
 }
 
+/// Runs the benchmark on fresh stores: SQLite files, or two PostgreSQL databases of its own
+/// (REST and Bulk backfills) that are dropped afterwards even when the run failed.
 async fn bench(scale: Scale, postgres: bool) -> Result<(), String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    if !postgres {
+        let sqlite = |name: &str| format!("sqlite://{}", dir.path().join(name).display());
+        return measure(scale, false, [sqlite("rest.db"), sqlite("bulk.db")]).await;
+    }
+    let rest = postgres::create_database(&format!("pw_bench_rest_{}", std::process::id())).await?;
+    let bulk =
+        match postgres::create_database(&format!("pw_bench_bulk_{}", std::process::id())).await {
+            Ok(bulk) => bulk,
+            Err(err) => {
+                // The creation error is the one worth reporting; the drop is best effort.
+                let _ = postgres::drop_database(&rest).await;
+                return Err(err);
+            }
+        };
+    let outcome = measure(scale, true, [rest.clone(), bulk.clone()]).await;
+    let dropped = postgres::drop_database(&rest)
+        .await
+        .and(postgres::drop_database(&bulk).await);
+    match (outcome, dropped) {
+        (Err(run), Err(drop)) => Err(format!("{run} (and dropping a database failed: {drop})")),
+        (outcome, dropped) => outcome.and(dropped),
+    }
+}
+
+/// The backfill, incremental and Bulk runs into the two stores.
+async fn measure(
+    scale: Scale,
+    postgres: bool,
+    [store_url, bulk_store_url]: [String; 2],
+) -> Result<(), String> {
     let options = EmulatorOptions {
         scale,
         ..EmulatorOptions::default()
@@ -75,10 +106,6 @@ async fn bench(scale: Scale, postgres: bool) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let store_url = match postgres {
-        true => postgres::create_database(&format!("pw_bench_rest_{}", std::process::id())).await?,
-        false => format!("sqlite://{}", dir.path().join("bench.db").display()),
-    };
     let config = write_config(dir.path(), &emu, &store_url, "\"off\"")?;
     println!(
         "sync benchmark: {scale:?} funnel, store {}, {} CPU(s)",
@@ -109,10 +136,6 @@ async fn bench(scale: Scale, postgres: bool) -> Result<(), String> {
     );
 
     let bulk_dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let bulk_store_url = match postgres {
-        true => postgres::create_database(&format!("pw_bench_bulk_{}", std::process::id())).await?,
-        false => format!("sqlite://{}", bulk_dir.path().join("bench.db").display()),
-    };
     let bulk_config = write_config(bulk_dir.path(), &emu, &bulk_store_url, "0")?;
     let bulk = run_sync(&bulk_config)?;
     let records = stored_records(&bulk.output);
