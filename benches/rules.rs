@@ -184,28 +184,24 @@ fn print_rate(what: &str, transitions: u64, elapsed: Duration) {
 async fn fill(url: &str, connection_id: i64, deals: i64) -> Result<(), String> {
     let statements = fill_statements(Dialect::of(url), connection_id, deals);
     match Dialect::of(url) {
-        Dialect::Sqlite => {
-            let mut db = sqlx::SqliteConnection::connect(url)
-                .await
-                .map_err(|e| e.to_string())?;
-            for statement in statements {
-                execute(&mut db, statement).await?;
-            }
-            db.close().await.map_err(|e| e.to_string())
-        }
-        Dialect::Postgres => {
-            let mut db = sqlx::PgConnection::connect(url)
-                .await
-                .map_err(|e| e.to_string())?;
-            for statement in statements {
-                execute(&mut db, statement).await?;
-            }
-            db.close().await.map_err(|e| e.to_string())
-        }
+        Dialect::Sqlite => run_statements::<sqlx::SqliteConnection>(url, statements).await,
+        Dialect::Postgres => run_statements::<sqlx::PgConnection>(url, statements).await,
     }
 }
 
-/// Runs one statement of [`fill_statements`] (built here from numbers only).
+/// Runs `statements` in order on a connection of their own.
+async fn run_statements<C>(url: &str, statements: Vec<String>) -> Result<(), String>
+where
+    C: Connection,
+    for<'c> &'c mut C: sqlx::Executor<'c>,
+{
+    let mut db = C::connect(url).await.map_err(|e| e.to_string())?;
+    for statement in statements {
+        execute(&mut db, statement).await?;
+    }
+    db.close().await.map_err(|e| e.to_string())
+}
+
 async fn execute<'c, E: sqlx::Executor<'c>>(db: E, statement: String) -> Result<(), String> {
     sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
         .execute(db)

@@ -12,15 +12,14 @@ use crate::config::settings::{ConnectionSettings, RuleMode, RuleSettings, SlackD
 use crate::config::Settings;
 use crate::record::{ActorKind, Millis, ObjectKind};
 use crate::store::{
-    Ending, LaterMove, LaterVersion, MoveAtVersion, NewAlert, NewViolation, OpenViolation, Store,
-    StoreError, StoreTx,
+    Ending, LaterMove, LaterVersion, MoveAtVersion, NewAlert, NewViolation, OpenViolation,
+    StatisticsSchedule, Store, StoreError, StoreTx,
 };
 
 /// Moves read and judged per transaction.
 const BATCH: i64 = 5_000;
 /// New violations stored by one evaluation before the violation tables' statistics are first
-/// refreshed, and again each time the number doubles (see
-/// [`Store::refresh_violation_statistics`]).
+/// refreshed (see [`Store::refresh_violation_statistics`] and [`StatisticsSchedule`]).
 const STATISTICS_AFTER: u64 = 1_000;
 
 /// What one rule's evaluation did.
@@ -141,7 +140,7 @@ impl<'a> RuleRun<'a> {
         // Read before the moves: versions stored meanwhile are looked at again next time.
         let version_mark = self.store.last_version_id(self.connection_id).await?;
         let mut last = after_transition;
-        let mut analyze_at = STATISTICS_AFTER;
+        let statistics = StatisticsSchedule::starting_at(STATISTICS_AFTER);
         let mut pages = self.store.moves_at_version_pages(
             self.connection_id,
             after_transition,
@@ -163,12 +162,11 @@ impl<'a> RuleRun<'a> {
                 .await?;
             tx.commit().await?;
             last = newest;
-            if self.report.violations >= analyze_at {
+            if statistics.due(self.report.violations) {
                 // Only speed is at stake: a failed refresh must not stop the evaluation.
                 if let Err(err) = self.store.refresh_violation_statistics().await {
                     tracing::warn!(error = %err, "could not refresh the violation tables' statistics");
                 }
-                analyze_at = self.report.violations.saturating_mul(2);
             }
         }
         self.resolve(after_transition, after_version).await?;

@@ -18,6 +18,7 @@ mod tokens;
 mod violations;
 
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -61,6 +62,33 @@ pub(crate) use dispatch;
 /// Most rows one multi-row statement carries. A version row binds 25 values, so 500 rows stay
 /// well inside SQLite's 32,766 and PostgreSQL's 65,535 bound parameters per statement.
 pub(crate) const ROWS_PER_STATEMENT: usize = 500;
+
+/// When the planner statistics of tables a long run keeps filling are due again: once the rows
+/// it wrote reach a first mark, then each time they double, so a run refreshes them a handful
+/// of times however far it grows the tables. Shared behind `&self`, hence atomic.
+#[derive(Debug)]
+pub struct StatisticsSchedule {
+    next: AtomicU64,
+}
+
+impl StatisticsSchedule {
+    /// A schedule whose first refresh is due at `first` rows written.
+    pub fn starting_at(first: u64) -> StatisticsSchedule {
+        StatisticsSchedule {
+            next: AtomicU64::new(first),
+        }
+    }
+
+    /// Whether `written` rows make a refresh due; when they do, the next is due at twice as many.
+    pub fn due(&self, written: u64) -> bool {
+        if written < self.next.load(Ordering::Relaxed) {
+            return false;
+        }
+        self.next
+            .store(written.saturating_mul(2), Ordering::Relaxed);
+        true
+    }
+}
 
 /// One value per backend: a pool, a transaction.
 #[derive(Debug, Clone)]

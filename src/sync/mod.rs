@@ -11,7 +11,7 @@ mod salesforce;
 mod salesforce_csv;
 mod salesforce_map;
 
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,8 +23,8 @@ use crate::crm::{ApiClient, ApiStats, BudgetUse, CrmError, RetryPolicy};
 use crate::record::wall_clock;
 use crate::record::Millis;
 use crate::store::{
-    BackendKind, Fence, Store, StoreError, StoreTx, StoredRefreshTokens, SyncLease, SyncRunStatus,
-    SyncRunSummary,
+    BackendKind, Fence, StatisticsSchedule, Store, StoreError, StoreTx, StoredRefreshTokens,
+    SyncLease, SyncRunStatus, SyncRunSummary,
 };
 
 /// Versions written in one run past which the store's planner statistics are refreshed: a
@@ -185,9 +185,9 @@ pub(crate) struct RunContext<'a> {
     lease_lost: &'a AtomicBool,
     /// The run's lease epoch, checked by every transaction it commits (PostgreSQL).
     fence: Option<Fence>,
-    /// Versions written by this run at which PostgreSQL's planner statistics are next
-    /// refreshed (see [`RunContext::refresh_statistics_when_grown`]).
-    restatistics_at: AtomicI64,
+    /// When PostgreSQL's planner statistics are next refreshed, by versions this run wrote
+    /// (see [`RunContext::refresh_statistics_when_grown`]).
+    statistics: StatisticsSchedule,
 }
 
 impl RunContext<'_> {
@@ -206,21 +206,17 @@ impl RunContext<'_> {
         Ok(tx)
     }
 
-    /// On PostgreSQL, refreshes the planner statistics each time the versions this run wrote
-    /// reach [`RESTATISTICS_AFTER_VERSIONS`] and then double. A backfill into empty tables
+    /// On PostgreSQL, refreshes the planner statistics when the versions this run wrote reach
+    /// [`RESTATISTICS_AFTER_VERSIONS`] and each time they double. A backfill into empty tables
     /// otherwise runs on statistics of empty tables: the lookup of a page's records by CRM id
     /// scanned the whole records table, 300 ms a page, and held a `small` backfill to 1,400
     /// records/s. SQLite's planner favours the indexes without statistics, and gets them after
     /// the run (see `after_run_upkeep`).
     async fn refresh_statistics_when_grown(&self) {
-        let written = self.counters.versions_written;
-        if self.store.backend() != BackendKind::Postgres
-            || written < self.restatistics_at.load(Ordering::Relaxed)
-        {
+        let written = u64::try_from(self.counters.versions_written).unwrap_or(0);
+        if self.store.backend() != BackendKind::Postgres || !self.statistics.due(written) {
             return;
         }
-        self.restatistics_at
-            .store(written.saturating_mul(2), Ordering::Relaxed);
         // Only speed is at stake: a failed refresh must not stop the run.
         if let Err(err) = self.store.refresh_statistics().await {
             tracing::warn!(error = %err, "cannot refresh the store's planner statistics");
@@ -330,7 +326,7 @@ pub async fn sync_once(
         stop,
         lease_lost: &lease.lost,
         fence,
-        restatistics_at: AtomicI64::new(RESTATISTICS_AFTER_VERSIONS),
+        statistics: StatisticsSchedule::starting_at(RESTATISTICS_AFTER_VERSIONS as u64),
     };
     let outcome = match settings.kind {
         CrmKind::Salesforce => salesforce::sync(&mut ctx).await,

@@ -95,10 +95,7 @@ struct Filter {
 
 /// One checked search request.
 struct SearchRequest {
-    /// OR of ANDs.
-    groups: Vec<Vec<Filter>>,
-    sorts: Vec<(String, bool)>,
-    query: Option<String>,
+    criteria: Criteria,
     selection: Selection,
     limit: usize,
     after: usize,
@@ -221,9 +218,11 @@ fn parse_request(object: ObjectType, body: &Value) -> Result<SearchRequest, Stri
             .collect()
     });
     Ok(SearchRequest {
-        groups,
-        sorts,
-        query,
+        criteria: Criteria {
+            groups,
+            sorts,
+            query,
+        },
         selection: Selection {
             properties,
             ..Selection::default()
@@ -369,14 +368,14 @@ fn sort_value_cmp(a: &SortValue, b: &SortValue) -> Ordering {
 }
 
 /// Whether a record passes the filter groups (any group, all its filters) and the free text.
-fn found(request: &SearchRequest, record: &HsRecord) -> bool {
-    let filtered = request.groups.is_empty()
-        || request
+fn found(criteria: &Criteria, record: &HsRecord) -> bool {
+    let filtered = criteria.groups.is_empty()
+        || criteria
             .groups
             .iter()
             .any(|group| group.iter().all(|filter| matches(filter, record)));
     filtered
-        && request
+        && criteria
             .query
             .as_deref()
             .is_none_or(|q| matches_query(record, q))
@@ -388,7 +387,7 @@ fn ranked_hits(
     view: &PortalView,
     indexed: &PortalView,
     object: ObjectType,
-    request: &SearchRequest,
+    criteria: &Criteria,
 ) -> Vec<u64> {
     // Every record is looked at: split them over the cores, in number order.
     let numbers: Vec<u64> = (0..indexed.bound(object)).collect();
@@ -397,9 +396,9 @@ fn ranked_hits(
             .copied()
             .filter(|number| view.is_live(object, *number))
             .filter_map(|number| indexed.live(object, number))
-            .filter(|record| found(request, record))
+            .filter(|record| found(criteria, record))
             .map(|record| {
-                let values = request
+                let values = criteria
                     .sorts
                     .iter()
                     .map(|(name, _)| sort_value(object, name, &record))
@@ -410,7 +409,7 @@ fn ranked_hits(
     });
     let mut hits: Vec<(u64, Vec<SortValue>)> = runs.into_iter().flatten().collect();
     hits.sort_by(|(a_number, a), (b_number, b)| {
-        request
+        criteria
             .sorts
             .iter()
             .zip(a.iter().zip(b))
@@ -428,15 +427,22 @@ fn ranked_hits(
     hits.into_iter().map(|(number, _)| number).collect()
 }
 
+/// What a search finds and in what order, whatever page of it is asked for.
+#[derive(Clone, PartialEq)]
+struct Criteria {
+    /// OR of ANDs.
+    groups: Vec<Vec<Filter>>,
+    sorts: Vec<(String, bool)>,
+    query: Option<String>,
+}
+
 /// What decides a search's ranked hits: the same key always ranks the same numbers, since
 /// records are a pure function of the funnel, the instant and the overlays. Limit and offset
 /// are left out, so every page of one search shares its key.
 #[derive(PartialEq)]
 struct RankKey {
     object: ObjectType,
-    groups: Vec<Vec<Filter>>,
-    sorts: Vec<(String, bool)>,
-    query: Option<String>,
+    criteria: Criteria,
     /// The instant live records are seen at.
     now: Millis,
     /// The instant the index shows records as of.
@@ -454,9 +460,7 @@ impl RankKey {
     ) -> RankKey {
         RankKey {
             object,
-            groups: request.groups.clone(),
-            sorts: request.sorts.clone(),
-            query: request.query.clone(),
+            criteria: request.criteria.clone(),
             now,
             indexed_at,
             overlays_version,
@@ -535,9 +539,9 @@ async fn search(
             (view.now, indexed.now),
             inner.overlays_version,
         );
-        let hits = inner
-            .search_cache
-            .hits(key, || ranked_hits(view, &indexed, object, &request));
+        let hits = inner.search_cache.hits(key, || {
+            ranked_hits(view, &indexed, object, &request.criteria)
+        });
         let total = hits.len();
         let shown = request.selection.shown(object);
         let page: Vec<Box<RawValue>> = hits
