@@ -278,8 +278,9 @@ pub(super) async fn plan_due(
             missing: &row.missing_fields,
             skipped: &row.skipped_stages,
         };
-        plan_one(&mut tx, connection, connection_id, rule, &revert, now).await?;
-        planned.planned += 1;
+        if plan_one(&mut tx, connection, connection_id, rule, &revert, now).await? {
+            planned.planned += 1;
+        }
     }
     tx.commit().await?;
     Ok(planned)
@@ -298,7 +299,8 @@ async fn count_due(tx: &mut StoreTx, rule: &str, connection_id: i64) -> Result<u
     Ok(count.max(0) as u64)
 }
 
-/// Records one revert's plan on its violation and queues its writes (not for a dry run).
+/// Records one revert's plan on its violation and queues its writes (not for a dry run);
+/// `false` when another replica's evaluation planned it first.
 async fn plan_one(
     tx: &mut StoreTx,
     connection: &ConnectionSettings,
@@ -306,7 +308,7 @@ async fn plan_one(
     rule: &RuleSettings,
     revert: &Revert<'_>,
     now: Millis,
-) -> Result<(), StoreError> {
+) -> Result<bool, StoreError> {
     let from = revert.from_stage;
     let writes = revert_writes(connection.kind, revert, now);
     let field = stage_field(connection.kind);
@@ -316,32 +318,35 @@ async fn plan_one(
         "after": { field: from },
         "writes": writes.iter().map(|(part, _)| *part).collect::<Vec<_>>(),
     });
-    record_planned(tx, revert.violation_id, &note, now).await?;
-    if rule.dry_run {
-        return Ok(());
+    if !record_planned(tx, revert.violation_id, &note, now).await? {
+        return Ok(false);
     }
-    for (part, write) in &writes {
-        queue(tx, connection_id, revert.violation_id, part, write, now).await?;
+    if !rule.dry_run {
+        for (part, write) in &writes {
+            queue(tx, connection_id, revert.violation_id, part, write, now).await?;
+        }
     }
-    Ok(())
+    Ok(true)
 }
 
+/// Records the `revert_planned` event; `false` when the violation already has one (a unique
+/// index allows one plan per violation, whichever replica's evaluation gets there first).
 async fn record_planned(
     tx: &mut StoreTx,
     violation_id: i64,
     note: &Value,
     now: Millis,
-) -> Result<(), StoreError> {
+) -> Result<bool, StoreError> {
     dispatch!(tx.inner(), tx => sqlx::query(
         "INSERT INTO violation_events (violation_id, status, at_ms, actor, note) \
-         VALUES ($1, 'revert_planned', $2, 'pipewarden', $3)",
+         VALUES ($1, 'revert_planned', $2, 'pipewarden', $3) ON CONFLICT DO NOTHING",
     )
     .bind(violation_id)
     .bind(now)
     .bind(note.to_string())
     .execute(&mut **tx)
     .await
-    .map(drop))
+    .map(|done| done.rows_affected() == 1))
     .during("record planned revert")
 }
 

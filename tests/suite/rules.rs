@@ -1198,6 +1198,77 @@ async fn reverts_past_the_cap_wait_for_the_next_evaluation(test: TestStore) {
     emu.stop().await.unwrap();
 }
 
+/// Two replicas may evaluate one connection at the same time (each evaluates after its own
+/// sync, outside the sync lease): each due revert is still planned once, with one audit event
+/// and one set of writes.
+#[tokio::test]
+async fn two_replicas_evaluating_at_once_plan_each_revert_once() {
+    let Some(test) = TestStore::postgres().await else {
+        return;
+    };
+    let emu = super::sync::start_emulator().await;
+    let dir = ConfigDir::new();
+    let settings = hubspot_revert_settings(&dir, &emu, &test.url);
+    let connection = settings.connections[0].clone();
+    sync_and_evaluate(&test.store, &settings).await;
+    let deals = closed_deals(&emu, 3).await;
+    advance(&emu, "1h").await;
+    for deal in &deals {
+        update_deal(
+            &emu,
+            deal,
+            json!({"dealstage": "appointmentscheduled", "budget": "", "need": "", "authority": ""}),
+        )
+        .await;
+    }
+    advance(&emu, "1m").await;
+    sync_and_evaluate(&test.store, &settings).await;
+    advance(&emu, "1h").await;
+    for deal in &deals {
+        update_deal(&emu, deal, json!({"dealstage": "decisionmakerboughtin"})).await;
+    }
+    advance(&emu, "1m").await;
+    sync::sync_once(
+        &test.store,
+        &connection,
+        &SyncOptions::default(),
+        &StopSignal::never(),
+    )
+    .await
+    .expect("sync runs");
+
+    let other = Store::open_migrated(&settings.store).await.unwrap();
+    let now = chrono::Utc::now().timestamp_millis();
+    let (first, second) = tokio::join!(
+        rules::evaluate_connection(&test.store, &settings, &connection, now),
+        rules::evaluate_connection(&other, &settings, &connection, now),
+    );
+    let planned = first.unwrap()[0].reverts + second.unwrap()[0].reverts;
+    assert_eq!(
+        planned, 3,
+        "the two evaluations together plan each revert once"
+    );
+    for deal in &deals {
+        let violations = violations_of(&test.store, deal).await;
+        assert_eq!(violations.len(), 1, "{violations:?}");
+        let events = test.store.violation_events(violations[0].id).await.unwrap();
+        let plans = events.iter().filter(|e| e.0 == "revert_planned").count();
+        assert_eq!(plans, 1, "{events:?}");
+    }
+    let delivered = rules::revert::deliver(&test.store, &settings, &connection, QUICK)
+        .await
+        .unwrap();
+    assert_eq!(
+        delivered.applied, 6,
+        "a stage and a task per deal: {delivered:?}"
+    );
+    for deal in &deals {
+        assert_eq!(hubspot_tasks_of(&emu, deal).await.len(), 1);
+    }
+    other.close().await;
+    emu.stop().await.unwrap();
+}
+
 async fn a_dry_run_revert_rule_records_the_revert_and_queues_no_write(test: TestStore) {
     let emu = super::sync::start_emulator().await;
     let dir = ConfigDir::new();
