@@ -98,22 +98,21 @@ pub fn resolution_message(status: &str, delay_ms: Option<i64>, note: Option<&str
         ),
         other => format!("Status changed to {other}."),
     };
+    // The reason is escaped above; the rest is fixed text.
     json!({
         "text": text,
-        "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": escape(&text)}}]
+        "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": text}}]
     })
 }
 
-/// One message listing the fallback texts of several alerts (the daily digest).
+/// One message listing the fallback texts of several alerts (the daily digest). Those texts
+/// are mrkdwn already escaped (see [`violation_message`]), so they are listed as they are.
 pub fn digest_message(items: &[Value]) -> Value {
     const SHOWN: usize = 40;
     let lines: Vec<String> = items
         .iter()
         .take(SHOWN)
-        .map(|item| {
-            let text = item["text"].as_str().unwrap_or("(alert)");
-            format!("• {}", escape(text))
-        })
+        .map(|item| format!("• {}", item["text"].as_str().unwrap_or("(alert)")))
         .collect();
     let mut body = lines.join("\n");
     if items.len() > SHOWN {
@@ -192,5 +191,36 @@ mod tests {
     #[test]
     fn text_is_escaped_for_mrkdwn() {
         assert_eq!(escape("a<b>&c"), "a&lt;b&gt;&amp;c");
+    }
+
+    #[test]
+    fn a_waiver_reason_is_escaped_once() {
+        let reply = resolution_message("waived", None, Some("R&D <signed>"));
+        let expected = "Waived: R&amp;D &lt;signed&gt;";
+        assert_eq!(reply["text"], expected);
+        assert_eq!(reply["blocks"][0]["text"]["text"], expected);
+    }
+
+    #[test]
+    fn a_digest_lists_alert_texts_escaped_once() {
+        let alert = violation_message(&ViolationAlert {
+            rule: "gates",
+            connection: "sf",
+            deal_name: Some("R&D <pilot>"),
+            crm_id: "006000000000001",
+            owner: None,
+            amount_cents: None,
+            from_stage: Some("Prospecting"),
+            to_stage: "Closed Won",
+            moved_by: "api".into(),
+            missing: Vec::new(),
+            skipped: vec!["Proposal"],
+            link: None,
+            crm_label: "Salesforce",
+        });
+        let digest = digest_message(&[alert]);
+        let body = digest["blocks"][1]["text"]["text"].as_str().unwrap();
+        assert!(body.contains("R&amp;D &lt;pilot&gt;"), "{body}");
+        assert!(!body.contains("&amp;amp;"), "{body}");
     }
 }

@@ -279,18 +279,40 @@ async fn answer_of(method: &str, request: reqwest::RequestBuilder) -> Result<Val
     let response = request.send().await.map_err(network)?;
     let status = response.status();
     let retry_after = retry_after(response.headers());
-    let answer: Value = match response.json().await {
-        Ok(answer) => answer,
+    let body = response
+        .bytes()
+        .await
+        .map_err(|err| err.without_url().to_string());
+    web_api_answer(
+        method,
+        status,
+        retry_after,
+        body.as_deref().map_err(String::as_str),
+    )
+}
+
+/// Sorts a Web API answer from its status and body. A 429 is a rate limit whatever its body
+/// says, since a proxy's or gateway's 429 may carry no JSON at all.
+fn web_api_answer(
+    method: &str,
+    status: StatusCode,
+    retry_after: Duration,
+    body: Result<&[u8], &str>,
+) -> Result<Value, PostError> {
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        return Err(PostError::RateLimited(retry_after));
+    }
+    let answer = body
+        .map_err(str::to_string)
+        .and_then(|body| serde_json::from_slice(body).map_err(|err| err.to_string()));
+    match answer {
+        Ok(answer) => web_api_outcome(method, status, retry_after, answer),
         // A cut-off or garbled answer says nothing of what Slack did.
-        Err(err) => {
-            return Err(PostError::Unanswered(format!(
-                "{method}: unreadable answer (HTTP {}): {}",
-                status.as_u16(),
-                err.without_url()
-            )))
-        }
-    };
-    web_api_outcome(method, status, retry_after, answer)
+        Err(err) => Err(PostError::Unanswered(format!(
+            "{method}: unreadable answer (HTTP {}): {err}",
+            status.as_u16()
+        ))),
+    }
 }
 
 /// Slack's `ts` notation (seconds with six decimals) of an instant.
@@ -423,6 +445,29 @@ mod tests {
             webhook_outcome(StatusCode::INTERNAL_SERVER_ERROR, wait, "rollup_error"),
             Err(PostError::Unanswered(_))
         ));
+    }
+
+    #[test]
+    fn a_429_without_json_still_says_how_long_to_wait() {
+        let wait = Duration::from_secs(7);
+        let answer = |status, body: &'static str| {
+            web_api_answer("chat.postMessage", status, wait, Ok(body.as_bytes()))
+        };
+        assert_eq!(
+            answer(
+                StatusCode::TOO_MANY_REQUESTS,
+                "<html>Too Many Requests</html>"
+            ),
+            Err(PostError::RateLimited(wait))
+        );
+        assert!(matches!(
+            answer(StatusCode::OK, "{\"ok\": tr"),
+            Err(PostError::Unanswered(_))
+        ));
+        assert_eq!(
+            answer(StatusCode::OK, r#"{"ok": true, "ts": "1.2"}"#),
+            Ok(json!({"ok": true, "ts": "1.2"}))
+        );
     }
 
     #[test]
