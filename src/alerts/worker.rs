@@ -95,7 +95,7 @@ impl Deliverer {
     /// One pass: sends every due message whose channel is not held back.
     pub async fn deliver_due(&self) -> Result<DeliveryReport, StoreError> {
         let mut report = DeliveryReport::default();
-        let pending = self.store.pending_alerts(1_000).await?;
+        let pending = self.store.pending_alerts(wall_clock(), 1_000).await?;
         let mut held: HashSet<String> = HashSet::new();
         let mut digests: BTreeMap<String, Vec<&PendingAlert>> = BTreeMap::new();
         for alert in &pending {

@@ -1142,14 +1142,22 @@ pub struct StoredAlert {
 }
 
 impl Store {
-    /// Pending outbox messages, oldest first (delivery keeps this order per channel).
-    pub async fn pending_alerts(&self, limit: i64) -> Result<Vec<PendingAlert>, StoreError> {
+    /// Pending outbox messages, oldest first (delivery keeps this order per channel). Digest
+    /// items not due by `now` are left out: they wait for their hour, and a backlog of them
+    /// must not fill `limit` and hold up the messages queued after them.
+    pub async fn pending_alerts(
+        &self,
+        now: Millis,
+        limit: i64,
+    ) -> Result<Vec<PendingAlert>, StoreError> {
         dispatch!(self.pool(), pool => sqlx::query_as(
             "SELECT a.id, a.kind, a.channel, a.payload, a.attempts, a.next_attempt_at_ms, a.thread_of_id, \
              p.status AS parent_status, p.slack_ts AS parent_ts, a.sent_at_ms FROM alert_outbox a \
-             LEFT JOIN alert_outbox p ON p.id = a.thread_of_id WHERE a.status = 'pending' ORDER BY a.id LIMIT $1",
+             LEFT JOIN alert_outbox p ON p.id = a.thread_of_id WHERE a.status = 'pending' \
+             AND (a.kind <> 'digest_item' OR a.next_attempt_at_ms <= $2) ORDER BY a.id LIMIT $1",
         )
         .bind(limit)
+        .bind(now)
         .fetch_all(pool)
         .await)
         .during("read pending alerts")

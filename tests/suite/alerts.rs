@@ -9,7 +9,7 @@ use pipewarden::alerts::{Deliverer, DeliveryOptions};
 use pipewarden::config::Settings;
 use pipewarden::emulator::{RunningEmulator, SLACK_BOT_TOKEN};
 use pipewarden::rules;
-use pipewarden::store::{Store, StoredAlert};
+use pipewarden::store::{NewAlert, Store, StoredAlert};
 use pipewarden::sync::{self, StopSignal, SyncOptions};
 use serde_json::{json, Value};
 
@@ -305,6 +305,66 @@ async fn a_daily_digest_sends_one_message_per_channel(test: TestStore) {
     emu.stop().await.unwrap();
 }
 
+/// More digest items waiting for tomorrow's digest than one delivery pass reads do not hold
+/// up a message queued after them.
+async fn a_backlog_of_digest_items_does_not_hold_up_other_messages(test: TestStore) {
+    let emu = start_emulator().await;
+    let dir = ConfigDir::new();
+    let settings = bot_token_settings(&dir, &emu, &test.url);
+    let now = chrono::Utc::now().timestamp_millis();
+    let tomorrow = now + 86_400_000;
+    let item = json!({"text": "a move that waits for the digest"});
+    let urgent = json!({"text": "sent now"});
+    let mut tx = test.store.begin().await.unwrap();
+    for n in 0..1_001 {
+        let key = format!("digest:{n}");
+        tx.enqueue_alert(&NewAlert {
+            dedupe_key: &key,
+            kind: "digest_item",
+            channel: Some("#revops"),
+            payload: &item,
+            violation_id: None,
+            thread_of_id: None,
+            not_before: tomorrow,
+            created_at: now,
+        })
+        .await
+        .unwrap();
+    }
+    tx.enqueue_alert(&NewAlert {
+        dedupe_key: "urgent",
+        kind: "violation",
+        channel: Some("#revops"),
+        payload: &urgent,
+        violation_id: None,
+        thread_of_id: None,
+        not_before: now,
+        created_at: now,
+    })
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+
+    let deliverer = Deliverer::new(
+        test.store.clone(),
+        settings.slack.as_ref().unwrap(),
+        quick(),
+    )
+    .unwrap();
+    let report = deliverer.deliver_due().await.unwrap();
+    assert_eq!(report.delivered, 1, "{report:?}");
+    let messages = received(&emu).await;
+    assert_eq!(messages.len(), 1, "{messages:?}");
+    assert_eq!(messages[0]["text"], "sent now");
+    let waiting = test.store.alerts().await.unwrap();
+    assert_eq!(
+        waiting.iter().filter(|a| a.status == "pending").count(),
+        1_001,
+        "the digest items wait for their hour"
+    );
+    emu.stop().await.unwrap();
+}
+
 /// A `[slack]` section with a bot token on the emulator's Slack, default channel #revops.
 fn bot_token_slack(dir: &ConfigDir, emu: &RunningEmulator) -> String {
     dir.write("slack-token", &format!("{SLACK_BOT_TOKEN}\n"));
@@ -401,6 +461,7 @@ on_both_backends!(
     a_daily_digest_sends_one_message_per_channel,
     bot_token_alerts_arrive_once_in_order_with_thread_replies,
     a_revoked_webhook_fails_clearly_without_leaking_its_url,
+    a_backlog_of_digest_items_does_not_hold_up_other_messages,
 );
 
 /// Replicas on one PostgreSQL store take turns delivering: each alert still arrives once.

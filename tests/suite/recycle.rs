@@ -1757,7 +1757,7 @@ default_channel = "#revops"
     assert_eq!(warnings, in_grace);
     let texts: Vec<String> = t
         .store
-        .pending_alerts(1_000)
+        .pending_alerts(chrono::Utc::now().timestamp_millis(), 1_000)
         .await
         .unwrap()
         .into_iter()
