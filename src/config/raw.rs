@@ -60,6 +60,7 @@ pub(crate) struct RawConnection {
     pub formula_refresh_interval: Option<String>,
     pub id_sweep_interval: Option<String>,
     pub extra_ca_file: Option<PathBuf>,
+    pub slack_channel: Option<String>,
     #[serde(default)]
     pub limits: RawLimits,
 }

@@ -163,6 +163,10 @@ pub struct ConnectionSettings {
     /// Extra CA certificate (PEM) to trust, e.g. behind a TLS-inspecting proxy.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub extra_ca_file: Option<PathBuf>,
+    /// Slack channel for the alerts of this connection's rules that name no channel of their
+    /// own, before `slack.default_channel` (bot token only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slack_channel: Option<String>,
     /// API allocation limits.
     pub limits: LimitSettings,
 }

@@ -166,6 +166,7 @@ impl Checker<'_> {
 struct Declared<'a> {
     name: &'a str,
     kind: Option<CrmKind>,
+    slack_channel: Option<&'a str>,
 }
 
 /// The Slack section as far as rules are concerned.
@@ -206,6 +207,7 @@ pub(crate) fn validate(
                 "hubspot" => Some(CrmKind::Hubspot),
                 _ => None,
             },
+            slack_channel: c.slack_channel.as_deref(),
         })
         .collect();
     let slack = raw
@@ -217,6 +219,7 @@ pub(crate) fn validate(
         (Some(_), None) => SlackRoute::Invalid,
         (Some(_), Some(settings)) => SlackRoute::Valid(settings),
     };
+    connection_channels(&mut check, &declared, &slack_route);
     let rules = rule_settings(&mut check, &raw.rules, &declared, &slack_route);
     let recycle = recycle_settings(&mut check, &raw.recycle, &declared, &rules);
     let api = api_settings(&mut check, &raw.api);
@@ -391,6 +394,7 @@ fn one_connection(
         formula_refresh_interval,
         id_sweep_interval,
         extra_ca_file,
+        slack_channel: raw.slack_channel.clone(),
         limits,
     })
 }
@@ -922,7 +926,17 @@ fn one_rule(
         check.fail(format!("{key}.max_reverts_per_run"), "must be at least 1");
     }
     if mode != RuleMode::Record {
-        check_alert_route(check, key, raw.channel.as_deref(), slack);
+        let connection_channel = connections
+            .iter()
+            .find(|c| c.name == raw.connection)
+            .and_then(|c| c.slack_channel);
+        check_alert_route(
+            check,
+            key,
+            raw.channel.as_deref(),
+            connection_channel,
+            slack,
+        );
     }
     check.field_names(
         &format!("{key}.closed_lost_requires"),
@@ -975,8 +989,39 @@ fn one_rule(
     })
 }
 
-/// An alerting rule needs a Slack route: a webhook, or a bot token plus a channel.
-fn check_alert_route(check: &mut Checker, key: &str, channel: Option<&str>, slack: &SlackRoute) {
+/// A connection's `slack_channel` needs a bot token: a webhook posts to its own channel.
+fn connection_channels(check: &mut Checker, connections: &[Declared], slack: &SlackRoute) {
+    for (index, connection) in connections.iter().enumerate() {
+        let Some(channel) = connection.slack_channel else {
+            continue;
+        };
+        let key = format!("connections[{index}].slack_channel");
+        if channel.trim().is_empty() {
+            check.fail(key, "must name a channel, as in \"#revops-emea\"");
+            continue;
+        }
+        match slack {
+            SlackRoute::Absent => check.fail(key, "needs a [slack] section with bot_token"),
+            SlackRoute::Valid(slack) if matches!(slack.delivery, SlackDelivery::Webhook { .. }) => {
+                check.fail(
+                    key,
+                    "needs slack.bot_token; a webhook always posts to its own channel",
+                )
+            }
+            _ => {}
+        }
+    }
+}
+
+/// An alerting rule needs a Slack route: a webhook, or a bot token plus a channel (the
+/// rule's, its connection's or the default one).
+fn check_alert_route(
+    check: &mut Checker,
+    key: &str,
+    channel: Option<&str>,
+    connection_channel: Option<&str>,
+    slack: &SlackRoute,
+) {
     let slack = match slack {
         SlackRoute::Absent => {
             check.fail(format!("{key}.mode"), "alerts need a [slack] section");
@@ -990,10 +1035,14 @@ fn check_alert_route(check: &mut Checker, key: &str, channel: Option<&str>, slac
             format!("{key}.channel"),
             "a per-rule channel needs slack.bot_token; a webhook always posts to its own channel",
         ),
-        (SlackDelivery::BotToken { .. }, false) if channel.is_none() => check.fail(
-            format!("{key}.channel"),
-            "is required when slack.default_channel is not set",
-        ),
+        (SlackDelivery::BotToken { .. }, false)
+            if channel.is_none() && connection_channel.is_none() =>
+        {
+            check.fail(
+                format!("{key}.channel"),
+                "is required when neither slack.default_channel nor the connection's slack_channel is set",
+            )
+        }
         _ => {}
     }
 }

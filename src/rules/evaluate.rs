@@ -299,7 +299,11 @@ impl<'a> RuleRun<'a> {
             return None;
         }
         let (rule, settings): (&'a CompiledRule, &'a Settings) = (self.rule, self.settings);
-        alert_channel(rule.settings.channel.as_deref(), settings.slack.as_ref())
+        alert_channel(
+            &rule.settings,
+            Some(self.connection),
+            settings.slack.as_ref(),
+        )
     }
 
     fn violation_payload(&self, m: &MoveAtVersion, finding: &Finding, actor: &str) -> Value {
@@ -495,7 +499,11 @@ async fn reply_in_thread(
     let Some(parent) = tx.alert_of_violation(violation_id).await? else {
         return Ok(());
     };
-    let channel = alert_channel(rule.channel.as_deref(), Some(slack)).flatten();
+    let connection = settings
+        .connections
+        .iter()
+        .find(|c| c.name == rule.connection);
+    let channel = alert_channel(rule, connection, Some(slack)).flatten();
     let payload = resolution_message(status, delay_ms, note);
     let key = format!("resolution:{violation_id}");
     tx.enqueue_alert(&NewAlert {

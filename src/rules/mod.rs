@@ -15,7 +15,7 @@ mod review;
 use std::collections::HashMap;
 
 use crate::config::settings::{
-    ConnectionSettings, CrmKind, Endpoints, SlackDelivery, SlackSettings,
+    ConnectionSettings, CrmKind, Endpoints, RuleSettings, SlackDelivery, SlackSettings,
 };
 use crate::record::ActorKind;
 use crate::store::{CrmOwner, StoreError};
@@ -76,15 +76,21 @@ impl OwnerIndex {
     }
 }
 
-/// Where a rule's alerts go: `None` when alerts are off (record mode or no Slack section).
+/// Where a rule's alerts go: `None` when alerts are off (no Slack section); else the rule's
+/// channel, its connection's, or the default one (`None` inside for a webhook's own).
 pub(crate) fn alert_channel<'a>(
-    rule_channel: Option<&'a str>,
+    rule: &'a RuleSettings,
+    connection: Option<&'a ConnectionSettings>,
     slack: Option<&'a SlackSettings>,
 ) -> Option<Option<&'a str>> {
     let slack = slack?;
     Some(match slack.delivery {
         SlackDelivery::Webhook { .. } => None,
-        SlackDelivery::BotToken { .. } => rule_channel.or(slack.default_channel.as_deref()),
+        SlackDelivery::BotToken { .. } => rule
+            .channel
+            .as_deref()
+            .or(connection.and_then(|c| c.slack_channel.as_deref()))
+            .or(slack.default_channel.as_deref()),
     })
 }
 

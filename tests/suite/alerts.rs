@@ -305,6 +305,24 @@ async fn a_daily_digest_sends_one_message_per_channel(test: TestStore) {
     emu.stop().await.unwrap();
 }
 
+/// A rule that names no channel alerts to its connection's channel, ahead of the default.
+async fn a_connection_channel_takes_the_alerts_of_rules_that_name_none(test: TestStore) {
+    let emu = start_emulator().await;
+    let dir = ConfigDir::new();
+    let mut settings = bot_token_settings(&dir, &emu, &test.url);
+    assert_eq!(settings.rules[0].channel, None);
+    settings.connections[0].slack_channel = Some("#sales-emea".into());
+    three_jumps(&emu, &test.store, &settings).await;
+    deliver_all(&test.store, &settings).await;
+    let messages = received(&emu).await;
+    assert_eq!(messages.len(), 3, "{messages:?}");
+    assert!(
+        messages.iter().all(|m| m["channel"] == "#sales-emea"),
+        "{messages:?}"
+    );
+    emu.stop().await.unwrap();
+}
+
 /// More digest items waiting for tomorrow's digest than one delivery pass reads do not hold
 /// up a message queued after them.
 async fn a_backlog_of_digest_items_does_not_hold_up_other_messages(test: TestStore) {
@@ -462,6 +480,7 @@ on_both_backends!(
     bot_token_alerts_arrive_once_in_order_with_thread_replies,
     a_revoked_webhook_fails_clearly_without_leaking_its_url,
     a_backlog_of_digest_items_does_not_hold_up_other_messages,
+    a_connection_channel_takes_the_alerts_of_rules_that_name_none,
 );
 
 /// Replicas on one PostgreSQL store take turns delivering: each alert still arrives once.

@@ -409,3 +409,50 @@ add_to_campaign = "701000000000001AAA"
     let settings = load(&dir, &policy("close_lost"), &vars).expect("close_lost recycles contacts");
     assert_eq!(settings.recycle.policies.len(), 1);
 }
+
+#[test]
+fn a_connection_channel_routes_alerts_with_a_bot_token_only() {
+    let dir = ConfigDir::new();
+    let connection = SALESFORCE.replace(
+        "kind = \"salesforce\"\n",
+        "kind = \"salesforce\"\nslack_channel = \"#sales-emea\"\n",
+    );
+    let config = |slack: &str| {
+        format!(
+            "{connection}{slack}\n[[rules]]\nname = \"gates\"\nconnection = \"acme\"\nmode = \"alert\"\n"
+        )
+    };
+    let vars = [
+        ("SF_REFRESH", "token"),
+        ("SLACK", "xoxb-1"),
+        ("HOOK", "https://hooks.slack.com/services/T/B/x"),
+    ];
+    let settings = load(
+        &dir,
+        &config("[slack]\nbot_token = { env = \"SLACK\" }"),
+        &vars,
+    )
+    .expect("the connection's channel stands in for slack.default_channel");
+    assert_eq!(
+        settings.connections[0].slack_channel.as_deref(),
+        Some("#sales-emea")
+    );
+    let err = load(
+        &dir,
+        &config("[slack]\nwebhook_url = { env = \"HOOK\" }"),
+        &vars,
+    )
+    .unwrap_err();
+    assert_eq!(
+        problem_keys(&err),
+        ["connections[0].slack_channel"],
+        "{err}"
+    );
+    assert!(err.to_string().contains("bot_token"), "{err}");
+    let err = load(&dir, &config(""), &vars).unwrap_err();
+    assert_eq!(
+        problem_keys(&err),
+        ["connections[0].slack_channel", "rules[0].mode"],
+        "{err}"
+    );
+}
