@@ -1,6 +1,8 @@
 //! Evaluation after a sync: new moves become violations (and alerts), open violations
 //! resolve late, are superseded by a move back, or are waived by a person.
 
+use std::collections::HashSet;
+
 use serde::Serialize;
 use serde_json::{json, Value};
 
@@ -33,6 +35,8 @@ pub struct EvaluationReport {
     pub unjudged: u64,
     /// Moves of exempt owners or teams.
     pub exempt: u64,
+    /// Moves that were pipewarden's own reverts, not judged (see [`Store::revert_moves`]).
+    pub own_reverts: u64,
     /// New violations.
     pub violations: u64,
     /// Alerts put in the outbox.
@@ -70,6 +74,7 @@ pub async fn evaluate_connection(
         .await?;
     let owners = OwnerIndex::new(store.owners(connection_id).await?);
     let record_base = store.record_url_base(connection_id).await?;
+    let own_reverts = store.revert_moves(connection_id).await?;
     let mut reports = Vec::new();
     for rule in rules {
         let compiled = CompiledRule::new(rule, &definitions);
@@ -93,6 +98,7 @@ pub async fn evaluate_connection(
             connection_id,
             rule: &compiled,
             owners: &owners,
+            own_reverts: &own_reverts,
             record_base: record_base.as_deref(),
             now,
             report: EvaluationReport {
@@ -125,6 +131,8 @@ struct RuleRun<'a> {
     connection_id: i64,
     rule: &'a CompiledRule,
     owners: &'a OwnerIndex,
+    /// Moves made by pipewarden's reverts, which are not judged.
+    own_reverts: &'a HashSet<i64>,
     /// Where the connection's records open in the CRM's UI.
     record_base: Option<&'a str>,
     now: Millis,
@@ -196,11 +204,11 @@ impl<'a> RuleRun<'a> {
         moves: &[MoveAtVersion],
         baseline: bool,
     ) -> Result<(), StoreError> {
-        let (rule, owners) = (self.rule, self.owners);
+        let (rule, owners, own_reverts) = (self.rule, self.owners, self.own_reverts);
         let judged: Vec<Judged> = moves
             .iter()
             .filter_map(|m| {
-                let finding = judge_move(rule, owners, m, &mut self.report)?;
+                let finding = judge_move(rule, owners, own_reverts, m, &mut self.report)?;
                 Some(Judged {
                     missing: json!(finding.missing),
                     skipped: json!(finding.skipped),
@@ -453,15 +461,20 @@ impl<'a> RuleRun<'a> {
     }
 }
 
-/// Judges one move: `None` when it is out of the rule's pipeline, cannot be judged, is
-/// exempt or breaches nothing. Counts what it saw in `report`.
+/// Judges one move: `None` when it is out of the rule's pipeline, one of pipewarden's own
+/// reverts, cannot be judged, is exempt or breaches nothing. Counts what it saw in `report`.
 pub(crate) fn judge_move(
     rule: &CompiledRule,
     owners: &OwnerIndex,
+    own_reverts: &HashSet<i64>,
     m: &MoveAtVersion,
     report: &mut EvaluationReport,
 ) -> Option<Finding> {
     if m.pipeline.as_deref() != Some(rule.settings.pipeline.as_str()) {
+        return None;
+    }
+    if own_reverts.contains(&m.transition_id) {
+        report.own_reverts += 1;
         return None;
     }
     let covered = m.version_id.is_some() && m.valid_to_ms.is_none_or(|to| to > m.changed_at_ms);

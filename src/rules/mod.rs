@@ -133,12 +133,13 @@ pub(crate) fn crm_label(kind: CrmKind) -> &'static str {
 /// One line about a rule's evaluation, as `sync --once` and the demo print it.
 pub fn describe_evaluation(report: &EvaluationReport) -> String {
     format!(
-        "rule {}: {} moves judged ({} before the oldest stored state, {} exempt), {} new violations, \
-         {} alerts queued, {} resolved late, {} superseded, {} reverts planned ({} deferred to later runs)",
+        "rule {}: {} moves judged ({} before the oldest stored state, {} exempt, {} pipewarden reverts), \
+         {} new violations, {} alerts queued, {} resolved late, {} superseded, {} reverts planned ({} deferred to later runs)",
         report.rule,
         report.judged,
         report.unjudged,
         report.exempt,
+        report.own_reverts,
         report.violations,
         report.alerts,
         report.resolved_late,

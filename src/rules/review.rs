@@ -226,12 +226,15 @@ pub async fn backtest(
             .await?;
         let compiled = CompiledRule::new(rule, &definitions);
         let owners = OwnerIndex::new(store.owners(connection_id).await?);
+        let own_reverts = store.revert_moves(connection_id).await?;
         let mut pages =
             store.moves_at_version_pages(connection_id, 0, Some(since), 5_000, compiled.fields());
         while let Some(page) = pages.next().await {
             let moves = page?;
             for m in &moves {
-                let Some(finding) = judge_move(&compiled, &owners, m, &mut report.counts) else {
+                let Some(finding) =
+                    judge_move(&compiled, &owners, &own_reverts, m, &mut report.counts)
+                else {
                     continue;
                 };
                 report.would_fire += 1;

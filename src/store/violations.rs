@@ -586,6 +586,28 @@ impl Store {
         Ok(id.unwrap_or(0))
     }
 
+    /// The moves pipewarden's own reverts made on a connection: for each violation whose stage
+    /// write-back was queued and has not failed, the first later move of its deal from the
+    /// violating stage back to the stage it came from. Evaluation does not judge them: a
+    /// revert is a backward move, and a rule that sets `backward_requires` would otherwise
+    /// open a violation against the integration user for pipewarden's own write.
+    pub async fn revert_moves(&self, connection_id: i64) -> Result<HashSet<i64>, StoreError> {
+        let ids: Vec<i64> = dispatch!(self.pool(), pool => sqlx::query_scalar(
+            "SELECT MIN(t.id) FROM writeback_outbox w \
+             JOIN violations v ON v.id = w.violation_id \
+             JOIN stage_transitions t ON t.record_id = v.record_id AND t.changed_at_ms > v.changed_at_ms \
+               AND t.from_stage = v.to_stage AND t.to_stage = v.from_stage \
+             WHERE w.connection_id = $1 AND w.origin = 'revert' AND w.status <> 'failed' \
+               AND w.idempotency_key LIKE 'revert/%/stage' \
+             GROUP BY v.id",
+        )
+        .bind(connection_id)
+        .fetch_all(pool)
+        .await)
+        .during("read the moves of reverts")?;
+        Ok(ids.into_iter().collect())
+    }
+
     /// Deal moves of a connection after transition `after_id` (and, when given, at or after
     /// `since`), oldest id first, each with the record's version valid at the move and, of
     /// its fields, those named in `fields` (a deal may carry hundreds; a rule reads a few).

@@ -775,6 +775,8 @@ mode = "revert"
 dry_run = false
 max_reverts_per_run = 5
 forbid_skipping = true
+# The revert itself moves B back without a budget: it must not count as a backward breach.
+backward_requires = ["Budget__c"]
 
 [[rules.stages]]
 stage = "Qualification"
@@ -870,7 +872,17 @@ required = ["Need__c"]
     );
 
     // Evaluating and delivering again reverts nothing more and creates no second task.
-    sync_and_evaluate(&test.store, &settings).await;
+    advance(&emu, "1m").await;
+    let after = sync_and_evaluate(&test.store, &settings).await;
+    assert_eq!(
+        (
+            after[0].own_reverts,
+            after[0].violations,
+            after[0].superseded
+        ),
+        (1, 0, 1),
+        "B's move back is the revert's own, not a backward breach: {after:?}"
+    );
     let again = rules::revert::deliver(&test.store, &settings, connection, quick)
         .await
         .unwrap();
