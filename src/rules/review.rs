@@ -159,7 +159,8 @@ async fn check_rule(
 }
 
 /// A field the rule may have meant (the same name or label, but for case, spaces,
-/// underscores and a custom suffix), or why a real field may be missing from the metadata.
+/// underscores and a custom suffix; else the nearest name within a typo or two), or why a
+/// real field may be missing from the metadata.
 fn field_hint(named: &str, fields: &[FieldDefinition]) -> String {
     let loose = |text: &str| -> String {
         text.trim_end_matches("__c")
@@ -169,10 +170,20 @@ fn field_hint(named: &str, fields: &[FieldDefinition]) -> String {
             .collect()
     };
     let wanted = loose(named);
-    match fields
+    // A transposition counts as one edit; longer names allow a second one.
+    let allowed = if wanted.chars().count() >= 8 { 2 } else { 1 };
+    let same = fields
         .iter()
-        .find(|f| loose(&f.field) == wanted || loose(&f.label) == wanted)
-    {
+        .find(|f| loose(&f.field) == wanted || loose(&f.label) == wanted);
+    let near = || {
+        fields
+            .iter()
+            .map(|f| (strsim::damerau_levenshtein(&loose(&f.field), &wanted), f))
+            .filter(|(distance, _)| *distance <= allowed)
+            .min_by_key(|(distance, f)| (*distance, f.field.len()))
+            .map(|(_, f)| f)
+    };
+    match same.or_else(near) {
         Some(f) => format!("did you mean `{}`, labelled \"{}\"?", f.field, f.label),
         None => "a field hidden from the integration user is not listed either".to_string(),
     }

@@ -727,9 +727,84 @@ async fn hubspot_gates_judge_each_move_at_its_time(test: TestStore) {
     emu.stop().await.unwrap();
 }
 
+/// HubSpot as Salesforce: a backward move that lacks what `backward_requires` names is a
+/// violation that a later move on supersedes, an exempt owner's jump passes, and `rules check`
+/// names a property the portal does not have and suggests the near one.
+async fn hubspot_backward_moves_exempt_owners_and_unknown_properties(test: TestStore) {
+    let emu = super::sync::start_emulator().await;
+    let dir = ConfigDir::new();
+    let mut settings = hubspot_settings(&dir, &emu, &test.url);
+    settings.rules[0].backward_requires = vec!["closed_lost_reason".into()];
+    sync_and_evaluate(&test.store, &settings).await;
+
+    let mut typo = settings.clone();
+    typo.rules[0].stages[0].required.push("bugdet".into());
+    let checks = rules::check(&test.store, &typo).await.unwrap();
+    let problems: Vec<&str> = checks[0]
+        .problems
+        .iter()
+        .map(|p| p.message.as_str())
+        .collect();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].contains("rules[0].stages[0].required")
+            && problems[0].contains("`bugdet`")
+            && problems[0].contains("did you mean `budget`"),
+        "{problems:?}"
+    );
+
+    let [back, exempt] = <[String; 2]>::try_from(closed_deals(&emu, 2).await).unwrap();
+    let connection_id = test.store.connection_id("hs").await.unwrap().unwrap();
+    let owners = test.store.owners(connection_id).await.unwrap();
+    let [judged_owner, exempt_owner] = [&owners[0].crm_id, &owners[1].crm_id];
+    settings.rules[0].exempt_owners = vec![exempt_owner.clone()];
+    advance(&emu, "1h").await;
+    let filled = json!({"dealstage": "decisionmakerboughtin", "budget": "1", "need": "x",
+        "authority": "CRO", "closed_lost_reason": "", "hubspot_owner_id": judged_owner});
+    update_deal(&emu, &back, filled).await;
+    let empty = json!({"dealstage": "appointmentscheduled", "budget": "", "need": "",
+        "authority": "", "hubspot_owner_id": exempt_owner});
+    update_deal(&emu, &exempt, empty).await;
+    advance(&emu, "1m").await;
+    sync_and_evaluate(&test.store, &settings).await;
+
+    advance(&emu, "1h").await;
+    update_deal(&emu, &back, json!({"dealstage": "qualifiedtobuy"})).await;
+    update_deal(&emu, &exempt, json!({"dealstage": "decisionmakerboughtin"})).await;
+    advance(&emu, "1m").await;
+    let judged = sync_and_evaluate(&test.store, &settings).await;
+    assert_eq!(judged[0].exempt, 1, "{judged:?}");
+    assert!(
+        violations_of(&test.store, &exempt).await.is_empty(),
+        "exempt owner"
+    );
+    // Reopening the closed deal was a backward move too; the one into qualifiedtobuy is next.
+    let moved_back = |violations: Vec<Violation>| {
+        violations
+            .into_iter()
+            .find(|v| v.to_stage == "qualifiedtobuy")
+            .expect("a violation for the move back to qualifiedtobuy")
+    };
+    let backward = moved_back(violations_of(&test.store, &back).await);
+    assert_eq!(backward.kind, "backward");
+    assert_eq!(
+        fields_of(&backward),
+        pairs(&[("qualifiedtobuy", "closed_lost_reason")])
+    );
+
+    advance(&emu, "1h").await;
+    update_deal(&emu, &back, json!({"dealstage": "presentationscheduled"})).await;
+    advance(&emu, "1m").await;
+    sync_and_evaluate(&test.store, &settings).await;
+    let moved_on = moved_back(violations_of(&test.store, &back).await);
+    assert_eq!(moved_on.status, "superseded", "{moved_on:?}");
+    emu.stop().await.unwrap();
+}
+
 on_both_backends!(
     salesforce_gates_judge_each_move_at_its_time,
     hubspot_gates_judge_each_move_at_its_time,
+    hubspot_backward_moves_exempt_owners_and_unknown_properties,
     a_skip_in_revert_mode_moves_the_deal_back_and_leaves_the_owner_a_task_once,
     a_hubspot_skip_in_revert_mode_moves_the_deal_back_unless_it_moved_on,
     reverts_past_the_cap_wait_for_the_next_evaluation,
