@@ -8,7 +8,8 @@ use serde_json::{json, Value};
 
 use super::gate::{CompiledRule, Finding, MissingField, ViolationKind};
 use super::revert;
-use super::{alert_channel, crm_label, record_link, OwnerIndex, RulesError};
+use super::review::Severity;
+use super::{alert_channel, crm_label, deal_object, record_link, OwnerIndex, RulesError};
 use crate::alerts::message::{resolution_message, violation_message, ViolationAlert};
 use crate::config::settings::{ConnectionSettings, RuleMode, RuleSettings, SlackDelivery};
 use crate::config::Settings;
@@ -49,6 +50,32 @@ pub struct EvaluationReport {
     pub reverts: u64,
     /// Violations whose revert waits for a later evaluation (past `max_reverts_per_run`).
     pub reverts_deferred: u64,
+    /// Why the rule was not evaluated: the stages and fields it names that the CRM's stored
+    /// metadata does not have, each naming its config key. Empty when it was evaluated.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_evaluated: Vec<String>,
+}
+
+/// The errors `rules check` finds in a rule against the stored metadata; warnings (metadata
+/// not synced yet) do not stop an evaluation.
+async fn metadata_errors(
+    store: &Store,
+    index: usize,
+    rule: &RuleSettings,
+    connection: &ConnectionSettings,
+) -> Result<Vec<String>, RulesError> {
+    let problems = super::review::check_rule(
+        store,
+        &format!("rules[{index}]"),
+        rule,
+        deal_object(connection.kind),
+    )
+    .await?;
+    Ok(problems
+        .into_iter()
+        .filter(|p| p.severity == Severity::Error)
+        .map(|p| p.message)
+        .collect())
 }
 
 /// Evaluates every rule of `connection` over the moves stored since its last evaluation.
@@ -58,10 +85,12 @@ pub async fn evaluate_connection(
     connection: &ConnectionSettings,
     now: Millis,
 ) -> Result<Vec<EvaluationReport>, RulesError> {
-    let rules: Vec<&RuleSettings> = settings
+    // With their index, since problems are named by config key (`rules[2].stages[0]…`).
+    let rules: Vec<(usize, &RuleSettings)> = settings
         .rules
         .iter()
-        .filter(|rule| rule.connection == connection.name)
+        .enumerate()
+        .filter(|(_, rule)| rule.connection == connection.name)
         .collect();
     if rules.is_empty() {
         return Ok(Vec::new());
@@ -76,20 +105,25 @@ pub async fn evaluate_connection(
     let record_base = store.record_url_base(connection_id).await?;
     let own_reverts = store.revert_moves(connection_id).await?;
     let mut reports = Vec::new();
-    for rule in rules {
+    for (index, rule) in rules {
         let compiled = CompiledRule::new(rule, &definitions);
         if !compiled.has_stages() {
             tracing::warn!(rule = %rule.name, connection = %connection.name, pipeline = %rule.pipeline,
                 "no stage metadata stored for the rule's pipeline yet; the rule waits for a sync that brings it");
             continue;
         }
-        for gate in rule
-            .stages
-            .iter()
-            .filter(|g| !compiled.knows_stage(&g.stage))
-        {
-            tracing::warn!(rule = %rule.name, stage = %gate.stage, pipeline = %rule.pipeline,
-                "the rule names a stage the CRM's metadata does not have; its gate never applies (see `pipewarden rules check`)");
+        let errors = metadata_errors(store, index, rule, connection).await?;
+        if !errors.is_empty() {
+            // A misspelt field is never filled, so every move into its stage would be a
+            // violation and an alert: the rule waits until it is fixed.
+            tracing::error!(rule = %rule.name, connection = %connection.name, problems = %errors.join("; "),
+                "the rule names what the CRM's metadata does not have; it is not evaluated until fixed (see `pipewarden rules check`)");
+            reports.push(EvaluationReport {
+                rule: rule.name.clone(),
+                not_evaluated: errors,
+                ..EvaluationReport::default()
+            });
+            continue;
         }
         let mut run = RuleRun {
             store,

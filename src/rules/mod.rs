@@ -132,6 +132,13 @@ pub(crate) fn crm_label(kind: CrmKind) -> &'static str {
 
 /// One line about a rule's evaluation, as `sync --once` and the demo print it.
 pub fn describe_evaluation(report: &EvaluationReport) -> String {
+    if !report.not_evaluated.is_empty() {
+        return format!(
+            "rule {}: not evaluated: {}",
+            report.rule,
+            report.not_evaluated.join("; ")
+        );
+    }
     format!(
         "rule {}: {} moves judged ({} before the oldest stored state, {} exempt, {} pipewarden reverts), \
          {} new violations, {} alerts queued, {} resolved late, {} superseded, {} reverts planned ({} deferred to later runs)",

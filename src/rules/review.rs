@@ -63,7 +63,8 @@ pub async fn check(store: &Store, settings: &Settings) -> Result<Vec<RuleCheck>,
     Ok(checks)
 }
 
-async fn check_rule(
+/// Checks one rule, `rules[index]` in the config as `key`, against the stored metadata.
+pub(super) async fn check_rule(
     store: &Store,
     key: &str,
     rule: &RuleSettings,

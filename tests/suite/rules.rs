@@ -210,6 +210,23 @@ required = ["Bogus__c", "budget"]
     // The first evaluation is a baseline over the backfilled history: nothing is alerted.
     let baseline = sync_and_evaluate(&test.store, &settings).await;
     assert!(baseline.iter().all(|r| r.alerts == 0));
+    // Once the metadata is stored, a rule naming what it lacks is not evaluated at all: a
+    // misspelt field would make every move into its stage a violation.
+    let typo_run = baseline.iter().find(|r| r.rule == "sf-typo").unwrap();
+    assert_eq!(typo_run.judged, 0, "{typo_run:?}");
+    assert_eq!(typo_run.not_evaluated.len(), 3, "{typo_run:?}");
+    assert!(
+        rules::describe_evaluation(typo_run).contains("not evaluated: rules[1].stages[0].stage"),
+        "{typo_run:?}"
+    );
+    assert!(
+        baseline
+            .iter()
+            .find(|r| r.rule == "sf-bant")
+            .unwrap()
+            .judged
+            > 0
+    );
 
     let checks = rules::check(&test.store, &settings).await.unwrap();
     let by_rule: HashMap<&str, &Vec<_>> = checks
