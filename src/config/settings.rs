@@ -347,7 +347,8 @@ pub struct RuleSettings {
     pub name: String,
     /// The connection whose deals it judges.
     pub connection: String,
-    /// Pipeline id (HubSpot) or `default` / a sales process name (Salesforce).
+    /// Pipeline id (HubSpot), or `default` (Salesforce: its stages are one list, whatever the
+    /// sales process).
     pub pipeline: String,
     /// Record, alert or revert.
     pub mode: RuleMode,
