@@ -60,7 +60,7 @@ async fn script(emu: &RunningEmulator, answers: Value) {
 }
 
 fn deal(name: &str) -> Value {
-    json!({"object": "Opportunity", "create": {"Name": name, "StageName": "Prospecting", "CloseDate": "2027-01-31"},
+    json!({"object": "Opportunity", "create": {"Name": name, "StageName": "Prospecting", "CloseDate": "2027-01-31", "Amount": 125000},
         "by": {"kind": "rep", "number": 0}})
 }
 
@@ -170,6 +170,11 @@ async fn bot_token_alerts_arrive_once_in_order_with_thread_replies(test: TestSto
         assert!(
             blocks.contains("lightning/r/Opportunity/"),
             "a link to the deal: {blocks}"
+        );
+        assert!(blocks.contains("*Amount*\\n125,000.00"), "{blocks}");
+        assert!(
+            blocks.contains("*Owner*\\n") && !blocks.contains("*Owner*\\n(none)"),
+            "the owner is named: {blocks}"
         );
     }
     for pair in messages.windows(2) {
@@ -320,6 +325,39 @@ async fn a_connection_channel_takes_the_alerts_of_rules_that_name_none(test: Tes
         messages.iter().all(|m| m["channel"] == "#sales-emea"),
         "{messages:?}"
     );
+    emu.stop().await.unwrap();
+}
+
+/// A 429 holds the message back for as long as its `Retry-After` says, not for the (much
+/// shorter) backoff of other failures.
+async fn a_rate_limit_waits_as_long_as_retry_after_says(test: TestStore) {
+    let emu = start_emulator().await;
+    let dir = ConfigDir::new();
+    let settings = bot_token_settings(&dir, &emu, &test.url);
+    let now = chrono::Utc::now().timestamp_millis();
+    let mut tx = test.store.begin().await.unwrap();
+    tx.enqueue_alert(&NewAlert {
+        dedupe_key: "limited",
+        kind: "violation",
+        channel: Some("#revops"),
+        payload: &json!({"text": "after the wait"}),
+        violation_id: None,
+        thread_of_id: None,
+        not_before: now,
+        created_at: now,
+    })
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    script(&emu, json!([{"status": 429, "retry_after": 2}])).await;
+
+    let started = chrono::Utc::now().timestamp_millis();
+    let alerts = deliver_all(&test.store, &settings).await;
+    assert_eq!(alerts[0].attempts, 2, "{alerts:?}");
+    let messages = received(&emu).await;
+    assert_eq!(messages.len(), 1, "{messages:?}");
+    let waited = messages[0]["received_at_ms"].as_i64().unwrap() - started;
+    assert!(waited >= 2_000, "sent again after {waited} ms");
     emu.stop().await.unwrap();
 }
 
@@ -481,6 +519,7 @@ on_both_backends!(
     a_revoked_webhook_fails_clearly_without_leaking_its_url,
     a_backlog_of_digest_items_does_not_hold_up_other_messages,
     a_connection_channel_takes_the_alerts_of_rules_that_name_none,
+    a_rate_limit_waits_as_long_as_retry_after_says,
 );
 
 /// Replicas on one PostgreSQL store take turns delivering: each alert still arrives once.
