@@ -5,7 +5,7 @@
 //! replaying a sync, inserts nothing. Alerts are written in the same transaction as the
 //! violation or status change that decides them, so a crash loses or duplicates none.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 
 use serde::de::{
@@ -617,7 +617,133 @@ impl Store {
     /// while one text per page costs a single hand-over and a `serde_json` parse. The stored
     /// field values are spliced in as they are stored (valid JSON, written by this store), so
     /// SQLite does not parse them. PostgreSQL streams rows over its socket and reads per row.
+    ///
+    /// Where the CRM's own field history (Salesforce `OpportunityFieldHistory`) recorded a
+    /// wanted field changing at or before the move, its latest such value is the field's
+    /// value at the move: a version is what a sync saw, and a rep who fills a field, moves
+    /// the deal and edits it again between two syncs leaves no version with the field filled
+    /// and the old stage.
     pub async fn moves_at_version(
+        &self,
+        connection_id: i64,
+        after_id: i64,
+        since: Option<Millis>,
+        limit: i64,
+        fields: &HashSet<String>,
+    ) -> Result<Vec<MoveAtVersion>, StoreError> {
+        let history = self.field_history_holds(fields).await?;
+        self.moves_with_history(connection_id, after_id, since, limit, fields, history)
+            .await
+    }
+
+    /// A page of moves at their versions, with the field history applied when `history`
+    /// says there is some.
+    async fn moves_with_history(
+        &self,
+        connection_id: i64,
+        after_id: i64,
+        since: Option<Millis>,
+        limit: i64,
+        fields: &HashSet<String>,
+        history: bool,
+    ) -> Result<Vec<MoveAtVersion>, StoreError> {
+        let mut moves = self
+            .read_moves_page(connection_id, after_id, since, limit, fields)
+            .await?;
+        if history {
+            self.apply_field_history(&mut moves, fields).await?;
+        }
+        Ok(moves)
+    }
+
+    /// Whether the CRM's field history holds any change of `fields`; when it holds none,
+    /// reading moves skips looking it up.
+    async fn field_history_holds(&self, fields: &HashSet<String>) -> Result<bool, StoreError> {
+        let names: Vec<&str> = fields.iter().map(String::as_str).collect();
+        match self.pool() {
+            Backend::Sqlite(pool) => sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM field_history WHERE field IN (SELECT value FROM json_each($1)))",
+            )
+            .bind(Json(&names))
+            .fetch_one(pool)
+            .await,
+            Backend::Postgres(pool) => {
+                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM field_history WHERE field = ANY($1))")
+                    .bind(&names)
+                    .fetch_one(pool)
+                    .await
+            }
+        }
+        .during("look for field history")
+    }
+
+    /// Sets each move's wanted fields to the last value the CRM's field history gives them at
+    /// or before the move (see [`Store::moves_at_version`]).
+    async fn apply_field_history(
+        &self,
+        moves: &mut [MoveAtVersion],
+        fields: &HashSet<String>,
+    ) -> Result<(), StoreError> {
+        let Some(latest) = moves.iter().map(|m| m.changed_at_ms).max() else {
+            return Ok(());
+        };
+        let records: Vec<i64> = moves
+            .iter()
+            .map(|m| m.record_id)
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let names: Vec<&str> = fields.iter().map(String::as_str).collect();
+        let changes: Vec<(i64, String, Option<Json<Value>>, Millis)> = match self.pool() {
+            Backend::Sqlite(pool) => {
+                sqlx::query_as(
+                    "SELECT record_id, field, new_value, changed_at_ms FROM field_history \
+                 WHERE record_id IN (SELECT value FROM json_each($1)) \
+                 AND field IN (SELECT value FROM json_each($2)) AND changed_at_ms <= $3 \
+                 ORDER BY record_id, changed_at_ms, id",
+                )
+                .bind(Json(&records))
+                .bind(Json(&names))
+                .bind(latest)
+                .fetch_all(pool)
+                .await
+            }
+            Backend::Postgres(pool) => {
+                sqlx::query_as(
+                    "SELECT record_id, field, new_value, changed_at_ms FROM field_history \
+                 WHERE record_id = ANY($1) AND field = ANY($2) AND changed_at_ms <= $3 \
+                 ORDER BY record_id, changed_at_ms, id",
+                )
+                .bind(&records)
+                .bind(&names)
+                .bind(latest)
+                .fetch_all(pool)
+                .await
+            }
+        }
+        .during("read field history at the moves")?;
+        let mut by_record: HashMap<i64, Vec<(String, Option<Value>, Millis)>> = HashMap::new();
+        for (record, field, value, at) in changes {
+            by_record
+                .entry(record)
+                .or_default()
+                .push((field, value.map(|Json(v)| v), at));
+        }
+        for m in moves.iter_mut() {
+            let (Some(Json(values)), Some(changes)) =
+                (m.fields.as_mut(), by_record.get(&m.record_id))
+            else {
+                continue;
+            };
+            // Oldest first: the last change at or before the move wins.
+            for (field, value, _) in changes.iter().filter(|(_, _, at)| *at <= m.changed_at_ms) {
+                values.insert(field.clone(), value.clone().unwrap_or(Value::Null));
+            }
+        }
+        Ok(())
+    }
+
+    async fn read_moves_page(
         &self,
         connection_id: i64,
         after_id: i64,
@@ -686,9 +812,18 @@ impl Store {
         let store = self.clone();
         tokio::spawn(async move {
             let mut last = after_id;
+            // Looked for once: the pages of one evaluation need not ask again.
+            let history = match store.field_history_holds(&fields).await {
+                Ok(history) => history,
+                Err(err) => {
+                    // The caller sees the error; a closed channel means it stopped reading.
+                    let _ = sender.send(Err(err)).await;
+                    return;
+                }
+            };
             loop {
                 let read = store
-                    .moves_at_version(connection_id, last, since, page, &fields)
+                    .moves_with_history(connection_id, last, since, page, &fields, history)
                     .await;
                 let next = match &read {
                     Ok(moves) if moves.is_empty() => return,

@@ -744,6 +744,59 @@ async fn hubspot_gates_judge_each_move_at_its_time(test: TestStore) {
     emu.stop().await.unwrap();
 }
 
+/// With field history synced, a field filled just before a move counts at the move even when
+/// the deal changed again before the next sync, so no version shows it filled in the old
+/// stage; a deal moved without it still breaches.
+async fn field_history_gives_the_fields_at_the_move_between_two_syncs(test: TestStore) {
+    let emu = start_emulator().await;
+    let dir = ConfigDir::new();
+    let mut settings = salesforce_settings(&dir, &emu, &test.url, SALESFORCE_RULE, "");
+    settings.connections[0]
+        .objects
+        .push("OpportunityFieldHistory".into());
+    sync_and_evaluate(&test.store, &settings).await;
+    advance(&emu, "1h").await;
+    let ids = salesforce_changes(
+        &emu,
+        json!([
+            opportunity("Filled in time", "Prospecting", json!({}), 0),
+            opportunity("Never filled", "Prospecting", json!({}), 0),
+        ]),
+    )
+    .await;
+    let [filled, unfilled] = <[String; 2]>::try_from(ids).unwrap();
+    sync_and_evaluate(&test.store, &settings).await;
+
+    // Between two syncs: the budget, then the move, then another edit.
+    advance(&emu, "1h").await;
+    salesforce_changes(&emu, json!([set(&filled, json!({"Budget__c": 50000}))])).await;
+    advance(&emu, "1m").await;
+    salesforce_changes(
+        &emu,
+        json!([
+            set(&filled, json!({"StageName": "Qualification"})),
+            set(&unfilled, json!({"StageName": "Qualification"})),
+        ]),
+    )
+    .await;
+    advance(&emu, "1m").await;
+    salesforce_changes(
+        &emu,
+        json!([set(&filled, json!({"NextStep": "Call the CFO"}))]),
+    )
+    .await;
+    advance(&emu, "1m").await;
+    let judged = sync_and_evaluate(&test.store, &settings).await;
+    assert_eq!(judged[0].judged, 2, "{judged:?}");
+    assert!(
+        violations_of(&test.store, &filled).await.is_empty(),
+        "the budget was filled before the move"
+    );
+    let missing = &violations_of(&test.store, &unfilled).await[0];
+    assert_eq!(fields_of(missing), pairs(&[("Qualification", "Budget__c")]));
+    emu.stop().await.unwrap();
+}
+
 /// HubSpot as Salesforce: a backward move that lacks what `backward_requires` names is a
 /// violation that a later move on supersedes, an exempt owner's jump passes, and `rules check`
 /// names a property the portal does not have and suggests the near one.
@@ -822,6 +875,7 @@ on_both_backends!(
     salesforce_gates_judge_each_move_at_its_time,
     hubspot_gates_judge_each_move_at_its_time,
     hubspot_backward_moves_exempt_owners_and_unknown_properties,
+    field_history_gives_the_fields_at_the_move_between_two_syncs,
     a_skip_in_revert_mode_moves_the_deal_back_and_leaves_the_owner_a_task_once,
     a_hubspot_skip_in_revert_mode_moves_the_deal_back_unless_it_moved_on,
     reverts_past_the_cap_wait_for_the_next_evaluation,
