@@ -4,6 +4,7 @@
 //! setting. Values stay as written (durations as strings, secrets as sources); turning them
 //! into checked settings is `validate`'s job, which can then report every problem at once.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::Deserialize;
@@ -109,6 +110,8 @@ pub(crate) struct RawSlack {
     pub default_channel: Option<String>,
     pub messages_per_second_per_channel: Option<u32>,
     pub digest_at: Option<String>,
+    #[serde(default)]
+    pub channel_digests: BTreeMap<String, String>,
 }
 
 /// One `[[rules]]` entry.

@@ -5,6 +5,7 @@
 //! and defaults are filled in. `Serialize` exists for `config check`, which prints the
 //! effective configuration; secrets serialize as their origin only.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -308,6 +309,20 @@ pub struct SlackSettings {
     /// When set, violations are sent as one daily digest per channel at this UTC time.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub digest_at: Option<chrono::NaiveTime>,
+    /// Channels whose digest differs from `digest_at`: their own UTC time, or `None` for one
+    /// message per violation (bot token only).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub channel_digests: BTreeMap<String, Option<chrono::NaiveTime>>,
+}
+
+impl SlackSettings {
+    /// When the violations bound for `channel` go out as a daily digest (`None`: one message
+    /// each, as they happen); `None` as the channel is the webhook's own.
+    pub fn digest_for(&self, channel: Option<&str>) -> Option<chrono::NaiveTime> {
+        channel
+            .and_then(|channel| self.channel_digests.get(channel).copied())
+            .unwrap_or(self.digest_at)
+    }
 }
 
 /// The two ways of posting to Slack.

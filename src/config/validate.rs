@@ -852,22 +852,48 @@ fn slack_settings(check: &mut Checker, raw: &RawSlack) -> Option<SlackSettings> 
             "must be between 1 and 5 (Slack allows about 1)",
         );
     }
-    let digest_at = raw.digest_at.as_deref().and_then(|text| {
-        chrono::NaiveTime::parse_from_str(text, "%H:%M")
-            .map_err(|_| {
+    let digest_at = raw
+        .digest_at
+        .as_deref()
+        .and_then(|text| digest_time(check, "slack.digest_at", text));
+    let webhook = matches!(delivery, SlackDelivery::Webhook { .. });
+    let channel_digests = raw
+        .channel_digests
+        .iter()
+        .filter_map(|(channel, text)| {
+            let key = format!("slack.channel_digests.\"{channel}\"");
+            if webhook {
                 check.fail(
-                    "slack.digest_at",
-                    format!("`{text}` is not a UTC time like \"09:00\""),
-                )
-            })
-            .ok()
-    });
+                    key,
+                    "needs slack.bot_token; a webhook posts to one channel, set slack.digest_at",
+                );
+                return None;
+            }
+            if text == "off" {
+                return Some((channel.clone(), None));
+            }
+            digest_time(check, &key, text).map(|at| (channel.clone(), Some(at)))
+        })
+        .collect();
     Some(SlackSettings {
         delivery,
         default_channel: raw.default_channel.clone(),
         messages_per_second_per_channel,
         digest_at,
+        channel_digests,
     })
+}
+
+/// A digest's UTC time of day (`HH:MM`), or an error at `key`.
+fn digest_time(check: &mut Checker, key: &str, text: &str) -> Option<chrono::NaiveTime> {
+    chrono::NaiveTime::parse_from_str(text, "%H:%M")
+        .map_err(|_| {
+            check.fail(
+                key,
+                format!("`{text}` is not a UTC time like \"09:00\" (or \"off\" for a channel)"),
+            )
+        })
+        .ok()
 }
 
 /// Violations a revert-mode rule reverts per evaluation unless `max_reverts_per_run` says.

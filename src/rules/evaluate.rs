@@ -314,7 +314,7 @@ impl<'a> RuleRun<'a> {
             .settings
             .slack
             .as_ref()
-            .and_then(|slack| slack.digest_at);
+            .and_then(|slack| slack.digest_for(channel));
         let (kind, not_before) = match digest_at {
             Some(at) => ("digest_item", next_digest(self.now, at)),
             None => ("violation", self.now),

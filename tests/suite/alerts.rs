@@ -421,6 +421,40 @@ async fn a_backlog_of_digest_items_does_not_hold_up_other_messages(test: TestSto
     emu.stop().await.unwrap();
 }
 
+/// A channel can leave the daily digest: its violations go out one by one as they happen,
+/// while `digest_at` still holds for the others.
+async fn a_channel_can_leave_the_daily_digest(test: TestStore) {
+    let emu = start_emulator().await;
+    let dir = ConfigDir::new();
+    let slack = format!(
+        "{}digest_at = \"09:00\"\n[slack.channel_digests]\n\"#revops\" = \"off\"\n\"#later\" = \"17:30\"\n",
+        bot_token_slack(&dir, &emu)
+    );
+    let rules = SALESFORCE_RULE.replace(
+        "forbid_skipping = true",
+        "forbid_skipping = true\nmode = \"alert\"",
+    );
+    let settings = salesforce_settings(&dir, &emu, &test.url, &rules, &slack);
+    let slack_settings = settings.slack.as_ref().unwrap();
+    let later = chrono::NaiveTime::from_hms_opt(17, 30, 0);
+    assert_eq!(slack_settings.digest_for(Some("#later")), later);
+    assert_eq!(
+        slack_settings.digest_for(Some("#elsewhere")),
+        chrono::NaiveTime::from_hms_opt(9, 0, 0)
+    );
+    three_jumps(&emu, &test.store, &settings).await;
+    let alerts = deliver_all(&test.store, &settings).await;
+    assert_eq!(alerts.len(), 3, "{alerts:?}");
+    assert!(
+        alerts
+            .iter()
+            .all(|a| a.kind == "violation" && a.status == "delivered"),
+        "{alerts:?}"
+    );
+    assert_eq!(received(&emu).await.len(), 3, "one message per violation");
+    emu.stop().await.unwrap();
+}
+
 /// A `[slack]` section with a bot token on the emulator's Slack, default channel #revops.
 fn bot_token_slack(dir: &ConfigDir, emu: &RunningEmulator) -> String {
     dir.write("slack-token", &format!("{SLACK_BOT_TOKEN}\n"));
@@ -520,6 +554,7 @@ on_both_backends!(
     a_backlog_of_digest_items_does_not_hold_up_other_messages,
     a_connection_channel_takes_the_alerts_of_rules_that_name_none,
     a_rate_limit_waits_as_long_as_retry_after_says,
+    a_channel_can_leave_the_daily_digest,
 );
 
 /// Replicas on one PostgreSQL store take turns delivering: each alert still arrives once.

@@ -456,3 +456,32 @@ fn a_connection_channel_routes_alerts_with_a_bot_token_only() {
         "{err}"
     );
 }
+
+#[test]
+fn channel_digests_need_a_bot_token_and_a_time_or_off() {
+    let dir = ConfigDir::new();
+    let vars = [
+        ("SF_REFRESH", "token"),
+        ("SLACK", "xoxb-1"),
+        ("HOOK", "https://hooks.slack.com/services/T/B/x"),
+    ];
+    let bot = format!(
+        "{SALESFORCE}[slack]\nbot_token = {{ env = \"SLACK\" }}\n[slack.channel_digests]\n\"#a\" = \"off\"\n\"#b\" = \"25:00\"\n"
+    );
+    let err = load(&dir, &bot, &vars).unwrap_err();
+    assert_eq!(
+        problem_keys(&err),
+        ["slack.channel_digests.\"#b\""],
+        "{err}"
+    );
+    assert!(err.to_string().contains("`25:00`"), "{err}");
+    let hook = format!(
+        "{SALESFORCE}[slack]\nwebhook_url = {{ env = \"HOOK\" }}\n[slack.channel_digests]\n\"#a\" = \"off\"\n"
+    );
+    let err = load(&dir, &hook, &vars).unwrap_err();
+    assert_eq!(
+        problem_keys(&err),
+        ["slack.channel_digests.\"#a\""],
+        "{err}"
+    );
+}
