@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::num::NonZeroU32;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
@@ -62,6 +62,11 @@ pub struct Deliverer {
     store: Store,
     client: SlackClient,
     limiter: Arc<DefaultKeyedRateLimiter<String>>,
+    /// The least time between two messages to one channel.
+    spacing: Duration,
+    /// Channels whose last delivery by any process has been waited out; the limiter paces
+    /// them from then on.
+    paced: Mutex<HashSet<String>>,
     options: DeliveryOptions,
 }
 
@@ -88,6 +93,8 @@ impl Deliverer {
             store,
             client: SlackClient::new(slack.delivery.clone())?,
             limiter: Arc::new(RateLimiter::keyed(quota)),
+            spacing: Duration::from_secs(1) / rate.get(),
+            paced: Mutex::default(),
             options,
         })
     }
@@ -189,6 +196,7 @@ impl Deliverer {
                 Err(err) => return Ok(Sent::unanswered(err)),
             }
         }
+        self.wait_out_last_delivery(message).await?;
         self.store
             .mark_alerts_sending(message.ids, wall_clock())
             .await?;
@@ -201,6 +209,28 @@ impl Deliverer {
             Err(err @ PostError::Unanswered(_)) => Sent::unanswered(err),
             posted => Sent::answered(posted),
         })
+    }
+
+    /// Before this deliverer's first message to a channel, waits until the pace allows one
+    /// after the last message any process delivered there: the limiter starts empty after a
+    /// restart or a takeover by another replica.
+    async fn wait_out_last_delivery(&self, message: &Outgoing<'_>) -> Result<(), StoreError> {
+        let first = self
+            .paced
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(message.key.to_string());
+        if !first {
+            return Ok(());
+        }
+        if let Some(last) = self.store.last_delivery_at(message.channel).await? {
+            let next = last + self.spacing.as_millis() as Millis;
+            let wait = next - wall_clock();
+            if wait > 0 {
+                tokio::time::sleep(Duration::from_millis(wait as u64)).await;
+            }
+        }
+        Ok(())
     }
 
     /// Stores the outcome of one post; returns whether the channel may go on.

@@ -1344,6 +1344,22 @@ impl Store {
         tx.commit().await
     }
 
+    /// When Slack last took a message for `channel` (`None`: the webhook's own), from any
+    /// process: a deliverer that starts, or takes over from another replica, keeps its pace.
+    pub async fn last_delivery_at(
+        &self,
+        channel: Option<&str>,
+    ) -> Result<Option<Millis>, StoreError> {
+        dispatch!(self.pool(), pool => sqlx::query_scalar(
+            "SELECT MAX(delivered_at_ms) FROM alert_outbox \
+             WHERE channel = $1 OR (channel IS NULL AND $1 IS NULL)",
+        )
+        .bind(channel)
+        .fetch_one(pool)
+        .await)
+        .during("read the last delivery to a channel")
+    }
+
     /// Notes that messages are about to be sent: until Slack's answer is stored, they may be
     /// in the channel already.
     pub async fn mark_alerts_sending(&self, ids: &[i64], now: Millis) -> Result<(), StoreError> {

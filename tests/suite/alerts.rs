@@ -421,6 +421,41 @@ async fn a_backlog_of_digest_items_does_not_hold_up_other_messages(test: TestSto
     emu.stop().await.unwrap();
 }
 
+/// A deliverer that starts right after another one delivered (a restart, or a takeover by
+/// another replica) still keeps one message per second on the channel.
+async fn a_new_deliverer_keeps_the_pace_of_the_last_one(test: TestStore) {
+    let emu = start_emulator().await;
+    let dir = ConfigDir::new();
+    let settings = bot_token_settings(&dir, &emu, &test.url);
+    let slack = settings.slack.as_ref().unwrap();
+    for n in 0..2 {
+        let now = chrono::Utc::now().timestamp_millis();
+        let key = format!("paced:{n}");
+        let mut tx = test.store.begin().await.unwrap();
+        tx.enqueue_alert(&NewAlert {
+            dedupe_key: &key,
+            kind: "violation",
+            channel: Some("#revops"),
+            payload: &json!({"text": key}),
+            violation_id: None,
+            thread_of_id: None,
+            not_before: now,
+            created_at: now,
+        })
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+        let fresh = Deliverer::new(test.store.clone(), slack, quick()).unwrap();
+        assert_eq!(fresh.deliver_due().await.unwrap().delivered, 1);
+    }
+    let messages = received(&emu).await;
+    assert_eq!(messages.len(), 2, "{messages:?}");
+    let gap = messages[1]["received_at_ms"].as_i64().unwrap()
+        - messages[0]["received_at_ms"].as_i64().unwrap();
+    assert!(gap >= 990, "{gap} ms between two messages to #revops");
+    emu.stop().await.unwrap();
+}
+
 /// A channel can leave the daily digest: its violations go out one by one as they happen,
 /// while `digest_at` still holds for the others.
 async fn a_channel_can_leave_the_daily_digest(test: TestStore) {
@@ -555,6 +590,7 @@ on_both_backends!(
     a_connection_channel_takes_the_alerts_of_rules_that_name_none,
     a_rate_limit_waits_as_long_as_retry_after_says,
     a_channel_can_leave_the_daily_digest,
+    a_new_deliverer_keeps_the_pace_of_the_last_one,
 );
 
 /// Replicas on one PostgreSQL store take turns delivering: each alert still arrives once.
