@@ -287,9 +287,17 @@ mod tests {
                 next: 0,
             })
         }
+        /// A free-form table (`[slack.channel_digests]`): its keys are the user's own names,
+        /// so it is documented by its own key alone.
+        fn deserialize_map<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
+            visitor.visit_map(de::value::MapDeserializer::new(std::iter::empty::<(
+                String,
+                String,
+            )>()))
+        }
         serde::forward_to_deserialize_any! {
             i8 i16 i32 i64 u8 u16 u64 f32 char str string bytes byte_buf unit unit_struct
-            newtype_struct tuple tuple_struct map enum identifier ignored_any i128 u128
+            newtype_struct tuple tuple_struct enum identifier ignored_any i128 u128
         }
     }
 
