@@ -44,6 +44,8 @@ pub struct MoveAtVersion {
     pub actor_kind: String,
     /// Id of the version valid at the move; `None` when the store has no state that early.
     pub version_id: Option<i64>,
+    /// The version's start.
+    pub valid_from_ms: Option<Millis>,
     /// The version's end.
     pub valid_to_ms: Option<Millis>,
     /// Deal name at the move.
@@ -262,6 +264,15 @@ macro_rules! open_touched_sqlite {
 /// The moves page of [`Store::moves_at_version`] after its columns; `$1` connection, `$2`
 /// last transition id, `$3` earliest move, `$4` page size. (The `+` keeps SQLite from reading
 /// the time index and sorting: the id range is the cheap path.)
+/// The start of [`Store::field_history_holds`]'s query, up to the test of the field name
+/// (`$1` the connection); the field index finds the rows, the join keeps its deals'.
+macro_rules! field_history_of_deals {
+    () => {
+        "SELECT EXISTS (SELECT 1 FROM field_history f JOIN records r ON r.id = f.record_id \
+         WHERE r.connection_id = $1 AND r.object_kind = 'deal' AND "
+    };
+}
+
 macro_rules! moves_at_version_from {
     () => {
         "FROM stage_transitions t JOIN records r ON r.id = t.record_id \
@@ -587,7 +598,7 @@ impl Store {
     }
 
     /// The moves pipewarden's own reverts made on a connection: for each violation whose stage
-    /// write-back was queued and has not failed, the first later move of its deal from the
+    /// write-back the CRM applied, the first later move of its deal from the
     /// violating stage back to the stage it came from. Evaluation does not judge them: a
     /// revert is a backward move, and a rule that sets `backward_requires` would otherwise
     /// open a violation against the integration user for pipewarden's own write.
@@ -597,7 +608,7 @@ impl Store {
              JOIN violations v ON v.id = w.violation_id \
              JOIN stage_transitions t ON t.record_id = v.record_id AND t.changed_at_ms > v.changed_at_ms \
                AND t.from_stage = v.to_stage AND t.to_stage = v.from_stage \
-             WHERE w.connection_id = $1 AND w.origin = 'revert' AND w.status <> 'failed' \
+             WHERE w.connection_id = $1 AND w.origin = 'revert' AND w.status = 'applied' \
                AND w.idempotency_key LIKE 'revert/%/stage' \
              GROUP BY v.id",
         )
@@ -631,7 +642,7 @@ impl Store {
         limit: i64,
         fields: &HashSet<String>,
     ) -> Result<Vec<MoveAtVersion>, StoreError> {
-        let history = self.field_history_holds(fields).await?;
+        let history = self.field_history_holds(connection_id, fields).await?;
         self.moves_with_history(connection_id, after_id, since, limit, fields, history)
             .await
     }
@@ -656,19 +667,28 @@ impl Store {
         Ok(moves)
     }
 
-    /// Whether the CRM's field history holds any change of `fields`; when it holds none,
-    /// reading moves skips looking it up.
-    async fn field_history_holds(&self, fields: &HashSet<String>) -> Result<bool, StoreError> {
+    /// Whether the CRM's field history holds any change of `fields` on the connection's
+    /// deals; when it holds none, reading moves skips looking it up.
+    async fn field_history_holds(
+        &self,
+        connection_id: i64,
+        fields: &HashSet<String>,
+    ) -> Result<bool, StoreError> {
         let names: Vec<&str> = fields.iter().map(String::as_str).collect();
         match self.pool() {
-            Backend::Sqlite(pool) => sqlx::query_scalar(
-                "SELECT EXISTS (SELECT 1 FROM field_history WHERE field IN (SELECT value FROM json_each($1)))",
-            )
-            .bind(Json(&names))
-            .fetch_one(pool)
-            .await,
+            Backend::Sqlite(pool) => {
+                sqlx::query_scalar(concat!(
+                    field_history_of_deals!(),
+                    "f.field IN (SELECT value FROM json_each($2)))"
+                ))
+                .bind(connection_id)
+                .bind(Json(&names))
+                .fetch_one(pool)
+                .await
+            }
             Backend::Postgres(pool) => {
-                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM field_history WHERE field = ANY($1))")
+                sqlx::query_scalar(concat!(field_history_of_deals!(), "f.field = ANY($2))"))
+                    .bind(connection_id)
                     .bind(&names)
                     .fetch_one(pool)
                     .await
@@ -694,12 +714,15 @@ impl Store {
             .into_iter()
             .collect();
         let names: Vec<&str> = fields.iter().map(String::as_str).collect();
+        // A row with neither value says only that the field changed (Salesforce records long
+        // text fields so), not what it became.
         let changes: Vec<(i64, String, Option<Json<Value>>, Millis)> = match self.pool() {
             Backend::Sqlite(pool) => {
                 sqlx::query_as(
                     "SELECT record_id, field, new_value, changed_at_ms FROM field_history \
                  WHERE record_id IN (SELECT value FROM json_each($1)) \
                  AND field IN (SELECT value FROM json_each($2)) AND changed_at_ms <= $3 \
+                 AND (old_value IS NOT NULL OR new_value IS NOT NULL) \
                  ORDER BY record_id, changed_at_ms, id",
                 )
                 .bind(Json(&records))
@@ -712,6 +735,7 @@ impl Store {
                 sqlx::query_as(
                     "SELECT record_id, field, new_value, changed_at_ms FROM field_history \
                  WHERE record_id = ANY($1) AND field = ANY($2) AND changed_at_ms <= $3 \
+                 AND (old_value IS NOT NULL OR new_value IS NOT NULL) \
                  ORDER BY record_id, changed_at_ms, id",
                 )
                 .bind(&records)
@@ -735,8 +759,14 @@ impl Store {
             else {
                 continue;
             };
-            // Oldest first: the last change at or before the move wins.
-            for (field, value, _) in changes.iter().filter(|(_, _, at)| *at <= m.changed_at_ms) {
+            // Only what changed after the version began and by the move, oldest first so the
+            // last change wins: older changes are in the version already, or were undone by
+            // edits it shows.
+            let since = m.valid_from_ms.unwrap_or(Millis::MIN);
+            for (field, value, _) in changes
+                .iter()
+                .filter(|(_, _, at)| *at > since && *at <= m.changed_at_ms)
+            {
                 values.insert(field.clone(), value.clone().unwrap_or(Value::Null));
             }
         }
@@ -813,7 +843,7 @@ impl Store {
         tokio::spawn(async move {
             let mut last = after_id;
             // Looked for once: the pages of one evaluation need not ask again.
-            let history = match store.field_history_holds(&fields).await {
+            let history = match store.field_history_holds(connection_id, &fields).await {
                 Ok(history) => history,
                 Err(err) => {
                     // The caller sees the error; a closed channel means it stopped reading.
@@ -1001,7 +1031,7 @@ fn rows_from_json<T: DeserializeOwned>(
 const MOVES_AT_VERSION_SQLITE: &str = concat!(
     "SELECT '[' || group_concat(move, ',') || ']' FROM (SELECT '[' || coalesce(v.fields, 'null') || ',' || \
      substr(json_array(t.id, t.record_id, r.crm_id, t.pipeline, t.from_stage, t.to_stage, t.changed_at_ms, \
-     t.changed_by, t.actor_kind, v.id, v.valid_to_ms, v.name, v.amount_cents, v.owner_id), 2) AS move ",
+     t.changed_by, t.actor_kind, v.id, v.valid_from_ms, v.valid_to_ms, v.name, v.amount_cents, v.owner_id), 2) AS move ",
     moves_at_version_from!(),
     ")"
 );
@@ -1015,10 +1045,10 @@ const MOVES_AT_VERSION_SQLITE: &str = concat!(
 /// milliseconds by the id index). And the version at the move is read by one lateral probe of
 /// the (record_id, valid_from_ms) index instead of an id subquery and a second probe by id.
 const MOVES_AT_VERSION_POSTGRES: &str = "SELECT t.id AS transition_id, t.record_id, r.crm_id, t.pipeline, \
-     t.from_stage, t.to_stage, t.changed_at_ms, t.changed_by, t.actor_kind, v.id AS version_id, v.valid_to_ms, \
+     t.from_stage, t.to_stage, t.changed_at_ms, t.changed_by, t.actor_kind, v.id AS version_id, v.valid_from_ms, v.valid_to_ms, \
      v.name, v.amount_cents, v.owner_id, v.fields \
      FROM stage_transitions t JOIN records r ON r.id = t.record_id \
-     LEFT JOIN LATERAL (SELECT w.id, w.valid_to_ms, w.name, w.amount_cents, w.owner_id, w.fields \
+     LEFT JOIN LATERAL (SELECT w.id, w.valid_from_ms, w.valid_to_ms, w.name, w.amount_cents, w.owner_id, w.fields \
        FROM record_versions w WHERE w.record_id = t.record_id AND w.valid_from_ms <= t.changed_at_ms \
        ORDER BY w.valid_from_ms DESC LIMIT 1) v ON TRUE \
      WHERE t.connection_id = $1 AND t.object_kind = 'deal' AND t.id > $2 AND t.changed_at_ms >= $3 \
@@ -1116,7 +1146,7 @@ impl<'de> Visitor<'de> for MoveSeed<'_> {
     type Value = MoveAtVersion;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a move: its version's fields and 14 columns")
+        f.write_str("a move: its version's fields and 15 columns")
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
@@ -1140,6 +1170,7 @@ impl<'de> Visitor<'de> for MoveSeed<'_> {
             changed_by: columns.next()?,
             actor_kind: columns.next()?,
             version_id: columns.next()?,
+            valid_from_ms: columns.next()?,
             valid_to_ms: columns.next()?,
             name: columns.next()?,
             amount_cents: columns.next()?,

@@ -107,13 +107,14 @@ fn migrate_creates_the_store_then_finds_it_up_to_date() {
     let first = pipewarden(&["migrate"], &[("PIPEWARDEN__STORE__URL", &url)]);
     assert!(first.status.success(), "{}", text(&first));
     assert!(
-        String::from_utf8_lossy(&first.stdout).contains("applied 9 migration(s), schema version 9"),
+        String::from_utf8_lossy(&first.stdout)
+            .contains("applied 10 migration(s), schema version 10"),
         "{}",
         text(&first)
     );
     let second = pipewarden(&["migrate"], &[("PIPEWARDEN__STORE__URL", &url)]);
     assert!(
-        String::from_utf8_lossy(&second.stdout).contains("is up to date (schema version 9)"),
+        String::from_utf8_lossy(&second.stdout).contains("is up to date (schema version 10)"),
         "{}",
         text(&second)
     );
