@@ -381,7 +381,8 @@ fn web_api_outcome(
     retry_after: Duration,
     answer: Value,
 ) -> Result<Value, PostError> {
-    if status == StatusCode::TOO_MANY_REQUESTS || answer["error"] == json!("ratelimited") {
+    // A 429 status never gets here (see `web_api_answer`); Slack also answers 200 so.
+    if answer["error"] == json!("ratelimited") {
         return Err(PostError::RateLimited(retry_after));
     }
     if !status.is_success() {

@@ -107,10 +107,9 @@ impl Deliverer {
         let mut digests: BTreeMap<String, Vec<&PendingAlert>> = BTreeMap::new();
         for alert in &pending {
             let key = alert.channel.clone().unwrap_or_else(|| WEBHOOK_KEY.into());
+            // The store hands over digest items only once they are due.
             if alert.kind == "digest_item" {
-                if alert.next_attempt_at_ms <= wall_clock() {
-                    digests.entry(key).or_default().push(alert);
-                }
+                digests.entry(key).or_default().push(alert);
                 continue;
             }
             if held.contains(&key) {
@@ -215,12 +214,7 @@ impl Deliverer {
     /// after the last message any process delivered there: the limiter starts empty after a
     /// restart or a takeover by another replica.
     async fn wait_out_last_delivery(&self, message: &Outgoing<'_>) -> Result<(), StoreError> {
-        let first = self
-            .paced
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .insert(message.key.to_string());
-        if !first {
+        if self.paced_channels().contains(message.key) {
             return Ok(());
         }
         if let Some(last) = self.store.last_delivery_at(message.channel).await? {
@@ -230,7 +224,15 @@ impl Deliverer {
                 tokio::time::sleep(Duration::from_millis(wait as u64)).await;
             }
         }
+        self.paced_channels().insert(message.key.to_string());
         Ok(())
+    }
+
+    fn paced_channels(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        // The set holds no invariant a panic elsewhere could break.
+        self.paced
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Stores the outcome of one post; returns whether the channel may go on.
@@ -296,7 +298,12 @@ impl Deliverer {
             }
             if lease.is_none() {
                 lease = match self.store.try_lease(DELIVERY_LEASE).await {
-                    Ok(taken) => taken,
+                    Ok(Some(taken)) => {
+                        // Another replica may have delivered meanwhile: pace from its sends.
+                        self.paced_channels().clear();
+                        Some(taken)
+                    }
+                    Ok(None) => None,
                     Err(err) => {
                         tracing::error!(error = %err, "cannot take the alert delivery lease");
                         None
