@@ -106,12 +106,6 @@ pub async fn evaluate_connection(
     let own_reverts = store.revert_moves(connection_id).await?;
     let mut reports = Vec::new();
     for (index, rule) in rules {
-        let compiled = CompiledRule::new(rule, &definitions);
-        if !compiled.has_stages() {
-            tracing::warn!(rule = %rule.name, connection = %connection.name, pipeline = %rule.pipeline,
-                "no stage metadata stored for the rule's pipeline yet; the rule waits for a sync that brings it");
-            continue;
-        }
         let errors = metadata_errors(store, index, rule, connection).await?;
         if !errors.is_empty() {
             // A misspelt field is never filled, so every move into its stage would be a
@@ -123,6 +117,12 @@ pub async fn evaluate_connection(
                 not_evaluated: errors,
                 ..EvaluationReport::default()
             });
+            continue;
+        }
+        let compiled = CompiledRule::new(rule, &definitions);
+        if !compiled.has_stages() {
+            tracing::warn!(rule = %rule.name, connection = %connection.name, pipeline = %rule.pipeline,
+                "no stage metadata stored for the rule's pipeline yet; the rule waits for a sync that brings it");
             continue;
         }
         let mut run = RuleRun {
