@@ -630,10 +630,10 @@ impl Store {
     /// SQLite does not parse them. PostgreSQL streams rows over its socket and reads per row.
     ///
     /// Where the CRM's own field history (Salesforce `OpportunityFieldHistory`) recorded a
-    /// wanted field changing at or before the move, its latest such value is the field's
-    /// value at the move: a version is what a sync saw, and a rep who fills a field, moves
-    /// the deal and edits it again between two syncs leaves no version with the field filled
-    /// and the old stage.
+    /// wanted field changing after the version began and by the move, its latest such value
+    /// is the field's value at the move: a version is what a sync saw, and a rep who fills a
+    /// field, moves the deal and edits it again between two syncs leaves no version with the
+    /// field filled and the old stage.
     pub async fn moves_at_version(
         &self,
         connection_id: i64,
@@ -697,8 +697,8 @@ impl Store {
         .during("look for field history")
     }
 
-    /// Sets each move's wanted fields to the last value the CRM's field history gives them at
-    /// or before the move (see [`Store::moves_at_version`]).
+    /// Sets each move's wanted fields to the last value the CRM's field history gives them
+    /// between the version's start and the move (see [`Store::moves_at_version`]).
     async fn apply_field_history(
         &self,
         moves: &mut [MoveAtVersion],

@@ -9,7 +9,7 @@ use pipewarden::alerts::{Deliverer, DeliveryOptions};
 use pipewarden::config::Settings;
 use pipewarden::emulator::{RunningEmulator, SLACK_BOT_TOKEN};
 use pipewarden::rules;
-use pipewarden::store::{NewAlert, Store, StoredAlert};
+use pipewarden::store::{NewAlert, Store, StoreTx, StoredAlert};
 use pipewarden::sync::{self, StopSignal, SyncOptions};
 use serde_json::{json, Value};
 
@@ -328,6 +328,22 @@ async fn a_connection_channel_takes_the_alerts_of_rules_that_name_none(test: Tes
     emu.stop().await.unwrap();
 }
 
+/// Puts a message for #revops in the outbox, as evaluation would.
+async fn queue_for_revops(tx: &mut StoreTx, key: &str, kind: &str, text: &str, not_before: i64) {
+    tx.enqueue_alert(&NewAlert {
+        dedupe_key: key,
+        kind,
+        channel: Some("#revops"),
+        payload: &json!({ "text": text }),
+        violation_id: None,
+        thread_of_id: None,
+        not_before,
+        created_at: not_before,
+    })
+    .await
+    .unwrap();
+}
+
 /// A 429 holds the message back for as long as its `Retry-After` says, not for the (much
 /// shorter) backoff of other failures.
 async fn a_rate_limit_waits_as_long_as_retry_after_says(test: TestStore) {
@@ -336,18 +352,7 @@ async fn a_rate_limit_waits_as_long_as_retry_after_says(test: TestStore) {
     let settings = bot_token_settings(&dir, &emu, &test.url);
     let now = chrono::Utc::now().timestamp_millis();
     let mut tx = test.store.begin().await.unwrap();
-    tx.enqueue_alert(&NewAlert {
-        dedupe_key: "limited",
-        kind: "violation",
-        channel: Some("#revops"),
-        payload: &json!({"text": "after the wait"}),
-        violation_id: None,
-        thread_of_id: None,
-        not_before: now,
-        created_at: now,
-    })
-    .await
-    .unwrap();
+    queue_for_revops(&mut tx, "limited", "violation", "after the wait", now).await;
     tx.commit().await.unwrap();
     script(&emu, json!([{"status": 429, "retry_after": 2}])).await;
 
@@ -369,36 +374,19 @@ async fn a_backlog_of_digest_items_does_not_hold_up_other_messages(test: TestSto
     let settings = bot_token_settings(&dir, &emu, &test.url);
     let now = chrono::Utc::now().timestamp_millis();
     let tomorrow = now + 86_400_000;
-    let item = json!({"text": "a move that waits for the digest"});
-    let urgent = json!({"text": "sent now"});
     let mut tx = test.store.begin().await.unwrap();
     for n in 0..1_001 {
         let key = format!("digest:{n}");
-        tx.enqueue_alert(&NewAlert {
-            dedupe_key: &key,
-            kind: "digest_item",
-            channel: Some("#revops"),
-            payload: &item,
-            violation_id: None,
-            thread_of_id: None,
-            not_before: tomorrow,
-            created_at: now,
-        })
-        .await
-        .unwrap();
+        queue_for_revops(
+            &mut tx,
+            &key,
+            "digest_item",
+            "waits for the digest",
+            tomorrow,
+        )
+        .await;
     }
-    tx.enqueue_alert(&NewAlert {
-        dedupe_key: "urgent",
-        kind: "violation",
-        channel: Some("#revops"),
-        payload: &urgent,
-        violation_id: None,
-        thread_of_id: None,
-        not_before: now,
-        created_at: now,
-    })
-    .await
-    .unwrap();
+    queue_for_revops(&mut tx, "urgent", "violation", "sent now", now).await;
     tx.commit().await.unwrap();
 
     let deliverer = Deliverer::new(
@@ -432,18 +420,7 @@ async fn a_new_deliverer_keeps_the_pace_of_the_last_one(test: TestStore) {
         let now = chrono::Utc::now().timestamp_millis();
         let key = format!("paced:{n}");
         let mut tx = test.store.begin().await.unwrap();
-        tx.enqueue_alert(&NewAlert {
-            dedupe_key: &key,
-            kind: "violation",
-            channel: Some("#revops"),
-            payload: &json!({"text": key}),
-            violation_id: None,
-            thread_of_id: None,
-            not_before: now,
-            created_at: now,
-        })
-        .await
-        .unwrap();
+        queue_for_revops(&mut tx, &key, "violation", &key, now).await;
         tx.commit().await.unwrap();
         let fresh = Deliverer::new(test.store.clone(), slack, quick()).unwrap();
         assert_eq!(fresh.deliver_due().await.unwrap().delivered, 1);
