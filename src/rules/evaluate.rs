@@ -16,13 +16,13 @@ use crate::config::Settings;
 use crate::record::{ActorKind, Millis, ObjectKind};
 use crate::store::{
     Ending, LaterMove, LaterVersion, MoveAtVersion, NewAlert, NewViolation, OpenViolation,
-    StatisticsSchedule, Store, StoreError, StoreTx,
+    StatisticsOf, StatisticsSchedule, Store, StoreError, StoreTx,
 };
 
 /// Moves read and judged per transaction.
 const BATCH: i64 = 5_000;
 /// New violations stored by one evaluation before the violation tables' statistics are first
-/// refreshed (see [`Store::refresh_violation_statistics`] and [`StatisticsSchedule`]).
+/// refreshed (see [`Store::refresh_statistics`] and [`StatisticsSchedule`]).
 const STATISTICS_AFTER: u64 = 1_000;
 
 /// What one rule's evaluation did.
@@ -206,7 +206,11 @@ impl<'a> RuleRun<'a> {
             last = newest;
             if statistics.due(self.report.violations) {
                 // Only speed is at stake: a failed refresh must not stop the evaluation.
-                if let Err(err) = self.store.refresh_violation_statistics().await {
+                if let Err(err) = self
+                    .store
+                    .refresh_statistics(StatisticsOf::Violations)
+                    .await
+                {
                     tracing::warn!(error = %err, "could not refresh the violation tables' statistics");
                 }
             }

@@ -63,6 +63,15 @@ pub(crate) use dispatch;
 /// well inside SQLite's 32,766 and PostgreSQL's 65,535 bound parameters per statement.
 pub(crate) const ROWS_PER_STATEMENT: usize = 500;
 
+/// Which tables [`Store::refresh_statistics`] refreshes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatisticsOf {
+    /// The history a sync writes (records, versions, moves, events, links, field history).
+    History,
+    /// Violations and their status changes, which an evaluation writes.
+    Violations,
+}
+
 /// When the planner statistics of tables a long run keeps filling are due again: once the rows
 /// it wrote reach a first mark, then each time they double, so a run refreshes them a handful
 /// of times however far it grows the tables. Shared behind `&self`, hence atomic.
@@ -257,37 +266,29 @@ impl Store {
             .map(drop)
     }
 
-    /// Refreshes the planner's statistics of the history tables. After a backfill they are
-    /// far from the data (PostgreSQL's autovacuum analyzes later, SQLite only when asked), and
-    /// historical queries planned on them can be orders of magnitude slower.
-    pub async fn refresh_statistics(&self) -> Result<(), StoreError> {
-        let sql = match self.backend() {
-            BackendKind::Sqlite => "PRAGMA optimize = 0x10002",
-            BackendKind::Postgres => {
+    /// Refreshes the planner's statistics of `tables`. After a backfill, or a rule's first
+    /// evaluation over a long history, they are far from the data (PostgreSQL's autovacuum
+    /// analyzes later, SQLite only when asked), and statements planned on them can be orders of
+    /// magnitude slower.
+    pub async fn refresh_statistics(&self, tables: StatisticsOf) -> Result<(), StoreError> {
+        let sql = match (self.backend(), tables) {
+            (BackendKind::Sqlite, StatisticsOf::History) => "PRAGMA optimize = 0x10002",
+            // SQLite checks a foreign key through the parent key's index whatever its
+            // statistics say.
+            (BackendKind::Sqlite, StatisticsOf::Violations) => return Ok(()),
+            (BackendKind::Postgres, StatisticsOf::History) => {
                 "ANALYZE records, record_versions, stage_transitions, lifecycle_events, record_links, \
                  field_history, violations"
+            }
+            // PostgreSQL checks each violation event's reference to its violation with a plan
+            // cached per connection from the statistics of the time: made while the table was
+            // nearly empty, it scans the table, once per event. New statistics renew the plans.
+            (BackendKind::Postgres, StatisticsOf::Violations) => {
+                "ANALYZE violations, violation_events"
             }
         };
         dispatch!(&self.pool, pool => sqlx::query(sql).execute(pool).await.map(drop))
             .during("refresh planner statistics")
-    }
-
-    /// Refreshes PostgreSQL's statistics of the violation tables (nothing on SQLite, which
-    /// checks a foreign key through the parent key's index whatever its statistics say).
-    /// PostgreSQL checks each violation event's reference to its violation with a plan cached
-    /// per connection and made from the statistics of the time: made while the table was
-    /// nearly empty, it scans the whole table, and a rule's first evaluation over a long
-    /// history, storing tens of thousands of violations, ran for every event a scan that grew
-    /// with the table. New statistics make the cached plans be made again.
-    pub async fn refresh_violation_statistics(&self) -> Result<(), StoreError> {
-        let Backend::Postgres(pool) = &self.pool else {
-            return Ok(());
-        };
-        sqlx::query("ANALYZE violations, violation_events")
-            .execute(pool)
-            .await
-            .during("refresh planner statistics of violations")
-            .map(drop)
     }
 
     /// Starts a write transaction.

@@ -642,26 +642,11 @@ impl Store {
         limit: i64,
         fields: &HashSet<String>,
     ) -> Result<Vec<MoveAtVersion>, StoreError> {
-        let history = self.field_history_holds(connection_id, fields).await?;
-        self.moves_with_history(connection_id, after_id, since, limit, fields, history)
-            .await
-    }
-
-    /// A page of moves at their versions, with the field history applied when `history`
-    /// says there is some.
-    async fn moves_with_history(
-        &self,
-        connection_id: i64,
-        after_id: i64,
-        since: Option<Millis>,
-        limit: i64,
-        fields: &HashSet<String>,
-        history: bool,
-    ) -> Result<Vec<MoveAtVersion>, StoreError> {
         let mut moves = self
             .read_moves_page(connection_id, after_id, since, limit, fields)
             .await?;
-        if history {
+        // An index probe: pages need not share its answer.
+        if self.field_history_holds(connection_id, fields).await? {
             self.apply_field_history(&mut moves, fields).await?;
         }
         Ok(moves)
@@ -842,18 +827,9 @@ impl Store {
         let store = self.clone();
         tokio::spawn(async move {
             let mut last = after_id;
-            // Looked for once: the pages of one evaluation need not ask again.
-            let history = match store.field_history_holds(connection_id, &fields).await {
-                Ok(history) => history,
-                Err(err) => {
-                    // The caller sees the error; a closed channel means it stopped reading.
-                    let _ = sender.send(Err(err)).await;
-                    return;
-                }
-            };
             loop {
                 let read = store
-                    .moves_with_history(connection_id, last, since, page, &fields, history)
+                    .moves_at_version(connection_id, last, since, page, &fields)
                     .await;
                 let next = match &read {
                     Ok(moves) if moves.is_empty() => return,

@@ -23,8 +23,8 @@ use crate::crm::{ApiClient, ApiStats, BudgetUse, CrmError, RetryPolicy};
 use crate::record::wall_clock;
 use crate::record::Millis;
 use crate::store::{
-    BackendKind, Fence, StatisticsSchedule, Store, StoreError, StoreTx, StoredRefreshTokens,
-    SyncLease, SyncRunStatus, SyncRunSummary,
+    BackendKind, Fence, StatisticsOf, StatisticsSchedule, Store, StoreError, StoreTx,
+    StoredRefreshTokens, SyncLease, SyncRunStatus, SyncRunSummary,
 };
 
 /// Versions written in one run past which the store's planner statistics are refreshed: a
@@ -218,7 +218,7 @@ impl RunContext<'_> {
             return;
         }
         // Only speed is at stake: a failed refresh must not stop the run.
-        if let Err(err) = self.store.refresh_statistics().await {
+        if let Err(err) = self.store.refresh_statistics(StatisticsOf::History).await {
             tracing::warn!(error = %err, "cannot refresh the store's planner statistics");
         }
     }
@@ -375,7 +375,7 @@ async fn after_run_upkeep(
         }
     }
     if counters.versions_written >= RESTATISTICS_AFTER_VERSIONS {
-        if let Err(err) = store.refresh_statistics().await {
+        if let Err(err) = store.refresh_statistics(StatisticsOf::History).await {
             tracing::warn!(error = %err, "cannot refresh the store's planner statistics");
         }
     }

@@ -476,5 +476,8 @@ async fn sync_runs_are_audited_with_their_counters(t: TestStore) {
 async fn planner_statistics_can_be_refreshed(t: TestStore) {
     let connection_id = connection(&t).await;
     observe(&t, &deal(connection_id, "Prospecting", 1_000, T0)).await;
-    t.store.refresh_statistics().await.unwrap();
+    t.store
+        .refresh_statistics(pipewarden::store::StatisticsOf::History)
+        .await
+        .unwrap();
 }
