@@ -40,7 +40,7 @@ pub use sync_state::{
 };
 pub use tokens::StoredRefreshTokens;
 pub use violations::{
-    Ending, LaterMove, LaterVersion, MoveAtVersion, MovePages, NewAlert, NewViolation,
+    Ending, LaterMove, LaterVersion, MoveAtVersion, MoveIds, MovePages, NewAlert, NewViolation,
     OpenViolation, OpenViolations, PendingAlert, StoredAlert, Violation, ViolationFilter,
 };
 

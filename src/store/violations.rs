@@ -5,8 +5,9 @@
 //! replaying a sync, inserts nothing. Alerts are written in the same transaction as the
 //! violation or status change that decides them, so a crash loses or duplicates none.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::fmt;
+use std::sync::Arc;
 
 use serde::de::{
     self, DeserializeOwned, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess,
@@ -22,7 +23,7 @@ use super::{dispatch, Backend, QueryContext, Store, StoreError, StoreTx, ROWS_PE
 use crate::record::Millis;
 
 /// A deal's stage move with the record's version at the move, as rules read it.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct MoveAtVersion {
     /// Transition id.
     pub transition_id: i64,
@@ -261,9 +262,6 @@ macro_rules! open_touched_sqlite {
     };
 }
 
-/// The moves page of [`Store::moves_at_version`] after its columns; `$1` connection, `$2`
-/// last transition id, `$3` earliest move, `$4` page size. (The `+` keeps SQLite from reading
-/// the time index and sorting: the id range is the cheap path.)
 /// The start of [`Store::field_history_holds`]'s query, up to the test of the field name
 /// (`$1` the connection); the field index finds the rows, the join keeps its deals'.
 macro_rules! field_history_of_deals {
@@ -273,13 +271,24 @@ macro_rules! field_history_of_deals {
     };
 }
 
+/// The end of [`Store::moves_page_end`]'s query, after the test of the connection.
+macro_rules! page_end_tail {
+    () => {
+        "AND t.object_kind = 'deal' AND t.id > $2 AND t.changed_at_ms >= $3 ORDER BY t.id LIMIT 1 OFFSET $4"
+    };
+}
+
+/// The moves page of [`Store::moves_at_version`] after its columns; `$1` connection, `$2`
+/// last transition id before the page, `$3` earliest move, `$4` page size, `$5` last
+/// transition id of the page. (The `+` keeps SQLite from reading the time index and sorting:
+/// the id range is the cheap path.)
 macro_rules! moves_at_version_from {
     () => {
         "FROM stage_transitions t JOIN records r ON r.id = t.record_id \
          LEFT JOIN record_versions v ON v.id = (SELECT w.id FROM record_versions w WHERE w.record_id = t.record_id \
            AND w.valid_from_ms <= t.changed_at_ms ORDER BY w.valid_from_ms DESC LIMIT 1) \
-         WHERE +t.connection_id = $1 AND t.object_kind = 'deal' AND t.id > $2 AND t.changed_at_ms >= $3 \
-         ORDER BY t.id LIMIT $4"
+         WHERE +t.connection_id = $1 AND t.object_kind = 'deal' AND t.id > $2 AND t.id <= $5 \
+         AND t.changed_at_ms >= $3 ORDER BY t.id LIMIT $4"
     };
 }
 
@@ -619,9 +628,10 @@ impl Store {
         Ok(ids.into_iter().collect())
     }
 
-    /// Deal moves of a connection after transition `after_id` (and, when given, at or after
-    /// `since`), oldest id first, each with the record's version valid at the move and, of
-    /// its fields, those named in `fields` (a deal may carry hundreds; a rule reads a few).
+    /// Deal moves of a connection in the transition id range `ids` (and, when given, at or
+    /// after `since`), at most `limit` of them, oldest id first, each with the record's
+    /// version valid at the move and, of its fields, those named in `fields` (a deal may carry
+    /// hundreds; a rule reads a few).
     ///
     /// SQLite folds the page into one JSON text: sqlx-sqlite hands every row over from its
     /// worker thread as a message of its own, which bounded reading to some 45,000 moves/s,
@@ -637,13 +647,13 @@ impl Store {
     pub async fn moves_at_version(
         &self,
         connection_id: i64,
-        after_id: i64,
+        ids: MoveIds,
         since: Option<Millis>,
         limit: i64,
         fields: &HashSet<String>,
     ) -> Result<Vec<MoveAtVersion>, StoreError> {
         let mut moves = self
-            .read_moves_page(connection_id, after_id, since, limit, fields)
+            .read_moves_page(connection_id, ids, since, limit, fields)
             .await?;
         // An index probe: pages need not share its answer.
         if self.field_history_holds(connection_id, fields).await? {
@@ -761,20 +771,22 @@ impl Store {
     async fn read_moves_page(
         &self,
         connection_id: i64,
-        after_id: i64,
+        ids: MoveIds,
         since: Option<Millis>,
         limit: i64,
         fields: &HashSet<String>,
     ) -> Result<Vec<MoveAtVersion>, StoreError> {
         const OPERATION: &str = "read moves with their versions";
         let since = since.unwrap_or(i64::MIN);
+        let through = ids.through.unwrap_or(i64::MAX);
         match self.pool() {
             Backend::Sqlite(pool) => {
                 let page: Option<String> = sqlx::query_scalar(MOVES_AT_VERSION_SQLITE)
                     .bind(connection_id)
-                    .bind(after_id)
+                    .bind(ids.after)
                     .bind(since)
                     .bind(limit)
+                    .bind(through)
                     .fetch_one(pool)
                     .await
                     .during(OPERATION)?;
@@ -792,29 +804,26 @@ impl Store {
                 moves.sort_unstable_by_key(|m| m.transition_id);
                 Ok(moves)
             }
-            Backend::Postgres(pool) => {
-                let mut moves: Vec<MoveAtVersion> = sqlx::query_as(MOVES_AT_VERSION_POSTGRES)
-                    .bind(connection_id)
-                    .bind(after_id)
-                    .bind(since)
-                    .bind(limit)
-                    .fetch_all(pool)
-                    .await
-                    .during(OPERATION)?;
-                for Json(values) in moves.iter_mut().filter_map(|m| m.fields.as_mut()) {
-                    values.retain(|name, _| fields.contains(name));
-                }
-                Ok(moves)
-            }
+            Backend::Postgres(pool) => sqlx::query(MOVES_AT_VERSION_POSTGRES)
+                .bind(connection_id)
+                .bind(ids.after)
+                .bind(since)
+                .bind(limit)
+                .bind(through)
+                .try_map(|row| move_from_row(&row, fields))
+                .fetch_all(pool)
+                .await
+                .during(OPERATION),
         }
     }
 
     /// [`Store::moves_at_version`] page after page (with the `fields` named), read by a task
-    /// of its own a few pages ahead of the caller, so that the next page is read while the
-    /// caller judges and stores the current one (evaluation has two cores to use: the
-    /// database's and its own). The task holds a connection only while it reads a page, never
-    /// while it waits to hand one over, so a single-connection pool does not deadlock against
-    /// the caller's transaction.
+    /// of its own ahead of the caller, so that later pages are read while the caller judges
+    /// and stores the current one. The task first finds where each page ends (a probe of the
+    /// id index), so that it can read two pages at once on two connections: reading the
+    /// versions at the moves is the database's work and one connection keeps one core busy.
+    /// Reads hold a connection only while they read, never while a page waits to be handed
+    /// over, so a small pool does not deadlock against the caller's transaction.
     pub fn moves_at_version_pages(
         &self,
         connection_id: i64,
@@ -825,27 +834,87 @@ impl Store {
     ) -> MovePages {
         let (sender, pages) = mpsc::channel(PAGES_AHEAD);
         let store = self.clone();
+        let fields = Arc::new(fields);
         tokio::spawn(async move {
-            let mut last = after_id;
+            let mut reads = VecDeque::new();
+            let mut next = Some(after_id);
             loop {
-                let read = store
-                    .moves_at_version(connection_id, last, since, page, &fields)
-                    .await;
-                let next = match &read {
-                    Ok(moves) if moves.is_empty() => return,
-                    Ok(moves) => moves.last().map(|m| m.transition_id),
-                    Err(_) => None,
+                while reads.len() < READS_AT_ONCE {
+                    let Some(after) = next.take() else { break };
+                    let through = match store
+                        .moves_page_end(connection_id, after, since, page)
+                        .await
+                    {
+                        Ok(through) => through,
+                        Err(err) => {
+                            // Handed over after the pages before it.
+                            reads.push_back(tokio::spawn(async move { Err(err) }));
+                            break;
+                        }
+                    };
+                    let ids = MoveIds { after, through };
+                    // A bounded page is read whole: a move committed late with an id inside
+                    // it would otherwise push the page's last move out, and that move would
+                    // never be read.
+                    let limit = if through.is_some() { i64::MAX } else { page };
+                    let (store, fields) = (store.clone(), fields.clone());
+                    reads.push_back(tokio::spawn(async move {
+                        store
+                            .moves_at_version(connection_id, ids, since, limit, &fields)
+                            .await
+                    }));
+                    next = through;
+                }
+                let Some(read) = reads.pop_front() else {
+                    return;
                 };
-                let full = read.as_ref().is_ok_and(|moves| moves.len() as i64 >= page);
+                let read = match read.await {
+                    Ok(read) => read,
+                    Err(join) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
+                    // Cancelled: the runtime is shutting down.
+                    Err(_) => return,
+                };
+                let failed = read.is_err();
                 // A closed channel means the caller stopped reading.
-                if sender.send(read).await.is_err() || !full {
+                if sender.send(read).await.is_err() || failed {
                     return;
                 }
-                let Some(next) = next else { return };
-                last = next;
             }
         });
         MovePages { pages }
+    }
+
+    /// The id of the `page`th deal move after transition `after_id` (at or after `since`):
+    /// where a page of that many ends. `None` when fewer are left, so the page runs to the end.
+    async fn moves_page_end(
+        &self,
+        connection_id: i64,
+        after_id: i64,
+        since: Option<Millis>,
+        page: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        let since = since.unwrap_or(i64::MIN);
+        let skip = page.max(1) - 1;
+        // The same path as the pages' own query: the id index, with the connection compared
+        // bare on PostgreSQL and kept off its index on SQLite (see MOVES_AT_VERSION_POSTGRES).
+        let sql = match self.pool() {
+            Backend::Sqlite(_) => concat!(
+                "SELECT t.id FROM stage_transitions t WHERE +t.connection_id = $1 ",
+                page_end_tail!()
+            ),
+            Backend::Postgres(_) => concat!(
+                "SELECT t.id FROM stage_transitions t WHERE t.connection_id = $1 ",
+                page_end_tail!()
+            ),
+        };
+        dispatch!(self.pool(), pool => sqlx::query_scalar(sql)
+            .bind(connection_id)
+            .bind(after_id)
+            .bind(since)
+            .bind(skip)
+            .fetch_optional(pool)
+            .await)
+        .during("find where a page of moves ends")
     }
 
     /// A rule's open violations on records that got a new version or move after the marks,
@@ -974,6 +1043,17 @@ const VIOLATION_LIST: &str = concat!(
 
 /// Pages of moves [`Store::moves_at_version_pages`] reads ahead of its caller.
 const PAGES_AHEAD: usize = 2;
+/// Pages of moves [`Store::moves_at_version_pages`] reads at once.
+const READS_AT_ONCE: usize = 2;
+
+/// A range of transition ids: after `after`, through `through` (`None`: to the last).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MoveIds {
+    /// The last transition id before the range.
+    pub after: i64,
+    /// The last transition id in the range.
+    pub through: Option<i64>,
+}
 
 /// Pages of deal moves with their versions, oldest first, read ahead by a task.
 #[derive(Debug)]
@@ -1027,8 +1107,66 @@ const MOVES_AT_VERSION_POSTGRES: &str = "SELECT t.id AS transition_id, t.record_
      LEFT JOIN LATERAL (SELECT w.id, w.valid_from_ms, w.valid_to_ms, w.name, w.amount_cents, w.owner_id, w.fields \
        FROM record_versions w WHERE w.record_id = t.record_id AND w.valid_from_ms <= t.changed_at_ms \
        ORDER BY w.valid_from_ms DESC LIMIT 1) v ON TRUE \
-     WHERE t.connection_id = $1 AND t.object_kind = 'deal' AND t.id > $2 AND t.changed_at_ms >= $3 \
-     ORDER BY t.id LIMIT $4";
+     WHERE t.connection_id = $1 AND t.object_kind = 'deal' AND t.id > $2 AND t.id <= $5 \
+     AND t.changed_at_ms >= $3 ORDER BY t.id LIMIT $4";
+
+/// A row of [`MOVES_AT_VERSION_POSTGRES`], read by column position (a lookup by name hashes
+/// the name, per column and row) and with only the wanted fields of the version parsed.
+fn move_from_row(
+    row: &sqlx::postgres::PgRow,
+    fields: &HashSet<String>,
+) -> Result<MoveAtVersion, sqlx::Error> {
+    use sqlx::Row;
+    Ok(MoveAtVersion {
+        transition_id: row.try_get(0)?,
+        record_id: row.try_get(1)?,
+        crm_id: row.try_get(2)?,
+        pipeline: row.try_get(3)?,
+        from_stage: row.try_get(4)?,
+        to_stage: row.try_get(5)?,
+        changed_at_ms: row.try_get(6)?,
+        changed_by: row.try_get(7)?,
+        actor_kind: row.try_get(8)?,
+        version_id: row.try_get(9)?,
+        valid_from_ms: row.try_get(10)?,
+        valid_to_ms: row.try_get(11)?,
+        name: row.try_get(12)?,
+        amount_cents: row.try_get(13)?,
+        owner_id: row.try_get(14)?,
+        fields: wanted_fields(row, 15, fields)?,
+    })
+}
+
+/// The wanted entries of the JSONB column at `index`, skipping the others without building
+/// them (a deal may carry hundreds of fields; a rule reads a few).
+fn wanted_fields(
+    row: &sqlx::postgres::PgRow,
+    index: usize,
+    fields: &HashSet<String>,
+) -> Result<Option<Json<Map<String, Value>>>, sqlx::Error> {
+    use sqlx::{postgres::PgValueFormat, Row, ValueRef};
+    let value = row.try_get_raw(index)?;
+    if value.is_null() {
+        return Ok(None);
+    }
+    let decode = |err: Box<dyn std::error::Error + Send + Sync>| sqlx::Error::ColumnDecode {
+        index: index.to_string(),
+        source: err,
+    };
+    let format = value.format();
+    let bytes = value.as_bytes().map_err(decode)?;
+    // JSONB's binary form is a version byte (1) before the JSON text.
+    let text = match (format, bytes.split_first()) {
+        (PgValueFormat::Text, _) => bytes,
+        (PgValueFormat::Binary, Some((1, text))) => text,
+        (PgValueFormat::Binary, _) => return Err(decode("JSONB of an unknown version".into())),
+    };
+    let mut json = serde_json::Deserializer::from_slice(text);
+    FieldsSeed(fields)
+        .deserialize(&mut json)
+        .and_then(|values| json.end().map(|()| values))
+        .map_err(|err| decode(Box::new(err)))
+}
 
 /// One of the resolution pass's queries: the SQLite form, and the PostgreSQL form with the
 /// filter of touched records and without it (see [`open_every!`]).

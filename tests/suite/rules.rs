@@ -2,14 +2,14 @@
 //! was at the move; violations resolve late, are superseded or waived; replays add nothing;
 //! `rules check` names rules that do not fit the CRM's metadata.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use pipewarden::alerts::{Deliverer, DeliveryOptions};
 use pipewarden::config::Settings;
 use pipewarden::emulator::RunningEmulator;
 use pipewarden::record::ObjectKind;
 use pipewarden::rules::{self, EvaluationReport, Severity};
-use pipewarden::store::{Store, Violation, ViolationFilter};
+use pipewarden::store::{MoveIds, Store, Violation, ViolationFilter};
 use pipewarden::sync::{self, StopSignal, SyncOptions};
 use serde_json::{json, Value};
 
@@ -881,7 +881,67 @@ on_both_backends!(
     reverts_past_the_cap_wait_for_the_next_evaluation,
     a_task_create_killed_before_its_answer_is_not_made_twice,
     a_dry_run_revert_rule_records_the_revert_and_queues_no_write,
+    pages_of_moves_hold_every_move_once_in_order,
 );
+
+/// Evaluation reads moves in pages, several at once: small pages, with and without a start
+/// time, give exactly the moves (and versions at the moves) that one read of them all gives.
+async fn pages_of_moves_hold_every_move_once_in_order(test: TestStore) {
+    let emu = start_emulator().await;
+    let dir = ConfigDir::new();
+    let settings = salesforce_settings(&dir, &emu, &test.url, SALESFORCE_RULE, "");
+    sync_and_evaluate(&test.store, &settings).await;
+    let connection_id = test.store.connection_id("sf").await.unwrap().unwrap();
+    let fields: HashSet<String> = ["Budget__c", "Need__c", "NextStep"]
+        .map(String::from)
+        .into();
+    let everything = MoveIds {
+        after: 0,
+        through: None,
+    };
+    let all = test
+        .store
+        .moves_at_version(connection_id, everything, None, i64::MAX, &fields)
+        .await
+        .unwrap();
+    assert!(all.len() > 50, "the tiny org has many moves: {}", all.len());
+    let read_fields: Vec<&String> = all
+        .iter()
+        .filter_map(|m| m.fields.as_ref())
+        .flat_map(|values| values.0.keys())
+        .collect();
+    assert!(
+        read_fields.contains(&&"NextStep".to_string()),
+        "{read_fields:?}"
+    );
+    assert!(
+        read_fields.iter().all(|name| fields.contains(*name)),
+        "only the wanted fields: {read_fields:?}"
+    );
+    let middle = all[all.len() / 2].changed_at_ms;
+    for since in [None, Some(middle)] {
+        let mut pages =
+            test.store
+                .moves_at_version_pages(connection_id, 0, since, 7, fields.clone());
+        let mut read = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.unwrap();
+            assert!(!page.is_empty() && page.len() <= 7, "{}", page.len());
+            read.extend(page);
+        }
+        let expected: Vec<_> = all
+            .iter()
+            .filter(|m| since.is_none_or(|since| m.changed_at_ms >= since))
+            .map(|m| (m.transition_id, m.version_id, m.fields.clone().map(|f| f.0)))
+            .collect();
+        let got: Vec<_> = read
+            .iter()
+            .map(|m| (m.transition_id, m.version_id, m.fields.clone().map(|f| f.0)))
+            .collect();
+        assert_eq!(got, expected, "since {since:?}");
+    }
+    emu.stop().await.unwrap();
+}
 
 /// The latest state of every record of a Salesforce object in the emulator, by id.
 async fn salesforce_latest(emu: &RunningEmulator, object: &str) -> HashMap<String, Value> {
