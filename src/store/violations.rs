@@ -839,7 +839,7 @@ impl Store {
             let mut reads = VecDeque::new();
             let mut next = Some(after_id);
             loop {
-                while reads.len() < READS_AT_ONCE {
+                while reads.len() < READS_AT_ONCE && !sender.is_closed() {
                     let Some(after) = next.take() else { break };
                     let through = match store
                         .moves_page_end(connection_id, after, since, page)
@@ -868,12 +868,17 @@ impl Store {
                 let Some(read) = reads.pop_front() else {
                     return;
                 };
+                // A read that panicked is an error the caller sees, not an early last page.
                 let read = match read.await {
                     Ok(read) => read,
-                    Err(join) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
-                    // Cancelled: the runtime is shutting down.
-                    Err(_) => return,
+                    Err(_) => {
+                        Err(sqlx::Error::WorkerCrashed).during("read moves with their versions")
+                    }
                 };
+                if read.as_ref().is_ok_and(Vec::is_empty) {
+                    // The last page, open-ended, found nothing after the one before it.
+                    continue;
+                }
                 let failed = read.is_err();
                 // A closed channel means the caller stopped reading.
                 if sender.send(read).await.is_err() || failed {
@@ -1041,7 +1046,8 @@ const VIOLATION_LIST: &str = concat!(
      ORDER BY v.changed_at_ms DESC, v.id DESC LIMIT $7"
 );
 
-/// Pages of moves [`Store::moves_at_version_pages`] reads ahead of its caller.
+/// Pages of moves [`Store::moves_at_version_pages`] holds read for its caller (besides those
+/// being read and the one waiting to be handed over).
 const PAGES_AHEAD: usize = 2;
 /// Pages of moves [`Store::moves_at_version_pages`] reads at once.
 const READS_AT_ONCE: usize = 2;
@@ -1062,7 +1068,8 @@ pub struct MovePages {
 }
 
 impl MovePages {
-    /// The next page; `None` after the last one or after an error was handed over.
+    /// The next page, never empty; `None` after the last one or after an error was handed
+    /// over (a read that panicked is handed over as an error).
     pub async fn next(&mut self) -> Option<Result<Vec<MoveAtVersion>, StoreError>> {
         self.pages.recv().await
     }

@@ -918,6 +918,25 @@ async fn pages_of_moves_hold_every_move_once_in_order(test: TestStore) {
         read_fields.iter().all(|name| fields.contains(*name)),
         "only the wanted fields: {read_fields:?}"
     );
+    // Each column where it belongs: the version is the one valid at the move, and ids have
+    // their object's prefix.
+    for m in &all {
+        assert!(m.crm_id.starts_with("006"), "{m:?}");
+        assert!(
+            m.owner_id
+                .as_deref()
+                .is_none_or(|owner| owner.starts_with("005")),
+            "{m:?}"
+        );
+        if m.version_id.is_some() {
+            assert!(
+                m.valid_from_ms.is_some_and(|from| from <= m.changed_at_ms),
+                "{m:?}"
+            );
+            assert!(m.valid_to_ms.is_none_or(|to| to > m.changed_at_ms), "{m:?}");
+            assert!(m.name.is_some(), "{m:?}");
+        }
+    }
     let middle = all[all.len() / 2].changed_at_ms;
     for since in [None, Some(middle)] {
         let mut pages =
