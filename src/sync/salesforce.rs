@@ -587,6 +587,8 @@ impl<'c, 'a> Run<'c, 'a> {
             return Ok(());
         }
         let mut window: Option<Duration> = None;
+        // The most rows a narrowed window held without timing out.
+        let mut fits = 0;
         let mut restarts = 0;
         loop {
             let upper = match (window, from) {
@@ -611,8 +613,15 @@ impl<'c, 'a> Run<'c, 'a> {
                 }
                 Err(err) => return Err(err.into()),
             };
+            let rows = first.total_size;
             match self.read_pages(stream, first).await? {
-                PagesEnd::Done => restarts = 0,
+                PagesEnd::Done => {
+                    restarts = 0;
+                    if let Some(width) = window {
+                        fits = fits.max(rows);
+                        window = Some(wider(width, rows, fits));
+                    }
+                }
                 PagesEnd::LocatorLost(last_stamp) => {
                     restarts += 1;
                     if restarts > MAX_RESTARTS {
@@ -1195,6 +1204,16 @@ fn formula_refresh_soql(stream: &Stream, after: Option<&str>) -> Result<String, 
 /// 15 or 18 letters and digits, as Salesforce ids are.
 fn is_salesforce_id(id: &str) -> bool {
     matches!(id.len(), 15 | 18) && id.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
+/// The window after one of `width` that read `rows` rows, when the fullest window that did not
+/// time out held `fits`: wide enough for about half of `fits` at the density just read, so
+/// that denser history ahead seldom times out again, never narrower, and at most four times
+/// wider. A timeout narrows one dense stretch (an import, a mass update); without widening
+/// again, the years after it would each be read an hour or a day at a time.
+fn wider(width: Duration, rows: u64, fits: u64) -> Duration {
+    let factor = (fits as f64 / 2.0 / rows.max(1) as f64).clamp(1.0, 4.0);
+    width.mul_f64(factor)
 }
 
 /// `SELECT … FROM object WHERE stamp >= from AND stamp < upper ORDER BY stamp, Id`.

@@ -702,6 +702,40 @@ async fn timed_out_history_queries_are_narrowed_until_they_answer(test: TestStor
     emu.stop().await.unwrap();
 }
 
+/// A dense stretch of history (45 deals created at once, near the 50 rows a history query may
+/// match here) narrows the window; the sparser weeks after it are read in windows that widen
+/// again, not each at the narrow width.
+async fn narrowed_windows_widen_again_after_a_dense_stretch(test: TestStore) {
+    let emu = start_emulator_with(SalesforceOptions {
+        query_timeout_rows: 50,
+        ..SalesforceOptions::default()
+    })
+    .await;
+    let dir = ConfigDir::new();
+    let connection = salesforce_connection(&emu, &dir);
+    let options = quick_options();
+    run_ok(&test.store, &connection, &options).await;
+    let creates: Vec<Value> = (0..45)
+        .map(|i| {
+            json!({"object": "Opportunity", "by": {"kind": "rep", "number": 0}, "create": {
+                "Name": format!("Imported {i}"), "StageName": "Prospecting", "CloseDate": "2027-06-30"}})
+        })
+        .collect();
+    control(
+        &emu,
+        "/__emulator/salesforce/changes",
+        json!({ "changes": creates }),
+    )
+    .await;
+    control(&emu, "/__emulator/clock/advance", json!({ "by": "45days" })).await;
+    let run = run_ok(&test.store, &connection, &options).await;
+    let id = connection_id(&test.store).await;
+    assert_store_matches_truth(&test.store, id, &emu).await;
+    // 48 calls; 74 when every window after the dense stretch stayed as narrow as it.
+    assert!(run.api_calls < 60, "{} calls", run.api_calls);
+    emu.stop().await.unwrap();
+}
+
 /// Row 15 of the failure table: when even an hour's window of history times out, the run
 /// fails loudly, naming `QUERY_TIMEOUT`, and records itself as failed; it never reports
 /// success, and the history checkpoint does not move past rows it never read.
@@ -1046,6 +1080,7 @@ on_both_backends!(
     hard_deleted_campaign_members_are_found_by_the_nightly_id_sweep,
     a_delete_purged_from_the_recycle_bin_unseen_is_found_by_the_id_sweep,
     timed_out_history_queries_are_narrowed_until_they_answer,
+    narrowed_windows_widen_again_after_a_dense_stretch,
     history_that_times_out_at_the_narrowest_window_fails_the_run,
     runs_stop_at_the_api_budget_and_the_next_ones_resume,
     field_history_values_round_trip_with_their_types,
