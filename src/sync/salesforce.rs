@@ -1125,7 +1125,10 @@ fn history_stream(
         select,
         // History rows never change once written; their creation time orders them.
         stamp_field: "CreatedDate",
-        query_all: false,
+        // A record deleted before its history was read takes its history rows to the Recycle
+        // Bin with it; its moves happened all the same (and field history past 18 months is
+        // served by queryAll alone).
+        query_all: true,
         rows: Rows::History {
             parent_field,
             parent_kind,

@@ -736,6 +736,24 @@ async fn narrowed_windows_widen_again_after_a_dense_stretch(test: TestStore) {
     emu.stop().await.unwrap();
 }
 
+/// Three months pass between two syncs. Deals created, moved and deleted in that time took
+/// their stage history to the Recycle Bin before any sync read it: it is read all the same
+/// (queryAll), so the store's stage changes match the org's.
+async fn a_sync_after_a_quarter_without_one_keeps_the_history_of_deals_deleted_meanwhile(
+    test: TestStore,
+) {
+    let emu = start_emulator().await;
+    let dir = ConfigDir::new();
+    let connection = salesforce_connection(&emu, &dir);
+    let options = quick_options();
+    run_ok(&test.store, &connection, &options).await;
+    control(&emu, "/__emulator/clock/advance", json!({ "by": "90days" })).await;
+    run_ok(&test.store, &connection, &options).await;
+    let id = connection_id(&test.store).await;
+    assert_store_matches_truth(&test.store, id, &emu).await;
+    emu.stop().await.unwrap();
+}
+
 /// Row 15 of the failure table: when even an hour's window of history times out, the run
 /// fails loudly, naming `QUERY_TIMEOUT`, and records itself as failed; it never reports
 /// success, and the history checkpoint does not move past rows it never read.
@@ -1081,6 +1099,7 @@ on_both_backends!(
     a_delete_purged_from_the_recycle_bin_unseen_is_found_by_the_id_sweep,
     timed_out_history_queries_are_narrowed_until_they_answer,
     narrowed_windows_widen_again_after_a_dense_stretch,
+    a_sync_after_a_quarter_without_one_keeps_the_history_of_deals_deleted_meanwhile,
     history_that_times_out_at_the_narrowest_window_fails_the_run,
     runs_stop_at_the_api_budget_and_the_next_ones_resume,
     field_history_values_round_trip_with_their_types,
