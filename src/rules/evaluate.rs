@@ -20,7 +20,7 @@ use crate::store::{
 };
 
 /// Moves read and judged per transaction.
-const BATCH: i64 = 10_000;
+const BATCH: i64 = 5_000;
 /// New violations stored by one evaluation before the violation tables' statistics are first
 /// refreshed (see [`Store::refresh_statistics`] and [`StatisticsSchedule`]).
 const STATISTICS_AFTER: u64 = 1_000;
