@@ -220,6 +220,88 @@ async fn wide_history_queries_time_out_and_narrow_windows_succeed() {
     emu.stop().await.unwrap();
 }
 
+/// A history query bounded by `CreatedDate <` / `<=` answers exactly the rows of the whole
+/// history in its window, for generated parents and for parents a client created and changed
+/// (the scan skips parents created after the window without building them).
+#[tokio::test]
+async fn history_windows_answer_exactly_the_rows_of_the_whole_history_in_them() {
+    let emu = start(Scale::Tiny, SalesforceOptions::default()).await;
+    let token = access_token(&emu).await;
+    let create = json!({"object": "Lead", "by": {"kind": "rep", "number": 0},
+        "create": {"LastName": "Late", "Company": "Late Co", "Status": "Open - Not Contacted"}});
+    let ids = control(
+        &emu,
+        "/__emulator/salesforce/changes",
+        json!({ "changes": [create] }),
+    )
+    .await;
+    let lead = ids["ids"][0].as_str().unwrap().to_string();
+    let change = json!({"object": "Lead", "id": lead, "by": {"kind": "rep", "number": 0},
+        "set": {"Status": "Working - Contacted"}});
+    control(
+        &emu,
+        "/__emulator/salesforce/changes",
+        json!({ "changes": [change] }),
+    )
+    .await;
+    let rows_of = |body: &Value| -> Vec<(String, String)> {
+        body["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["CreatedDate"].as_str().unwrap().to_string(),
+                    r["Id"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    for object in ["LeadHistory", "OpportunityHistory"] {
+        let all = format!("SELECT Id, CreatedDate FROM {object} ORDER BY CreatedDate, Id");
+        let (status, body) = soql(&emu, &token, "queryAll", &all, None).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let (every, _) = drain(&emu, &token, body).await;
+        let every = rows_of(&json!({ "records": every }));
+        assert!(every.len() > 100, "{object}: {}", every.len());
+        let quarter = every.len() / 4;
+        let (from, to) = (&every[quarter].0, &every[3 * quarter].0);
+        let literal = |at: &str| at.replace("+0000", "Z");
+        for (op, inclusive) in [("<", false), ("<=", true)] {
+            let window = format!(
+                "SELECT Id, CreatedDate FROM {object} WHERE CreatedDate >= {} AND CreatedDate {op} {} \
+                 ORDER BY CreatedDate, Id",
+                literal(from),
+                literal(to)
+            );
+            let (status, body) = soql(&emu, &token, "queryAll", &window, None).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            let (rows, _) = drain(&emu, &token, body).await;
+            let expected: Vec<_> = every
+                .iter()
+                .filter(|(at, _)| at >= from && if inclusive { at <= to } else { at < to })
+                .cloned()
+                .collect();
+            assert_eq!(
+                rows_of(&json!({ "records": rows })),
+                expected,
+                "{object} {op}"
+            );
+        }
+    }
+    // The client's lead, created last, has its rows in the whole history.
+    let (_, body) = soql(
+        &emu,
+        &token,
+        "queryAll",
+        &format!("SELECT Id FROM LeadHistory WHERE LeadId = '{lead}'"),
+        None,
+    )
+    .await;
+    assert!(body["totalSize"].as_u64().unwrap() >= 1, "{body}");
+    emu.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn soql_errors_carry_the_real_codes() {
     let emu = start(Scale::Tiny, SalesforceOptions::default()).await;

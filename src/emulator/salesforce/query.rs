@@ -264,7 +264,7 @@ pub(crate) fn evaluate(
     }
     let mut matched = if is_history || enough != usize::MAX {
         let mut matched: Vec<(u64, Vec<SfValue>)> = Vec::new();
-        for (number, row) in view.scan(parsed.object) {
+        for (number, row) in view.scan(parsed.object, parsed.created_by()) {
             if matched.len() >= enough {
                 break;
             }

@@ -228,6 +228,25 @@ impl<'a> OrgView<'a> {
         Box::new(self.generated_numbers(object).chain(created))
     }
 
+    /// Numbers of the deals or leads whose history rows may have been created by `created_by`:
+    /// a history row is never older than its parent, and generated parents are numbered in the
+    /// order they are created, so those created later are skipped without building them.
+    fn parents(
+        &self,
+        object: &ObjectDef,
+        created_by: Option<Millis>,
+    ) -> Box<dyn Iterator<Item = u64> + '_> {
+        let Some(by) = created_by.filter(|by| *by < self.now) else {
+            return self.numbers(object);
+        };
+        let generated = match object.name {
+            "Opportunity" => self.funnel.deal_bound(by),
+            _ => self.funnel.lead_bound(by),
+        };
+        let created = self.created(object.name).iter().copied();
+        Box::new((0..generated).chain(created))
+    }
+
     fn created(&self, object: &str) -> &[u64] {
         self.overlay.map_or(&[], |overlay| overlay.created(object))
     }
@@ -263,17 +282,19 @@ impl<'a> OrgView<'a> {
     pub fn scan<'s>(
         &'s self,
         object: &'static ObjectDef,
+        created_by: Option<Millis>,
     ) -> Box<dyn Iterator<Item = (u64, SfRecord)> + 's> {
         match object.name {
-            "OpportunityHistory" | "OpportunityFieldHistory" => {
-                Box::new(self.numbers(&OPPORTUNITY).flat_map(move |deal| {
-                    self.history(object, deal)
-                        .into_iter()
-                        .enumerate()
-                        .map(move |(slot, row)| (deal * HISTORY_SLOTS + slot as u64, row))
-                }))
-            }
-            "LeadHistory" => Box::new(self.numbers(&LEAD).flat_map(move |lead| {
+            "OpportunityHistory" | "OpportunityFieldHistory" => Box::new(
+                self.parents(&OPPORTUNITY, created_by)
+                    .flat_map(move |deal| {
+                        self.history(object, deal)
+                            .into_iter()
+                            .enumerate()
+                            .map(move |(slot, row)| (deal * HISTORY_SLOTS + slot as u64, row))
+                    }),
+            ),
+            "LeadHistory" => Box::new(self.parents(&LEAD, created_by).flat_map(move |lead| {
                 self.history(object, lead)
                     .into_iter()
                     .enumerate()

@@ -185,7 +185,7 @@ async fn object_truth(State(shared): State<Arc<Shared>>, Path(name): Path<String
     let overlay = shared.salesforce.overlay();
     let view = OrgView::over(&shared.funnel, shared.clock.now_ms(), &overlay);
     let records: Vec<Value> = view
-        .scan(object)
+        .scan(object, None)
         .map(|(number, _)| versions_json(&view, object, number))
         .collect();
     Json(json!({ "object": object.name, "records": records })).into_response()

@@ -357,7 +357,7 @@ fn replicated(
     let overlay = shared.salesforce.overlay();
     let view = OrgView::over(&shared.funnel, now, &overlay);
     let found: Vec<(String, Millis)> = view
-        .scan(object)
+        .scan(object, None)
         .map(|(_, record)| {
             (
                 record.id().to_string(),

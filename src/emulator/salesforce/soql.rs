@@ -225,6 +225,23 @@ pub(crate) fn parse(soql: &str, now: Millis) -> Result<Query, SoqlError> {
 
 /// Evaluation over the emulator's records.
 impl Query {
+    /// The latest `CreatedDate` a matching row can have, when the `WHERE` clause requires one
+    /// (`CreatedDate < t` or `<= t` with a datetime, alone or in its top-level `AND`): history
+    /// scans skip the parents created after it.
+    pub fn created_by(&self) -> Option<Millis> {
+        let bound = |expr: &Expr| match expr {
+            Expr::Condition(Condition {
+                path,
+                test: Test::Compare(Operator::Lt | Operator::Le, Literal::DateTime(at)),
+            }) if path.steps.is_empty() && path.field.name == "CreatedDate" => Some(*at),
+            _ => None,
+        };
+        match self.filter.as_ref()? {
+            Expr::And(all) => all.iter().filter_map(bound).min(),
+            single => bound(single),
+        }
+    }
+
     /// Whether `record` passes the `WHERE` clause.
     pub fn matches(&self, record: &SfRecord, resolver: &dyn Resolver) -> bool {
         self.filter
