@@ -264,32 +264,37 @@ async fn history_windows_answer_exactly_the_rows_of_the_whole_history_in_them() 
         let (every, _) = drain(&emu, &token, body).await;
         let every = rows_of(&json!({ "records": every }));
         assert!(every.len() > 100, "{object}: {}", every.len());
-        let quarter = every.len() / 4;
-        let (from, to) = (&every[quarter].0, &every[3 * quarter].0);
-        let literal = |at: &str| at.replace("+0000", "Z");
-        for (op, inclusive) in [("<", false), ("<=", true)] {
-            let window = format!(
-                "SELECT Id, CreatedDate FROM {object} WHERE CreatedDate >= {} AND CreatedDate {op} {} \
-                 ORDER BY CreatedDate, Id",
-                literal(from),
-                literal(to)
-            );
-            let (status, body) = soql(&emu, &token, "queryAll", &window, None).await;
-            assert_eq!(status, StatusCode::OK, "{body}");
-            let (rows, _) = drain(&emu, &token, body).await;
-            let expected: Vec<_> = every
-                .iter()
-                .filter(|(at, _)| at >= from && if inclusive { at <= to } else { at < to })
-                .cloned()
-                .collect();
-            assert_eq!(
-                rows_of(&json!({ "records": rows })),
-                expected,
-                "{object} {op}"
-            );
+        // Windows in turn over the whole history, each bounded on both sides; the last ends
+        // with the client's lead, changed last.
+        let eighth = every.len() / 8;
+        for k in 0..8 {
+            let end = ((k + 1) * eighth).min(every.len() - 1);
+            let (from, to) = (&every[k * eighth].0, &every[end].0);
+            let literal = |at: &str| at.replace("+0000", "Z");
+            for (op, inclusive) in [("<", false), ("<=", true)] {
+                let window = format!(
+                    "SELECT Id, CreatedDate FROM {object} WHERE CreatedDate >= {} AND CreatedDate {op} {} \
+                     ORDER BY CreatedDate, Id",
+                    literal(from),
+                    literal(to)
+                );
+                let (status, body) = soql(&emu, &token, "queryAll", &window, None).await;
+                assert_eq!(status, StatusCode::OK, "{body}");
+                let (rows, _) = drain(&emu, &token, body).await;
+                let expected: Vec<_> = every
+                    .iter()
+                    .filter(|(at, _)| at >= from && if inclusive { at <= to } else { at < to })
+                    .cloned()
+                    .collect();
+                assert_eq!(
+                    rows_of(&json!({ "records": rows })),
+                    expected,
+                    "{object} {op} window {k}"
+                );
+            }
         }
     }
-    // The client's lead, created last, has its rows in the whole history.
+    // The client's lead has its rows in the whole history.
     let (_, body) = soql(
         &emu,
         &token,

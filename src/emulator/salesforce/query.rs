@@ -19,7 +19,7 @@ use serde_json::{json, Map, Value};
 
 use super::auth::SessionToken;
 use super::ids::sf_id;
-use super::records::OrgView;
+use super::records::{CreatedWindow, OrgView};
 use super::schema::{FieldDef, JsonValue, SfRecord, SfValue};
 use super::soql::{self, FieldPath, Resolver, Selection};
 use super::{error, served_version};
@@ -264,7 +264,11 @@ pub(crate) fn evaluate(
     }
     let mut matched = if is_history || enough != usize::MAX {
         let mut matched: Vec<(u64, Vec<SfValue>)> = Vec::new();
-        for (number, row) in view.scan(parsed.object, parsed.created_by()) {
+        let created = CreatedWindow {
+            from: parsed.created_from(),
+            by: parsed.created_by(),
+        };
+        for (number, row) in view.scan(parsed.object, created) {
             if matched.len() >= enough {
                 break;
             }

@@ -194,6 +194,16 @@ fn purged(deleted_at: Option<Millis>, now: Millis) -> bool {
     deleted_at.is_some_and(|at| now - at > RECYCLE_BIN_MS)
 }
 
+/// What a query's `WHERE` clause bounds `CreatedDate` to (see `soql::Query::created_from` and
+/// `created_by`): history scans skip the parents that cannot have rows inside.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CreatedWindow {
+    /// No row created before it matches.
+    pub from: Option<Millis>,
+    /// No row created after it matches.
+    pub by: Option<Millis>,
+}
+
 impl<'a> OrgView<'a> {
     /// The org at `now`: the funnel with the client writes in `overlay`.
     pub fn over(funnel: &'a Funnel, now: Millis, overlay: &'a Overlay) -> OrgView<'a> {
@@ -226,6 +236,20 @@ impl<'a> OrgView<'a> {
     pub fn numbers(&self, object: &ObjectDef) -> Box<dyn Iterator<Item = u64> + '_> {
         let created = self.created(object.name).iter().copied();
         Box::new(self.generated_numbers(object).chain(created))
+    }
+
+    /// Whether lead `number` may have history rows created at or after `from`: a generated
+    /// lead's rows are its creation and its life's steps, so a lead whose last step came
+    /// before `from` has none, which its life (far cheaper than its rows) tells. Leads a client
+    /// created or changed are always looked at.
+    fn lead_active_since(&self, number: u64, from: Millis) -> bool {
+        // A client-created lead has an entry too.
+        if self.entry(LEAD.name, number).is_some() {
+            return true;
+        }
+        let life = self.funnel.lead(number);
+        let last = life.steps.last().map_or(life.created_at, |step| step.at);
+        last.max(life.created_at) >= from
     }
 
     /// Numbers of the deals or leads whose history rows may have been created by `created_by`:
@@ -282,8 +306,12 @@ impl<'a> OrgView<'a> {
     pub fn scan<'s>(
         &'s self,
         object: &'static ObjectDef,
-        created_by: Option<Millis>,
+        created: CreatedWindow,
     ) -> Box<dyn Iterator<Item = (u64, SfRecord)> + 's> {
+        let CreatedWindow {
+            from,
+            by: created_by,
+        } = created;
         match object.name {
             "OpportunityHistory" | "OpportunityFieldHistory" => Box::new(
                 self.parents(&OPPORTUNITY, created_by)
@@ -294,14 +322,17 @@ impl<'a> OrgView<'a> {
                             .map(move |(slot, row)| (deal * HISTORY_SLOTS + slot as u64, row))
                     }),
             ),
-            "LeadHistory" => Box::new(self.parents(&LEAD, created_by).flat_map(move |lead| {
-                self.history(object, lead)
-                    .into_iter()
-                    .enumerate()
-                    .map(move |(slot, row)| {
-                        (LEAD_HISTORY_BASE + lead * HISTORY_SLOTS + slot as u64, row)
-                    })
-            })),
+            "LeadHistory" => Box::new(
+                self.parents(&LEAD, created_by)
+                    .filter(move |&lead| from.is_none_or(|from| self.lead_active_since(lead, from)))
+                    .flat_map(move |lead| {
+                        self.history(object, lead).into_iter().enumerate().map(
+                            move |(slot, row)| {
+                                (LEAD_HISTORY_BASE + lead * HISTORY_SLOTS + slot as u64, row)
+                            },
+                        )
+                    }),
+            ),
             _ => Box::new(
                 self.numbers(object)
                     .filter_map(move |number| self.record(object, number).map(|row| (number, row))),

@@ -16,7 +16,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::records::{user_id, OrgView};
+use super::records::{user_id, CreatedWindow, OrgView};
 use super::schema::{self, ObjectDef, SfRecord, SfValue};
 use super::sobjects::{record_body, with_batch};
 use super::writes::RecordError;
@@ -185,7 +185,7 @@ async fn object_truth(State(shared): State<Arc<Shared>>, Path(name): Path<String
     let overlay = shared.salesforce.overlay();
     let view = OrgView::over(&shared.funnel, shared.clock.now_ms(), &overlay);
     let records: Vec<Value> = view
-        .scan(object, None)
+        .scan(object, CreatedWindow::default())
         .map(|(number, _)| versions_json(&view, object, number))
         .collect();
     Json(json!({ "object": object.name, "records": records })).into_response()

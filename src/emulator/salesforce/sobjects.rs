@@ -11,7 +11,7 @@ use serde_json::{json, Map, Value};
 
 use super::composite::json_parser_error;
 use super::ids::looks_like_id;
-use super::records::{OrgView, LEAD_STATUSES, STAGES};
+use super::records::{CreatedWindow, OrgView, LEAD_STATUSES, STAGES};
 use super::schema::{self, FieldDef, FieldType, ObjectDef, SfRecord, SfValue, OBJECTS};
 use super::writes::{Batch, RecordError};
 use super::{error, not_found, record_error, served_version};
@@ -357,7 +357,7 @@ fn replicated(
     let overlay = shared.salesforce.overlay();
     let view = OrgView::over(&shared.funnel, now, &overlay);
     let found: Vec<(String, Millis)> = view
-        .scan(object, None)
+        .scan(object, CreatedWindow::default())
         .map(|(_, record)| {
             (
                 record.id().to_string(),

@@ -229,17 +229,38 @@ impl Query {
     /// (`CreatedDate < t` or `<= t` with a datetime, alone or in its top-level `AND`): history
     /// scans skip the parents created after it.
     pub fn created_by(&self) -> Option<Millis> {
-        let bound = |expr: &Expr| match expr {
+        self.created_bounds(&[Operator::Lt, Operator::Le]).min()
+    }
+
+    /// The earliest `CreatedDate` a matching row can have, when the `WHERE` clause requires one
+    /// (`CreatedDate > t` or `>= t`, as for [`Query::created_by`]).
+    pub fn created_from(&self) -> Option<Millis> {
+        self.created_bounds(&[Operator::Gt, Operator::Ge]).max()
+    }
+
+    /// The datetimes `CreatedDate` is compared to with one of `operators`, alone or in the
+    /// top-level `AND`.
+    fn created_bounds<'q>(
+        &'q self,
+        operators: &'q [Operator],
+    ) -> impl Iterator<Item = Millis> + 'q {
+        let terms = match &self.filter {
+            Some(Expr::And(all)) => all.as_slice(),
+            Some(single) => std::slice::from_ref(single),
+            None => &[],
+        };
+        terms.iter().filter_map(move |term| match term {
             Expr::Condition(Condition {
                 path,
-                test: Test::Compare(Operator::Lt | Operator::Le, Literal::DateTime(at)),
-            }) if path.steps.is_empty() && path.field.name == "CreatedDate" => Some(*at),
+                test: Test::Compare(operator, Literal::DateTime(at)),
+            }) if operators.contains(operator)
+                && path.steps.is_empty()
+                && path.field.name == "CreatedDate" =>
+            {
+                Some(*at)
+            }
             _ => None,
-        };
-        match self.filter.as_ref()? {
-            Expr::And(all) => all.iter().filter_map(bound).min(),
-            single => bound(single),
-        }
+        })
     }
 
     /// Whether `record` passes the `WHERE` clause.
