@@ -302,7 +302,8 @@ impl<'a> OrgView<'a> {
     }
 
     /// Every record of `object` visible now (deleted ones included: callers filter them for
-    /// `query`), in id order. History objects are expanded one parent at a time.
+    /// `query`), in id order. History objects are expanded one parent at a time, leaving out
+    /// the parents that cannot have rows inside `created` (the query's `CreatedDate` bounds).
     pub fn scan<'s>(
         &'s self,
         object: &'static ObjectDef,
