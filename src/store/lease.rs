@@ -129,10 +129,18 @@ impl SyncLease {
 
     /// Gives the lease back at once (dropping it does too, when its session closes).
     pub async fn release(self) {
-        if let Some(session) = self.session {
-            // Closing the session releases every lock it holds.
-            let _ = sqlx::Connection::close(session).await;
-        }
+        let (Some(mut session), Some(fence)) = (self.session, self.fence) else {
+            return;
+        };
+        // Closing the session releases its locks only once the server has ended the backend,
+        // a moment after the client is done: the next run could find the lease still held.
+        // Unlocking first gives it back before this returns; a failed unlock leaves it to
+        // the close.
+        let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
+            .bind(lock_key(&fence.name))
+            .execute(&mut session)
+            .await;
+        let _ = sqlx::Connection::close(session).await;
     }
 }
 

@@ -284,6 +284,21 @@ async fn a_run_whose_lease_session_dies_stops_and_the_next_run_resumes() {
     emu.stop().await.unwrap();
 }
 
+/// A released lease is free at once for the next run: runs one after another never find
+/// the lease of the one before still held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_released_lease_is_free_at_once() {
+    let Some(test) = TestStore::postgres().await else {
+        return;
+    };
+    for round in 0..200 {
+        let lease = test.store.try_lease("sf").await.unwrap();
+        let lease =
+            lease.unwrap_or_else(|| panic!("round {round}: the lease given back is still held"));
+        lease.release().await;
+    }
+}
+
 #[tokio::test]
 async fn a_transaction_under_a_lease_taken_over_is_fenced_off() {
     let Some(test) = TestStore::postgres().await else {
