@@ -244,10 +244,8 @@ async fn history_windows_answer_exactly_the_rows_of_the_whole_history_in_them() 
         json!({ "changes": [change] }),
     )
     .await;
-    let rows_of = |body: &Value| -> Vec<(String, String)> {
-        body["records"]
-            .as_array()
-            .unwrap()
+    let rows_of = |records: &[Value]| -> Vec<(String, String)> {
+        records
             .iter()
             .map(|r| {
                 (
@@ -262,7 +260,7 @@ async fn history_windows_answer_exactly_the_rows_of_the_whole_history_in_them() 
         let (status, body) = soql(&emu, &token, "queryAll", &all, None).await;
         assert_eq!(status, StatusCode::OK, "{body}");
         let (every, _) = drain(&emu, &token, body).await;
-        let every = rows_of(&json!({ "records": every }));
+        let every = rows_of(&every);
         assert!(every.len() > 100, "{object}: {}", every.len());
         // Windows in turn over the whole history, each bounded on both sides; the last ends
         // with the client's lead, changed last.
@@ -286,11 +284,7 @@ async fn history_windows_answer_exactly_the_rows_of_the_whole_history_in_them() 
                     .filter(|(at, _)| at >= from && if inclusive { at <= to } else { at < to })
                     .cloned()
                     .collect();
-                assert_eq!(
-                    rows_of(&json!({ "records": rows })),
-                    expected,
-                    "{object} {op} window {k}"
-                );
+                assert_eq!(rows_of(&rows), expected, "{object} {op} window {k}");
             }
         }
     }
