@@ -58,6 +58,7 @@ pub(crate) struct RawConnection {
     pub lookback: Option<String>,
     pub bulk_threshold: Option<RawBulkThreshold>,
     pub bulk_chunk_size: Option<u32>,
+    pub history_window_rows: Option<u32>,
     pub formula_refresh_interval: Option<String>,
     pub id_sweep_interval: Option<String>,
     pub extra_ca_file: Option<PathBuf>,

@@ -350,6 +350,7 @@ fn one_connection(
         check.fail(format!("{key}.lookback"), "must be at most 1d");
     }
     let (bulk_threshold, bulk_chunk_size) = bulk_settings(check, key, kind, raw);
+    let history_window_rows = history_window_rows(check, key, kind, raw.history_window_rows);
     let formula_refresh_interval = salesforce_interval(
         check,
         &format!("{key}.formula_refresh_interval"),
@@ -391,6 +392,7 @@ fn one_connection(
         lookback,
         bulk_threshold,
         bulk_chunk_size,
+        history_window_rows,
         formula_refresh_interval,
         id_sweep_interval,
         extra_ca_file,
@@ -477,6 +479,26 @@ fn bulk_settings(
         );
     }
     (threshold, chunk)
+}
+
+/// Default `history_window_rows`: 100 REST pages, well below the rows a history query reads
+/// before it times out, and enough that window edges add few calls.
+const DEFAULT_HISTORY_WINDOW_ROWS: u64 = 200_000;
+
+/// `history_window_rows` (at least 1), Salesforce only.
+fn history_window_rows(check: &mut Checker, key: &str, kind: CrmKind, value: Option<u32>) -> u64 {
+    if kind != CrmKind::Salesforce {
+        check.not_for(
+            &format!("{key}.history_window_rows"),
+            value.is_some(),
+            "by hubspot connections (HubSpot history comes with its records)",
+        );
+    }
+    let rows = value.map_or(DEFAULT_HISTORY_WINDOW_ROWS, u64::from);
+    if rows == 0 {
+        check.fail(format!("{key}.history_window_rows"), "must be at least 1");
+    }
+    rows.max(1)
 }
 
 /// The page size: Salesforce accepts query batch sizes of 200–2,000; HubSpot search pages of up

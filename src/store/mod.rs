@@ -34,7 +34,7 @@ pub use history::{
 pub use lease::{Fence, SoleReplica, SyncLease};
 pub use links::RecordLink;
 pub use metadata::{CrmOwner, FieldDefinition, StageDefinition};
-pub use records::{ObservationOutcome, RecordVersion, StoredRecord, ValidFromBasis};
+pub use records::{CreatedSpan, ObservationOutcome, RecordVersion, StoredRecord, ValidFromBasis};
 pub use sync_state::{
     ConnectionTotals, QuarantineEntry, QuarantinedRecord, SyncRunStatus, SyncRunSummary,
 };

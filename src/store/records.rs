@@ -108,6 +108,15 @@ pub struct RecordVersion {
     pub state: RecordState,
 }
 
+/// The records of one kind stored for a connection, as a first history backfill sees them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CreatedSpan {
+    /// Stored records of the kind, deleted ones included.
+    pub count: u64,
+    /// The oldest CRM creation time among them, if any has one.
+    pub oldest: Option<Millis>,
+}
+
 /// The current row of a record.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredRecord {
@@ -687,6 +696,28 @@ impl Store {
         .await)
         .during("read record")?;
         row.map(RecordRow::into_record).transpose()
+    }
+
+    /// How many records of one kind are stored (deleted ones too) and the oldest CRM creation
+    /// time among them: what a first history backfill plans its query windows from.
+    pub async fn created_span(
+        &self,
+        connection_id: i64,
+        kind: ObjectKind,
+    ) -> Result<CreatedSpan, StoreError> {
+        let (count, oldest): (i64, Option<i64>) = dispatch!(self.pool(), pool => sqlx::query_as(
+            "SELECT COUNT(*), MIN(crm_created_at_ms) FROM records \
+             WHERE connection_id = $1 AND object_kind = $2",
+        )
+        .bind(connection_id)
+        .bind(kind.as_str())
+        .fetch_one(pool)
+        .await)
+        .during("count records")?;
+        Ok(CreatedSpan {
+            count: count.max(0) as u64,
+            oldest,
+        })
     }
 
     /// Live records of one kind not seen since `before`, at most `limit` of them: after an id

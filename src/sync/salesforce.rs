@@ -60,8 +60,20 @@ const OLDEST_POSSIBLE: Millis = 946_684_800_000;
 const ID_SWEEP_CURSOR: &str = "id_sweep";
 /// The cursor that remembers where the formula refresh of an object is.
 const FORMULA_REFRESH_CURSOR: &str = "formula_refresh";
+/// History rows per parent record a backfill's first window is planned for: on the high side,
+/// so that the first window seldom times out; windows widen from there at the density read.
+const ASSUMED_HISTORY_PER_PARENT: u64 = 10;
 /// Locator losses in a row after which the query is not restarted again.
 const MAX_RESTARTS: u32 = 10;
+
+/// Where a history backfill's windows start and how wide the first one is.
+struct BackfillPlan {
+    /// The oldest parent's creation. History is not older than its record, yet the first
+    /// window reaches back to the start of time all the same, so that nothing is skipped.
+    oldest: Millis,
+    /// The first window's width past `oldest`.
+    width: Duration,
+}
 
 /// What a stream reads and how its rows are stored.
 struct Stream {
@@ -587,12 +599,24 @@ impl<'c, 'a> Run<'c, 'a> {
             return Ok(());
         }
         let mut window: Option<Duration> = None;
-        // The most rows a narrowed window held without timing out.
-        let mut fits = 0;
+        // Windows start no earlier than this (the oldest parent of a planned history backfill).
+        let mut floor = None;
+        if checkpoint.is_none() {
+            if let Some(plan) = self.plan_history_backfill(stream).await? {
+                from = Some(OLDEST_POSSIBLE);
+                window = Some(plan.width);
+                floor = Some(plan.oldest);
+            }
+        }
+        // The most rows a window held without timing out, once a window timed out.
+        let mut answered = 0;
+        let mut timed_out = false;
         let mut restarts = 0;
         loop {
             let upper = match (window, from) {
-                (Some(width), Some(start)) => Some(start + width.as_millis() as Millis),
+                (Some(width), Some(start)) => {
+                    Some(start.max(floor.unwrap_or(start)) + width.as_millis() as Millis)
+                }
                 _ => None,
             };
             let upper = match (upper, until) {
@@ -609,6 +633,7 @@ impl<'c, 'a> Run<'c, 'a> {
                 Err(err) if err.code() == Some("QUERY_TIMEOUT") => {
                     window = Some(self.narrower(stream, window, from, err)?);
                     from = Some(from.unwrap_or(OLDEST_POSSIBLE));
+                    timed_out = true;
                     continue;
                 }
                 Err(err) => return Err(err.into()),
@@ -618,7 +643,13 @@ impl<'c, 'a> Run<'c, 'a> {
                 PagesEnd::Done => {
                     restarts = 0;
                     if let Some(width) = window {
-                        fits = fits.max(rows);
+                        answered = answered.max(rows);
+                        // Until a window times out, planned windows aim at the planned rows.
+                        let fits = if timed_out {
+                            answered
+                        } else {
+                            2 * self.ctx.settings.history_window_rows
+                        };
                         window = Some(wider(width, rows, fits));
                     }
                 }
@@ -644,6 +675,40 @@ impl<'c, 'a> Run<'c, 'a> {
                 _ => return Ok(()),
             }
         }
+    }
+
+    /// The first windows of a history stream that never ran, when its parents are too many
+    /// for one query: one wide query over millions of history rows would time out (after two
+    /// minutes on a real org) once per halving before any row is read. `None` reads the
+    /// stream in one query, as for record objects and small orgs.
+    async fn plan_history_backfill(
+        &self,
+        stream: &Stream,
+    ) -> Result<Option<BackfillPlan>, SyncError> {
+        let Rows::History { parent_kind, .. } = stream.rows else {
+            return Ok(None);
+        };
+        let parents = self
+            .ctx
+            .store
+            .created_span(self.ctx.connection_id, parent_kind)
+            .await?;
+        let Some(oldest) = parents.oldest else {
+            return Ok(None);
+        };
+        let expected = parents.count.saturating_mul(ASSUMED_HISTORY_PER_PARENT);
+        let aim = self.ctx.settings.history_window_rows;
+        let span = (self.now() - oldest).max(0) as u64;
+        if expected <= aim || span == 0 {
+            return Ok(None);
+        }
+        let width = Duration::from_millis(span)
+            .mul_f64(aim as f64 / expected as f64)
+            .max(NARROWEST_WINDOW);
+        tracing::info!(connection = %self.ctx.settings.name, object = stream.object,
+            parents = parents.count, window_hours = width.as_secs() / 3600,
+            "reading history in time windows");
+        Ok(Some(BackfillPlan { oldest, width }))
     }
 
     /// Halves the time window of a query that timed out, down to an hour.

@@ -187,6 +187,51 @@ token = { env = "HS_TOKEN" }
 }
 
 #[test]
+fn history_window_rows_is_positive_and_salesforce_only() {
+    let dir = ConfigDir::new();
+    let with = |keys: &str| {
+        SALESFORCE.replace(
+            "kind = \"salesforce\"",
+            &format!("kind = \"salesforce\"\n{keys}"),
+        )
+    };
+    let defaults = load(&dir, SALESFORCE, &[("SF_REFRESH", "x")]).unwrap();
+    assert_eq!(defaults.connections[0].history_window_rows, 200_000);
+    let lowered = load(
+        &dir,
+        &with("history_window_rows = 50000"),
+        &[("SF_REFRESH", "x")],
+    )
+    .unwrap();
+    assert_eq!(lowered.connections[0].history_window_rows, 50_000);
+    let err = load(
+        &dir,
+        &with("history_window_rows = 0"),
+        &[("SF_REFRESH", "x")],
+    )
+    .unwrap_err();
+    assert_eq!(
+        problem_keys(&err),
+        vec!["connections[0].history_window_rows"]
+    );
+    assert!(err.to_string().contains("must be at least 1"), "{err}");
+    let hubspot = r#"
+[[connections]]
+name = "hs"
+kind = "hubspot"
+history_window_rows = 1000
+[connections.auth]
+kind = "private_app"
+token = { env = "HS_TOKEN" }
+"#;
+    let err = load(&dir, hubspot, &[("HS_TOKEN", "pat-x")]).unwrap_err();
+    assert_eq!(
+        problem_keys(&err),
+        vec!["connections[0].history_window_rows"]
+    );
+}
+
+#[test]
 fn plain_http_is_refused_off_loopback_and_allowed_on_it() {
     let dir = ConfigDir::new();
     let remote = SALESFORCE.replace(

@@ -702,6 +702,27 @@ async fn timed_out_history_queries_are_narrowed_until_they_answer(test: TestStor
     emu.stop().await.unwrap();
 }
 
+/// A first backfill of an org with many records per `history_window_rows` reads its history
+/// in CreatedDate windows planned from the stored parents, so no history query times out,
+/// and every row is stored.
+async fn a_large_history_backfill_reads_planned_windows_without_timing_out(test: TestStore) {
+    let emu = start_emulator_with(SalesforceOptions {
+        query_timeout_rows: 50,
+        ..SalesforceOptions::default()
+    })
+    .await;
+    let dir = ConfigDir::new();
+    let mut connection = connection_with_field_history(&emu, &dir);
+    connection.history_window_rows = 20;
+    let run = run_ok(&test.store, &connection, &quick_options()).await;
+    let id = connection_id(&test.store).await;
+    assert_store_matches_truth(&test.store, id, &emu).await;
+    assert_field_history_matches_truth(&test.store, &emu).await;
+    // 103 calls; 142 when each history object is first asked for whole and narrowed by halves.
+    assert!(run.api_calls < 120, "{} calls", run.api_calls);
+    emu.stop().await.unwrap();
+}
+
 /// A dense stretch of history (45 deals created at once, near the 50 rows a history query may
 /// match here) narrows the window; the sparser weeks after it are read in windows that widen
 /// again, not each at the narrow width.
@@ -1099,6 +1120,7 @@ on_both_backends!(
     a_delete_purged_from_the_recycle_bin_unseen_is_found_by_the_id_sweep,
     timed_out_history_queries_are_narrowed_until_they_answer,
     narrowed_windows_widen_again_after_a_dense_stretch,
+    a_large_history_backfill_reads_planned_windows_without_timing_out,
     a_sync_after_a_quarter_without_one_keeps_the_history_of_deals_deleted_meanwhile,
     history_that_times_out_at_the_narrowest_window_fails_the_run,
     runs_stop_at_the_api_budget_and_the_next_ones_resume,
