@@ -333,6 +333,12 @@ impl StoreTx {
     }
 }
 
+/// Prepared statements each SQLite connection keeps. A multi-row statement of a few hundred
+/// rows is a large program that also keeps a copy of the values last bound to it, and every
+/// row count of a page's last chunk is a statement of its own: sqlx's default of 100 let a
+/// `large` history backfill grow to 156 MB, against 108 MB (and no slower) with 24.
+const SQLITE_STATEMENTS_KEPT: usize = 24;
+
 async fn open_sqlite(url: &str, settings: &StoreSettings) -> Result<SqlitePool, StoreError> {
     let connect = |source| StoreError::Connect {
         backend: "sqlite",
@@ -344,7 +350,8 @@ async fn open_sqlite(url: &str, settings: &StoreSettings) -> Result<SqlitePool, 
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Normal)
         .foreign_keys(true)
-        .busy_timeout(settings.busy_timeout);
+        .busy_timeout(settings.busy_timeout)
+        .statement_cache_capacity(SQLITE_STATEMENTS_KEPT);
     // Each connection to `:memory:` would be a separate empty database.
     let max_connections = if url.contains(":memory:") {
         1

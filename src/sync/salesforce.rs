@@ -608,7 +608,7 @@ impl<'c, 'a> Run<'c, 'a> {
                 floor = Some(plan.oldest);
             }
         }
-        // The most rows a window held without timing out, once a window timed out.
+        // The most rows a window held, and whether one timed out.
         let mut answered = 0;
         let mut timed_out = false;
         let mut restarts = 0;
@@ -644,13 +644,16 @@ impl<'c, 'a> Run<'c, 'a> {
                     restarts = 0;
                     if let Some(width) = window {
                         answered = answered.max(rows);
-                        // Until a window times out, planned windows aim at the planned rows.
-                        let fits = if timed_out {
-                            answered
+                        // Planned windows keep to the planned rows (the plan's density was a
+                        // guess) until one times out; after that a window that answered is
+                        // known to fit, so the next is never narrower, and aims at half the
+                        // fullest that answered.
+                        let (aim, least) = if timed_out {
+                            (answered / 2, 1.0)
                         } else {
-                            2 * self.ctx.settings.history_window_rows
+                            (self.ctx.settings.history_window_rows, 0.5)
                         };
-                        window = Some(wider(width, rows, fits));
+                        window = Some(resized(width, rows, aim, least));
                     }
                 }
                 PagesEnd::LocatorLost(last_stamp) => {
@@ -1274,13 +1277,13 @@ fn is_salesforce_id(id: &str) -> bool {
     matches!(id.len(), 15 | 18) && id.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
-/// The window after one of `width` that read `rows` rows, when the fullest window that did not
-/// time out held `fits`: wide enough for about half of `fits` at the density just read, so
-/// that denser history ahead seldom times out again, never narrower, and at most four times
-/// wider. A timeout narrows one dense stretch (an import, a mass update); without widening
-/// again, the years after it would each be read an hour or a day at a time.
-fn wider(width: Duration, rows: u64, fits: u64) -> Duration {
-    let factor = (fits as f64 / 2.0 / rows.max(1) as f64).clamp(1.0, 4.0);
+/// The window after one of `width` that read `rows` rows: wide enough for about `aim` rows at
+/// the density just read, at most four times wider and at least `least` times as wide, so one
+/// odd window does not swing the next too far. A timeout narrows one dense stretch (an
+/// import, a mass update); without widening again, the years after it would each be read an
+/// hour or a day at a time.
+fn resized(width: Duration, rows: u64, aim: u64, least: f64) -> Duration {
+    let factor = (aim.max(1) as f64 / rows.max(1) as f64).clamp(least, 4.0);
     width.mul_f64(factor)
 }
 

@@ -15,6 +15,29 @@ client_id = "3MVG9-test"
 refresh_token = { env = "SF_REFRESH" }
 "#;
 
+/// `SALESFORCE` with `keys` added to its connection.
+fn salesforce_with(keys: &str) -> String {
+    SALESFORCE.replace(
+        "kind = \"salesforce\"",
+        &format!("kind = \"salesforce\"\n{keys}"),
+    )
+}
+
+/// A HubSpot connection (token from `HS_TOKEN`) with `keys` added.
+fn hubspot_with(keys: &str) -> String {
+    format!(
+        r#"
+[[connections]]
+name = "hs"
+kind = "hubspot"
+{keys}
+[connections.auth]
+kind = "private_app"
+token = {{ env = "HS_TOKEN" }}
+"#
+    )
+}
+
 fn load(
     dir: &ConfigDir,
     text: &str,
@@ -99,10 +122,7 @@ fn a_missing_secret_variable_names_the_key_and_the_variable() {
 #[test]
 fn an_invalid_url_names_the_key() {
     let dir = ConfigDir::new();
-    let text = SALESFORCE.replace(
-        "kind = \"salesforce\"",
-        "kind = \"salesforce\"\nlogin_url = \"not a url\"",
-    );
+    let text = salesforce_with("login_url = \"not a url\"");
     let err = load(&dir, &text, &[("SF_REFRESH", "x")]).unwrap_err();
     assert_eq!(problem_keys(&err), vec!["connections[0].login_url"]);
     assert!(err.to_string().contains("is not a valid URL"), "{err}");
@@ -111,10 +131,7 @@ fn an_invalid_url_names_the_key() {
 #[test]
 fn page_size_and_lookback_are_checked_per_crm() {
     let dir = ConfigDir::new();
-    let text = SALESFORCE.replace(
-        "kind = \"salesforce\"",
-        "kind = \"salesforce\"\npage_size = 100\nlookback = \"2d\"",
-    );
+    let text = salesforce_with("page_size = 100\nlookback = \"2d\"");
     let err = load(&dir, &text, &[("SF_REFRESH", "x")]).unwrap_err();
     assert_eq!(
         problem_keys(&err),
@@ -125,10 +142,7 @@ fn page_size_and_lookback_are_checked_per_crm() {
             .contains("must be between 200 and 2000 for salesforce"),
         "{err}"
     );
-    let text = SALESFORCE.replace(
-        "kind = \"salesforce\"",
-        "kind = \"salesforce\"\npage_size = 500\nlookback = \"10m\"",
-    );
+    let text = salesforce_with("page_size = 500\nlookback = \"10m\"");
     let settings = load(&dir, &text, &[("SF_REFRESH", "x")]).unwrap();
     assert_eq!(settings.connections[0].page_size, 500);
     assert_eq!(
@@ -140,20 +154,19 @@ fn page_size_and_lookback_are_checked_per_crm() {
 #[test]
 fn bulk_threshold_is_a_count_or_off_and_salesforce_only() {
     let dir = ConfigDir::new();
-    let with = |keys: &str| {
-        SALESFORCE.replace(
-            "kind = \"salesforce\"",
-            &format!("kind = \"salesforce\"\n{keys}"),
-        )
-    };
     let defaults = load(&dir, SALESFORCE, &[("SF_REFRESH", "x")]).unwrap();
     assert_eq!(defaults.connections[0].bulk_threshold, Some(50_000));
     assert_eq!(defaults.connections[0].bulk_chunk_size, 20_000);
-    let always = load(&dir, &with("bulk_threshold = 0"), &[("SF_REFRESH", "x")]).unwrap();
+    let always = load(
+        &dir,
+        &salesforce_with("bulk_threshold = 0"),
+        &[("SF_REFRESH", "x")],
+    )
+    .unwrap();
     assert_eq!(always.connections[0].bulk_threshold, Some(0));
     let never = load(
         &dir,
-        &with("bulk_threshold = \"off\"\nbulk_chunk_size = 5000"),
+        &salesforce_with("bulk_threshold = \"off\"\nbulk_chunk_size = 5000"),
         &[("SF_REFRESH", "x")],
     )
     .unwrap();
@@ -161,7 +174,7 @@ fn bulk_threshold_is_a_count_or_off_and_salesforce_only() {
     assert_eq!(never.connections[0].bulk_chunk_size, 5_000);
     let err = load(
         &dir,
-        &with("bulk_threshold = \"sometimes\"\nbulk_chunk_size = 10"),
+        &salesforce_with("bulk_threshold = \"sometimes\"\nbulk_chunk_size = 10"),
         &[("SF_REFRESH", "x")],
     )
     .unwrap_err();
@@ -173,40 +186,30 @@ fn bulk_threshold_is_a_count_or_off_and_salesforce_only() {
         ]
     );
     assert!(err.to_string().contains("`sometimes` is neither"), "{err}");
-    let hubspot = r#"
-[[connections]]
-name = "hs"
-kind = "hubspot"
-bulk_threshold = 0
-[connections.auth]
-kind = "private_app"
-token = { env = "HS_TOKEN" }
-"#;
-    let err = load(&dir, hubspot, &[("HS_TOKEN", "pat-x")]).unwrap_err();
+    let err = load(
+        &dir,
+        &hubspot_with("bulk_threshold = 0"),
+        &[("HS_TOKEN", "pat-x")],
+    )
+    .unwrap_err();
     assert_eq!(problem_keys(&err), vec!["connections[0].bulk_threshold"]);
 }
 
 #[test]
 fn history_window_rows_is_positive_and_salesforce_only() {
     let dir = ConfigDir::new();
-    let with = |keys: &str| {
-        SALESFORCE.replace(
-            "kind = \"salesforce\"",
-            &format!("kind = \"salesforce\"\n{keys}"),
-        )
-    };
     let defaults = load(&dir, SALESFORCE, &[("SF_REFRESH", "x")]).unwrap();
     assert_eq!(defaults.connections[0].history_window_rows, 200_000);
     let lowered = load(
         &dir,
-        &with("history_window_rows = 50000"),
+        &salesforce_with("history_window_rows = 50000"),
         &[("SF_REFRESH", "x")],
     )
     .unwrap();
     assert_eq!(lowered.connections[0].history_window_rows, 50_000);
     let err = load(
         &dir,
-        &with("history_window_rows = 0"),
+        &salesforce_with("history_window_rows = 0"),
         &[("SF_REFRESH", "x")],
     )
     .unwrap_err();
@@ -215,16 +218,12 @@ fn history_window_rows_is_positive_and_salesforce_only() {
         vec!["connections[0].history_window_rows"]
     );
     assert!(err.to_string().contains("must be at least 1"), "{err}");
-    let hubspot = r#"
-[[connections]]
-name = "hs"
-kind = "hubspot"
-history_window_rows = 1000
-[connections.auth]
-kind = "private_app"
-token = { env = "HS_TOKEN" }
-"#;
-    let err = load(&dir, hubspot, &[("HS_TOKEN", "pat-x")]).unwrap_err();
+    let err = load(
+        &dir,
+        &hubspot_with("history_window_rows = 1000"),
+        &[("HS_TOKEN", "pat-x")],
+    )
+    .unwrap_err();
     assert_eq!(
         problem_keys(&err),
         vec!["connections[0].history_window_rows"]
@@ -234,16 +233,10 @@ token = { env = "HS_TOKEN" }
 #[test]
 fn plain_http_is_refused_off_loopback_and_allowed_on_it() {
     let dir = ConfigDir::new();
-    let remote = SALESFORCE.replace(
-        "kind = \"salesforce\"",
-        "kind = \"salesforce\"\nlogin_url = \"http://login.salesforce.com\"",
-    );
+    let remote = salesforce_with("login_url = \"http://login.salesforce.com\"");
     let err = load(&dir, &remote, &[("SF_REFRESH", "x")]).unwrap_err();
     assert!(err.to_string().contains("must use https"), "{err}");
-    let local = SALESFORCE.replace(
-        "kind = \"salesforce\"",
-        "kind = \"salesforce\"\nlogin_url = \"http://127.0.0.1:8787\"",
-    );
+    let local = salesforce_with("login_url = \"http://127.0.0.1:8787\"");
     load(&dir, &local, &[("SF_REFRESH", "x")]).expect("the emulator on loopback may use http");
 }
 

@@ -713,13 +713,13 @@ async fn a_large_history_backfill_reads_planned_windows_without_timing_out(test:
     .await;
     let dir = ConfigDir::new();
     let mut connection = connection_with_field_history(&emu, &dir);
-    connection.history_window_rows = 20;
+    connection.history_window_rows = 30;
     let run = run_ok(&test.store, &connection, &quick_options()).await;
     let id = connection_id(&test.store).await;
     assert_store_matches_truth(&test.store, id, &emu).await;
     assert_field_history_matches_truth(&test.store, &emu).await;
-    // 103 calls; 142 when each history object is first asked for whole and narrowed by halves.
-    assert!(run.api_calls < 120, "{} calls", run.api_calls);
+    // 109 calls; 143 when each history object is first asked for whole and narrowed by halves.
+    assert!(run.api_calls < 130, "{} calls", run.api_calls);
     emu.stop().await.unwrap();
 }
 
