@@ -1278,13 +1278,13 @@ fn is_salesforce_id(id: &str) -> bool {
 }
 
 /// The window after one of `width` that read `rows` rows: wide enough for about `aim` rows at
-/// the density just read, at most four times wider and at least `least` times as wide, so one
-/// odd window does not swing the next too far. A timeout narrows one dense stretch (an
-/// import, a mass update); without widening again, the years after it would each be read an
-/// hour or a day at a time.
+/// the density just read, at most four times wider and at least `least` times as wide (and
+/// an hour), so one odd window does not swing the next too far. A timeout narrows one dense
+/// stretch (an import, a mass update); without widening again, the years after it would each
+/// be read an hour or a day at a time.
 fn resized(width: Duration, rows: u64, aim: u64, least: f64) -> Duration {
     let factor = (aim.max(1) as f64 / rows.max(1) as f64).clamp(least, 4.0);
-    width.mul_f64(factor)
+    width.mul_f64(factor).max(NARROWEST_WINDOW)
 }
 
 /// `SELECT … FROM object WHERE stamp >= from AND stamp < upper ORDER BY stamp, Id`.
