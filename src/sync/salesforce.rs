@@ -69,7 +69,7 @@ const MAX_RESTARTS: u32 = 10;
 /// Where a history backfill's windows start and how wide the first one is.
 struct BackfillPlan {
     /// The oldest parent's creation. History is not older than its record, yet the first
-    /// window reaches back to the start of time all the same, so that nothing is skipped.
+    /// window reaches back to 2000 all the same, as far as any stream's narrowing does.
     oldest: Millis,
     /// The first window's width past `oldest`.
     width: Duration,
