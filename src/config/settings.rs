@@ -153,7 +153,7 @@ pub struct ConnectionSettings {
     /// Salesforce: records per Bulk API 2.0 results chunk (`maxRecords`).
     pub bulk_chunk_size: u32,
     /// Salesforce: history rows a first history backfill of a large org aims to read per query
-    /// time window, so that no window runs into `QUERY_TIMEOUT`.
+    /// time window, so that windows seldom run into `QUERY_TIMEOUT`.
     pub history_window_rows: u64,
     /// Salesforce: how often every live row of an object with formula or roll-up fields is
     /// read again, since their values change without the row's stamp moving; `None` never.

@@ -14,6 +14,7 @@ mod bulk;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use super::progress::Progress;
@@ -31,8 +32,8 @@ use crate::record::{
     ActorKind, LifecycleEvent, Millis, ObjectKind, Origin, RecordObservation, RecordState,
 };
 use crate::store::{
-    FieldChange, FieldDefinition, NewLifecycleEvent, NewStageTransition, ObservationOutcome,
-    QuarantineEntry, StageDefinition, StoreTx,
+    CreatedSpan, FieldChange, FieldDefinition, NewLifecycleEvent, NewStageTransition,
+    ObservationOutcome, QuarantineEntry, StageDefinition, StoreTx,
 };
 
 /// Record objects in the order they are synced.
@@ -75,6 +76,49 @@ struct BackfillPlan {
     width: Duration,
 }
 
+/// How a windowed read sizes its time windows. It is saved with the cursor, so that a read cut
+/// short (budget, stop, crash) goes on with the windows it had learned, rather than one query
+/// from its checkpoint that times out and is halved again.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+struct Windows {
+    /// Width of the window being read.
+    width_ms: u64,
+    /// The most rows a window of this read has held.
+    fullest: u64,
+    /// A window timed out: from then on each window aims at half the fullest that answered
+    /// and is never narrower than the one before.
+    timed_out: bool,
+}
+
+impl Windows {
+    /// The windows of a planned backfill, starting at `width`.
+    fn planned(width: Duration) -> Windows {
+        Windows {
+            width_ms: width.as_millis() as u64,
+            fullest: 0,
+            timed_out: false,
+        }
+    }
+
+    /// Sizes the next window after one that answered with `rows` rows. Until a window times
+    /// out, windows keep to `planned_rows` (a plan's density is a guess) and may narrow by
+    /// half; after a timeout a window that answered is known to fit, so the next is never
+    /// narrower.
+    fn answered(&mut self, rows: u64, planned_rows: u64) {
+        self.fullest = self.fullest.max(rows);
+        let (aim, least) = if self.timed_out {
+            (self.fullest / 2, 1.0)
+        } else {
+            (planned_rows, 0.5)
+        };
+        self.width_ms = resized(self.width(), rows, aim, least).as_millis() as u64;
+    }
+
+    fn width(&self) -> Duration {
+        Duration::from_millis(self.width_ms)
+    }
+}
+
 /// What a stream reads and how its rows are stored.
 struct Stream {
     object: &'static str,
@@ -114,6 +158,9 @@ struct Run<'c, 'a> {
     /// earlier run created was read on: history is read no further, so that every history
     /// row's parent is stored.
     oldest_snapshot: Option<Millis>,
+    /// Stored parents per kind, counted once per run for the history backfills that plan
+    /// windows (OpportunityHistory and OpportunityFieldHistory share theirs).
+    created_spans: HashMap<ObjectKind, CreatedSpan>,
 }
 
 /// Syncs a Salesforce connection: stages, then records, then history.
@@ -137,6 +184,7 @@ impl<'c, 'a> Run<'c, 'a> {
             actors: HashMap::new(),
             server_now: None,
             oldest_snapshot: None,
+            created_spans: HashMap::new(),
         }
     }
 
@@ -598,24 +646,25 @@ impl<'c, 'a> Run<'c, 'a> {
         if self.run_bulk_stream(stream, &position, from, until).await? {
             return Ok(());
         }
-        let mut window: Option<Duration> = None;
+        // A read cut short (budget, stop, crash) resumes with the windows it had learned.
+        let mut windows = position
+            .as_ref()
+            .and_then(|position| position.get("windows"))
+            .and_then(|saved| serde_json::from_value::<Windows>(saved.clone()).ok());
         // Windows start no earlier than this (the oldest parent of a planned history backfill).
         let mut floor = None;
         if checkpoint.is_none() {
             if let Some(plan) = self.plan_history_backfill(stream).await? {
                 from = Some(OLDEST_POSSIBLE);
-                window = Some(plan.width);
+                windows = Some(Windows::planned(plan.width));
                 floor = Some(plan.oldest);
             }
         }
-        // The most rows a window held, and whether one timed out.
-        let mut answered = 0;
-        let mut timed_out = false;
         let mut restarts = 0;
         loop {
-            let upper = match (window, from) {
-                (Some(width), Some(start)) => {
-                    Some(start.max(floor.unwrap_or(start)) + width.as_millis() as Millis)
+            let upper = match (windows, from) {
+                (Some(windows), Some(start)) => {
+                    Some(start.max(floor.unwrap_or(start)) + windows.width_ms as Millis)
                 }
                 _ => None,
             };
@@ -631,29 +680,18 @@ impl<'c, 'a> Run<'c, 'a> {
             {
                 Ok(page) => page,
                 Err(err) if err.code() == Some("QUERY_TIMEOUT") => {
-                    window = Some(self.narrower(stream, window, from, err)?);
+                    windows = Some(self.narrower(stream, windows, from, err)?);
                     from = Some(from.unwrap_or(OLDEST_POSSIBLE));
-                    timed_out = true;
                     continue;
                 }
                 Err(err) => return Err(err.into()),
             };
             let rows = first.total_size;
-            match self.read_pages(stream, first).await? {
+            match self.read_pages(stream, first, windows.as_ref()).await? {
                 PagesEnd::Done => {
                     restarts = 0;
-                    if let Some(width) = window {
-                        answered = answered.max(rows);
-                        // Planned windows keep to the planned rows (the plan's density was a
-                        // guess) until one times out; after that a window that answered is
-                        // known to fit, so the next is never narrower, and aims at half the
-                        // fullest that answered.
-                        let (aim, least) = if timed_out {
-                            (answered / 2, 1.0)
-                        } else {
-                            (self.ctx.settings.history_window_rows, 0.5)
-                        };
-                        window = Some(resized(width, rows, aim, least));
+                    if let Some(windows) = windows.as_mut() {
+                        windows.answered(rows, self.ctx.settings.history_window_rows);
                     }
                 }
                 PagesEnd::LocatorLost(last_stamp) => {
@@ -685,17 +723,23 @@ impl<'c, 'a> Run<'c, 'a> {
     /// minutes on a real org) once per halving before any row is read. `None` reads the
     /// stream in one query, as for record objects and small orgs.
     async fn plan_history_backfill(
-        &self,
+        &mut self,
         stream: &Stream,
     ) -> Result<Option<BackfillPlan>, SyncError> {
         let Rows::History { parent_kind, .. } = stream.rows else {
             return Ok(None);
         };
-        let parents = self
-            .ctx
-            .store
-            .created_span(self.ctx.connection_id, parent_kind)
-            .await?;
+        let parents = match self.created_spans.get(&parent_kind) {
+            Some(span) => *span,
+            None => {
+                let span = self
+                    .ctx
+                    .store
+                    .created_span(self.ctx.connection_id, parent_kind)
+                    .await?;
+                *self.created_spans.entry(parent_kind).or_insert(span)
+            }
+        };
         let Some(oldest) = parents.oldest else {
             return Ok(None);
         };
@@ -718,19 +762,22 @@ impl<'c, 'a> Run<'c, 'a> {
     fn narrower(
         &self,
         stream: &Stream,
-        window: Option<Duration>,
+        windows: Option<Windows>,
         from: Option<Millis>,
         err: CrmError,
-    ) -> Result<Duration, SyncError> {
-        let span =
-            Duration::from_millis((self.now() - from.unwrap_or(OLDEST_POSSIBLE)).max(0) as u64);
-        let next = window.unwrap_or(span) / 2;
-        if next < NARROWEST_WINDOW {
+    ) -> Result<Windows, SyncError> {
+        let span = (self.now() - from.unwrap_or(OLDEST_POSSIBLE)).max(0) as u64;
+        let next = windows.map_or(span, |windows| windows.width_ms) / 2;
+        if next < NARROWEST_WINDOW.as_millis() as u64 {
             return Err(err.into());
         }
         tracing::warn!(connection = %self.ctx.settings.name, object = stream.object,
-            window_hours = next.as_secs() / 3600, "query timed out; narrowing its time window");
-        Ok(next)
+            window_hours = next / 3_600_000, "query timed out; narrowing its time window");
+        Ok(Windows {
+            width_ms: next,
+            fullest: windows.map_or(0, |windows| windows.fullest),
+            timed_out: true,
+        })
     }
 
     /// Stores page after page; says where it stopped if the locator was lost.
@@ -738,6 +785,7 @@ impl<'c, 'a> Run<'c, 'a> {
         &mut self,
         stream: &Stream,
         first: QueryPage,
+        windows: Option<&Windows>,
     ) -> Result<PagesEnd, SyncError> {
         let connection = self.ctx.settings.name.clone();
         let mut progress = Progress::new(&connection, stream.object, first.total_size);
@@ -745,7 +793,7 @@ impl<'c, 'a> Run<'c, 'a> {
         let mut last_stamp = None;
         loop {
             self.server_now = page.server_time.or(self.server_now);
-            if let Some(stamp) = self.store_page(stream, &page).await? {
+            if let Some(stamp) = self.store_page(stream, &page, windows).await? {
                 last_stamp = Some(stamp);
             }
             progress.advance(page.records.len());
@@ -763,11 +811,13 @@ impl<'c, 'a> Run<'c, 'a> {
         }
     }
 
-    /// One page and its cursor in one transaction; returns the page's newest stamp.
+    /// One page and its cursor (with the read's windows, if any) in one transaction; returns
+    /// the page's newest stamp.
     async fn store_page(
         &mut self,
         stream: &Stream,
         page: &QueryPage,
+        windows: Option<&Windows>,
     ) -> Result<Option<Millis>, SyncError> {
         let observed_at = page.server_time.unwrap_or_else(|| self.now());
         let mut tx = self.ctx.begin().await?;
@@ -796,7 +846,7 @@ impl<'c, 'a> Run<'c, 'a> {
                 self.ctx.connection_id,
                 stream.object,
                 stream.cursor,
-                &json!({ "stamp": stamp }),
+                &stream_position(stamp, windows),
                 Some(self.ctx.run_id),
                 observed_at,
             )
@@ -1285,6 +1335,14 @@ fn is_salesforce_id(id: &str) -> bool {
 fn resized(width: Duration, rows: u64, aim: u64, least: f64) -> Duration {
     let factor = (aim.max(1) as f64 / rows.max(1) as f64).clamp(least, 4.0);
     width.mul_f64(factor).max(NARROWEST_WINDOW)
+}
+
+/// A REST stream's cursor: the newest stamp stored, and the windows of a windowed read.
+fn stream_position(stamp: Millis, windows: Option<&Windows>) -> Value {
+    match windows {
+        Some(windows) => json!({ "stamp": stamp, "windows": windows }),
+        None => json!({ "stamp": stamp }),
+    }
 }
 
 /// `SELECT … FROM object WHERE stamp >= from AND stamp < upper ORDER BY stamp, Id`.

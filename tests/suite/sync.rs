@@ -723,6 +723,51 @@ async fn a_large_history_backfill_reads_planned_windows(test: TestStore) {
     emu.stop().await.unwrap();
 }
 
+/// A planned history backfill cut short by the API budget resumes with the windows it had
+/// reached (saved with its checkpoint), not with one query over the rest of the history that
+/// times out and is halved again in every run.
+async fn a_history_backfill_cut_short_resumes_with_its_windows(test: TestStore) {
+    let emu = start_emulator_with(SalesforceOptions {
+        query_timeout_rows: 50,
+        ..SalesforceOptions::default()
+    })
+    .await;
+    let dir = ConfigDir::new();
+    let mut connection = connection_with_field_history(&emu, &dir);
+    connection.history_window_rows = 30;
+    // 30 of the emulated org's 15,000 daily calls per run.
+    connection.limits.daily_budget_share = 0.002;
+    let options = quick_options();
+    let mut calls = 0;
+    let mut windows_resumed = 0;
+    for _ in 0..20 {
+        let run = run_once(&test.store, &connection, &options).await;
+        calls += run.api_calls;
+        let id = connection_id(&test.store).await;
+        let history = test
+            .store
+            .cursor(id, "OpportunityFieldHistory", "history")
+            .await
+            .unwrap();
+        match run.status {
+            SyncRunStatus::BudgetStopped => {
+                if history.is_some_and(|cursor| cursor["windows"]["width_ms"].is_u64()) {
+                    windows_resumed += 1;
+                }
+            }
+            SyncRunStatus::Succeeded => break,
+            other => panic!("run ended {other:?}: {:?}", run.message),
+        }
+    }
+    let id = connection_id(&test.store).await;
+    assert_store_matches_truth(&test.store, id, &emu).await;
+    assert_field_history_matches_truth(&test.store, &emu).await;
+    assert!(windows_resumed >= 1, "some run stopped inside the windows");
+    // 205 calls; 268 when each resumed run starts with one query over the rest and halves it.
+    assert!(calls < 230, "{calls} calls in all");
+    emu.stop().await.unwrap();
+}
+
 /// A dense stretch of history (45 deals created at once, near the 50 rows a history query may
 /// match here) narrows the window; the sparser weeks after it are read in windows that widen
 /// again, not each at the narrow width.
@@ -1121,6 +1166,7 @@ on_both_backends!(
     timed_out_history_queries_are_narrowed_until_they_answer,
     narrowed_windows_widen_again_after_a_dense_stretch,
     a_large_history_backfill_reads_planned_windows,
+    a_history_backfill_cut_short_resumes_with_its_windows,
     a_sync_after_a_quarter_without_one_keeps_the_history_of_deals_deleted_meanwhile,
     history_that_times_out_at_the_narrowest_window_fails_the_run,
     runs_stop_at_the_api_budget_and_the_next_ones_resume,
