@@ -248,8 +248,7 @@ impl<'a> OrgView<'a> {
             return true;
         }
         let life = self.funnel.lead(number);
-        let last = life.steps.last().map_or(life.created_at, |step| step.at);
-        last.max(life.created_at) >= from
+        life.steps.last().map_or(life.created_at, |step| step.at) >= from
     }
 
     /// Numbers of the deals or leads whose history rows may have been created by `created_by`:
@@ -314,31 +313,36 @@ impl<'a> OrgView<'a> {
             by: created_by,
         } = created;
         match object.name {
-            "OpportunityHistory" | "OpportunityFieldHistory" => Box::new(
-                self.parents(&OPPORTUNITY, created_by)
-                    .flat_map(move |deal| {
-                        self.history(object, deal)
-                            .into_iter()
-                            .enumerate()
-                            .map(move |(slot, row)| (deal * HISTORY_SLOTS + slot as u64, row))
-                    }),
-            ),
-            "LeadHistory" => Box::new(
-                self.parents(&LEAD, created_by)
-                    .filter(move |&lead| from.is_none_or(|from| self.lead_active_since(lead, from)))
-                    .flat_map(move |lead| {
-                        self.history(object, lead).into_iter().enumerate().map(
-                            move |(slot, row)| {
-                                (LEAD_HISTORY_BASE + lead * HISTORY_SLOTS + slot as u64, row)
-                            },
-                        )
-                    }),
+            "OpportunityHistory" | "OpportunityFieldHistory" => {
+                self.history_rows(object, self.parents(&OPPORTUNITY, created_by), 0)
+            }
+            "LeadHistory" => self.history_rows(
+                object,
+                self.parents(&LEAD, created_by).filter(move |&lead| {
+                    from.is_none_or(|from| self.lead_active_since(lead, from))
+                }),
+                LEAD_HISTORY_BASE,
             ),
             _ => Box::new(
                 self.numbers(object)
                     .filter_map(move |number| self.record(object, number).map(|row| (number, row))),
             ),
         }
+    }
+
+    /// The history rows of `parents`, numbered from `base` in `HISTORY_SLOTS` per parent.
+    fn history_rows<'s>(
+        &'s self,
+        object: &'static ObjectDef,
+        parents: impl Iterator<Item = u64> + 's,
+        base: u64,
+    ) -> Box<dyn Iterator<Item = (u64, SfRecord)> + 's> {
+        Box::new(parents.flat_map(move |parent| {
+            self.history(object, parent)
+                .into_iter()
+                .enumerate()
+                .map(move |(slot, row)| (base + parent * HISTORY_SLOTS + slot as u64, row))
+        }))
     }
 
     /// Record `number` of `object`, if it exists now.
