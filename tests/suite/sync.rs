@@ -45,6 +45,15 @@ async fn start_emulator_with(salesforce: SalesforceOptions) -> RunningEmulator {
         .expect("emulator starts")
 }
 
+/// The tiny org, answering `QUERY_TIMEOUT` to history queries over more than `rows` rows.
+async fn start_emulator_timing_out_past(rows: u64) -> RunningEmulator {
+    start_emulator_with(SalesforceOptions {
+        query_timeout_rows: rows,
+        ..SalesforceOptions::default()
+    })
+    .await
+}
+
 /// A config file with one Salesforce connection `sf` to `emu`, storing into `store_url` and
 /// listening on `listen`; returns its path.
 pub(crate) fn write_config(
@@ -687,11 +696,7 @@ async fn a_formula_that_changed_without_the_stamp_is_found_by_the_formula_refres
 /// Row 15 of the failure table: history queries over a wide window run too long
 /// (`QUERY_TIMEOUT`); the sync narrows the window until they answer and stores every row.
 async fn timed_out_history_queries_are_narrowed_until_they_answer(test: TestStore) {
-    let emu = start_emulator_with(SalesforceOptions {
-        query_timeout_rows: 50,
-        ..SalesforceOptions::default()
-    })
-    .await;
+    let emu = start_emulator_timing_out_past(50).await;
     let dir = ConfigDir::new();
     let connection = connection_with_field_history(&emu, &dir);
     let options = quick_options();
@@ -706,11 +711,7 @@ async fn timed_out_history_queries_are_narrowed_until_they_answer(test: TestStor
 /// in CreatedDate windows planned from the stored parents, rather than asking for all of it
 /// and narrowing by halves after each timeout: fewer calls, and every row stored.
 async fn a_large_history_backfill_reads_planned_windows(test: TestStore) {
-    let emu = start_emulator_with(SalesforceOptions {
-        query_timeout_rows: 50,
-        ..SalesforceOptions::default()
-    })
-    .await;
+    let emu = start_emulator_timing_out_past(50).await;
     let dir = ConfigDir::new();
     let mut connection = connection_with_field_history(&emu, &dir);
     connection.history_window_rows = 30;
@@ -727,11 +728,7 @@ async fn a_large_history_backfill_reads_planned_windows(test: TestStore) {
 /// reached (saved with its checkpoint), not with one query over the rest of the history that
 /// times out and is halved again in every run.
 async fn a_history_backfill_cut_short_resumes_with_its_windows(test: TestStore) {
-    let emu = start_emulator_with(SalesforceOptions {
-        query_timeout_rows: 50,
-        ..SalesforceOptions::default()
-    })
-    .await;
+    let emu = start_emulator_timing_out_past(50).await;
     let dir = ConfigDir::new();
     let mut connection = connection_with_field_history(&emu, &dir);
     connection.history_window_rows = 30;
@@ -772,11 +769,7 @@ async fn a_history_backfill_cut_short_resumes_with_its_windows(test: TestStore) 
 /// match here) narrows the window; the sparser weeks after it are read in windows that widen
 /// again, not each at the narrow width.
 async fn narrowed_windows_widen_again_after_a_dense_stretch(test: TestStore) {
-    let emu = start_emulator_with(SalesforceOptions {
-        query_timeout_rows: 50,
-        ..SalesforceOptions::default()
-    })
-    .await;
+    let emu = start_emulator_timing_out_past(50).await;
     let dir = ConfigDir::new();
     let connection = salesforce_connection(&emu, &dir);
     let options = quick_options();
@@ -824,11 +817,7 @@ async fn a_sync_after_a_quarter_without_one_keeps_the_history_of_deals_deleted_m
 /// fails loudly, naming `QUERY_TIMEOUT`, and records itself as failed; it never reports
 /// success, and the history checkpoint does not move past rows it never read.
 async fn history_that_times_out_at_the_narrowest_window_fails_the_run(test: TestStore) {
-    let emu = start_emulator_with(SalesforceOptions {
-        query_timeout_rows: 0,
-        ..SalesforceOptions::default()
-    })
-    .await;
+    let emu = start_emulator_timing_out_past(0).await;
     let dir = ConfigDir::new();
     let connection = salesforce_connection(&emu, &dir);
     let failed = sync::sync_once(
