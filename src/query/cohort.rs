@@ -267,18 +267,23 @@ fn plan(params: &CohortParams) -> Result<Plan, QueryError> {
 pub async fn run(store: &Store, params: &CohortParams) -> Result<CohortReport, QueryError> {
     let plan = plan(params)?;
     let connection = resolve_connection(store, params.connection.as_deref()).await?;
-    let reached = first_outcomes(store, connection.id, &plan).await?;
     let mut cohorts: BTreeMap<(Option<String>, i64), Tally> = BTreeMap::new();
     let columns = plan.horizon as usize + 1;
     let count_outcome = |tally: &mut Tally, offset: i64| match usize::try_from(offset) {
         Ok(offset) if offset <= plan.horizon as usize => tally.1[offset] += 1,
         _ => tally.2 += 1,
     };
+    // Outcomes, starts and groups are separate reads of the store, made at once on
+    // connections of their own.
     match plan.by {
         // Without groups only counts leave the store: cohort sizes by day, and the records
         // that reached the outcome.
         None => {
-            for (day, size) in starts_by_day(store, connection.id, &plan).await? {
+            let (reached, days) = tokio::try_join!(
+                first_outcomes(store, connection.id, &plan),
+                starts_by_day(store, connection.id, &plan)
+            )?;
+            for (day, size) in days {
                 tally(&mut cohorts, None, plan.period.index(day * DAY_MS), columns).0 += size;
             }
             for (started, at) in reached.values() {
@@ -290,8 +295,11 @@ pub async fn run(store: &Store, params: &CohortParams) -> Result<CohortReport, Q
             }
         }
         Some(by) => {
-            let groups = touches(store, connection.id, by).await?;
-            let starts = first_events(store, connection.id, plan.start, plan.kind).await?;
+            let (reached, starts, groups) = tokio::try_join!(
+                first_outcomes(store, connection.id, &plan),
+                first_events(store, connection.id, plan.start, plan.kind),
+                touches(store, connection.id, by)
+            )?;
             let in_range = |at: Millis| {
                 plan.from.is_none_or(|from| at >= from) && plan.to.is_none_or(|to| at < to)
             };

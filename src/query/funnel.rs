@@ -10,7 +10,7 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
-use futures_util::TryStreamExt;
+use futures_util::{stream, StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
@@ -185,6 +185,8 @@ const MOVES_IN_WINDOW: (&str, &str) = (
 
 /// How much of the window one SQLite query folds into JSON, to bound the text's size.
 const JSON_SPAN_MS: Millis = 31 * 86_400_000;
+/// SQLite span queries running at once.
+const SPANS_IN_FLIGHT: usize = 2;
 
 /// One move as SQLite's JSON gives it; the stage names borrow from the text.
 #[derive(Deserialize)]
@@ -207,17 +209,23 @@ async fn read_moves(
     let mut moves = Vec::new();
     match store.pool() {
         Backend::Sqlite(pool) => {
-            let mut start = from;
-            while start < to {
-                let end = to.min(start.saturating_add(JSON_SPAN_MS));
-                let text: Option<String> = sqlx::query_scalar(MOVES_IN_WINDOW.0)
-                    .bind(connection_id)
-                    .bind(start)
-                    .bind(end)
-                    .bind(pipeline)
-                    .fetch_one(pool)
-                    .await
-                    .during("read stage moves in a window")?;
+            let spans = (from..to)
+                .step_by(JSON_SPAN_MS as usize)
+                .map(|start| (start, to.min(start.saturating_add(JSON_SPAN_MS))));
+            // While one span's JSON is parsed here, the next span's query runs on its own
+            // connection (and core).
+            let mut texts = stream::iter(spans)
+                .map(|(start, end)| {
+                    sqlx::query_scalar::<_, Option<String>>(MOVES_IN_WINDOW.0)
+                        .bind(connection_id)
+                        .bind(start)
+                        .bind(end)
+                        .bind(pipeline)
+                        .fetch_one(pool)
+                })
+                .buffered(SPANS_IN_FLIGHT);
+            while let Some(text) = texts.next().await {
+                let text = text.during("read stage moves in a window")?;
                 let rows: Vec<JsonMove> = serde_json::from_str(text.as_deref().unwrap_or("[]"))
                     .map_err(|err| sqlx::Error::Decode(Box::new(err)))
                     .during("read stage moves in a window")?;
@@ -227,7 +235,6 @@ async fn read_moves(
                     changed_at_ms: m.3,
                     id: m.4,
                 }));
-                start = end;
             }
         }
         Backend::Postgres(pool) => {

@@ -211,12 +211,18 @@ pub async fn run(
                 .as_deref()
                 .is_none_or(|p| state.pipeline.as_deref() == Some(p))
     };
+    // The two ends are read at once, on two connections: each is a query of its own over the
+    // same window, and a store on more than one core answers both in the time of one.
+    let (at_from, at_to) = tokio::try_join!(
+        changed_deals_at(store, connection.id, (from, to), from),
+        changed_deals_at(store, connection.id, (from, to), to)
+    )?;
     let mut ends: BTreeMap<i64, (Option<State>, Option<State>)> = BTreeMap::new();
-    for state in changed_deals_at(store, connection.id, (from, to), from).await? {
+    for state in at_from {
         let record = state.record_id;
         ends.entry(record).or_default().0 = Some(state);
     }
-    for state in changed_deals_at(store, connection.id, (from, to), to).await? {
+    for state in at_to {
         let record = state.record_id;
         ends.entry(record).or_default().1 = Some(state);
     }
