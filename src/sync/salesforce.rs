@@ -713,9 +713,28 @@ impl<'c, 'a> Run<'c, 'a> {
                 Some(end) if until.is_none_or(|until| end < until) && end < self.now() => {
                     from = Some(end)
                 }
+                _ if windows.is_some() => return self.forget_windows(stream).await,
                 _ => return Ok(()),
             }
         }
+    }
+
+    /// Drops the windows from a stream's cursor once its read has caught up: the next runs
+    /// read the little that is new in one query, rather than widening from the last width.
+    async fn forget_windows(&mut self, stream: &Stream) -> Result<(), SyncError> {
+        let position = self
+            .ctx
+            .store
+            .cursor(self.ctx.connection_id, stream.object, stream.cursor)
+            .await?;
+        let Some(stamp) = position
+            .filter(|position| position.get("windows").is_some())
+            .and_then(|position| position.get("stamp").and_then(Value::as_i64))
+        else {
+            return Ok(());
+        };
+        self.save_position(stream.object, stream.cursor, json!({ "stamp": stamp }))
+            .await
     }
 
     /// The first windows of a history stream that never ran, when its parents are too many

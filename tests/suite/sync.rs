@@ -737,6 +737,7 @@ async fn a_history_backfill_cut_short_resumes_with_its_windows(test: TestStore) 
     let options = quick_options();
     let mut calls = 0;
     let mut windows_resumed = 0;
+    let mut finished = false;
     for _ in 0..20 {
         let run = run_once(&test.store, &connection, &options).await;
         calls += run.api_calls;
@@ -752,14 +753,28 @@ async fn a_history_backfill_cut_short_resumes_with_its_windows(test: TestStore) 
                     windows_resumed += 1;
                 }
             }
-            SyncRunStatus::Succeeded => break,
+            SyncRunStatus::Succeeded => {
+                finished = true;
+                break;
+            }
             other => panic!("run ended {other:?}: {:?}", run.message),
         }
     }
+    assert!(finished, "the runs reached the end");
     let id = connection_id(&test.store).await;
     assert_store_matches_truth(&test.store, id, &emu).await;
     assert_field_history_matches_truth(&test.store, &emu).await;
     assert!(windows_resumed >= 1, "some run stopped inside the windows");
+    let history = test
+        .store
+        .cursor(id, "OpportunityFieldHistory", "history")
+        .await
+        .unwrap()
+        .expect("a history checkpoint");
+    assert!(
+        history.get("windows").is_none(),
+        "a read that caught up reads what is new in one query: {history}"
+    );
     // 205 calls; 268 when each resumed run starts with one query over the rest and halves it.
     assert!(calls < 230, "{calls} calls in all");
     emu.stop().await.unwrap();
