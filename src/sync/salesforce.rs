@@ -756,7 +756,8 @@ impl<'c, 'a> Run<'c, 'a> {
                     .store
                     .created_span(self.ctx.connection_id, parent_kind)
                     .await?;
-                *self.created_spans.entry(parent_kind).or_insert(span)
+                self.created_spans.insert(parent_kind, span);
+                span
             }
         };
         let Some(oldest) = parents.oldest else {

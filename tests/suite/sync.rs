@@ -707,14 +707,21 @@ async fn timed_out_history_queries_are_narrowed_until_they_answer(test: TestStor
     emu.stop().await.unwrap();
 }
 
+/// An org whose history queries time out past 50 rows, and a connection (with field history)
+/// that plans its history windows for 30 rows each.
+async fn planned_windows_setup(dir: &ConfigDir) -> (RunningEmulator, ConnectionSettings) {
+    let emu = start_emulator_timing_out_past(50).await;
+    let mut connection = connection_with_field_history(&emu, dir);
+    connection.history_window_rows = 30;
+    (emu, connection)
+}
+
 /// A first backfill of an org with many records per `history_window_rows` reads its history
 /// in CreatedDate windows planned from the stored parents, rather than asking for all of it
 /// and narrowing by halves after each timeout: fewer calls, and every row stored.
 async fn a_large_history_backfill_reads_planned_windows(test: TestStore) {
-    let emu = start_emulator_timing_out_past(50).await;
     let dir = ConfigDir::new();
-    let mut connection = connection_with_field_history(&emu, &dir);
-    connection.history_window_rows = 30;
+    let (emu, connection) = planned_windows_setup(&dir).await;
     let run = run_ok(&test.store, &connection, &quick_options()).await;
     let id = connection_id(&test.store).await;
     assert_store_matches_truth(&test.store, id, &emu).await;
@@ -728,10 +735,8 @@ async fn a_large_history_backfill_reads_planned_windows(test: TestStore) {
 /// reached (saved with its checkpoint), not with one query over the rest of the history that
 /// times out and is halved again in every run.
 async fn a_history_backfill_cut_short_resumes_with_its_windows(test: TestStore) {
-    let emu = start_emulator_timing_out_past(50).await;
     let dir = ConfigDir::new();
-    let mut connection = connection_with_field_history(&emu, &dir);
-    connection.history_window_rows = 30;
+    let (emu, mut connection) = planned_windows_setup(&dir).await;
     // 30 of the emulated org's 15,000 daily calls per run.
     connection.limits.daily_budget_share = 0.002;
     let options = quick_options();
