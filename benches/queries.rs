@@ -19,8 +19,9 @@ use std::time::{Duration, Instant};
 use pipewarden::config::Settings;
 use pipewarden::emulator::{self, EmulatorOptions, Scale};
 use pipewarden::query::{self, format_instant};
+use pipewarden::stop::StopSignal;
 use pipewarden::store::Store;
-use pipewarden::sync::{self, StopSignal, SyncOptions};
+use pipewarden::sync::{self, SyncOptions};
 use sqlx::Connection;
 
 const DAY_MS: i64 = 86_400_000;

@@ -16,8 +16,9 @@ use std::time::Instant;
 use pipewarden::config::settings::CrmKind;
 use pipewarden::emulator::{self, EmulatorOptions, Scale};
 use pipewarden::recycle::{self, ApplyOptions, RecycleOptions};
+use pipewarden::stop::StopSignal;
 use pipewarden::store::Store;
-use pipewarden::sync::{self, StopSignal, SyncOptions};
+use pipewarden::sync::{self, SyncOptions};
 use sqlx::Connection;
 
 const DAY_MS: i64 = 86_400_000;

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use tokio::task::JoinHandle;
 
 use crate::config::{self, ConfigError, Settings};
 use crate::daemon::{self, DaemonError};
@@ -16,8 +17,9 @@ use crate::emulator::{self, EmulatorOptions};
 use crate::query::{self, Format, QueryError, Report};
 use crate::recycle::{self, RecycleError, RecycleOptions};
 use crate::rules::{self, RulesError, Severity, WaiveError};
-use crate::store::{Store, StoreError};
-use crate::sync::{self, StopSignal, SyncError, SyncOptions};
+use crate::stop::{StopHandle, StopSignal};
+use crate::store::{Store, StoreError, SyncRunStatus};
+use crate::sync::{self, SyncError, SyncOptions};
 use crate::telemetry::LogFormat;
 use crate::writeback;
 
@@ -327,6 +329,9 @@ pub enum CliError {
         /// Connections attempted.
         total: usize,
     },
+    /// A stop (Ctrl-C, SIGTERM) ended `sync --once` before every connection was synced.
+    #[error("stopped on request before every connection was synced; the next run resumes from the last checkpoints")]
+    Stopped,
     /// The demo failed.
     #[error(transparent)]
     Demo(DemoError),
@@ -562,15 +567,24 @@ async fn sync_once(path: Option<PathBuf>, args: SyncArgs) -> Result<(), CliError
     let store = Store::open_migrated(&settings.store).await?;
     let _sole = store.claim_sole_replica(&settings.store.url)?;
     let options = SyncOptions::default();
+    let (stopper, stop) = StopSignal::new();
+    let signals = stop_on_shutdown_signals(stopper, "ending the run at its last checkpoint");
     let mut failed = 0;
     for connection in &connections {
-        match sync::sync_once(&store, connection, &options, &StopSignal::never()).await {
+        if stop.is_set() {
+            println!("{}: not started: a stop was asked for", connection.name);
+            continue;
+        }
+        match sync::sync_once(&store, connection, &options, &stop).await {
             Ok(report) => {
                 println!(
                     "{}: {}",
                     connection.name,
                     sync::describe_run(&report.summary)
                 );
+                if report.summary.status == SyncRunStatus::Interrupted {
+                    continue;
+                }
                 for evaluation in rules::evaluate_after_sync(&store, &settings, connection).await {
                     println!("  {}", rules::describe_evaluation(&evaluation));
                 }
@@ -588,6 +602,7 @@ async fn sync_once(path: Option<PathBuf>, args: SyncArgs) -> Result<(), CliError
             }
         }
     }
+    signals.abort();
     store.close().await;
     if failed > 0 {
         return Err(CliError::SyncFailed {
@@ -595,21 +610,19 @@ async fn sync_once(path: Option<PathBuf>, args: SyncArgs) -> Result<(), CliError
             total: connections.len(),
         });
     }
+    if stop.is_set() {
+        return Err(CliError::Stopped);
+    }
     Ok(())
 }
 
 async fn run_daemon(path: Option<PathBuf>) -> Result<(), CliError> {
     let settings = load_settings(path)?;
     let (stopper, stop) = StopSignal::new();
-    let daemon = daemon::run(settings, stop);
-    tokio::pin!(daemon);
-    tokio::select! {
-        result = &mut daemon => return result.map_err(CliError::Daemon),
-        () = shutdown_signal() => {}
-    }
-    tracing::info!("stop requested; finishing the pages in flight");
-    stopper.stop();
-    daemon.await.map_err(CliError::Daemon)
+    let signals = stop_on_shutdown_signals(stopper, "finishing the pages in flight");
+    let result = daemon::run(settings, stop).await;
+    signals.abort();
+    result.map_err(CliError::Daemon)
 }
 
 async fn demo(path: Option<PathBuf>, args: DemoArgs) -> Result<(), CliError> {
@@ -645,6 +658,20 @@ async fn emulate(args: EmulateArgs) -> Result<(), CliError> {
     println!("CRM emulator listening at {}", running.base_url());
     shutdown_signal().await;
     running.stop().await.map_err(CliError::Emulator)
+}
+
+/// Turns the first shutdown signal into a stop request, logged with what stopping means for
+/// the command, and a second one into an exit at once: every committed page is safe already,
+/// so only the page in flight is lost, and the next run reads it again.
+fn stop_on_shutdown_signals(stopper: StopHandle, meaning: &'static str) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("stop requested; {meaning} (a second Ctrl-C or SIGTERM exits at once)");
+        stopper.stop();
+        shutdown_signal().await;
+        tracing::warn!("second stop request: exiting without waiting");
+        std::process::exit(130);
+    })
 }
 
 /// Resolves on Ctrl-C or, on Unix, SIGTERM (what `docker stop` and systemd send).

@@ -3,8 +3,9 @@
 //! API (`/api/v1/…`).
 //!
 //! Each connection syncs at its own interval plus a random share of it (`poll_jitter`), so
-//! connections and replicas do not hit the APIs in step. A stop (SIGTERM, SIGINT) lets each
-//! run finish and commit the page it is on, then the loops and the listener end.
+//! connections and replicas do not hit the APIs in step. A stop (SIGTERM, SIGINT) ends each
+//! run at its last committed page (a CRM call in flight is abandoned), then the loops and the
+//! listener end.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,8 +24,9 @@ use crate::config::settings::ConnectionSettings;
 use crate::config::Settings;
 use crate::metrics::Metrics;
 use crate::rules::evaluate_after_sync;
-use crate::store::{Store, StoreError};
-use crate::sync::{sync_once, StopSignal, SyncError, SyncOptions};
+use crate::stop::StopSignal;
+use crate::store::{Store, StoreError, SyncRunStatus};
+use crate::sync::{sync_once, SyncError, SyncOptions};
 
 /// Why the daemon could not run.
 #[derive(Debug, thiserror::Error)]
@@ -132,6 +134,10 @@ async fn sync_loop(
                     records = run.records_seen, versions = run.versions_written,
                     transitions = run.transitions_written, api_calls = run.api_calls,
                     daily_used = report.budget.org_used, daily_limit = report.budget.org_limit, "sync run finished");
+                if run.status == SyncRunStatus::Interrupted {
+                    // Shutting down: what this run stored is judged after the next one.
+                    break;
+                }
                 evaluate_after_sync(&store, &settings, connection).await;
                 let now = crate::record::wall_clock();
                 crate::recycle::outcomes::evaluate_after_sync(&store, now).await;

@@ -16,8 +16,9 @@ use crate::config::Settings;
 use crate::emulator::{self, EmulatorOptions, Scale};
 use crate::record::Millis;
 use crate::rules::{describe_evaluation, evaluate_after_sync};
+use crate::stop::StopSignal;
 use crate::store::{ConnectionTotals, Store, StoreError};
-use crate::sync::{describe_run, sync_once, StopSignal, SyncError, SyncOptions};
+use crate::sync::{describe_run, sync_once, SyncError, SyncOptions};
 
 /// What the demo generates and how long it lets time run.
 #[derive(Debug, Clone)]

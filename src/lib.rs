@@ -31,6 +31,7 @@ pub mod query;
 pub mod record;
 pub mod recycle;
 pub mod rules;
+pub mod stop;
 pub mod store;
 pub mod sync;
 pub mod telemetry;

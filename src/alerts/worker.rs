@@ -22,8 +22,8 @@ use super::message::digest_message;
 use super::slack::{PostError, SlackClient};
 use crate::config::settings::SlackSettings;
 use crate::record::{wall_clock, Millis};
+use crate::stop::StopSignal;
 use crate::store::{PendingAlert, Store, StoreError, SyncLease};
-use crate::sync::StopSignal;
 
 /// How the worker paces itself.
 #[derive(Debug, Clone)]

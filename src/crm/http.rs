@@ -5,8 +5,10 @@
 //! a connection error or timeout, a 5xx, a 429 (after its `Retry-After`), Salesforce's
 //! concurrent-long-request 403, or a 2xx whose body does not read (cut short on the way).
 //! A 401 renews the token and repeats the call once. Everything else is the CRM's answer and
-//! goes back to the connector as [`CrmError::Api`], with the CRM's error code.
+//! goes back to the connector as [`CrmError::Api`], with the CRM's error code. A client told
+//! to stop on a signal abandons what it is waiting for when the signal fires.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +27,7 @@ use super::tokens::{
 use super::CrmError;
 use crate::config::settings::{ConnectionSettings, CrmKind, Endpoints};
 use crate::record::Millis;
+use crate::stop::StopSignal;
 
 /// How often and how patiently a failed call is repeated.
 #[derive(Debug, Clone, Copy)]
@@ -168,6 +171,7 @@ pub struct ApiClient {
     budget: Budget,
     retry: RetryPolicy,
     counters: Arc<ApiCounters>,
+    stop: StopSignal,
 }
 
 impl ApiClient {
@@ -210,6 +214,7 @@ impl ApiClient {
             budget: Budget::new(&settings.limits),
             retry,
             counters: Arc::default(),
+            stop: StopSignal::never(),
         })
     }
 
@@ -219,6 +224,15 @@ impl ApiClient {
         if let Some(keeper) = keeper {
             self.tokens.keep_refresh_tokens(keeper);
         }
+        self
+    }
+
+    /// Abandons calls that wait (pacing, a retry's backoff) or are in flight when `stop` fires,
+    /// with [`CrmError::Interrupted`], so a shutdown is not held up by a slow CRM answer. Only
+    /// for reads whose loss costs nothing but a repeat: a write cut short in flight may or may
+    /// not have been carried out.
+    pub fn stop_on(mut self, stop: StopSignal) -> Self {
+        self.stop = stop;
         self
     }
 
@@ -292,7 +306,8 @@ impl ApiClient {
             let wait = self.retry.delay(attempt, failure.retry_after);
             tracing::warn!(connection = %self.connection, request = %request.describe(), attempt,
                 detail = %failure.detail, wait_ms = wait.as_millis() as u64, "retrying a CRM call");
-            tokio::time::sleep(wait).await;
+            self.unless_stopped(request, tokio::time::sleep(wait))
+                .await?;
         }
     }
 
@@ -305,12 +320,12 @@ impl ApiClient {
             connection: self.connection.clone(),
             detail,
         })?;
-        self.pace.ready().await;
+        self.unless_stopped(request, self.pace.ready()).await?;
         let _permit = self
-            .in_flight
-            .acquire()
-            .await
+            .unless_stopped(request, self.in_flight.acquire())
+            .await?
             .expect("the semaphore is never closed");
+        // Not raced with a stop: a refresh token the CRM rotated must be read and kept.
         let token = self.tokens.token().await?;
         let url = self.url_for(request, &token)?;
         self.counters.calls.fetch_add(1, Ordering::Relaxed);
@@ -324,7 +339,7 @@ impl ApiClient {
         if let Some(body) = &request.json {
             builder = builder.json(body);
         }
-        let response = match builder.send().await {
+        let response = match self.unless_stopped(request, builder.send()).await? {
             Ok(response) => response,
             Err(err) => return Ok(Attempt::transient(describe_transport_error(&err), None)),
         };
@@ -332,7 +347,7 @@ impl ApiClient {
         let headers = response.headers().clone();
         self.budget.observe(self.kind, &headers);
         self.pace.observe(self.kind, &headers);
-        let body = match response.bytes().await {
+        let body = match self.unless_stopped(request, response.bytes()).await? {
             Ok(body) => body,
             Err(err) => return Ok(Attempt::transient(describe_transport_error(&err), None)),
         };
@@ -352,6 +367,21 @@ impl ApiClient {
             });
         }
         self.judge_error(request, status, &headers, &body, token.generation)
+    }
+
+    /// Runs one step of a call unless a stop is asked for first (see [`ApiClient::stop_on`]).
+    async fn unless_stopped<F: Future>(
+        &self,
+        request: &ApiRequest,
+        step: F,
+    ) -> Result<F::Output, CrmError> {
+        self.stop
+            .unless_stopped(step)
+            .await
+            .ok_or_else(|| CrmError::Interrupted {
+                connection: self.connection.clone(),
+                request: request.describe(),
+            })
     }
 
     /// Sorts a non-2xx answer into retry, renew, stop or give up.

@@ -76,6 +76,15 @@ pub enum CrmError {
         /// What did not fit.
         detail: String,
     },
+    /// A stop was asked for (shutdown) while the call waited or was in flight; it was
+    /// abandoned, and whatever it would have read is read again by the next run.
+    #[error("connection `{connection}`: {request} abandoned: a stop was asked for")]
+    Interrupted {
+        /// Connection name.
+        connection: String,
+        /// Method and path.
+        request: String,
+    },
     /// The configuration cannot work (a key file that is not a key, a URL that is not one).
     #[error("connection `{connection}`: {detail}")]
     Setup {

@@ -37,6 +37,7 @@ pub use metadata::{CrmOwner, FieldDefinition, StageDefinition};
 pub use records::{CreatedSpan, ObservationOutcome, RecordVersion, StoredRecord, ValidFromBasis};
 pub use sync_state::{
     ConnectionTotals, QuarantineEntry, QuarantinedRecord, SyncRunStatus, SyncRunSummary,
+    ABANDONED_RUN_MESSAGE,
 };
 pub use tokens::StoredRefreshTokens;
 pub use violations::{

@@ -8,10 +8,14 @@ use super::{dispatch, QueryContext, Store, StoreError, StoreTx, ROWS_PER_STATEME
 use crate::config::settings::CrmKind;
 use crate::record::Millis;
 
+/// The message of a run whose process ended before the run could close its audit row.
+pub const ABANDONED_RUN_MESSAGE: &str =
+    "the process ended before the run did (killed or crashed); the next run resumed from its last checkpoint";
+
 /// How a sync run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SyncRunStatus {
-    /// Still going, or the process died during it.
+    /// Still going, or its process died and no run of the connection started since.
     Running,
     /// Finished everything it set out to do.
     Succeeded,
@@ -191,6 +195,23 @@ impl Store {
         .fetch_one(pool)
         .await)
         .during("start sync run")
+    }
+
+    /// Marks the runs of a connection still shown as running as failed, and says how many.
+    /// Only the holder of the connection's sync lease calls this, so none of those runs is
+    /// alive: each ended with its process (killed, crashed, power lost) before closing its
+    /// row. When it ended is unknown and stays empty.
+    pub async fn close_abandoned_sync_runs(&self, connection_id: i64) -> Result<u64, StoreError> {
+        dispatch!(self.pool(), pool => sqlx::query(
+            "UPDATE sync_runs SET status = 'failed', message = $2 \
+             WHERE connection_id = $1 AND status = 'running'",
+        )
+        .bind(connection_id)
+        .bind(ABANDONED_RUN_MESSAGE)
+        .execute(pool)
+        .await
+        .map(|done| done.rows_affected()))
+        .during("close abandoned sync runs")
     }
 
     /// Closes the audit row of a sync run with its counters.

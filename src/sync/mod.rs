@@ -15,13 +15,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::config::settings::{ConnectionSettings, CrmKind};
 use crate::crm::{ApiClient, ApiStats, BudgetUse, CrmError, RetryPolicy};
 use crate::record::wall_clock;
 use crate::record::Millis;
+use crate::stop::StopSignal;
 use crate::store::{
     BackendKind, Fence, StatisticsOf, StatisticsSchedule, Store, StoreError, StoreTx,
     StoredRefreshTokens, SyncLease, SyncRunStatus, SyncRunSummary,
@@ -64,7 +65,7 @@ fn hostname() -> String {
 pub enum SyncError {
     /// The CRM failed in a way retries did not mend.
     #[error(transparent)]
-    Crm(#[from] CrmError),
+    Crm(CrmError),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -93,6 +94,16 @@ pub enum SyncError {
     },
 }
 
+impl From<CrmError> for SyncError {
+    /// A call abandoned for a stop ends the run like a stop seen between pages.
+    fn from(err: CrmError) -> Self {
+        match err {
+            CrmError::Interrupted { .. } => SyncError::Interrupted,
+            other => SyncError::Crm(other),
+        }
+    }
+}
+
 impl SyncError {
     /// A short name of the kind of failure, for metrics.
     pub fn kind(&self) -> &'static str {
@@ -103,8 +114,8 @@ impl SyncError {
             SyncError::Crm(CrmError::Budget { .. }) => "crm_budget",
             SyncError::Crm(CrmError::Decode { .. }) => "crm_decode",
             SyncError::Crm(CrmError::Setup { .. }) => "setup",
+            SyncError::Crm(CrmError::Interrupted { .. }) | SyncError::Interrupted => "interrupted",
             SyncError::Store(_) => "store",
-            SyncError::Interrupted => "interrupted",
             SyncError::LeaseHeld(_) => "lease_held",
             SyncError::LeaseLost(_) => "lease_lost",
             SyncError::BulkJob { .. } => "crm_bulk_job",
@@ -130,47 +141,6 @@ pub(crate) struct RunCounters {
     pub versions_written: i64,
     pub transitions_written: i64,
     pub quarantined: i64,
-}
-
-/// Asks runs to stop at their next checkpoint (shutdown); cheap to clone.
-#[derive(Debug, Clone)]
-pub struct StopSignal(watch::Receiver<bool>);
-
-/// The sending side of a [`StopSignal`].
-#[derive(Debug)]
-pub struct StopHandle(watch::Sender<bool>);
-
-impl StopSignal {
-    /// A pair: stop through the handle, runs watch the signal.
-    pub fn new() -> (StopHandle, StopSignal) {
-        let (sender, receiver) = watch::channel(false);
-        (StopHandle(sender), StopSignal(receiver))
-    }
-
-    /// A signal that never fires, for single runs that are not interrupted.
-    pub fn never() -> StopSignal {
-        StopSignal::new().1
-    }
-
-    /// Whether a stop was asked for.
-    pub fn is_set(&self) -> bool {
-        *self.0.borrow()
-    }
-
-    /// Resolves once a stop is asked for.
-    pub async fn stopped(&mut self) {
-        // An error means the handle is gone: nobody can ask any more, so never resolve.
-        if self.0.wait_for(|stop| *stop).await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    }
-}
-
-impl StopHandle {
-    /// Asks every run watching the signal to stop at its next checkpoint.
-    pub fn stop(&self) {
-        self.0.send_replace(true);
-    }
 }
 
 /// What a CRM-specific run shares: where to store, what to call, what it has done.
@@ -233,6 +203,15 @@ impl RunContext<'_> {
             return Err(SyncError::Interrupted);
         }
         Ok(())
+    }
+
+    /// Waits `wait` (between polls of a Bulk API job) unless the run should end first.
+    pub async fn pause(&self, wait: Duration) -> Result<(), SyncError> {
+        self.check_stop()?;
+        self.stop
+            .unless_stopped(tokio::time::sleep(wait))
+            .await
+            .ok_or(SyncError::Interrupted)
     }
 }
 
@@ -303,6 +282,11 @@ pub async fn sync_once(
     let connection_id = store
         .ensure_connection(&settings.name, settings.kind, started_at)
         .await?;
+    let abandoned = store.close_abandoned_sync_runs(connection_id).await?;
+    if abandoned > 0 {
+        tracing::warn!(connection = %settings.name, runs = abandoned,
+            "earlier runs ended with their process before finishing; resuming from their last checkpoint");
+    }
     let run_id = store
         .start_sync_run(
             connection_id,
@@ -311,9 +295,13 @@ pub async fn sync_once(
             started_at,
         )
         .await?;
-    let api = ApiClient::new(settings, options.retry)?.keep_refresh_tokens(
-        StoredRefreshTokens::for_connection(store, connection_id, settings),
-    );
+    let api = ApiClient::new(settings, options.retry)?
+        .keep_refresh_tokens(StoredRefreshTokens::for_connection(
+            store,
+            connection_id,
+            settings,
+        ))
+        .stop_on(stop.clone());
     let fence = lease.fence();
     let lease = WatchedLease::start(lease, settings.name.clone());
     let mut ctx = RunContext {

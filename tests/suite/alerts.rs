@@ -9,8 +9,9 @@ use pipewarden::alerts::{Deliverer, DeliveryOptions};
 use pipewarden::config::Settings;
 use pipewarden::emulator::{RunningEmulator, SLACK_BOT_TOKEN};
 use pipewarden::rules;
+use pipewarden::stop::StopSignal;
 use pipewarden::store::{NewAlert, Store, StoreTx, StoredAlert};
-use pipewarden::sync::{self, StopSignal, SyncOptions};
+use pipewarden::sync::{self, SyncOptions};
 use serde_json::{json, Value};
 
 use super::daemon::{signal, spawn, wait_for_exit};

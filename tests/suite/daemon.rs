@@ -6,7 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use pipewarden::emulator::RunningEmulator;
-use pipewarden::store::SyncRunStatus;
+use pipewarden::store::{SyncRunStatus, ABANDONED_RUN_MESSAGE};
 use rand::Rng;
 use serde_json::json;
 
@@ -151,17 +151,81 @@ async fn sigkill_at_random_points_then_resume_reaches_the_truth(test: TestStore)
     assert!(status.success(), "the resumed run finishes, got {status}");
     let id = connection_id(&test.store).await;
     let runs = test.store.recent_sync_runs(id, 10).await.unwrap();
+    // Each killed run's row is closed by the connection's next run.
     let killed = runs
         .iter()
-        .filter(|r| r.status == SyncRunStatus::Running)
+        .filter(|r| {
+            r.status == SyncRunStatus::Failed && r.message.as_deref() == Some(ABANDONED_RUN_MESSAGE)
+        })
         .count();
     assert!(killed >= 2, "kills landed inside runs: {runs:?}");
+    assert!(
+        runs.iter().all(|r| r.status != SyncRunStatus::Running),
+        "{runs:?}"
+    );
     assert_eq!(runs[0].status, SyncRunStatus::Succeeded);
     assert_store_matches_truth(&test.store, id, &emu).await;
     emu.stop().await.unwrap();
 }
 
-on_both_backends!(sigkill_at_random_points_then_resume_reaches_the_truth);
+on_both_backends!(
+    sigkill_at_random_points_then_resume_reaches_the_truth,
+    sigint_ends_sync_once_without_waiting_for_a_slow_answer
+);
+
+/// Waits until the emulator has held back the answer of a `slow` fault, at most 30 seconds.
+async fn until_a_slow_answer_is_pending(emu: &RunningEmulator) {
+    let url = emu.base_url().join("__emulator/faults").unwrap();
+    for _ in 0..300 {
+        let state: serde_json::Value = reqwest::get(url.clone())
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if state["faults"][0]["fired"] == 1 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the run never reached the slow query");
+}
+
+async fn sigint_ends_sync_once_without_waiting_for_a_slow_answer(test: TestStore) {
+    let emu = start_emulator().await;
+    let dir = ConfigDir::new();
+    let config = write_config(&dir, &emu, &test.url, "127.0.0.1:0");
+    sync_to_end(&config).await;
+    super::emulator::control(&emu, "/__emulator/clock/advance", json!({"by": "20d"})).await;
+    // Far longer than the wait below: a run that sat out the answer would miss it.
+    set_faults(
+        &emu,
+        json!([{"kind": "slow", "delay_ms": 30_000, "target": "salesforce",
+                "path_contains": "/query", "next": 1}]),
+    )
+    .await;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pipewarden"))
+        .args(["--config", &config, "sync", "--once"])
+        .env("RUST_LOG", "pipewarden=warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    until_a_slow_answer_is_pending(&emu).await;
+    signal(&child, "-INT");
+    let status = wait_for_exit(&mut child, Duration::from_secs(10)).await;
+    let mut printed = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut printed).unwrap();
+    assert_eq!(status.code(), Some(1), "{printed}");
+    assert!(printed.contains("sf: interrupted"), "{printed}");
+    let id = connection_id(&test.store).await;
+    let runs = test.store.recent_sync_runs(id, 1).await.unwrap();
+    assert_eq!(runs[0].status, SyncRunStatus::Interrupted, "{runs:?}");
+
+    let next = sync_to_end(&config).await;
+    assert!(next.contains("sf: succeeded"), "{next}");
+    assert_store_matches_truth(&test.store, id, &emu).await;
+    emu.stop().await.unwrap();
+}
 
 /// Runs `sync --once` to the end and returns its standard output.
 async fn sync_to_end(config: &str) -> String {

@@ -12,7 +12,8 @@ use pipewarden::query::funnel::FunnelParams;
 use pipewarden::query::pipeline_diff::{ChangeKind, PipelineDiffParams};
 use pipewarden::query::{self, format_instant, QueryError};
 use pipewarden::record::Millis;
-use pipewarden::sync::{self, StopSignal};
+use pipewarden::stop::StopSignal;
+use pipewarden::sync;
 use serde_json::{json, Value};
 
 use super::emulator::control;

@@ -15,8 +15,9 @@ use pipewarden::emulator::{
 };
 use pipewarden::query;
 use pipewarden::recycle::{self, ApplyOptions, ApplyReport, Plan, RecycleOptions};
+use pipewarden::stop::StopSignal;
 use pipewarden::store::Store;
-use pipewarden::sync::{self, StopSignal};
+use pipewarden::sync;
 use serde_json::{json, Value};
 
 use super::emulator::control;

@@ -9,8 +9,9 @@ use pipewarden::config::Settings;
 use pipewarden::emulator::RunningEmulator;
 use pipewarden::record::ObjectKind;
 use pipewarden::rules::{self, EvaluationReport, Severity};
+use pipewarden::stop::StopSignal;
 use pipewarden::store::{MoveIds, Store, Violation, ViolationFilter};
-use pipewarden::sync::{self, StopSignal, SyncOptions};
+use pipewarden::sync::{self, SyncOptions};
 use serde_json::{json, Value};
 
 use super::emulator::control;

@@ -11,8 +11,9 @@ use pipewarden::emulator::{self, EmulatorOptions, RunningEmulator, SalesforceOpt
 use pipewarden::query::format_instant;
 use pipewarden::query::history::HistoryParams;
 use pipewarden::record::ObjectKind;
+use pipewarden::stop::StopSignal;
 use pipewarden::store::{Store, SyncRunStatus, SyncRunSummary, ValidFromBasis};
-use pipewarden::sync::{self, StopSignal, SyncOptions};
+use pipewarden::sync::{self, SyncOptions};
 use serde_json::{json, Value};
 
 use super::emulator::{access_token, control, url};

@@ -7,8 +7,9 @@ use pipewarden::config::settings::ConnectionSettings;
 use pipewarden::crm::RetryPolicy;
 use pipewarden::emulator::{self, EmulatorOptions, RunningEmulator, SalesforceOptions, Scale};
 use pipewarden::record::ObjectKind;
+use pipewarden::stop::StopSignal;
 use pipewarden::store::{BackendKind, Store, SyncRunStatus};
-use pipewarden::sync::{self, StopSignal, SyncError, SyncOptions, SyncReport};
+use pipewarden::sync::{self, SyncError, SyncOptions, SyncReport};
 use serde_json::{json, Value};
 
 use super::emulator::{access_token, control, url};

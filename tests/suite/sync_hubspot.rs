@@ -8,8 +8,9 @@ use pipewarden::config::settings::{ConnectionSettings, CrmKind};
 use pipewarden::crm::RetryPolicy;
 use pipewarden::emulator::{self, EmulatorOptions, HubspotOptions, RunningEmulator, Scale};
 use pipewarden::record::{ActorKind, LifecycleEvent, ObjectKind};
+use pipewarden::stop::StopSignal;
 use pipewarden::store::{Store, SyncRunStatus, SyncRunSummary};
-use pipewarden::sync::{self, StopSignal, SyncOptions};
+use pipewarden::sync::{self, SyncOptions};
 use reqwest::Method;
 use serde_json::{json, Value};
 

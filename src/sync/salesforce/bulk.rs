@@ -258,8 +258,7 @@ impl Run<'_, '_> {
                 }
                 _ => {}
             }
-            self.ctx.check_stop()?;
-            tokio::time::sleep(wait).await;
+            self.ctx.pause(wait).await?;
             wait = (wait * 2).clamp(FIRST_POLL_WAIT, LONGEST_POLL_WAIT);
             info = match self.bulk().info(&checkpoint.job).await? {
                 Some(info) => info,
