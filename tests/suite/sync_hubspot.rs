@@ -620,22 +620,44 @@ async fn an_interrupted_backfill_resumes_at_its_last_page(test: TestStore) {
         ..hubspot_connection(&emu, &dir, "2026-03", Auth::PrivateApp)
     };
     let options = quick_options();
+    // Slow answers, so that the stop lands while the companies are still being listed.
+    set_faults(
+        &emu,
+        json!([{"kind": "slow", "delay_ms": 200, "target": "hubspot", "path_contains": "/crm/"}]),
+    )
+    .await;
     let (stop, signal) = StopSignal::new();
-    stop.stop();
-    let stopped = sync::sync_once(&test.store, &connection, &options, &signal)
-        .await
-        .unwrap()
-        .summary;
-    assert_eq!(stopped.status, SyncRunStatus::Interrupted);
-    assert_eq!(stopped.records_seen, 10, "one page was stored");
     let id = connection_id(&test.store).await;
+    let listing_begun = async {
+        for _ in 0..1_000 {
+            if test
+                .store
+                .cursor(id, "companies", "records")
+                .await
+                .unwrap()
+                .is_some()
+            {
+                return stop.stop();
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the first page of companies was never stored");
+    };
+    let (stopped, ()) = tokio::join!(
+        sync::sync_once(&test.store, &connection, &options, &signal),
+        listing_begun
+    );
+    let stopped = stopped.unwrap().summary;
+    assert_eq!(stopped.status, SyncRunStatus::Interrupted);
+    assert!(stopped.records_seen >= 10, "a page was stored: {stopped:?}");
     let cursor = test.store.cursor(id, "companies", "records").await.unwrap();
     assert!(
         cursor
             .as_ref()
             .is_some_and(|c| c["backfill"]["after"].is_string()),
-        "{cursor:?}"
+        "the stop came in the middle of the companies: {cursor:?}"
     );
+    set_faults(&emu, json!([])).await;
 
     let resumed = run(&test.store, &connection, &options).await;
     assert_eq!(
