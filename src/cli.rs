@@ -570,9 +570,11 @@ async fn sync_once(path: Option<PathBuf>, args: SyncArgs) -> Result<(), CliError
     let (stopper, stop) = StopSignal::new();
     let signals = stop_on_shutdown_signals(stopper, "ending the run at its last checkpoint");
     let mut failed = 0;
+    let mut cut_short = false;
     for connection in &connections {
         if stop.is_set() {
             println!("{}: not started: a stop was asked for", connection.name);
+            cut_short = true;
             continue;
         }
         match sync::sync_once(&store, connection, &options, &stop).await {
@@ -583,6 +585,7 @@ async fn sync_once(path: Option<PathBuf>, args: SyncArgs) -> Result<(), CliError
                     sync::describe_run(&report.summary)
                 );
                 if report.summary.status == SyncRunStatus::Interrupted {
+                    cut_short = true;
                     continue;
                 }
                 for evaluation in rules::evaluate_after_sync(&store, &settings, connection).await {
@@ -610,7 +613,7 @@ async fn sync_once(path: Option<PathBuf>, args: SyncArgs) -> Result<(), CliError
             total: connections.len(),
         });
     }
-    if stop.is_set() {
+    if cut_short {
         return Err(CliError::Stopped);
     }
     Ok(())
@@ -619,7 +622,7 @@ async fn sync_once(path: Option<PathBuf>, args: SyncArgs) -> Result<(), CliError
 async fn run_daemon(path: Option<PathBuf>) -> Result<(), CliError> {
     let settings = load_settings(path)?;
     let (stopper, stop) = StopSignal::new();
-    let signals = stop_on_shutdown_signals(stopper, "finishing the pages in flight");
+    let signals = stop_on_shutdown_signals(stopper, "ending each run at its last checkpoint");
     let result = daemon::run(settings, stop).await;
     signals.abort();
     result.map_err(CliError::Daemon)
@@ -668,14 +671,17 @@ fn stop_on_shutdown_signals(stopper: StopHandle, meaning: &'static str) -> JoinH
         shutdown_signal().await;
         tracing::info!("stop requested; {meaning} (a second Ctrl-C or SIGTERM exits at once)");
         stopper.stop();
-        shutdown_signal().await;
+        let status = shutdown_signal().await;
         tracing::warn!("second stop request: exiting without waiting");
-        std::process::exit(130);
+        std::process::exit(status);
     })
 }
 
-/// Resolves on Ctrl-C or, on Unix, SIGTERM (what `docker stop` and systemd send).
-async fn shutdown_signal() {
+/// Resolves on Ctrl-C or, on Unix, SIGTERM (what `docker stop` and systemd send), with the
+/// exit status a shell gives a process ended by that signal (128 + its number).
+async fn shutdown_signal() -> i32 {
+    const SIGINT_STATUS: i32 = 130;
+    const SIGTERM_STATUS: i32 = 143;
     let interrupt = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -691,8 +697,8 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     let terminate = std::future::pending::<()>();
     tokio::select! {
-        () = interrupt => {}
-        () = terminate => {}
+        () = interrupt => SIGINT_STATUS,
+        () = terminate => SIGTERM_STATUS,
     }
 }
 

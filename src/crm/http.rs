@@ -80,6 +80,9 @@ pub struct ApiRequest {
     pub json: Option<Value>,
     /// Extra headers.
     pub headers: Vec<(&'static str, String)>,
+    /// Whether the request only reads, so that abandoning it once sent changes nothing in the
+    /// CRM (see [`ApiClient::stop_on`]): every GET, and POSTs marked [`ApiRequest::reads_only`].
+    pub reads_only: bool,
 }
 
 impl ApiRequest {
@@ -91,16 +94,25 @@ impl ApiRequest {
             query: Vec::new(),
             json: None,
             headers: Vec::new(),
+            reads_only: true,
         }
     }
 
-    /// A request with a JSON body.
+    /// A request with a JSON body; taken to change something unless marked
+    /// [`ApiRequest::reads_only`].
     pub fn with_json(method: Method, path: impl Into<String>, body: Value) -> ApiRequest {
         ApiRequest {
             json: Some(body),
             method,
+            reads_only: false,
             ..ApiRequest::get(path)
         }
+    }
+
+    /// Marks a request with a body as one that only reads (a search, a batch read).
+    pub fn reads_only(mut self) -> ApiRequest {
+        self.reads_only = true;
+        self
     }
 
     /// Adds a query parameter.
@@ -227,11 +239,13 @@ impl ApiClient {
         self
     }
 
-    /// Abandons calls that wait (pacing, a retry's backoff) or are in flight when `stop` fires,
-    /// with [`CrmError::Interrupted`], so a shutdown is not held up by a slow CRM answer. Only
-    /// for reads whose loss costs nothing but a repeat: a write cut short in flight may or may
-    /// not have been carried out.
+    /// Abandons calls when `stop` fires, with [`CrmError::Interrupted`], so a shutdown is not
+    /// held up by a slow CRM: any call while it waits (pacing, a retry's backoff, the wait
+    /// between token attempts), and a read (see [`ApiRequest::reads_only`]) also while in
+    /// flight, since reading it again costs nothing but a call. A write once sent, and a token
+    /// request, whose answer may rotate the refresh token, are awaited.
     pub fn stop_on(mut self, stop: StopSignal) -> Self {
+        self.tokens.stop_on(stop.clone());
         self.stop = stop;
         self
     }
@@ -339,7 +353,7 @@ impl ApiClient {
         if let Some(body) = &request.json {
             builder = builder.json(body);
         }
-        let response = match self.unless_stopped(request, builder.send()).await? {
+        let response = match self.unless_abandonable(request, builder.send()).await? {
             Ok(response) => response,
             Err(err) => return Ok(Attempt::transient(describe_transport_error(&err), None)),
         };
@@ -347,7 +361,7 @@ impl ApiClient {
         let headers = response.headers().clone();
         self.budget.observe(self.kind, &headers);
         self.pace.observe(self.kind, &headers);
-        let body = match self.unless_stopped(request, response.bytes()).await? {
+        let body = match self.unless_abandonable(request, response.bytes()).await? {
             Ok(body) => body,
             Err(err) => return Ok(Attempt::transient(describe_transport_error(&err), None)),
         };
@@ -382,6 +396,19 @@ impl ApiClient {
                 connection: self.connection.clone(),
                 request: request.describe(),
             })
+    }
+
+    /// Runs a step of a call in flight: raced with a stop for reads only.
+    async fn unless_abandonable<F: Future>(
+        &self,
+        request: &ApiRequest,
+        step: F,
+    ) -> Result<F::Output, CrmError> {
+        if request.reads_only {
+            self.unless_stopped(request, step).await
+        } else {
+            Ok(step.await)
+        }
     }
 
     /// Sorts a non-2xx answer into retry, renew, stop or give up.

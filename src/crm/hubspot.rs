@@ -340,6 +340,7 @@ impl<'a> HubspotClient<'a> {
                 "propertiesWithHistory": with_history,
             });
             let request = ApiRequest::with_json(Method::POST, path.clone(), body)
+                .reads_only()
                 .param("archived", archived.to_string());
             let reply = self
                 .api
@@ -354,7 +355,7 @@ impl<'a> HubspotClient<'a> {
     pub async fn search(&self, object: &str, body: Value) -> Result<ObjectPage, CrmError> {
         self.wait_for_search_slot().await;
         let path = format!("{}/{object}/search", self.base("objects"));
-        let request = ApiRequest::with_json(Method::POST, path, body);
+        let request = ApiRequest::with_json(Method::POST, path, body).reads_only();
         let reply = self
             .api
             .send(&request, read_json::<Results<Map<String, Value>>>)
@@ -369,7 +370,7 @@ impl<'a> HubspotClient<'a> {
         let path = format!("{}/{object}/search", self.base("objects"));
         let body =
             serde_json::json!({ "filterGroups": [], "properties": ["hs_object_id"], "limit": 1 });
-        let request = ApiRequest::with_json(Method::POST, path, body);
+        let request = ApiRequest::with_json(Method::POST, path, body).reads_only();
         let reply = self
             .api
             .send(&request, read_json::<Results<Map<String, Value>>>)

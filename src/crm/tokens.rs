@@ -32,6 +32,7 @@ use super::limits::lock;
 use super::CrmError;
 use crate::config::settings::{AuthSettings, ConnectionSettings, Endpoints};
 use crate::record::Millis;
+use crate::stop::StopSignal;
 
 /// Why a [`RefreshTokenKeeper`] could not read or keep a token.
 pub type KeeperError = Box<dyn std::error::Error + Send + Sync>;
@@ -127,6 +128,8 @@ pub(crate) struct TokenManager {
     keeper: Option<Arc<dyn RefreshTokenKeeper>>,
     /// The last rotated token could not be kept: the one in hand is newer than the store's.
     unkept_rotation: AtomicBool,
+    /// Ends the wait between token attempts (shutdown).
+    stop: StopSignal,
 }
 
 /// Waits before looking again for a token another client kept, after a refusal.
@@ -213,7 +216,15 @@ impl TokenManager {
             renewals: AtomicU64::new(0),
             keeper: None,
             unkept_rotation: AtomicBool::new(false),
+            stop: StopSignal::never(),
         })
+    }
+
+    /// Gives up waiting between token attempts when `stop` fires (see `ApiClient::stop_on`);
+    /// a token request already sent is still awaited, since its answer may rotate the refresh
+    /// token.
+    pub fn stop_on(&mut self, stop: StopSignal) {
+        self.stop = stop;
     }
 
     /// Reads and keeps rotated refresh tokens through `keeper` from now on.
@@ -270,7 +281,13 @@ impl TokenManager {
                 Ok(response) => break response,
                 Err(TokenFailure::Transient(detail)) if attempt < self.retry.max_attempts => {
                     tracing::warn!(connection = %self.connection, attempt, %detail, "token endpoint unavailable; retrying");
-                    tokio::time::sleep(self.retry.delay(attempt, None)).await;
+                    let wait = tokio::time::sleep(self.retry.delay(attempt, None));
+                    if self.stop.unless_stopped(wait).await.is_none() {
+                        return Err(CrmError::Interrupted {
+                            connection: self.connection.clone(),
+                            request: "token request".into(),
+                        });
+                    }
                 }
                 Err(TokenFailure::Transient(detail)) => {
                     return Err(CrmError::Unavailable {

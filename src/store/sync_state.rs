@@ -10,7 +10,7 @@ use crate::record::Millis;
 
 /// The message of a run whose process ended before the run could close its audit row.
 pub const ABANDONED_RUN_MESSAGE: &str =
-    "the process ended before the run did (killed or crashed); the next run resumed from its last checkpoint";
+    "ended without closing this row (process killed or crashed, or lease lost); the next run resumed from its last checkpoint";
 
 /// How a sync run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -198,9 +198,11 @@ impl Store {
     }
 
     /// Marks the runs of a connection still shown as running as failed, and says how many.
-    /// Only the holder of the connection's sync lease calls this, so none of those runs is
-    /// alive: each ended with its process (killed, crashed, power lost) before closing its
-    /// row. When it ended is unknown and stays empty.
+    /// The run that holds the connection's sync lease calls this before it starts, so none of
+    /// those runs should be alive: each ended before closing its row (process killed or
+    /// crashed, lease lost). SQLite has no lease between processes and relies on the
+    /// commands' sole-replica claim for this. When a run ended is unknown and stays empty; a
+    /// run wrongly taken for ended would still close its own row with its outcome.
     pub async fn close_abandoned_sync_runs(&self, connection_id: i64) -> Result<u64, StoreError> {
         dispatch!(self.pool(), pool => sqlx::query(
             "UPDATE sync_runs SET status = 'failed', message = $2 \

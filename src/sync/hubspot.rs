@@ -38,6 +38,7 @@ use crate::crm::hubspot::{
     HubspotClient, ListQuery, ObjectPage, Owner, Pipeline, PropertyInfo, LIST_PAGE_MAX,
     SEARCH_PAGE_MAX,
 };
+use crate::crm::CrmError;
 use crate::record::wall_clock;
 use crate::record::{ActorKind, LifecycleEvent, Millis, ObjectKind, Origin, RecordObservation};
 use crate::store::{
@@ -216,6 +217,7 @@ impl<'c, 'a> Run<'c, 'a> {
                     .set_record_url_base(connection_id, &base)
                     .await?;
             }
+            Err(err @ CrmError::Interrupted { .. }) => return Err(err.into()),
             Err(err) => {
                 tracing::warn!(connection = %self.ctx.settings.name, error = %err,
                     "cannot read the HubSpot account details; alerts will not link to deals");
@@ -403,6 +405,8 @@ impl<'c, 'a> Run<'c, 'a> {
     async fn records_to_list(&self, object: &str) -> u64 {
         match self.client.count(object).await {
             Ok(total) => total,
+            // The run ends at its next call; no warning about a count nobody needs.
+            Err(CrmError::Interrupted { .. }) => 0,
             Err(err) => {
                 tracing::warn!(connection = %self.ctx.settings.name, object, error = %err,
                     "cannot count the records to list; the backfill shows no progress");

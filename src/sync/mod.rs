@@ -114,6 +114,7 @@ impl SyncError {
             SyncError::Crm(CrmError::Budget { .. }) => "crm_budget",
             SyncError::Crm(CrmError::Decode { .. }) => "crm_decode",
             SyncError::Crm(CrmError::Setup { .. }) => "setup",
+            // `From<CrmError>` turns an interrupted call into `SyncError::Interrupted`.
             SyncError::Crm(CrmError::Interrupted { .. }) | SyncError::Interrupted => "interrupted",
             SyncError::Store(_) => "store",
             SyncError::LeaseHeld(_) => "lease_held",
@@ -282,10 +283,18 @@ pub async fn sync_once(
     let connection_id = store
         .ensure_connection(&settings.name, settings.kind, started_at)
         .await?;
+    // Before the run's audit row: a connection whose settings cannot work leaves none.
+    let api = ApiClient::new(settings, options.retry)?
+        .keep_refresh_tokens(StoredRefreshTokens::for_connection(
+            store,
+            connection_id,
+            settings,
+        ))
+        .stop_on(stop.clone());
     let abandoned = store.close_abandoned_sync_runs(connection_id).await?;
     if abandoned > 0 {
         tracing::warn!(connection = %settings.name, runs = abandoned,
-            "earlier runs ended with their process before finishing; resuming from their last checkpoint");
+            "earlier runs ended without closing their audit row; resuming from their last checkpoint");
     }
     let run_id = store
         .start_sync_run(
@@ -295,13 +304,6 @@ pub async fn sync_once(
             started_at,
         )
         .await?;
-    let api = ApiClient::new(settings, options.retry)?
-        .keep_refresh_tokens(StoredRefreshTokens::for_connection(
-            store,
-            connection_id,
-            settings,
-        ))
-        .stop_on(stop.clone());
     let fence = lease.fence();
     let lease = WatchedLease::start(lease, settings.name.clone());
     let mut ctx = RunContext {

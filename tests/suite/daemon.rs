@@ -173,8 +173,9 @@ on_both_backends!(
     sigint_ends_sync_once_without_waiting_for_a_slow_answer
 );
 
-/// Waits until the emulator has held back the answer of a `slow` fault, at most 30 seconds.
-async fn until_a_slow_answer_is_pending(emu: &RunningEmulator) {
+/// Waits until the emulator's first fault rule has fired once (a `slow` answer is then held
+/// back), at most 30 seconds.
+pub(crate) async fn until_the_first_fault_fired(emu: &RunningEmulator) {
     let url = emu.base_url().join("__emulator/faults").unwrap();
     for _ in 0..300 {
         let state: serde_json::Value = reqwest::get(url.clone())
@@ -188,7 +189,7 @@ async fn until_a_slow_answer_is_pending(emu: &RunningEmulator) {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("the run never reached the slow query");
+    panic!("no request met the fault");
 }
 
 async fn sigint_ends_sync_once_without_waiting_for_a_slow_answer(test: TestStore) {
@@ -210,7 +211,7 @@ async fn sigint_ends_sync_once_without_waiting_for_a_slow_answer(test: TestStore
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    until_a_slow_answer_is_pending(&emu).await;
+    until_the_first_fault_fired(&emu).await;
     signal(&child, "-INT");
     let status = wait_for_exit(&mut child, Duration::from_secs(10)).await;
     let mut printed = String::new();

@@ -4,6 +4,7 @@ mod alerts;
 mod api;
 mod cli;
 mod config_errors;
+mod crm_client;
 mod daemon;
 mod emulator;
 mod emulator_failure_cases;
