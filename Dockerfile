@@ -5,7 +5,7 @@
 
 FROM rust:1-slim-bookworm AS build
 WORKDIR /src
-COPY Cargo.toml Cargo.lock ./
+COPY Cargo.toml Cargo.lock build.rs ./
 COPY src ./src
 # sqlx::migrate! embeds the migrations at compile time.
 COPY migrations ./migrations

@@ -357,7 +357,7 @@ pub async fn run(store: &Store, params: &CohortParams) -> Result<CohortReport, Q
     })
 }
 
-/// Each record's first occurrence of `event`.
+/// Each record's first occurrence of `event`, in record order.
 async fn first_events(
     store: &Store,
     connection_id: i64,
@@ -365,8 +365,8 @@ async fn first_events(
     kind: Option<ObjectKind>,
 ) -> Result<Vec<(i64, Millis)>, QueryError> {
     Ok(dispatch!(store.pool(), pool => sqlx::query_as(
-        "SELECT record_id, MIN(occurred_at_ms) FROM lifecycle_events WHERE connection_id = $1 AND event = $2 \
-         AND (CAST($3 AS TEXT) IS NULL OR object_kind = $3) GROUP BY record_id ORDER BY record_id",
+        "SELECT record_id, occurred_at_ms FROM lifecycle_firsts WHERE connection_id = $1 AND event = $2 \
+         AND (CAST($3 AS TEXT) IS NULL OR object_kind = $3) ORDER BY record_id",
     )
     .bind(connection_id)
     .bind(event.as_str())
@@ -393,14 +393,27 @@ fn tally(
         .or_insert_with(|| (0, vec![0; columns], 0))
 }
 
-/// Cohort sizes by UTC day of the start: each record's first start event in range, counted
-/// in the store. Days nest in months, quarters and years, so the caller buckets them. The
-/// day is floored, not truncated, so instants before 1970 land in their own day.
-const STARTS_BY_DAY: &str = "SELECT (started - ((started % 86400000) + 86400000) % 86400000) / 86400000, COUNT(*) \
-     FROM (SELECT MIN(occurred_at_ms) AS started FROM lifecycle_events WHERE connection_id = $1 AND event = $2 \
-     AND (CAST($3 AS TEXT) IS NULL OR object_kind = $3) GROUP BY record_id) AS firsts \
-     WHERE (CAST($4 AS BIGINT) IS NULL OR started >= $4) AND (CAST($5 AS BIGINT) IS NULL OR started < $5) \
-     GROUP BY 1";
+/// Cohort sizes by UTC day of the start: the records whose first start event is in
+/// `[$4, $5)`, counted in the store from the index of first events by kind and time. Days nest
+/// in months, quarters and years, so the caller buckets them. The day is floored, not
+/// truncated, so instants before 1970 land in their own day.
+macro_rules! starts_by_day {
+    ($kind:literal) => {
+        concat!(
+            "SELECT (occurred_at_ms - ((occurred_at_ms % 86400000) + 86400000) % 86400000) / 86400000, \
+             COUNT(*) FROM lifecycle_firsts WHERE connection_id = $1 AND event = $2 ",
+            $kind,
+            " AND occurred_at_ms >= $4 AND occurred_at_ms < $5 GROUP BY 1"
+        )
+    };
+}
+
+/// [`starts_by_day`] of one kind of record, and of all: written `$3 IS NULL OR object_kind =
+/// $3`, an optional kind would keep the index from narrowing to that kind.
+const STARTS_BY_DAY: (&str, &str) = (
+    starts_by_day!("AND object_kind = $3"),
+    starts_by_day!("AND CAST($3 AS TEXT) IS NULL"),
+);
 
 /// Records that reached the outcome, with their start and their first outcome at or after
 /// it. Outcomes are few next to starts, so the search runs from each outcome to the records
@@ -422,9 +435,9 @@ const FIRST_OUTCOMES: &str = "WITH hits AS ( \
      JOIN records b ON b.connection_id = k.connection_id AND b.object_kind = k.to_kind AND b.crm_id = k.to_crm_id \
      WHERE o.connection_id = $1 AND o.event = $3 AND k.removed_at_ms IS NULL \
      AND k.relation IN ('converted_to', 'associated_with')), \
-     timed AS MATERIALIZED (SELECT h.subject, h.at, (SELECT MIN(e.occurred_at_ms) FROM lifecycle_events e \
-     WHERE e.record_id = h.subject AND e.event = $2 AND (CAST($4 AS TEXT) IS NULL OR e.object_kind = $4)) AS started \
-     FROM hits h) \
+     timed AS MATERIALIZED (SELECT h.subject, h.at, (SELECT f.occurred_at_ms FROM lifecycle_firsts f \
+     WHERE f.connection_id = $1 AND f.event = $2 AND f.record_id = h.subject \
+     AND (CAST($4 AS TEXT) IS NULL OR f.object_kind = $4)) AS started FROM hits h) \
      SELECT subject, started, MIN(at) FROM timed WHERE started IS NOT NULL AND at >= started \
      AND (CAST($5 AS BIGINT) IS NULL OR started >= $5) AND (CAST($6 AS BIGINT) IS NULL OR started < $6) \
      GROUP BY subject, started";
@@ -435,17 +448,19 @@ async fn starts_by_day(
     connection_id: i64,
     plan: &Plan,
 ) -> Result<Vec<(i64, i64)>, QueryError> {
-    Ok(
-        dispatch!(store.pool(), pool => sqlx::query_as(STARTS_BY_DAY)
+    let sql = match plan.kind {
+        Some(_) => STARTS_BY_DAY.0,
+        None => STARTS_BY_DAY.1,
+    };
+    Ok(dispatch!(store.pool(), pool => sqlx::query_as(sql)
         .bind(connection_id)
         .bind(plan.start.as_str())
         .bind(plan.kind.map(ObjectKind::as_str))
-        .bind(plan.from)
-        .bind(plan.to)
+        .bind(plan.from.unwrap_or(Millis::MIN))
+        .bind(plan.to.unwrap_or(Millis::MAX))
         .fetch_all(pool)
         .await)
-        .during("count cohort starts")?,
-    )
+    .during("count cohort starts")?)
 }
 
 /// Each record that reached the outcome: its start and its first outcome after it.

@@ -11,8 +11,9 @@ use pipewarden::query::cohort::{CohortParams, Period};
 use pipewarden::query::funnel::FunnelParams;
 use pipewarden::query::pipeline_diff::{ChangeKind, PipelineDiffParams};
 use pipewarden::query::{self, format_instant, QueryError};
-use pipewarden::record::Millis;
+use pipewarden::record::{LifecycleEvent, Millis, ObjectKind, Origin};
 use pipewarden::stop::StopSignal;
+use pipewarden::store::NewLifecycleEvent;
 use pipewarden::sync;
 use serde_json::{json, Value};
 
@@ -741,7 +742,108 @@ on_both_backends!(
     april_lead_counts_in_may_and_august_columns,
     bad_parameters_are_named,
     campaigns_match_the_truth,
+    first_events_are_filled_in_by_the_migration_and_kept_by_later_syncs,
 );
+
+/// Each (connection, event, record) with its earliest time, as `lifecycle_firsts` should hold
+/// it, computed from the events themselves.
+const FIRSTS_FROM_EVENTS: &str = "SELECT connection_id, event, record_id, MIN(object_kind), \
+     MIN(occurred_at_ms) FROM lifecycle_events GROUP BY connection_id, event, record_id \
+     ORDER BY connection_id, event, record_id";
+const FIRSTS_STORED: &str = "SELECT connection_id, event, record_id, object_kind, occurred_at_ms \
+     FROM lifecycle_firsts ORDER BY connection_id, event, record_id";
+
+type FirstRow = (i64, String, i64, String, i64);
+
+async fn rows_of(url: &str, sql: &'static str) -> Vec<FirstRow> {
+    use sqlx::Connection;
+    if url.starts_with("postgres") {
+        let mut db = sqlx::PgConnection::connect(url).await.unwrap();
+        sqlx::query_as(sql).fetch_all(&mut db).await.unwrap()
+    } else {
+        let mut db = sqlx::SqliteConnection::connect(url).await.unwrap();
+        sqlx::query_as(sql).fetch_all(&mut db).await.unwrap()
+    }
+}
+
+/// Takes the store back to before migration 11 (no table of first events, no trigger).
+async fn undo_first_events_migration(url: &str) {
+    use sqlx::Connection;
+    if url.starts_with("postgres") {
+        let mut db = sqlx::PgConnection::connect(url).await.unwrap();
+        sqlx::raw_sql(
+            "DROP TRIGGER lifecycle_firsts_kept ON lifecycle_events; \
+             DROP FUNCTION keep_lifecycle_first(); DROP TABLE lifecycle_firsts; \
+             DELETE FROM _sqlx_migrations WHERE version = 11",
+        )
+        .execute(&mut db)
+        .await
+        .unwrap();
+    } else {
+        let mut db = sqlx::SqliteConnection::connect(url).await.unwrap();
+        sqlx::raw_sql(
+            "DROP TRIGGER lifecycle_firsts_kept; DROP TABLE lifecycle_firsts; \
+             DELETE FROM _sqlx_migrations WHERE version = 11",
+        )
+        .execute(&mut db)
+        .await
+        .unwrap();
+    }
+}
+
+/// A store synced before `lifecycle_firsts` existed gets it filled in by the migration, and
+/// the trigger keeps it equal to the events' earliest times as later syncs add events.
+async fn first_events_are_filled_in_by_the_migration_and_kept_by_later_syncs(test: TestStore) {
+    undo_first_events_migration(&test.url).await;
+    let emu = start_emulator().await;
+    let dir = ConfigDir::new();
+    let settings = settings_for(&dir, &emu, &test.url);
+    sync_now(&test, &settings).await;
+
+    let report = test.store.migrate().await.unwrap();
+    assert_eq!(report.applied, vec![11], "{report:?}");
+    let expected = rows_of(&test.url, FIRSTS_FROM_EVENTS).await;
+    assert!(
+        expected.len() > 100,
+        "the sync stored events: {}",
+        expected.len()
+    );
+    assert_eq!(rows_of(&test.url, FIRSTS_STORED).await, expected);
+
+    control(&emu, "/__emulator/clock/advance", json!({"by": "40d"})).await;
+    sync_now(&test, &settings).await;
+    let later = rows_of(&test.url, FIRSTS_FROM_EVENTS).await;
+    assert!(later.len() > expected.len(), "the second sync added events");
+    assert_eq!(rows_of(&test.url, FIRSTS_STORED).await, later);
+
+    // A milestone met again later leaves the first in place; one found to be earlier (CRM
+    // history read after an observed change) replaces it.
+    let (connection_id, _, record_id, kind, first) = later
+        .iter()
+        .find(|row| row.1 == "mql")
+        .cloned()
+        .expect("a lead reached MQL");
+    let mut tx = test.store.begin().await.unwrap();
+    let events: Vec<NewLifecycleEvent> = [first + DAY, first - DAY]
+        .into_iter()
+        .map(|occurred_at| NewLifecycleEvent {
+            record_id,
+            connection_id,
+            kind: ObjectKind::parse(&kind).unwrap(),
+            event: LifecycleEvent::Mql,
+            occurred_at,
+            origin: Origin::CrmHistory,
+            detail: None,
+            observed_at: occurred_at,
+        })
+        .collect();
+    tx.record_lifecycle_events(&events).await.unwrap();
+    tx.commit().await.unwrap();
+    let stored = rows_of(&test.url, FIRSTS_STORED).await;
+    assert_eq!(stored, rows_of(&test.url, FIRSTS_FROM_EVENTS).await);
+    assert!(stored.contains(&(connection_id, "mql".into(), record_id, kind, first - DAY)));
+    emu.stop().await.unwrap();
+}
 
 async fn campaigns_match_the_truth(test: TestStore) {
     let world = synced_world(&test).await;
