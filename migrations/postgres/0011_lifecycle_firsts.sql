@@ -11,6 +11,11 @@ CREATE TABLE lifecycle_firsts (
     PRIMARY KEY (connection_id, event, record_id)
 );
 
+-- No replica may add events between the fill below and the trigger's creation (a rolling
+-- upgrade keeps older replicas syncing); the lock lasts until the migration commits.
+LOCK TABLE lifecycle_events IN SHARE ROW EXCLUSIVE MODE;
+
+-- A record has one kind, which every writer of lifecycle_events copies from it.
 INSERT INTO lifecycle_firsts (connection_id, event, record_id, object_kind, occurred_at_ms)
 SELECT connection_id, event, record_id, MIN(object_kind), MIN(occurred_at_ms)
 FROM lifecycle_events GROUP BY connection_id, event, record_id;

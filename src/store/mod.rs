@@ -278,8 +278,8 @@ impl Store {
             // statistics say.
             (BackendKind::Sqlite, StatisticsOf::Violations) => return Ok(()),
             (BackendKind::Postgres, StatisticsOf::History) => {
-                "ANALYZE records, record_versions, stage_transitions, lifecycle_events, record_links, \
-                 field_history, violations"
+                "ANALYZE records, record_versions, stage_transitions, lifecycle_events, lifecycle_firsts, \
+                 record_links, field_history, violations"
             }
             // PostgreSQL checks each violation event's reference to its violation with a plan
             // cached per connection from the statistics of the time: made while the table was
