@@ -297,13 +297,10 @@ pub async fn run(store: &Store, params: &CohortParams) -> Result<CohortReport, Q
         Some(by) => {
             let (reached, starts, groups) = tokio::try_join!(
                 first_outcomes(store, connection.id, &plan),
-                first_events(store, connection.id, plan.start, plan.kind),
+                starts_in_range(store, connection.id, &plan),
                 touches(store, connection.id, by)
             )?;
-            let in_range = |at: Millis| {
-                plan.from.is_none_or(|from| at >= from) && plan.to.is_none_or(|to| at < to)
-            };
-            for (record, started) in starts.into_iter().filter(|(_, at)| in_range(*at)) {
+            for (record, started) in starts {
                 let start_period = plan.period.index(started);
                 let offset = reached
                     .get(&record)
@@ -357,20 +354,21 @@ pub async fn run(store: &Store, params: &CohortParams) -> Result<CohortReport, Q
     })
 }
 
-/// Each record's first occurrence of `event`, in record order.
-async fn first_events(
+/// Each record whose first start event is in the plan's range, with its time.
+async fn starts_in_range(
     store: &Store,
     connection_id: i64,
-    event: LifecycleEvent,
-    kind: Option<ObjectKind>,
+    plan: &Plan,
 ) -> Result<Vec<(i64, Millis)>, QueryError> {
     Ok(dispatch!(store.pool(), pool => sqlx::query_as(
         "SELECT record_id, occurred_at_ms FROM lifecycle_firsts WHERE connection_id = $1 AND event = $2 \
-         AND (CAST($3 AS TEXT) IS NULL OR object_kind = $3) ORDER BY record_id",
+         AND (CAST($3 AS TEXT) IS NULL OR object_kind = $3) AND occurred_at_ms >= $4 AND occurred_at_ms < $5",
     )
     .bind(connection_id)
-    .bind(event.as_str())
-    .bind(kind.map(ObjectKind::as_str))
+    .bind(plan.start.as_str())
+    .bind(plan.kind.map(ObjectKind::as_str))
+    .bind(plan.from.unwrap_or(Millis::MIN))
+    .bind(plan.to.unwrap_or(Millis::MAX))
     .fetch_all(pool)
     .await)
     .during("read cohort start events")?)

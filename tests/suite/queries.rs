@@ -18,7 +18,7 @@ use pipewarden::sync;
 use serde_json::{json, Value};
 
 use super::emulator::control;
-use super::sync::{millis, quick_options, start_emulator, truth, write_config};
+use super::sync::{execute, millis, quick_options, start_emulator, truth, write_config};
 use crate::support::{on_both_backends, ConfigDir, TestStore};
 
 const DAY: Millis = 86_400_000;
@@ -768,27 +768,15 @@ async fn rows_of(url: &str, sql: &'static str) -> Vec<FirstRow> {
 
 /// Takes the store back to before migration 11 (no table of first events, no trigger).
 async fn undo_first_events_migration(url: &str) {
-    use sqlx::Connection;
-    if url.starts_with("postgres") {
-        let mut db = sqlx::PgConnection::connect(url).await.unwrap();
-        sqlx::raw_sql(
-            "DROP TRIGGER lifecycle_firsts_kept ON lifecycle_events; \
-             DROP FUNCTION keep_lifecycle_first(); DROP TABLE lifecycle_firsts; \
-             DELETE FROM _sqlx_migrations WHERE version = 11",
-        )
-        .execute(&mut db)
-        .await
-        .unwrap();
+    let sql = if url.starts_with("postgres") {
+        "DROP TRIGGER lifecycle_firsts_kept ON lifecycle_events; \
+         DROP FUNCTION keep_lifecycle_first(); DROP TABLE lifecycle_firsts; \
+         DELETE FROM _sqlx_migrations WHERE version = 11"
     } else {
-        let mut db = sqlx::SqliteConnection::connect(url).await.unwrap();
-        sqlx::raw_sql(
-            "DROP TRIGGER lifecycle_firsts_kept; DROP TABLE lifecycle_firsts; \
-             DELETE FROM _sqlx_migrations WHERE version = 11",
-        )
-        .execute(&mut db)
-        .await
-        .unwrap();
-    }
+        "DROP TRIGGER lifecycle_firsts_kept; DROP TABLE lifecycle_firsts; \
+         DELETE FROM _sqlx_migrations WHERE version = 11"
+    };
+    execute(url, sql).await;
 }
 
 /// A store synced before `lifecycle_firsts` existed gets it filled in by the migration, and

@@ -567,8 +567,8 @@ async fn a_token_kept_before_sealing_is_used_and_sealed(test: TestStore) {
     emu.stop().await.unwrap();
 }
 
-/// Runs one statement on the store's database itself.
-async fn execute(store_url: &str, sql: &str) {
+/// Runs statements on the store's database itself.
+pub(crate) async fn execute(store_url: &str, sql: &str) {
     use sqlx::Connection;
     let sql = sqlx::AssertSqlSafe(sql.to_string());
     if store_url.starts_with("postgres") {
