@@ -639,6 +639,11 @@ async fn an_apply_killed_mid_run_then_run_again_applies_every_action_once(t: Tes
     child.kill().expect("SIGKILL");
     child.wait().unwrap();
     set_faults(&emu, json!([])).await;
+    crate::support::until_lease_free(
+        &t.store,
+        &format!("recycle:{}", settings.connections[0].name),
+    )
+    .await;
     let midway = recycle::plan(&t.store, &settings, &options(&emu))
         .await
         .unwrap();

@@ -1370,6 +1370,7 @@ async fn a_task_create_killed_before_its_answer_is_not_made_twice(test: TestStor
     child.wait().unwrap();
     assert!(created, "the run created the task before it was killed");
     super::emulator_faults::set_faults(&emu, json!([])).await;
+    crate::support::until_lease_free(&test.store, &format!("recycle:{}", connection.name)).await;
 
     let delivered = rules::revert::deliver(&test.store, &settings, &connection, QUICK)
         .await

@@ -197,3 +197,17 @@ pub fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
 }
+
+/// Waits until the store's lease `name` is free, at most 10 seconds. PostgreSQL frees the
+/// advisory lock of a killed process only once it notices the session is gone; work that
+/// needs the lease before then finds it held and does nothing.
+pub async fn until_lease_free(store: &Store, name: &str) {
+    for _ in 0..200 {
+        if let Some(held) = store.try_lease(name).await.unwrap() {
+            held.release().await;
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("lease `{name}` is still held");
+}
