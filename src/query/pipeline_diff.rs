@@ -164,35 +164,46 @@ impl State {
     }
 }
 
-/// The version valid at `$4` of each deal that has a version starting in `($2, $3]`. A deal
-/// without one was in the same state at both ends, so only these can have changed: the
-/// query reads the window's activity, not the whole pipeline twice.
-const CHANGED_DEALS_AT: &str =
-    "SELECT v.record_id, r.crm_id, v.name, v.pipeline, v.stage, v.amount_cents, v.close_date, \
-     v.is_closed, v.is_won, v.deleted, v.crm_created_at_ms \
-     FROM (SELECT DISTINCT c.record_id FROM record_versions c WHERE c.connection_id = $1 \
-     AND c.object_kind = 'deal' AND c.valid_from_ms > $2 AND c.valid_from_ms <= $3) AS changed \
-     JOIN record_versions v ON v.record_id = changed.record_id \
-     AND v.valid_from_ms <= $4 AND (v.valid_to_ms IS NULL OR v.valid_to_ms > $4) \
-     JOIN records r ON r.id = v.record_id";
+/// The columns of a deal's end state, read from a version `v` joined to its record `r`.
+macro_rules! deal_end_select {
+    ($window:literal) => {
+        concat!(
+            "SELECT v.record_id, r.crm_id, v.name, v.pipeline, v.stage, v.amount_cents, v.close_date, \
+             v.is_closed, v.is_won, v.deleted, v.crm_created_at_ms \
+             FROM record_versions v JOIN records r ON r.id = v.record_id \
+             WHERE v.connection_id = $1 AND v.object_kind = 'deal' AND ",
+            $window
+        )
+    };
+}
 
-/// The state at `at` of every deal whose state changed in `(from, to]`.
-async fn changed_deals_at(
+/// The state at `from` of each deal whose state changed in `($2, $3]`. A deal's versions
+/// follow each other without gaps (a version ends when the next starts), so this is the
+/// version that ended in the window and had started by `from`: one range of the index of
+/// version ends, reading the window's activity and not the whole pipeline.
+const CHANGED_DEALS_AT_FROM: &str =
+    deal_end_select!("v.valid_to_ms > $2 AND v.valid_to_ms <= $3 AND v.valid_from_ms <= $2");
+
+/// The state at `to` of the same deals: the version that started in the window and had not
+/// ended by `to`, one range of the index of version starts.
+const CHANGED_DEALS_AT_TO: &str = deal_end_select!(
+    "v.valid_from_ms > $2 AND v.valid_from_ms <= $3 AND (v.valid_to_ms IS NULL OR v.valid_to_ms > $3)"
+);
+
+/// Runs [`CHANGED_DEALS_AT_FROM`] or [`CHANGED_DEALS_AT_TO`] over `(from, to]`.
+async fn changed_deals(
     store: &Store,
     connection_id: i64,
     (from, to): (Millis, Millis),
-    at: Millis,
+    sql: &'static str,
 ) -> Result<Vec<State>, QueryError> {
-    Ok(
-        dispatch!(store.pool(), pool => sqlx::query_as(CHANGED_DEALS_AT)
+    Ok(dispatch!(store.pool(), pool => sqlx::query_as(sql)
         .bind(connection_id)
         .bind(from)
         .bind(to)
-        .bind(at)
         .fetch_all(pool)
         .await)
-        .during("read changed deals at an instant")?,
-    )
+    .during("read the deals that changed in the window")?)
 }
 
 /// Answers `query pipeline-diff`.
@@ -214,8 +225,8 @@ pub async fn run(
     // The two ends are read at once, on two connections: each is a query of its own over the
     // same window, and a store on more than one core answers both in the time of one.
     let (at_from, at_to) = tokio::try_join!(
-        changed_deals_at(store, connection.id, (from, to), from),
-        changed_deals_at(store, connection.id, (from, to), to)
+        changed_deals(store, connection.id, (from, to), CHANGED_DEALS_AT_FROM),
+        changed_deals(store, connection.id, (from, to), CHANGED_DEALS_AT_TO)
     )?;
     let mut ends: BTreeMap<i64, (Option<State>, Option<State>)> = BTreeMap::new();
     for state in at_from {
