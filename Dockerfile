@@ -6,6 +6,8 @@
 FROM rust:1-slim-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock build.rs ./
+# The SQLite build flags (a memory-map ceiling above 2 GiB).
+COPY .cargo ./.cargo
 COPY src ./src
 # sqlx::migrate! embeds the migrations at compile time.
 COPY migrations ./migrations

@@ -2,7 +2,8 @@
 //!
 //! `cargo bench --bench sync -- small [tiny|large] [--postgres]`. The emulator runs in this
 //! process; the sync runs as a `pipewarden sync --once` child, so the peak RSS printed is the
-//! sync's alone. Prints records/s, API calls against the fewest pages the REST API allows,
+//! sync's alone (with the part of it that is the sync's own memory, not SQLite store pages read
+//! through the memory map). Prints records/s, API calls against the fewest pages the REST API allows,
 //! peak RSS, and the time of an incremental run that picks up 1,000 scripted changes; then a
 //! second backfill into a fresh store through Bulk API 2.0 query jobs (`bulk_threshold = 0`),
 //! with its records/s and API calls against the fewest that jobs allow.
@@ -117,22 +118,22 @@ async fn measure(
     let backfill = run_sync(&config)?;
     let records = stored_records(&backfill.output);
     println!(
-        "backfill: {records} records in {:.1} s = {:.0} records/s; {} API calls (fewest possible {minimum}, ratio {:.3}); peak RSS {:.1} MB",
+        "backfill: {records} records in {:.1} s = {:.0} records/s; {} API calls (fewest possible {minimum}, ratio {:.3}); {}",
         backfill.elapsed.as_secs_f64(),
         records as f64 / backfill.elapsed.as_secs_f64(),
         backfill.api_calls(),
         backfill.api_calls() as f64 / minimum as f64,
-        backfill.peak_rss_kb as f64 / 1024.0
+        backfill.memory()
     );
 
     apply_changes(&emu).await?;
     let incremental = run_sync(&config)?;
     println!(
-        "incremental after {CHANGES} scripted changes: {:.2} s, {} records read, {} API calls, peak RSS {:.1} MB",
+        "incremental after {CHANGES} scripted changes: {:.2} s, {} records read, {} API calls, {}",
         incremental.elapsed.as_secs_f64(),
         stored_records(&incremental.output),
         incremental.api_calls(),
-        incremental.peak_rss_kb as f64 / 1024.0
+        incremental.memory()
     );
 
     let bulk_dir = tempfile::tempdir().map_err(|e| e.to_string())?;
@@ -140,12 +141,12 @@ async fn measure(
     let bulk = run_sync(&bulk_config)?;
     let records = stored_records(&bulk.output);
     println!(
-        "bulk backfill (Bulk API 2.0 jobs for record objects, REST for history): {records} records in {:.1} s = {:.0} records/s; {} API calls (fewest possible {bulk_minimum}, ratio {:.3}); peak RSS {:.1} MB",
+        "bulk backfill (Bulk API 2.0 jobs for record objects, REST for history): {records} records in {:.1} s = {:.0} records/s; {} API calls (fewest possible {bulk_minimum}, ratio {:.3}); {}",
         bulk.elapsed.as_secs_f64(),
         records as f64 / bulk.elapsed.as_secs_f64(),
         bulk.api_calls(),
         bulk.api_calls() as f64 / bulk_minimum as f64,
-        bulk.peak_rss_kb as f64 / 1024.0
+        bulk.memory()
     );
     emu.stop().await.map_err(|e| e.to_string())
 }
@@ -153,10 +154,20 @@ async fn measure(
 struct SyncRun {
     elapsed: Duration,
     peak_rss_kb: u64,
+    /// The most anonymous memory sampled: RSS less the store pages mapped from the page cache.
+    peak_anon_kb: u64,
     output: String,
 }
 
 impl SyncRun {
+    fn memory(&self) -> String {
+        format!(
+            "peak RSS {:.1} MB (its own memory at most {:.1} MB, the rest store pages read through the memory map)",
+            self.peak_rss_kb as f64 / 1024.0,
+            self.peak_anon_kb as f64 / 1024.0
+        )
+    }
+
     fn api_calls(&self) -> u64 {
         number_before(&self.output, " API calls")
     }
@@ -173,9 +184,10 @@ fn run_sync(config: &Path) -> Result<SyncRun, String> {
         .stdout(Stdio::piped())
         .spawn()
         .map_err(|e| e.to_string())?;
-    let mut peak_rss_kb = 0;
+    let (mut peak_rss_kb, mut peak_anon_kb) = (0, 0);
     let status = loop {
-        peak_rss_kb = peak_rss_kb.max(high_water_mark_kb(child.id()));
+        peak_rss_kb = peak_rss_kb.max(status_kb(child.id(), "VmHWM:"));
+        peak_anon_kb = peak_anon_kb.max(status_kb(child.id(), "RssAnon:"));
         if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
             break status;
         }
@@ -191,18 +203,19 @@ fn run_sync(config: &Path) -> Result<SyncRun, String> {
     Ok(SyncRun {
         elapsed,
         peak_rss_kb,
+        peak_anon_kb,
         output,
     })
 }
 
-/// `VmHWM` of a process, in kB (0 once it is gone).
-fn high_water_mark_kb(pid: u32) -> u64 {
+/// A field of a process's `/proc` status (`VmHWM:`, `RssAnon:`), in kB (0 once it is gone).
+fn status_kb(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|status| {
             status
                 .lines()
-                .find_map(|line| line.strip_prefix("VmHWM:"))
+                .find_map(|line| line.strip_prefix(field))
                 .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
         })
         .unwrap_or(0)

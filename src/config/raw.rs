@@ -35,6 +35,7 @@ pub(crate) struct RawStore {
     pub url: Option<String>,
     pub max_connections: Option<u32>,
     pub busy_timeout: Option<String>,
+    pub sqlite_mmap_mib: Option<u32>,
 }
 
 /// One `[[connections]]` entry.

@@ -47,6 +47,8 @@ pub struct StoreSettings {
     /// How long SQLite waits for a lock before giving up.
     #[serde(serialize_with = "serialize_duration")]
     pub busy_timeout: Duration,
+    /// How much of a SQLite store is read through a memory map, MiB (0: none).
+    pub sqlite_mmap_mib: u32,
 }
 
 /// A store location, chosen by URL scheme. Its `Display` hides any password.

@@ -352,6 +352,10 @@ async fn open_sqlite(url: &str, settings: &StoreSettings) -> Result<SqlitePool, 
         .synchronous(SqliteSynchronous::Normal)
         .foreign_keys(true)
         .busy_timeout(settings.busy_timeout)
+        .pragma(
+            "mmap_size",
+            (u64::from(settings.sqlite_mmap_mib) << 20).to_string(),
+        )
         .statement_cache_capacity(SQLITE_STATEMENTS_KEPT);
     // Each connection to `:memory:` would be a separate empty database.
     let max_connections = if url.contains(":memory:") {
@@ -400,6 +404,7 @@ mod tests {
             url: StoreUrl::Postgres(url.parse().expect("a PostgreSQL URL")),
             max_connections: 1,
             busy_timeout: Duration::from_secs(5),
+            sqlite_mmap_mib: 0,
         };
         let store = Store::connect(&settings)
             .await
@@ -428,5 +433,29 @@ mod tests {
         let separator = if url.contains('?') { '&' } else { '?' };
         let asked = format!("{url}{separator}options=-c%20jit%3Don");
         assert_eq!(jit_of(&asked).await, "on");
+    }
+
+    /// The configured map size reaches SQLite whole: past the 2 GiB that SQLite allows unless
+    /// built with a higher ceiling (`.cargo/config.toml`), it would be cut down silently.
+    #[tokio::test]
+    async fn sqlite_connections_read_through_a_memory_map_of_the_configured_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("store.db").display());
+        let settings = StoreSettings {
+            url: crate::config::parse_store_url(&url).expect("a SQLite URL"),
+            max_connections: 1,
+            busy_timeout: Duration::from_secs(5),
+            sqlite_mmap_mib: 4096,
+        };
+        let store = Store::connect(&settings).await.expect("the store opens");
+        let Backend::Sqlite(pool) = store.pool() else {
+            unreachable!("a sqlite:// URL opens SQLite")
+        };
+        let mapped: i64 = sqlx::query_scalar("PRAGMA mmap_size")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        store.close().await;
+        assert_eq!(mapped, 4096 << 20);
     }
 }

@@ -63,6 +63,7 @@ fn store_settings(url: &str) -> StoreSettings {
         url: parse_store_url(url).expect("test store URL is valid"),
         max_connections: 4,
         busy_timeout: Duration::from_secs(5),
+        sqlite_mmap_mib: 64 * 1024,
     }
 }
 
