@@ -1,6 +1,7 @@
 //! Latency of the historical queries on a store synced from the emulated Salesforce org.
 //!
-//! `cargo bench --bench queries -- small [tiny|large] [--postgres] [--runs N] [--store URL]`.
+//! `cargo bench --bench queries -- small [tiny|large] [--postgres] [--runs N] [--store URL]
+//! [--only NAME]`.
 //! The emulator and the sync run in this process; the store is synced once, then each query
 //! runs N times (default 20) and p50/p95 are printed next to the targets. PostgreSQL
 //! runs use `PIPEWARDEN_TEST_POSTGRES_URL` (default the local server) and create a database of
@@ -9,6 +10,7 @@
 //! latest observation; the store connection is named `sf`. `--replicate N` copies the synced
 //! data N times over before timing (see `replicate`), and `--keep PATH` leaves that SQLite
 //! store at PATH (with `--postgres`: a database named PATH) for later `--store` runs.
+//! `--only NAME` times only the queries whose name contains NAME (to profile one of them).
 
 #[path = "support/postgres.rs"]
 mod postgres;
@@ -29,17 +31,17 @@ const DAY_MS: i64 = 86_400_000;
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let postgres = args.iter().any(|a| a == "--postgres");
-    let runs: usize = args
-        .iter()
-        .position(|a| a == "--runs")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(20);
     let value_of = |flag: &str| {
         args.iter()
             .position(|a| a == flag)
             .and_then(|i| args.get(i + 1))
             .cloned()
+    };
+    let timing = Timing {
+        runs: value_of("--runs")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(20),
+        only: value_of("--only"),
     };
     let store = value_of("--store");
     let copies: u32 = value_of("--replicate")
@@ -53,6 +55,7 @@ fn main() {
                 && a.parse::<usize>().is_err()
                 && Some(*a) != store.as_ref()
                 && Some(*a) != keep.as_ref()
+                && Some(*a) != timing.only.as_ref()
         })
         .map(String::as_str)
     {
@@ -69,7 +72,7 @@ fn main() {
         .build()
         .expect("tokio runtime");
     let outcome = match store {
-        Some(url) => runtime.block_on(bench_stored(&url, runs)),
+        Some(url) => runtime.block_on(bench_stored(&url, &timing)),
         None => runtime.block_on(bench(
             Load {
                 scale,
@@ -77,13 +80,21 @@ fn main() {
                 copies,
                 keep,
             },
-            runs,
+            &timing,
         )),
     };
     if let Err(err) = outcome {
         eprintln!("benchmark failed: {err}");
         std::process::exit(1);
     }
+}
+
+/// How the queries are timed.
+struct Timing {
+    /// Runs of each query.
+    runs: usize,
+    /// Only the queries whose name contains this.
+    only: Option<String>,
 }
 
 /// What store the benchmark builds before it times the queries.
@@ -97,7 +108,7 @@ struct Load {
     keep: Option<String>,
 }
 
-async fn bench(load: Load, runs: usize) -> Result<(), String> {
+async fn bench(load: Load, timing: &Timing) -> Result<(), String> {
     let Load {
         scale,
         postgres,
@@ -129,7 +140,8 @@ async fn bench(load: Load, runs: usize) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     println!(
-        "query benchmark: {scale:?} funnel, store {}, {runs} runs per query, {} CPU(s)",
+        "query benchmark: {scale:?} funnel, store {}, {} runs per query, {} CPU(s)",
+        timing.runs,
         if postgres { "PostgreSQL" } else { "SQLite" },
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
@@ -159,7 +171,7 @@ async fn bench(load: Load, runs: usize) -> Result<(), String> {
     }
     settle(&store, &store_url).await?;
     let now = emu.clock().now_ms();
-    time_queries(&store, &settings, now, runs).await?;
+    time_queries(&store, &settings, now, timing).await?;
     store.close().await;
     if postgres && keep.is_none() {
         postgres::drop_database(&store_url).await?;
@@ -341,7 +353,7 @@ async fn replicate(store_url: &str, copies: u32) -> Result<(), String> {
 }
 
 /// Times the queries over a store synced before, as of its latest observation.
-async fn bench_stored(store_url: &str, runs: usize) -> Result<(), String> {
+async fn bench_stored(store_url: &str, timing: &Timing) -> Result<(), String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let settings = settings(dir.path(), "http://127.0.0.1:9/", store_url)?;
     let store = Store::open_migrated(&settings.store)
@@ -349,11 +361,12 @@ async fn bench_stored(store_url: &str, runs: usize) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let now = latest_observation(store_url).await?;
     println!(
-        "query benchmark: store {store_url} as of {}, {runs} runs per query, {} CPU(s)",
+        "query benchmark: store {store_url} as of {}, {} runs per query, {} CPU(s)",
         format_instant(now),
+        timing.runs,
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
-    let result = time_queries(&store, &settings, now, runs).await;
+    let result = time_queries(&store, &settings, now, timing).await;
     store.close().await;
     result
 }
@@ -376,12 +389,12 @@ async fn latest_observation(store_url: &str) -> Result<i64, String> {
     latest.ok_or_else(|| format!("{store_url} holds no records"))
 }
 
-/// Runs each query `runs` times as of `now` and prints p50/p95.
+/// Runs each query as of `now` and prints p50/p95.
 async fn time_queries(
     store: &Store,
     settings: &Settings,
     now: i64,
-    runs: usize,
+    timing: &Timing,
 ) -> Result<(), String> {
     let at = |days_ago: i64| format_instant(now - days_ago * DAY_MS);
     let deal = some_deal(store, now).await?;
@@ -394,11 +407,11 @@ async fn time_queries(
         totals_only: true,
         ..as_of.clone()
     };
-    time("as-of totals (quarter end)", Some(100), runs, || {
+    time("as-of totals (quarter end)", Some(100), timing, || {
         query::as_of::run(store, &totals)
     })
     .await?;
-    time("as-of with every deal", None, runs, || {
+    time("as-of with every deal", None, timing, || {
         query::as_of::run(store, &as_of)
     })
     .await?;
@@ -406,7 +419,7 @@ async fn time_queries(
         id: deal.clone(),
         ..Default::default()
     };
-    time("history (one deal)", None, runs, || {
+    time("history (one deal)", None, timing, || {
         query::history::run(store, &history)
     })
     .await?;
@@ -415,7 +428,7 @@ async fn time_queries(
         to: at(0),
         ..Default::default()
     };
-    time("pipeline-diff (a quarter)", Some(500), runs, || {
+    time("pipeline-diff (a quarter)", Some(500), timing, || {
         query::pipeline_diff::run(store, &diff)
     })
     .await?;
@@ -424,7 +437,7 @@ async fn time_queries(
         to: at(0),
         ..Default::default()
     };
-    time("funnel (a year)", Some(1_000), runs, || {
+    time("funnel (a year)", Some(1_000), timing, || {
         query::funnel::run(store, settings, &funnel)
     })
     .await?;
@@ -437,7 +450,7 @@ async fn time_queries(
         from: Some(at(730)),
         ..Default::default()
     };
-    time("cohort (24 months, won)", Some(1_000), runs, || {
+    time("cohort (24 months, won)", Some(1_000), timing, || {
         query::cohort::run(store, &cohort)
     })
     .await?;
@@ -446,23 +459,32 @@ async fn time_queries(
         to: at(0),
         ..Default::default()
     };
-    time("campaigns (a quarter)", None, runs, || {
+    time("campaigns (a quarter)", None, timing, || {
         query::campaigns::run(store, &campaigns)
     })
     .await
 }
 
-/// Runs `query` `runs` times and prints p50/p95 (and the target, in milliseconds).
+/// Runs `query` as often as `timing` says and prints p50/p95 (and the target, in
+/// milliseconds), unless `timing` leaves it out.
 async fn time<F, Fut, T>(
     name: &str,
     target_ms: Option<u64>,
-    runs: usize,
+    timing: &Timing,
     query: F,
 ) -> Result<(), String>
 where
     F: Fn() -> Fut,
     Fut: Future<Output = Result<T, query::QueryError>>,
 {
+    if timing
+        .only
+        .as_ref()
+        .is_some_and(|only| !name.contains(only.as_str()))
+    {
+        return Ok(());
+    }
+    let runs = timing.runs;
     let mut took: Vec<Duration> = Vec::with_capacity(runs);
     for _ in 0..runs {
         let started = Instant::now();
