@@ -2,8 +2,8 @@
 //!
 //! `cargo bench --bench sync -- small [tiny|large] [--postgres]`. The emulator runs in this
 //! process; the sync runs as a `pipewarden sync --once` child, so the peak RSS printed is the
-//! sync's alone (with the part of it that is the sync's own memory, not SQLite store pages read
-//! through the memory map). Prints records/s, API calls against the fewest pages the REST API allows,
+//! sync's alone (beside it, the most anonymous memory sampled: peak RSS also counts the
+//! binary's code and the SQLite store pages read through the memory map). Prints records/s, API calls against the fewest pages the REST API allows,
 //! peak RSS, and the time of an incremental run that picks up 1,000 scripted changes; then a
 //! second backfill into a fresh store through Bulk API 2.0 query jobs (`bulk_threshold = 0`),
 //! with its records/s and API calls against the fewest that jobs allow.
@@ -154,7 +154,7 @@ async fn measure(
 struct SyncRun {
     elapsed: Duration,
     peak_rss_kb: u64,
-    /// The most anonymous memory sampled: RSS less the store pages mapped from the page cache.
+    /// The most anonymous memory seen in the samples (a lower bound of its true peak).
     peak_anon_kb: u64,
     output: String,
 }
@@ -162,7 +162,7 @@ struct SyncRun {
 impl SyncRun {
     fn memory(&self) -> String {
         format!(
-            "peak RSS {:.1} MB (its own memory at most {:.1} MB, the rest store pages read through the memory map)",
+            "peak RSS {:.1} MB (anonymous memory, sampled peak {:.1} MB)",
             self.peak_rss_kb as f64 / 1024.0,
             self.peak_anon_kb as f64 / 1024.0
         )

@@ -259,13 +259,30 @@ fn store_settings(check: &mut Checker, raw: &RawStore) -> StoreSettings {
             raw.busy_timeout.as_deref(),
             Duration::from_secs(5),
         ),
-        sqlite_mmap_mib: raw.sqlite_mmap_mib.unwrap_or(DEFAULT_SQLITE_MMAP_MIB),
+        sqlite_mmap_mib: sqlite_mmap_mib(check, raw.sqlite_mmap_mib),
     }
+}
+
+/// `store.sqlite_mmap_mib`, refused above what SQLite is built to map (it would cut the size
+/// down without a word).
+fn sqlite_mmap_mib(check: &mut Checker, value: Option<u32>) -> u32 {
+    let mib = value.unwrap_or(DEFAULT_SQLITE_MMAP_MIB);
+    if mib > MAX_SQLITE_MMAP_MIB {
+        check.fail(
+            "store.sqlite_mmap_mib",
+            format!("{mib} is more than SQLite maps ({MAX_SQLITE_MMAP_MIB} MiB, 1 TiB)"),
+        );
+        return MAX_SQLITE_MMAP_MIB;
+    }
+    mib
 }
 
 /// 64 GiB, more than years of history fill. It is address space, not memory: the pages read
 /// come from the same page cache as without the map, minus a system call and a copy each.
 const DEFAULT_SQLITE_MMAP_MIB: u32 = 64 * 1024;
+
+/// The ceiling `.cargo/config.toml` builds SQLite with (`SQLITE_MAX_MMAP_SIZE`), in MiB.
+const MAX_SQLITE_MMAP_MIB: u32 = 1 << 20;
 
 /// Parses a store URL; the message never repeats the URL, which may hold a password.
 pub fn parse_store_url(text: &str) -> Result<StoreUrl, String> {

@@ -363,12 +363,35 @@ async fn open_sqlite(url: &str, settings: &StoreSettings) -> Result<SqlitePool, 
     } else {
         settings.max_connections
     };
-    SqlitePoolOptions::new()
+    let pool = SqlitePoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(30))
         .connect_with(options)
         .await
-        .map_err(connect)
+        .map_err(connect)?;
+    if !url.contains(":memory:") {
+        warn_if_the_map_was_cut(&pool, settings.sqlite_mmap_mib).await;
+    }
+    Ok(pool)
+}
+
+/// SQLite cuts a map larger than it was built to allow down without an error: a binary built
+/// without `.cargo/config.toml` (a `cargo install` from elsewhere, say) maps 2 GiB at most.
+async fn warn_if_the_map_was_cut(pool: &SqlitePool, configured_mib: u32) {
+    let configured = u64::from(configured_mib) << 20;
+    match sqlx::query_scalar::<_, i64>("PRAGMA mmap_size")
+        .fetch_one(pool)
+        .await
+    {
+        Ok(mapped) if (mapped as u64) < configured => tracing::warn!(
+            configured_mib,
+            mapped_mib = mapped >> 20,
+            "store.sqlite_mmap_mib is more than this build of SQLite maps; \
+             build pipewarden with the repository's .cargo/config.toml"
+        ),
+        Ok(_) => {}
+        Err(err) => tracing::warn!(error = %err, "could not read SQLite's mmap_size"),
+    }
 }
 
 async fn open_postgres(url: &str, settings: &StoreSettings) -> Result<PgPool, StoreError> {

@@ -105,6 +105,16 @@ fn a_wrong_type_names_the_key_and_line() {
 }
 
 #[test]
+fn a_memory_map_larger_than_sqlite_maps_is_refused() {
+    let dir = ConfigDir::new();
+    let err = load(&dir, "[store]\nsqlite_mmap_mib = 2000000\n", &[]).unwrap_err();
+    assert_eq!(problem_keys(&err), vec!["store.sqlite_mmap_mib"]);
+    assert!(err.to_string().contains("1048576 MiB"), "{err}");
+    let fits = load(&dir, "[store]\nsqlite_mmap_mib = 1048576\n", &[]).unwrap();
+    assert_eq!(fits.store.sqlite_mmap_mib, 1 << 20);
+}
+
+#[test]
 fn a_missing_secret_variable_names_the_key_and_the_variable() {
     let dir = ConfigDir::new();
     let err = load(&dir, SALESFORCE, &[]).unwrap_err();
