@@ -157,8 +157,8 @@ async fn bench(load: Load, timing: &Timing) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     println!(
         "query benchmark: {scale:?} funnel, store {}, {} runs per query, {} CPU(s)",
-        timing.runs,
         if postgres { "PostgreSQL" } else { "SQLite" },
+        timing.runs,
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
     let started = Instant::now();

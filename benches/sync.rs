@@ -3,10 +3,11 @@
 //! `cargo bench --bench sync -- small [tiny|large] [--postgres]`. The emulator runs in this
 //! process; the sync runs as a `pipewarden sync --once` child, so the peak RSS printed is the
 //! sync's alone (beside it, the most anonymous memory sampled: peak RSS also counts the
-//! binary's code and the SQLite store pages read through the memory map). Prints records/s, API calls against the fewest pages the REST API allows,
-//! peak RSS, and the time of an incremental run that picks up 1,000 scripted changes; then a
-//! second backfill into a fresh store through Bulk API 2.0 query jobs (`bulk_threshold = 0`),
-//! with its records/s and API calls against the fewest that jobs allow.
+//! binary's code and the SQLite store pages read through the memory map). Prints records/s,
+//! API calls against the fewest pages the REST API allows, peak RSS, and the time of an
+//! incremental run that picks up 1,000 scripted changes; then a second backfill into a fresh
+//! store through Bulk API 2.0 query jobs (`bulk_threshold = 0`), with its records/s and API
+//! calls against the fewest that jobs allow.
 //! PostgreSQL runs use `PIPEWARDEN_TEST_POSTGRES_URL` (default the local server) and create
 //! two databases of their own, dropped at the end.
 
