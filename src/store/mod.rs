@@ -345,6 +345,9 @@ async fn open_sqlite(url: &str, settings: &StoreSettings) -> Result<SqlitePool, 
         backend: "sqlite",
         source,
     };
+    let mmap_bytes = u64::from(settings.sqlite_mmap_mib) << 20;
+    // Each connection to `:memory:` would be a separate empty database.
+    let in_memory = url.contains(":memory:");
     let options = SqliteConnectOptions::from_str(url)
         .map_err(connect)?
         .create_if_missing(true)
@@ -352,13 +355,9 @@ async fn open_sqlite(url: &str, settings: &StoreSettings) -> Result<SqlitePool, 
         .synchronous(SqliteSynchronous::Normal)
         .foreign_keys(true)
         .busy_timeout(settings.busy_timeout)
-        .pragma(
-            "mmap_size",
-            (u64::from(settings.sqlite_mmap_mib) << 20).to_string(),
-        )
+        .pragma("mmap_size", mmap_bytes.to_string())
         .statement_cache_capacity(SQLITE_STATEMENTS_KEPT);
-    // Each connection to `:memory:` would be a separate empty database.
-    let max_connections = if url.contains(":memory:") {
+    let max_connections = if in_memory {
         1
     } else {
         settings.max_connections
@@ -369,22 +368,21 @@ async fn open_sqlite(url: &str, settings: &StoreSettings) -> Result<SqlitePool, 
         .connect_with(options)
         .await
         .map_err(connect)?;
-    if !url.contains(":memory:") {
-        warn_if_the_map_was_cut(&pool, settings.sqlite_mmap_mib).await;
+    if !in_memory {
+        warn_if_the_map_was_cut(&pool, mmap_bytes).await;
     }
     Ok(pool)
 }
 
 /// SQLite cuts a map larger than it was built to allow down without an error: a binary built
 /// without `.cargo/config.toml` (a `cargo install` from elsewhere, say) maps 2 GiB at most.
-async fn warn_if_the_map_was_cut(pool: &SqlitePool, configured_mib: u32) {
-    let configured = u64::from(configured_mib) << 20;
+async fn warn_if_the_map_was_cut(pool: &SqlitePool, configured: u64) {
     match sqlx::query_scalar::<_, i64>("PRAGMA mmap_size")
         .fetch_one(pool)
         .await
     {
         Ok(mapped) if (mapped as u64) < configured => tracing::warn!(
-            configured_mib,
+            configured_mib = configured >> 20,
             mapped_mib = mapped >> 20,
             "store.sqlite_mmap_mib is more than this build of SQLite maps; \
              build pipewarden with the repository's .cargo/config.toml"
