@@ -1,9 +1,11 @@
 //! Latency of the historical queries on a store synced from the emulated Salesforce org.
 //!
-//! `cargo bench --bench queries -- small [tiny|large] [--postgres] [--runs N] [--store URL]
-//! [--only NAME]`.
-//! The emulator and the sync run in this process; the store is synced once, then each query
-//! runs N times (default 20) and p50/p95 are printed next to the targets. PostgreSQL
+//! `cargo bench --bench queries -- small [tiny|large] [--postgres] [--months M] [--runs N]
+//! [--store URL] [--only NAME]`.
+//! The emulator and the sync run in this process; the store is synced once, then M times
+//! (default 4) a simulated month passes and it is synced again, so deals have several versions
+//! and the pipeline's ends differ; each query then runs N times (default 20) and p50/p95 are
+//! printed next to the targets. PostgreSQL
 //! runs use `PIPEWARDEN_TEST_POSTGRES_URL` (default the local server) and create a database of
 //! their own. `--store URL` skips the emulator and the sync and queries a store synced before
 //! (the `large` one a `sync` benchmark left, say: its backfill takes most of an hour), as of its
@@ -28,6 +30,8 @@ use pipewarden::sync::{self, SyncOptions};
 use sqlx::Connection;
 
 const DAY_MS: i64 = 86_400_000;
+/// The simulated month that passes between two syncs of the store.
+const MONTH: Duration = Duration::from_millis(30 * DAY_MS as u64);
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -54,6 +58,9 @@ fn main() {
         .and_then(|n| n.parse().ok())
         .unwrap_or(1);
     let keep = value_of("--keep");
+    let months: u32 = value_of("--months")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(4);
     let scale = match args
         .iter()
         .find(|a| {
@@ -62,6 +69,7 @@ fn main() {
                 && Some(*a) != store.as_ref()
                 && Some(*a) != keep.as_ref()
                 && Some(*a) != timing.only.as_ref()
+                && Some(*a) != value_of("--months").as_ref()
         })
         .map(String::as_str)
     {
@@ -83,6 +91,7 @@ fn main() {
             Load {
                 scale,
                 postgres,
+                months,
                 copies,
                 keep,
             },
@@ -117,6 +126,8 @@ impl Timing {
 struct Load {
     scale: Scale,
     postgres: bool,
+    /// Simulated months synced one by one after the first sync.
+    months: u32,
     /// How many copies of the synced data the store holds (1: just the sync).
     copies: u32,
     /// Where to leave the store for later `--store` runs: a SQLite path, or a PostgreSQL
@@ -128,6 +139,7 @@ async fn bench(load: Load, timing: &Timing) -> Result<(), String> {
     let Load {
         scale,
         postgres,
+        months,
         copies,
         ref keep,
     } = load;
@@ -161,22 +173,29 @@ async fn bench(load: Load, timing: &Timing) -> Result<(), String> {
         timing.runs,
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
-    let started = Instant::now();
-    let report = sync::sync_once(
-        &store,
-        &settings.connections[0],
-        &SyncOptions::default(),
-        &StopSignal::never(),
-    )
-    .await
-    .map_err(|e| e.to_string())?;
-    println!(
-        "synced {} records, {} versions, {} stage changes in {:.1}s",
-        report.summary.records_seen,
-        report.summary.versions_written,
-        report.summary.transitions_written,
-        started.elapsed().as_secs_f64()
-    );
+    for month in 0..=months {
+        if month > 0 {
+            emu.clock().advance(MONTH);
+        }
+        let started = Instant::now();
+        let report = sync::sync_once(
+            &store,
+            &settings.connections[0],
+            &SyncOptions::default(),
+            &StopSignal::never(),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        println!(
+            "{} {}: synced {} records, {} versions, {} stage changes in {:.1}s",
+            if month == 0 { "backfill" } else { "month" },
+            format_instant(emu.clock().now_ms()),
+            report.summary.records_seen,
+            report.summary.versions_written,
+            report.summary.transitions_written,
+            started.elapsed().as_secs_f64()
+        );
+    }
     if copies > 1 {
         let started = Instant::now();
         replicate(&store_url, copies).await?;
@@ -211,13 +230,11 @@ async fn settle(store: &Store, store_url: &str) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     let tables = DATA_TABLES.join(", ");
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "VACUUM (ANALYZE) {tables}, lifecycle_firsts"
-    )))
-    .execute(&mut connection)
-    .await
-    .map(drop)
-    .map_err(|e| format!("vacuum the store: {e}"))
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("VACUUM (ANALYZE) {tables}")))
+        .execute(&mut connection)
+        .await
+        .map(drop)
+        .map_err(|e| format!("vacuum the store: {e}"))
 }
 
 /// Tables whose rows make up the synced data; `replicate` copies them.
@@ -227,16 +244,23 @@ const DATA_TABLES: &[&str] = &[
     "field_history",
     "stage_transitions",
     "lifecycle_events",
+    "lifecycle_firsts",
     "record_links",
 ];
+
+/// Data tables keyed by CRM ids or by records, with no `id` of their own to offset.
+const TABLES_WITHOUT_ID: &[&str] = &["lifecycle_firsts", "record_links"];
 
 /// Grows a synced store to `copies` times its size without a backfill of the `large` org
 /// (which takes well over an hour): copy k of every row gets its ids offset, its CRM ids
 /// suffixed `~k` and its times moved k × (a year / copies) into the past, so the copies
 /// spread over a year before the synced data and each query meets `copies` times the rows
 /// in the same shapes. Each table's secondary indexes are dropped for its copy and built
-/// again after it, which is several times quicker than keeping them up to date row by row;
-/// a SQLite store's write-ahead log is folded back into the database at the end, so reads
+/// again after it, which is several times quicker than keeping them up to date row by row.
+/// Its triggers are suspended too: `lifecycle_firsts`, which a trigger keeps from
+/// `lifecycle_events` row by row (most of an hour at 180 copies), is copied as a table of its
+/// own, which gives the same rows since each copy's firsts are the original's moved in time.
+/// A SQLite store's write-ahead log is folded back into the database at the end, so reads
 /// are timed against the database file alone.
 async fn replicate(store_url: &str, copies: u32) -> Result<(), String> {
     let shift = 365 * DAY_MS / i64::from(copies);
@@ -266,8 +290,10 @@ async fn replicate(store_url: &str, copies: u32) -> Result<(), String> {
         };
     }
     let mut offset: i64 = 1;
-    // record_links is keyed by CRM ids and has no `id` to offset.
-    for table in DATA_TABLES.iter().filter(|t| **t != "record_links") {
+    for table in DATA_TABLES
+        .iter()
+        .filter(|t| !TABLES_WITHOUT_ID.contains(t))
+    {
         let max: Option<i64> = on!(conn => sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "SELECT MAX(id) FROM {table}"
         )))
@@ -327,6 +353,35 @@ async fn replicate(store_url: &str, copies: u32) -> Result<(), String> {
                 .map(drop)
                 .map_err(|e| format!("drop index {name}: {e}"))?);
         }
+        let triggers: Vec<(String, String)> = match &mut sqlite {
+            Some(conn) => sqlx::query_as(
+                "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND tbl_name = $1",
+            )
+            .bind(*table)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(|e| e.to_string())?,
+            None => Vec::new(),
+        };
+        let suspend = match postgres {
+            // USER leaves alone the triggers behind foreign keys.
+            true => vec![format!("ALTER TABLE {table} DISABLE TRIGGER USER")],
+            false => triggers
+                .iter()
+                .map(|(name, _)| format!("DROP TRIGGER {name}"))
+                .collect(),
+        };
+        let resume = match postgres {
+            true => vec![format!("ALTER TABLE {table} ENABLE TRIGGER USER")],
+            false => triggers.into_iter().map(|(_, sql)| sql).collect(),
+        };
+        for statement in suspend {
+            on!(conn => sqlx::raw_sql(sqlx::AssertSqlSafe(statement.clone()))
+                .execute(&mut *conn)
+                .await
+                .map(drop)
+                .map_err(|e| format!("{statement}: {e}"))?);
+        }
         let started = Instant::now();
         let inserted = on!(conn => sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
             .execute(&mut *conn)
@@ -334,6 +389,13 @@ async fn replicate(store_url: &str, copies: u32) -> Result<(), String> {
             .map_err(|e| format!("copy {table}: {e}"))?
             .rows_affected());
         let copied_in = started.elapsed();
+        for statement in resume {
+            on!(conn => sqlx::raw_sql(sqlx::AssertSqlSafe(statement.clone()))
+                .execute(&mut *conn)
+                .await
+                .map(drop)
+                .map_err(|e| format!("{statement}: {e}"))?);
+        }
         for (name, definition) in &indexes {
             on!(conn => sqlx::raw_sql(sqlx::AssertSqlSafe(definition.clone()))
                 .execute(&mut *conn)
@@ -347,7 +409,7 @@ async fn replicate(store_url: &str, copies: u32) -> Result<(), String> {
             indexes.len(),
             (started.elapsed() - copied_in).as_secs_f64()
         );
-        if postgres && *table != "record_links" {
+        if postgres && !TABLES_WITHOUT_ID.contains(table) {
             // Rows copied with their ids leave the identity behind; a later sync into a kept
             // database would collide with them.
             on!(conn => sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
