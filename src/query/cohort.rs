@@ -17,7 +17,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use chrono::{DateTime, Datelike};
+use chrono::{DateTime, Datelike, NaiveDate, NaiveTime};
 use serde::{Deserialize, Serialize};
 
 use super::{format_bp, parse_instant, resolve_connection, share_bp, QueryError, Report, Table};
@@ -55,6 +55,21 @@ impl Period {
             Period::Quarter => format!("{}-Q{}", index.div_euclid(4), index.rem_euclid(4) + 1),
             Period::Year => index.to_string(),
         }
+    }
+
+    /// The instant period number `index` begins (UTC midnight of its first day).
+    pub fn start_ms(self, index: i64) -> Millis {
+        let (year, month0) = match self {
+            Period::Month => (index.div_euclid(12), index.rem_euclid(12)),
+            Period::Quarter => (index.div_euclid(4), index.rem_euclid(4) * 3),
+            Period::Year => (index, 0),
+        };
+        // Beyond chrono's years no record can start; the ends of time stand in.
+        i32::try_from(year)
+            .ok()
+            .and_then(|year| NaiveDate::from_ymd_opt(year, month0 as u32 + 1, 1))
+            .map(|day| day.and_time(NaiveTime::MIN).and_utc().timestamp_millis())
+            .unwrap_or(if year < 0 { Millis::MIN } else { Millis::MAX })
     }
 
     fn default_horizon(self) -> u32 {
@@ -276,15 +291,15 @@ pub async fn run(store: &Store, params: &CohortParams) -> Result<CohortReport, Q
     // Outcomes, starts and groups are separate reads of the store, made at once on
     // connections of their own.
     match plan.by {
-        // Without groups only counts leave the store: cohort sizes by day, and the records
-        // that reached the outcome.
+        // Without groups only counts leave the store: cohort sizes, and the records that
+        // reached the outcome.
         None => {
-            let (reached, days) = tokio::try_join!(
+            let (reached, sizes) = tokio::try_join!(
                 first_outcomes(store, connection.id, &plan),
-                starts_by_day(store, connection.id, &plan)
+                starts_by_period(store, connection.id, &plan)
             )?;
-            for (day, size) in days {
-                tally(&mut cohorts, None, plan.period.index(day * DAY_MS), columns).0 += size;
+            for (start_period, size) in sizes {
+                tally(&mut cohorts, None, start_period, columns).0 += size;
             }
             for (started, at) in reached.values() {
                 let start_period = plan.period.index(*started);
@@ -374,8 +389,6 @@ async fn starts_in_range(
     .during("read cohort start events")?)
 }
 
-const DAY_MS: Millis = 86_400_000;
-
 /// One cohort's counts: size, first outcomes per period offset, outcomes after the horizon.
 type Tally = (i64, Vec<i64>, i64);
 
@@ -391,27 +404,17 @@ fn tally(
         .or_insert_with(|| (0, vec![0; columns], 0))
 }
 
-/// Cohort sizes by UTC day of the start: the records whose first start event is in
-/// `[$4, $5)`, counted in the store from the index of first events by kind and time. Days nest
-/// in months, quarters and years, so the caller buckets them. The day is floored, not
-/// truncated, so instants before 1970 land in their own day.
-macro_rules! starts_by_day {
-    ($kind:literal) => {
-        concat!(
-            "SELECT (occurred_at_ms - ((occurred_at_ms % 86400000) + 86400000) % 86400000) / 86400000, \
-             COUNT(*) FROM lifecycle_firsts WHERE connection_id = $1 AND event = $2 ",
-            $kind,
-            " AND occurred_at_ms >= $4 AND occurred_at_ms < $5 GROUP BY 1"
-        )
-    };
-}
+/// The first and the last first start event of one kind in `[$4, $5)`: two index probes.
+const START_SPAN: &str = "SELECT \
+     (SELECT MIN(occurred_at_ms) FROM lifecycle_firsts WHERE connection_id = $1 AND event = $2 \
+      AND object_kind = $3 AND occurred_at_ms >= $4 AND occurred_at_ms < $5), \
+     (SELECT MAX(occurred_at_ms) FROM lifecycle_firsts WHERE connection_id = $1 AND event = $2 \
+      AND object_kind = $3 AND occurred_at_ms >= $4 AND occurred_at_ms < $5)";
 
-/// [`starts_by_day`] of one kind of record, and of all: written `$3 IS NULL OR object_kind =
-/// $3`, an optional kind would keep the index from narrowing to that kind.
-const STARTS_BY_DAY: (&str, &str) = (
-    starts_by_day!("AND object_kind = $3"),
-    starts_by_day!("AND CAST($3 AS TEXT) IS NULL"),
-);
+/// Records of one kind whose first start event is in `[$4, $5)`: a range of the index of first
+/// events by kind and time, counted without reading the table.
+const STARTS_IN: &str = "SELECT COUNT(*) FROM lifecycle_firsts WHERE connection_id = $1 \
+     AND event = $2 AND object_kind = $3 AND occurred_at_ms >= $4 AND occurred_at_ms < $5";
 
 /// Records that reached the outcome, with their start and their first outcome at or after
 /// it. Outcomes are few next to starts, so the search runs from each outcome to the records
@@ -440,25 +443,55 @@ const FIRST_OUTCOMES: &str = "WITH hits AS ( \
      AND (CAST($5 AS BIGINT) IS NULL OR started >= $5) AND (CAST($6 AS BIGINT) IS NULL OR started < $6) \
      GROUP BY subject, started";
 
-/// Cohort sizes by day of the start (see [`STARTS_BY_DAY`]).
-async fn starts_by_day(
+/// Cohort sizes by start period. For each kind of record, the periods its start events span
+/// are counted one index range at a time: several times cheaper than grouping millions of
+/// rows by period, and a range per kind keeps the index narrowed to the kind when none was
+/// asked for.
+async fn starts_by_period(
     store: &Store,
     connection_id: i64,
     plan: &Plan,
 ) -> Result<Vec<(i64, i64)>, QueryError> {
-    let sql = match plan.kind {
-        Some(_) => STARTS_BY_DAY.0,
-        None => STARTS_BY_DAY.1,
+    let kinds = match plan.kind {
+        Some(kind) => vec![kind],
+        None => ObjectKind::ALL.to_vec(),
     };
-    Ok(dispatch!(store.pool(), pool => sqlx::query_as(sql)
-        .bind(connection_id)
-        .bind(plan.start.as_str())
-        .bind(plan.kind.map(ObjectKind::as_str))
-        .bind(plan.from.unwrap_or(Millis::MIN))
-        .bind(plan.to.unwrap_or(Millis::MAX))
-        .fetch_all(pool)
-        .await)
-    .during("count cohort starts")?)
+    let (from, to) = (
+        plan.from.unwrap_or(Millis::MIN),
+        plan.to.unwrap_or(Millis::MAX),
+    );
+    let mut sizes = Vec::new();
+    for kind in kinds {
+        let span: (Option<Millis>, Option<Millis>) =
+            dispatch!(store.pool(), pool => sqlx::query_as(START_SPAN)
+                .bind(connection_id)
+                .bind(plan.start.as_str())
+                .bind(kind.as_str())
+                .bind(from)
+                .bind(to)
+                .fetch_one(pool)
+                .await)
+            .during("find the span of cohort starts")?;
+        let (Some(first), Some(last)) = span else {
+            continue;
+        };
+        for period in plan.period.index(first)..=plan.period.index(last) {
+            let size: i64 = dispatch!(store.pool(), pool => sqlx::query_scalar(STARTS_IN)
+                .bind(connection_id)
+                .bind(plan.start.as_str())
+                .bind(kind.as_str())
+                .bind(plan.period.start_ms(period).max(from))
+                .bind(plan.period.start_ms(period + 1).min(to))
+                .fetch_one(pool)
+                .await)
+            .during("count cohort starts")?;
+            // A period without starts has no cohort, as with groups.
+            if size > 0 {
+                sizes.push((period, size));
+            }
+        }
+    }
+    Ok(sizes)
 }
 
 /// Each record that reached the outcome: its start and its first outcome after it.
@@ -601,5 +634,33 @@ impl Report for CohortReport {
             table.push(row);
         }
         vec![table]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Period;
+
+    #[test]
+    fn a_period_starts_at_the_first_instant_its_index_holds() {
+        const APRIL_1_2026: i64 = 1_775_001_600_000;
+        assert_eq!(Period::Quarter.start_ms(2026 * 4 + 1), APRIL_1_2026);
+        assert_eq!(Period::Month.start_ms(2026 * 12 + 3), APRIL_1_2026);
+        assert_eq!(Period::Quarter.start_ms(1969 * 4 + 3), -7_948_800_000);
+        for at in [
+            -7_948_800_001,
+            -1,
+            0,
+            APRIL_1_2026 - 1,
+            APRIL_1_2026,
+            1_775_811_600_000,
+        ] {
+            for period in [Period::Month, Period::Quarter, Period::Year] {
+                let index = period.index(at);
+                assert!(period.start_ms(index) <= at, "{period:?} {at}");
+                assert!(at < period.start_ms(index + 1), "{period:?} {at}");
+                assert_eq!(period.index(period.start_ms(index) - 1), index - 1);
+            }
+        }
     }
 }

@@ -530,7 +530,86 @@ async fn cohorts_match_the_truth(test: TestStore) {
         let reached: i64 = got.values().flat_map(|(_, r)| r).sum();
         assert!(reached > 0, "some leads reach {outcome}");
     }
+    cohorts_within_a_window_match_the_truth(&test, &leads).await;
+    cohorts_of_every_kind_match_the_events(&test).await;
     world.emu.stop().await.unwrap();
+}
+
+/// A window that starts and ends inside a month cuts its cohorts to the leads created within.
+async fn cohorts_within_a_window_match_the_truth(test: &TestStore, leads: &[Value]) {
+    let mut created: Vec<Millis> = leads
+        .iter()
+        .map(|lead| {
+            let latest = &lead["versions"].as_array().unwrap().last().unwrap()["record"];
+            millis(latest["CreatedDate"].as_str().unwrap())
+        })
+        .collect();
+    created.sort_unstable();
+    // Whole seconds, as the parameters carry them.
+    let from = (created[created.len() / 3] / 1000 + 1) * 1000;
+    let to = from + 45 * 86_400_000;
+    let mut want: BTreeMap<String, i64> = BTreeMap::new();
+    for at in created.iter().filter(|at| (from..to).contains(*at)) {
+        *want.entry(Period::Month.label(month_of(*at))).or_default() += 1;
+    }
+    assert!(want.len() >= 2, "the window spans months: {want:?}");
+    let report = query::cohort::run(
+        &test.store,
+        &CohortParams {
+            period: "month".into(),
+            start: "created".into(),
+            outcome: "won".into(),
+            kind: Some("lead".into()),
+            from: Some(format_instant(from)),
+            to: Some(format_instant(to)),
+            ..CohortParams::default()
+        },
+    )
+    .await
+    .unwrap();
+    let got: BTreeMap<String, i64> = report
+        .cohorts
+        .iter()
+        .map(|c| (c.period.clone(), c.size))
+        .collect();
+    assert_eq!(got, want, "lead cohorts created in [{from}, {to})");
+}
+
+/// Without `--kind` a cohort holds the records of every kind created in its period, as the
+/// store's own events say.
+async fn cohorts_of_every_kind_match_the_events(test: &TestStore) {
+    let quarter_of = |at: Millis| month_of(at).div_euclid(3);
+    let mut want: BTreeMap<String, i64> = BTreeMap::new();
+    let mut kinds = BTreeSet::new();
+    for (_, event, _, kind, at) in rows_of(&test.url, FIRSTS_FROM_EVENTS).await {
+        if event == "created" {
+            kinds.insert(kind);
+            *want
+                .entry(Period::Quarter.label(quarter_of(at)))
+                .or_default() += 1;
+        }
+    }
+    assert!(
+        kinds.len() >= 3,
+        "records of several kinds start: {kinds:?}"
+    );
+    let report = query::cohort::run(
+        &test.store,
+        &CohortParams {
+            period: "quarter".into(),
+            start: "created".into(),
+            outcome: "won".into(),
+            ..CohortParams::default()
+        },
+    )
+    .await
+    .unwrap();
+    let got: BTreeMap<String, i64> = report
+        .cohorts
+        .into_iter()
+        .map(|c| (c.period, c.size))
+        .collect();
+    assert_eq!(got, want);
 }
 
 /// Simulated time at which the scenario starts: Friday 2026-04-10 09:00 UTC.
