@@ -317,7 +317,9 @@ async fn replicate(store_url: &str, copies: u32) -> Result<(), String> {
         let copied: Vec<String> = columns
             .iter()
             .map(|column| match column.as_str() {
-                "id" | "record_id" => format!("{column} + copies.k * {offset}"),
+                "id" | "record_id" | "from_record_id" | "to_record_id" => {
+                    format!("{column} + copies.k * {offset}")
+                }
                 "crm_id" | "from_crm_id" | "to_crm_id" => {
                     format!("{column} || '~' || CAST(copies.k AS TEXT)")
                 }

@@ -419,21 +419,18 @@ const STARTS_IN: &str = "SELECT COUNT(*) FROM lifecycle_firsts WHERE connection_
 /// Records that reached the outcome, with their start and their first outcome at or after
 /// it. Outcomes are few next to starts, so the search runs from each outcome to the records
 /// it counts for: its own, and those linked to it either way round (a lead converted into
-/// the won deal, a contact associated with it). `timed` is materialized so that each hit's
-/// start is looked up once, not once per mention of it.
+/// the won deal, a contact associated with it), found by store id in the links' indexes.
+/// `timed` is materialized so that each hit's start is looked up once, not once per mention
+/// of it.
 const FIRST_OUTCOMES: &str = "WITH hits AS ( \
      SELECT o.record_id AS subject, o.occurred_at_ms AS at FROM lifecycle_events o \
-     WHERE o.connection_id = $1 AND o.event = $3 \
-     UNION ALL SELECT a.id, o.occurred_at_ms FROM lifecycle_events o \
-     JOIN records b ON b.id = o.record_id \
-     JOIN record_links k ON k.connection_id = b.connection_id AND k.to_kind = b.object_kind AND k.to_crm_id = b.crm_id \
-     JOIN records a ON a.connection_id = k.connection_id AND a.object_kind = k.from_kind AND a.crm_id = k.from_crm_id \
+     WHERE o.connection_id = $1 AND o.event = $3 AND (CAST($4 AS TEXT) IS NULL OR o.object_kind = $4) \
+     UNION ALL SELECT k.from_record_id, o.occurred_at_ms FROM lifecycle_events o \
+     JOIN record_links k ON k.to_record_id = o.record_id \
      WHERE o.connection_id = $1 AND o.event = $3 AND k.removed_at_ms IS NULL \
      AND k.relation IN ('converted_to', 'associated_with') \
-     UNION ALL SELECT b.id, o.occurred_at_ms FROM lifecycle_events o \
-     JOIN records a ON a.id = o.record_id \
-     JOIN record_links k ON k.connection_id = a.connection_id AND k.from_kind = a.object_kind AND k.from_crm_id = a.crm_id \
-     JOIN records b ON b.connection_id = k.connection_id AND b.object_kind = k.to_kind AND b.crm_id = k.to_crm_id \
+     UNION ALL SELECT k.to_record_id, o.occurred_at_ms FROM lifecycle_events o \
+     JOIN record_links k ON k.from_record_id = o.record_id \
      WHERE o.connection_id = $1 AND o.event = $3 AND k.removed_at_ms IS NULL \
      AND k.relation IN ('converted_to', 'associated_with')), \
      timed AS MATERIALIZED (SELECT h.subject, h.at, (SELECT f.occurred_at_ms FROM lifecycle_firsts f \

@@ -581,7 +581,7 @@ async fn cohorts_of_every_kind_match_the_events(test: &TestStore) {
     let quarter_of = |at: Millis| month_of(at).div_euclid(3);
     let mut want: BTreeMap<String, i64> = BTreeMap::new();
     let mut kinds = BTreeSet::new();
-    for (_, event, _, kind, at) in rows_of(&test.url, FIRSTS_FROM_EVENTS).await {
+    for (_, event, _, kind, at) in rows_of::<FirstRow>(&test.url, FIRSTS_FROM_EVENTS).await {
         if event == "created" {
             kinds.insert(kind);
             *want
@@ -822,6 +822,7 @@ on_both_backends!(
     bad_parameters_are_named,
     campaigns_match_the_truth,
     first_events_are_filled_in_by_the_migration_and_kept_by_later_syncs,
+    link_ends_are_filled_in_by_the_migration_and_kept_by_later_syncs,
 );
 
 /// Each (connection, event, record) with its earliest time, as `lifecycle_firsts` should hold
@@ -834,7 +835,13 @@ const FIRSTS_STORED: &str = "SELECT connection_id, event, record_id, object_kind
 
 type FirstRow = (i64, String, i64, String, i64);
 
-async fn rows_of(url: &str, sql: &'static str) -> Vec<FirstRow> {
+async fn rows_of<T>(url: &str, sql: &'static str) -> Vec<T>
+where
+    T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>
+        + for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow>
+        + Send
+        + Unpin,
+{
     use sqlx::Connection;
     if url.starts_with("postgres") {
         let mut db = sqlx::PgConnection::connect(url).await.unwrap();
@@ -869,19 +876,22 @@ async fn first_events_are_filled_in_by_the_migration_and_kept_by_later_syncs(tes
 
     let report = test.store.migrate().await.unwrap();
     assert_eq!(report.applied, vec![11], "{report:?}");
-    let expected = rows_of(&test.url, FIRSTS_FROM_EVENTS).await;
+    let expected = rows_of::<FirstRow>(&test.url, FIRSTS_FROM_EVENTS).await;
     assert!(
         expected.len() > 100,
         "the sync stored events: {}",
         expected.len()
     );
-    assert_eq!(rows_of(&test.url, FIRSTS_STORED).await, expected);
+    assert_eq!(
+        rows_of::<FirstRow>(&test.url, FIRSTS_STORED).await,
+        expected
+    );
 
     control(&emu, "/__emulator/clock/advance", json!({"by": "40d"})).await;
     sync_now(&test, &settings).await;
-    let later = rows_of(&test.url, FIRSTS_FROM_EVENTS).await;
+    let later = rows_of::<FirstRow>(&test.url, FIRSTS_FROM_EVENTS).await;
     assert!(later.len() > expected.len(), "the second sync added events");
-    assert_eq!(rows_of(&test.url, FIRSTS_STORED).await, later);
+    assert_eq!(rows_of::<FirstRow>(&test.url, FIRSTS_STORED).await, later);
 
     // A milestone met again later leaves the first in place; one found to be earlier (CRM
     // history read after an observed change) replaces it.
@@ -906,9 +916,83 @@ async fn first_events_are_filled_in_by_the_migration_and_kept_by_later_syncs(tes
         .collect();
     tx.record_lifecycle_events(&events).await.unwrap();
     tx.commit().await.unwrap();
-    let stored = rows_of(&test.url, FIRSTS_STORED).await;
-    assert_eq!(stored, rows_of(&test.url, FIRSTS_FROM_EVENTS).await);
+    let stored = rows_of::<FirstRow>(&test.url, FIRSTS_STORED).await;
+    assert_eq!(
+        stored,
+        rows_of::<FirstRow>(&test.url, FIRSTS_FROM_EVENTS).await
+    );
     assert!(stored.contains(&(connection_id, "mql".into(), record_id, kind, first - DAY)));
+    emu.stop().await.unwrap();
+}
+
+/// Each link with the store ids of its ends as the records table gives them by CRM id, and as
+/// the link holds them.
+const LINK_ENDS_BY_CRM_ID: &str = "SELECT k.from_kind || ':' || k.from_crm_id, k.relation, \
+     k.to_kind || ':' || k.to_crm_id, a.id, b.id FROM record_links k \
+     LEFT JOIN records a ON a.connection_id = k.connection_id AND a.object_kind = k.from_kind \
+     AND a.crm_id = k.from_crm_id \
+     LEFT JOIN records b ON b.connection_id = k.connection_id AND b.object_kind = k.to_kind \
+     AND b.crm_id = k.to_crm_id ORDER BY 1, 2, 3";
+const LINK_ENDS_STORED: &str = "SELECT k.from_kind || ':' || k.from_crm_id, k.relation, \
+     k.to_kind || ':' || k.to_crm_id, k.from_record_id, k.to_record_id FROM record_links k \
+     ORDER BY 1, 2, 3";
+
+type LinkRow = (String, String, String, Option<i64>, Option<i64>);
+
+/// Takes the store back to before migration 12 (links without their ends' store ids).
+async fn undo_link_ends_migration(url: &str) {
+    let sql = if url.starts_with("postgres") {
+        "DROP TRIGGER records_end_links ON records; DROP FUNCTION end_links(); \
+         DROP TRIGGER record_links_find_ends ON record_links; DROP FUNCTION find_link_ends(); "
+    } else {
+        "DROP TRIGGER records_end_links; DROP TRIGGER record_links_find_ends; "
+    };
+    execute(
+        url,
+        &format!(
+            "{sql} DROP INDEX record_links_by_from_record; DROP INDEX record_links_by_to_record; \
+             ALTER TABLE record_links DROP COLUMN from_record_id; \
+             ALTER TABLE record_links DROP COLUMN to_record_id; \
+             DELETE FROM _sqlx_migrations WHERE version = 12"
+        ),
+    )
+    .await;
+}
+
+/// A store synced before links held their ends' store ids gets them from the migration, and
+/// later syncs keep them, whether a link or the record it names is stored first.
+async fn link_ends_are_filled_in_by_the_migration_and_kept_by_later_syncs(test: TestStore) {
+    undo_link_ends_migration(&test.url).await;
+    let emu = start_emulator().await;
+    let dir = ConfigDir::new();
+    let settings = settings_for(&dir, &emu, &test.url);
+    sync_now(&test, &settings).await;
+
+    let report = test.store.migrate().await.unwrap();
+    assert_eq!(report.applied, vec![12], "{report:?}");
+    let expected: Vec<LinkRow> = rows_of(&test.url, LINK_ENDS_BY_CRM_ID).await;
+    let resolved = |rows: &[LinkRow]| {
+        rows.iter()
+            .filter(|row| row.3.is_some() && row.4.is_some())
+            .count()
+    };
+    assert!(
+        resolved(&expected) > 10,
+        "the sync stored links: {expected:?}"
+    );
+    assert_eq!(
+        rows_of::<LinkRow>(&test.url, LINK_ENDS_STORED).await,
+        expected
+    );
+
+    control(&emu, "/__emulator/clock/advance", json!({"by": "40d"})).await;
+    sync_now(&test, &settings).await;
+    let later: Vec<LinkRow> = rows_of(&test.url, LINK_ENDS_BY_CRM_ID).await;
+    assert!(
+        resolved(&later) > resolved(&expected),
+        "the second sync added links"
+    );
+    assert_eq!(rows_of::<LinkRow>(&test.url, LINK_ENDS_STORED).await, later);
     emu.stop().await.unwrap();
 }
 
