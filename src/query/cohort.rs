@@ -20,7 +20,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use chrono::{DateTime, Datelike, NaiveDate, NaiveTime};
 use serde::{Deserialize, Serialize};
 
-use super::{format_bp, parse_instant, resolve_connection, share_bp, QueryError, Report, Table};
+use super::{
+    format_bp, json_rows, parse_instant, resolve_connection, share_bp, QueryError, Report, Table,
+};
 use crate::record::{LifecycleEvent, Millis, ObjectKind};
 use crate::store::{dispatch, Backend, BackendKind, QueryContext, Store};
 
@@ -444,9 +446,9 @@ macro_rules! first_outcomes {
     };
 }
 
-/// [`first_outcomes!`] as rows (PostgreSQL), or as one JSON array (SQLite, whose rows reach
-/// Rust one by one at a cost that matched the query's own for the 170,000 outcomes of the
-/// 180x bench store).
+/// [`first_outcomes!`] as rows (PostgreSQL), or as one JSON array (SQLite; see
+/// [`json_rows`]): on the 180x bench store 170,000 outcomes cost as much to hand over one by
+/// one as to find.
 const FIRST_OUTCOMES: (&str, &str) = (
     concat!(
         "SELECT json_group_array(json_array(subject, started, reached)) FROM (",
@@ -516,7 +518,7 @@ async fn first_outcomes(
     const DURING: &str = "read cohort outcomes";
     let rows: Vec<(i64, Millis, Millis)> = match store.pool() {
         Backend::Sqlite(pool) => {
-            let text: Option<String> = sqlx::query_scalar(FIRST_OUTCOMES.0)
+            let text = sqlx::query_scalar(FIRST_OUTCOMES.0)
                 .bind(connection_id)
                 .bind(plan.start.as_str())
                 .bind(plan.outcome.as_str())
@@ -524,11 +526,8 @@ async fn first_outcomes(
                 .bind(plan.from)
                 .bind(plan.to)
                 .fetch_one(pool)
-                .await
-                .during(DURING)?;
-            serde_json::from_str(text.as_deref().unwrap_or("[]"))
-                .map_err(|err| sqlx::Error::Decode(Box::new(err)))
-                .during(DURING)?
+                .await;
+            text.and_then(json_rows).during(DURING)?
         }
         Backend::Postgres(pool) => sqlx::query_as(FIRST_OUTCOMES.1)
             .bind(connection_id)
