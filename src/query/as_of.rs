@@ -8,11 +8,11 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    check_pipeline, check_stage, deal_stages, format_cents, format_instant, parse_instant,
-    resolve_connection, BackendRow, Connection, QueryError, Report, Table,
+    check_pipeline, check_stage, deal_stages, format_cents, format_instant, json_rows,
+    parse_instant, resolve_connection, BackendRow, Connection, QueryError, Report, Table,
 };
 use crate::record::Millis;
-use crate::store::{dispatch, BackendKind, QueryContext, StageDefinition, Store};
+use crate::store::{dispatch, Backend, BackendKind, QueryContext, StageDefinition, Store};
 
 /// Parameters of `query as-of` and `GET /api/v1/as-of`.
 #[derive(Debug, Clone, Default, Deserialize, clap::Args)]
@@ -123,13 +123,20 @@ macro_rules! open_deals_at {
     };
 }
 
-/// [`open_deals_at`] for (SQLite, PostgreSQL).
+/// [`open_deals_at`] for (SQLite, PostgreSQL); SQLite folds the rows into one JSON array (see
+/// [`json_rows`]), since a large pipeline's hundreds of thousands of open deals cost more to
+/// hand over one by one than to find.
 const OPEN_DEALS_AT: (&str, &str) = (
-    open_deals_at!(
-        "r.crm_id, v.name, v.pipeline, v.stage, v.owner_id, v.amount_cents, v.probability_bp, \
-         v.close_date, v.valid_from_ms",
-        "INDEXED BY record_versions_open_deals JOIN records r ON r.id = v.record_id",
-        ""
+    concat!(
+        "SELECT json_group_array(json_array(crm_id, name, pipeline, stage, owner_id, amount_cents, \
+         probability_bp, close_date, valid_from_ms)) FROM (",
+        open_deals_at!(
+            "r.crm_id, v.name, v.pipeline, v.stage, v.owner_id, v.amount_cents, v.probability_bp, \
+             v.close_date, v.valid_from_ms",
+            "INDEXED BY record_versions_open_deals JOIN records r ON r.id = v.record_id",
+            ""
+        ),
+        ")"
     ),
     open_deals_at!(
         "r.crm_id, v.name, v.pipeline, v.stage, v.owner_id, v.amount_cents, v.probability_bp, \
@@ -170,11 +177,11 @@ pub async fn run(store: &Store, params: &AsOfParams) -> Result<AsOfReport, Query
     let stages = deal_stages(store, &connection).await?;
     check_pipeline(&stages, params.pipeline.as_deref())?;
     check_stage(&stages, params.stage.as_deref())?;
-    let (deals_sql, totals_sql) = match store.backend() {
-        BackendKind::Sqlite => (OPEN_DEALS_AT.0, OPEN_TOTALS_AT.0),
-        BackendKind::Postgres => (OPEN_DEALS_AT.1, OPEN_TOTALS_AT.1),
-    };
     if params.totals_only {
+        let totals_sql = match store.backend() {
+            BackendKind::Sqlite => OPEN_TOTALS_AT.0,
+            BackendKind::Postgres => OPEN_TOTALS_AT.1,
+        };
         let rows: Vec<TotalsRow> = open_at(
             store,
             totals_sql,
@@ -201,15 +208,22 @@ pub async fn run(store: &Store, params: &AsOfParams) -> Result<AsOfReport, Query
             deals: Vec::new(),
         });
     }
-    let rows: Vec<Row> = open_at(
-        store,
-        deals_sql,
-        connection.id,
-        at,
-        params,
-        "read deals as of",
-    )
-    .await?;
+    const DURING: &str = "read deals as of";
+    let rows: Vec<Row> = match store.pool() {
+        Backend::Sqlite(pool) => sqlx::query_scalar(OPEN_DEALS_AT.0)
+            .bind(connection.id)
+            .bind(at)
+            .bind(params.pipeline.as_deref())
+            .bind(params.owner.as_deref())
+            .bind(params.stage.as_deref())
+            .fetch_one(pool)
+            .await
+            .and_then(json_rows)
+            .during(DURING)?,
+        Backend::Postgres(_) => {
+            open_at(store, OPEN_DEALS_AT.1, connection.id, at, params, DURING).await?
+        }
+    };
     Ok(assemble(&connection, at, &stages, rows))
 }
 
