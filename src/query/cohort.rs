@@ -516,26 +516,26 @@ async fn first_outcomes(
     plan: &Plan,
 ) -> Result<HashMap<i64, (Millis, Millis)>, QueryError> {
     const DURING: &str = "read cohort outcomes";
-    let rows: Vec<(i64, Millis, Millis)> = match store.pool() {
-        Backend::Sqlite(pool) => {
-            let text = sqlx::query_scalar(FIRST_OUTCOMES.0)
+    // The same parameters go to queries of two types, one per backend.
+    macro_rules! bound {
+        ($query:expr) => {
+            $query
                 .bind(connection_id)
                 .bind(plan.start.as_str())
                 .bind(plan.outcome.as_str())
                 .bind(plan.kind.map(ObjectKind::as_str))
                 .bind(plan.from)
                 .bind(plan.to)
+        };
+    }
+    let rows: Vec<(i64, Millis, Millis)> = match store.pool() {
+        Backend::Sqlite(pool) => {
+            let text = bound!(sqlx::query_scalar(FIRST_OUTCOMES.0))
                 .fetch_one(pool)
                 .await;
             text.and_then(json_rows).during(DURING)?
         }
-        Backend::Postgres(pool) => sqlx::query_as(FIRST_OUTCOMES.1)
-            .bind(connection_id)
-            .bind(plan.start.as_str())
-            .bind(plan.outcome.as_str())
-            .bind(plan.kind.map(ObjectKind::as_str))
-            .bind(plan.from)
-            .bind(plan.to)
+        Backend::Postgres(pool) => bound!(sqlx::query_as(FIRST_OUTCOMES.1))
             .fetch_all(pool)
             .await
             .during(DURING)?,
