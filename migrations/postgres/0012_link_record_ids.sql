@@ -5,17 +5,21 @@
 -- wait for it). One connection's writers take turns (its sync lease and fence), so a link and
 -- the record it names are never written by two transactions at once; records are never
 -- deleted, so an end once found stays right. Keep in step with migrations/sqlite.
-ALTER TABLE record_links ADD COLUMN from_record_id BIGINT;
-ALTER TABLE record_links ADD COLUMN to_record_id BIGINT;
 
 -- No replica may add links or records between the fill below and the triggers' creation (a
 -- rolling upgrade keeps older replicas syncing); the locks last until the migration commits.
-LOCK TABLE record_links, records IN SHARE ROW EXCLUSIVE MODE;
+-- They are taken in the order a sync takes them, records first, so that a sync still running
+-- waits for the migration instead of deadlocking with it.
+LOCK TABLE records, record_links IN SHARE ROW EXCLUSIVE MODE;
 
-UPDATE record_links k SET from_record_id = r.id FROM records r
-WHERE r.connection_id = k.connection_id AND r.object_kind = k.from_kind AND r.crm_id = k.from_crm_id;
-UPDATE record_links k SET to_record_id = r.id FROM records r
-WHERE r.connection_id = k.connection_id AND r.object_kind = k.to_kind AND r.crm_id = k.to_crm_id;
+ALTER TABLE record_links ADD COLUMN from_record_id BIGINT;
+ALTER TABLE record_links ADD COLUMN to_record_id BIGINT;
+
+UPDATE record_links SET
+    from_record_id = (SELECT r.id FROM records r WHERE r.connection_id = record_links.connection_id
+                      AND r.object_kind = record_links.from_kind AND r.crm_id = record_links.from_crm_id),
+    to_record_id = (SELECT r.id FROM records r WHERE r.connection_id = record_links.connection_id
+                    AND r.object_kind = record_links.to_kind AND r.crm_id = record_links.to_crm_id);
 
 -- Each covers what a query following links in its direction reads.
 CREATE INDEX record_links_by_from_record ON record_links

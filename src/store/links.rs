@@ -1,8 +1,9 @@
 //! Relations between records by CRM id (`record_links`): HubSpot deal–contact associations and
 //! Salesforce lead conversions.
 //!
-//! Links name records by CRM id rather than store id, so a link can arrive before the record
-//! it points to has been synced.
+//! Links name records by CRM id, so a link can arrive before the record it points to has been
+//! synced; the store ids of both ends (`from_record_id`, `to_record_id`) are filled in by
+//! triggers once both are stored (migration 12).
 
 use std::collections::HashSet;
 
