@@ -377,13 +377,18 @@ async fn replicate(store_url: &str, copies: u32) -> Result<(), String> {
             true => vec![format!("ALTER TABLE {table} ENABLE TRIGGER USER")],
             false => triggers.into_iter().map(|(_, sql)| sql).collect(),
         };
-        for statement in suspend {
-            on!(conn => sqlx::raw_sql(sqlx::AssertSqlSafe(statement.clone()))
-                .execute(&mut *conn)
-                .await
-                .map(drop)
-                .map_err(|e| format!("{statement}: {e}"))?);
+        macro_rules! run_each {
+            ($statements:expr) => {
+                for statement in $statements {
+                    on!(conn => sqlx::raw_sql(sqlx::AssertSqlSafe(statement.clone()))
+                        .execute(&mut *conn)
+                        .await
+                        .map(drop)
+                        .map_err(|e| format!("{statement}: {e}"))?);
+                }
+            };
         }
+        run_each!(suspend);
         let started = Instant::now();
         let inserted = on!(conn => sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
             .execute(&mut *conn)
@@ -391,13 +396,7 @@ async fn replicate(store_url: &str, copies: u32) -> Result<(), String> {
             .map_err(|e| format!("copy {table}: {e}"))?
             .rows_affected());
         let copied_in = started.elapsed();
-        for statement in resume {
-            on!(conn => sqlx::raw_sql(sqlx::AssertSqlSafe(statement.clone()))
-                .execute(&mut *conn)
-                .await
-                .map(drop)
-                .map_err(|e| format!("{statement}: {e}"))?);
-        }
+        run_each!(resume);
         for (name, definition) in &indexes {
             on!(conn => sqlx::raw_sql(sqlx::AssertSqlSafe(definition.clone()))
                 .execute(&mut *conn)

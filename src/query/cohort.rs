@@ -474,34 +474,28 @@ async fn starts_by_period(
         plan.from.unwrap_or(Millis::MIN),
         plan.to.unwrap_or(Millis::MAX),
     );
+    // Both queries take (connection, start event, kind, range) and answer one number.
+    let over_starts = |sql: &'static str, kind: ObjectKind, (lo, hi): (Millis, Millis)| async move {
+        let value: Option<i64> = dispatch!(store.pool(), pool => sqlx::query_scalar(sql)
+            .bind(connection_id)
+            .bind(plan.start.as_str())
+            .bind(kind.as_str())
+            .bind(lo)
+            .bind(hi)
+            .fetch_one(pool)
+            .await)
+        .during("count cohort starts")?;
+        Ok::<_, QueryError>(value)
+    };
     let mut sizes = Vec::new();
     for kind in kinds {
         let mut cursor = from;
-        while cursor < to {
-            let next: Option<Millis> =
-                dispatch!(store.pool(), pool => sqlx::query_scalar(NEXT_START)
-                    .bind(connection_id)
-                    .bind(plan.start.as_str())
-                    .bind(kind.as_str())
-                    .bind(cursor)
-                    .bind(to)
-                    .fetch_one(pool)
-                    .await)
-                .during("find the next cohort start")?;
-            let Some(next) = next else {
-                break;
-            };
+        while let Some(next) = over_starts(NEXT_START, kind, (cursor, to)).await? {
             let period = plan.period.index(next);
             let end = plan.period.start_ms(period + 1).max(next + 1).min(to);
-            let size: i64 = dispatch!(store.pool(), pool => sqlx::query_scalar(STARTS_IN)
-                .bind(connection_id)
-                .bind(plan.start.as_str())
-                .bind(kind.as_str())
-                .bind(cursor)
-                .bind(end)
-                .fetch_one(pool)
-                .await)
-            .during("count cohort starts")?;
+            let size = over_starts(STARTS_IN, kind, (cursor, end))
+                .await?
+                .unwrap_or(0);
             sizes.push((period, size));
             cursor = end;
         }
