@@ -17,7 +17,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use chrono::{DateTime, Datelike, NaiveDate, NaiveTime};
+use chrono::{DateTime, Datelike, NaiveDate, NaiveTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::{
@@ -41,7 +41,13 @@ pub enum Period {
 impl Period {
     /// A running number of the period that holds `at`; consecutive periods differ by one.
     pub fn index(self, at: Millis) -> i64 {
-        let date = DateTime::from_timestamp_millis(at).unwrap_or_default();
+        // Instants beyond chrono's range (only a corrupt stored value) fall in its first or
+        // last period rather than in 1970.
+        let date = DateTime::from_timestamp_millis(at).unwrap_or(if at < 0 {
+            DateTime::<Utc>::MIN_UTC
+        } else {
+            DateTime::<Utc>::MAX_UTC
+        });
         let (year, month0) = (i64::from(date.year()), i64::from(date.month0()));
         match self {
             Period::Month => year * 12 + month0,
@@ -684,6 +690,13 @@ mod tests {
                 assert!(at < period.start_ms(index + 1), "{period:?} {at}");
                 assert_eq!(period.index(period.start_ms(index) - 1), index - 1);
             }
+        }
+        for period in [Period::Month, Period::Quarter, Period::Year] {
+            assert!(period.index(i64::MIN) < period.index(-1), "{period:?}");
+            assert!(
+                period.index(i64::MAX) > period.index(APRIL_1_2026),
+                "{period:?}"
+            );
         }
     }
 }
