@@ -260,6 +260,8 @@ const TABLES_WITHOUT_ID: &[&str] = &["lifecycle_firsts", "record_links"];
 /// Its triggers are suspended too: `lifecycle_firsts`, which a trigger keeps from
 /// `lifecycle_events` row by row (most of an hour at 180 copies), is copied as a table of its
 /// own, which gives the same rows since each copy's firsts are the original's moved in time.
+/// Each table is copied in one transaction, so a copy that fails leaves the table with its
+/// rows, indexes and triggers as they were.
 /// A SQLite store's write-ahead log is folded back into the database at the end, so reads
 /// are timed against the database file alone.
 async fn replicate(store_url: &str, copies: u32) -> Result<(), String> {
@@ -286,6 +288,17 @@ async fn replicate(store_url: &str, copies: u32) -> Result<(), String> {
                 (Some($conn), _) => $body,
                 (_, Some($conn)) => $body,
                 _ => unreachable!("one connection is open"),
+            }
+        };
+    }
+    macro_rules! run_each {
+        ($statements:expr) => {
+            for statement in $statements {
+                on!(conn => sqlx::raw_sql(sqlx::AssertSqlSafe(statement.to_string()))
+                    .execute(&mut *conn)
+                    .await
+                    .map(drop)
+                    .map_err(|e| format!("{statement}: {e}"))?);
             }
         };
     }
@@ -348,6 +361,8 @@ async fn replicate(store_url: &str, copies: u32) -> Result<(), String> {
         .fetch_all(&mut *conn)
         .await
         .map_err(|e| e.to_string())?);
+        // A table's copy commits whole, its indexes and triggers back in place, or not at all.
+        run_each!(["BEGIN"]);
         for (name, _) in &indexes {
             on!(conn => sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP INDEX {name}")))
                 .execute(&mut *conn)
@@ -377,17 +392,6 @@ async fn replicate(store_url: &str, copies: u32) -> Result<(), String> {
             true => vec![format!("ALTER TABLE {table} ENABLE TRIGGER USER")],
             false => triggers.into_iter().map(|(_, sql)| sql).collect(),
         };
-        macro_rules! run_each {
-            ($statements:expr) => {
-                for statement in $statements {
-                    on!(conn => sqlx::raw_sql(sqlx::AssertSqlSafe(statement.clone()))
-                        .execute(&mut *conn)
-                        .await
-                        .map(drop)
-                        .map_err(|e| format!("{statement}: {e}"))?);
-                }
-            };
-        }
         run_each!(suspend);
         let started = Instant::now();
         let inserted = on!(conn => sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
@@ -421,6 +425,7 @@ async fn replicate(store_url: &str, copies: u32) -> Result<(), String> {
             .map(drop)
             .map_err(|e| format!("advance the ids of {table}: {e}"))?);
         }
+        run_each!(["COMMIT"]);
     }
     if let Some(conn) = &mut sqlite {
         sqlx::raw_sql("PRAGMA wal_checkpoint(TRUNCATE)")
