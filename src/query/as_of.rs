@@ -4,15 +4,21 @@
 //! between two syncs only the last state the CRM had is known, from its modification time.
 
 use std::collections::HashMap;
+use std::future::Future;
 
+use futures_util::{stream, StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
+use sqlx::query::QueryAs;
+use sqlx::sqlite::{SqliteArguments, SqlitePool};
+use sqlx::Sqlite;
 
 use super::{
     check_pipeline, check_stage, deal_stages, format_cents, format_instant, json_rows,
-    parse_instant, resolve_connection, BackendRow, Connection, QueryError, Report, Table,
+    parse_instant, resolve_connection, sqlite_reads_at_once, BackendRow, Connection, QueryError,
+    Report, Table,
 };
 use crate::record::Millis;
-use crate::store::{dispatch, Backend, BackendKind, QueryContext, StageDefinition, Store};
+use crate::store::{dispatch, Backend, QueryContext, StageDefinition, Store};
 
 /// Parameters of `query as-of` and `GET /api/v1/as-of`.
 #[derive(Debug, Clone, Default, Deserialize, clap::Args)]
@@ -123,9 +129,10 @@ macro_rules! open_deals_at {
     };
 }
 
-/// [`open_deals_at`] for (SQLite, PostgreSQL); SQLite folds the rows into one JSON array (see
-/// [`json_rows`]), since a large pipeline's hundreds of thousands of open deals cost more to
-/// hand over one by one than to find.
+/// The open deals at `$2` with what a listing shows: (SQLite, PostgreSQL). SQLite reads one
+/// (pipeline, stage) group per query (see [`over_open_groups`]) and folds its rows into one
+/// JSON array (see [`json_rows`]), since a large pipeline's hundreds of thousands of open
+/// deals cost more to hand over one by one than to find.
 const OPEN_DEALS_AT: (&str, &str) = (
     concat!(
         "SELECT json_group_array(json_array(crm_id, name, pipeline, stage, owner_id, amount_cents, \
@@ -134,7 +141,7 @@ const OPEN_DEALS_AT: (&str, &str) = (
             "r.crm_id, v.name, v.pipeline, v.stage, v.owner_id, v.amount_cents, v.probability_bp, \
              v.close_date, v.valid_from_ms",
             "INDEXED BY record_versions_open_deals JOIN records r ON r.id = v.record_id",
-            ""
+            " AND v.pipeline IS $6 AND v.stage IS $7"
         ),
         ")"
     ),
@@ -147,12 +154,12 @@ const OPEN_DEALS_AT: (&str, &str) = (
 );
 
 /// Count and amount of the open deals by stage and own probability, from the partial index
-/// alone: (SQLite, PostgreSQL).
+/// alone: (SQLite, one (pipeline, stage) group per query; PostgreSQL).
 const OPEN_TOTALS_AT: (&str, &str) = (
     open_deals_at!(
         "v.pipeline, v.stage, v.probability_bp, COUNT(*), CAST(SUM(v.amount_cents) AS BIGINT)",
         "INDEXED BY record_versions_open_deals",
-        " GROUP BY v.pipeline, v.stage, v.probability_bp"
+        " AND v.pipeline IS $6 AND v.stage IS $7 GROUP BY v.probability_bp"
     ),
     open_deals_at!(
         "v.pipeline, v.stage, v.probability_bp, COUNT(*), CAST(SUM(v.amount_cents) AS BIGINT)",
@@ -160,6 +167,31 @@ const OPEN_TOTALS_AT: (&str, &str) = (
         " GROUP BY v.pipeline, v.stage, v.probability_bp"
     ),
 );
+
+/// The first (pipeline, stage) group of the open-deal index that meets `$condition`, in the
+/// index's order (SQLite's: null first).
+macro_rules! open_group {
+    ($condition:literal) => {
+        concat!(
+            "SELECT v.pipeline, v.stage FROM record_versions v INDEXED BY record_versions_open_deals \
+             WHERE v.connection_id = $1 AND v.object_kind = 'deal' AND v.is_closed = FALSE \
+             AND v.deleted = FALSE",
+            $condition,
+            " ORDER BY v.pipeline, v.stage LIMIT 1"
+        )
+    };
+}
+
+/// The groups of the open-deal index, one probe each; the next group after (p, s) is a later
+/// stage of p (any text sorts after null, and after ''), else the next pipeline.
+const FIRST_GROUP: &str = open_group!("");
+const STAGE_AFTER: &str = open_group!(" AND v.pipeline IS $2 AND v.stage > $3");
+const FIRST_STAGE_OF: &str = open_group!(" AND v.pipeline IS $2 AND v.stage >= ''");
+const PIPELINE_AFTER: &str = open_group!(" AND v.pipeline > $2");
+const FIRST_PIPELINE: &str = open_group!(" AND v.pipeline >= ''");
+
+/// A (pipeline, stage) pair.
+type Group = (Option<String>, Option<String>);
 
 /// One group of open deals: pipeline, stage, their own probability, count, amount.
 type TotalsRow = (
@@ -178,19 +210,20 @@ pub async fn run(store: &Store, params: &AsOfParams) -> Result<AsOfReport, Query
     check_pipeline(&stages, params.pipeline.as_deref())?;
     check_stage(&stages, params.stage.as_deref())?;
     if params.totals_only {
-        let totals_sql = match store.backend() {
-            BackendKind::Sqlite => OPEN_TOTALS_AT.0,
-            BackendKind::Postgres => OPEN_TOTALS_AT.1,
+        const DURING: &str = "count deals as of";
+        let rows: Vec<TotalsRow> = match store.pool() {
+            Backend::Sqlite(pool) => over_open_groups(pool, connection.id, params, |group| {
+                bind_filters(sqlx::query_as(OPEN_TOTALS_AT.0), connection.id, at, params)
+                    .bind(group.0)
+                    .bind(group.1)
+                    .fetch_all(pool)
+            })
+            .await
+            .during(DURING)?,
+            Backend::Postgres(_) => {
+                open_at(store, OPEN_TOTALS_AT.1, connection.id, at, params, DURING).await?
+            }
         };
-        let rows: Vec<TotalsRow> = open_at(
-            store,
-            totals_sql,
-            connection.id,
-            at,
-            params,
-            "count deals as of",
-        )
-        .await?;
         let groups = rows
             .into_iter()
             .map(|(pipeline, stage, own, count, amount)| {
@@ -210,21 +243,97 @@ pub async fn run(store: &Store, params: &AsOfParams) -> Result<AsOfReport, Query
     }
     const DURING: &str = "read deals as of";
     let rows: Vec<Row> = match store.pool() {
-        Backend::Sqlite(pool) => sqlx::query_scalar(OPEN_DEALS_AT.0)
-            .bind(connection.id)
-            .bind(at)
-            .bind(params.pipeline.as_deref())
-            .bind(params.owner.as_deref())
-            .bind(params.stage.as_deref())
-            .fetch_one(pool)
-            .await
-            .and_then(json_rows)
-            .during(DURING)?,
+        Backend::Sqlite(pool) => over_open_groups(pool, connection.id, params, |group| async {
+            let (text,) = bind_filters(sqlx::query_as(OPEN_DEALS_AT.0), connection.id, at, params)
+                .bind(group.0)
+                .bind(group.1)
+                .fetch_one(pool)
+                .await?;
+            json_rows(text)
+        })
+        .await
+        .during(DURING)?,
         Backend::Postgres(_) => {
             open_at(store, OPEN_DEALS_AT.1, connection.id, at, params, DURING).await?
         }
     };
     Ok(assemble(&connection, at, &stages, rows))
+}
+
+/// Runs `query` for each (pipeline, stage) group of the open-deal index that the parameters
+/// let through, a few at a time: each group is a range of the index of its own, so on SQLite,
+/// whose query runs on one core, the groups share the machine's cores.
+async fn over_open_groups<T, F, Fut>(
+    pool: &SqlitePool,
+    connection_id: i64,
+    params: &AsOfParams,
+    query: F,
+) -> Result<Vec<T>, sqlx::Error>
+where
+    F: Fn(Group) -> Fut,
+    Fut: Future<Output = Result<Vec<T>, sqlx::Error>>,
+{
+    let wanted = |(pipeline, stage): &Group| {
+        let passes =
+            |filter: &Option<String>, value: &Option<String>| filter.is_none() || filter == value;
+        passes(&params.pipeline, pipeline) && passes(&params.stage, stage)
+    };
+    let groups = open_groups(pool, connection_id).await?;
+    stream::iter(groups.into_iter().filter(wanted))
+        .map(query)
+        .buffer_unordered(sqlite_reads_at_once())
+        .try_concat()
+        .await
+}
+
+/// The (pipeline, stage) groups of a connection's open-deal index, in its order. SQLite's
+/// `DISTINCT` would read every entry; this probes the index once per group.
+async fn open_groups(pool: &SqlitePool, connection_id: i64) -> Result<Vec<Group>, sqlx::Error> {
+    let mut groups = Vec::new();
+    let mut next: Option<Group> = sqlx::query_as(FIRST_GROUP)
+        .bind(connection_id)
+        .fetch_optional(pool)
+        .await?;
+    while let Some((pipeline, stage)) = next {
+        let later_stage = match &stage {
+            Some(stage) => sqlx::query_as(STAGE_AFTER)
+                .bind(connection_id)
+                .bind(&pipeline)
+                .bind(stage),
+            None => sqlx::query_as(FIRST_STAGE_OF)
+                .bind(connection_id)
+                .bind(&pipeline),
+        };
+        next = match later_stage.fetch_optional(pool).await? {
+            Some(group) => Some(group),
+            None => {
+                let later_pipeline = match &pipeline {
+                    Some(pipeline) => sqlx::query_as(PIPELINE_AFTER)
+                        .bind(connection_id)
+                        .bind(pipeline),
+                    None => sqlx::query_as(FIRST_PIPELINE).bind(connection_id),
+                };
+                later_pipeline.fetch_optional(pool).await?
+            }
+        };
+        groups.push((pipeline, stage));
+    }
+    Ok(groups)
+}
+
+/// Binds the parameters every [`open_deals_at`] query takes, `$1` to `$5`.
+fn bind_filters<'q, O>(
+    query: QueryAs<'q, Sqlite, O, SqliteArguments>,
+    connection_id: i64,
+    at: Millis,
+    params: &'q AsOfParams,
+) -> QueryAs<'q, Sqlite, O, SqliteArguments> {
+    query
+        .bind(connection_id)
+        .bind(at)
+        .bind(params.pipeline.as_deref())
+        .bind(params.owner.as_deref())
+        .bind(params.stage.as_deref())
 }
 
 /// Runs one of the [`open_deals_at`] queries with the parameters' filters.

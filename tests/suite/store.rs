@@ -1,6 +1,7 @@
 //! The store's behaviour, identical on SQLite and PostgreSQL.
 
 use pipewarden::config::settings::CrmKind;
+use pipewarden::query::{self, as_of::AsOfParams, format_instant};
 use pipewarden::record::{
     ActorKind, LifecycleEvent, ObjectKind, Origin, RecordObservation, RecordState,
 };
@@ -19,6 +20,7 @@ on_both_backends!(
     first_sighting_creates_the_record_and_its_first_version,
     an_unchanged_record_writes_no_version_but_is_marked_seen,
     a_change_closes_the_previous_version_and_as_of_reads_each_state,
+    as_of_finds_open_deals_of_every_pipeline_and_stage_named_or_not,
     content_changed_without_a_new_modstamp_starts_at_the_observation,
     an_observation_older_than_the_stored_state_is_ignored,
     a_deletion_is_a_version_and_marks_the_record_deleted,
@@ -169,6 +171,59 @@ async fn a_change_closes_the_previous_version_and_as_of_reads_each_state(t: Test
         .unwrap()
         .unwrap();
     assert_eq!(record.state.amount_cents, Some(750_000));
+}
+
+async fn as_of_finds_open_deals_of_every_pipeline_and_stage_named_or_not(t: TestStore) {
+    let conn = connection(&t).await;
+    // Groups in SQLite's index order and beyond: nulls, empty names, a stage and a pipeline
+    // the stage metadata does not know.
+    let groups = [
+        (None, Some("Prospecting")),
+        (None, None),
+        (Some(""), Some("")),
+        (Some("default"), None),
+        (Some("default"), Some("Prospecting")),
+        (Some("default"), Some("Qualification")),
+        (Some("default"), Some("Qualification")),
+        (Some("zz-partner"), Some("Prospecting")),
+    ];
+    for (number, (pipeline, stage)) in groups.iter().enumerate() {
+        let mut obs = deal(conn, "unused", 100_000, T0);
+        obs.crm_id = format!("006{number:015}");
+        obs.state.pipeline = pipeline.map(str::to_string);
+        obs.state.stage = stage.map(str::to_string);
+        observe(&t, &obs).await;
+    }
+    let params = AsOfParams {
+        at: format_instant(T0 + 1_000),
+        ..AsOfParams::default()
+    };
+    let listed = query::as_of::run(&t.store, &params).await.unwrap();
+    assert_eq!(listed.deals.len(), groups.len());
+    let counted = query::as_of::run(
+        &t.store,
+        &AsOfParams {
+            totals_only: true,
+            ..params.clone()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(counted.total.count, groups.len() as i64);
+    assert_eq!(counted.total.amount_cents, 100_000 * groups.len() as i64);
+    assert_eq!(counted.stages, listed.stages);
+    assert_eq!(
+        counted.stages.len(),
+        groups.len() - 1,
+        "{:?}",
+        counted.stages
+    );
+    let qualification = counted
+        .stages
+        .iter()
+        .find(|s| s.stage.as_deref() == Some("Qualification"))
+        .unwrap();
+    assert_eq!(qualification.count, 2);
 }
 
 async fn content_changed_without_a_new_modstamp_starts_at_the_observation(t: TestStore) {
