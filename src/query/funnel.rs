@@ -17,7 +17,7 @@ use sqlx::Row;
 use super::as_of::stage_rank;
 use super::{
     check_pipeline, deal_stages, format_bp, format_days, format_instant, max_dwell_by_stage,
-    parse_range, quantile, resolve_connection, share_bp, QueryError, Report, Table,
+    parse_range, resolve_connection, share_bp, QueryError, Report, Table,
 };
 use crate::config::Settings;
 use crate::record::Millis;
@@ -198,15 +198,18 @@ struct JsonMove<'a>(
     i64,
 );
 
-/// Reads every deal move of the window, numbering stages as they are met.
+/// Reads every deal move of the window, numbering stages as they are met, into one bucket per
+/// core by deal (each deal's moves in one bucket), in no order.
 async fn read_moves(
     store: &Store,
     connection_id: i64,
     (from, to): (Millis, Millis),
     pipeline: Option<&str>,
     mut stage_of: impl FnMut(Option<&str>, &str) -> usize,
-) -> Result<Vec<Move>, QueryError> {
-    let mut moves = Vec::new();
+) -> Result<Vec<Vec<Move>>, QueryError> {
+    let buckets = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let mut moves: Vec<Vec<Move>> = (0..buckets).map(|_| Vec::new()).collect();
+    let mut keep = |m: Move| moves[m.record_id.rem_euclid(buckets as i64) as usize].push(m);
     match store.pool() {
         Backend::Sqlite(pool) => {
             let spans = (from..to)
@@ -229,12 +232,14 @@ async fn read_moves(
                 let rows: Vec<JsonMove> = serde_json::from_str(text.as_deref().unwrap_or("[]"))
                     .map_err(|err| sqlx::Error::Decode(Box::new(err)))
                     .during("read stage moves in a window")?;
-                moves.extend(rows.into_iter().map(|m| Move {
-                    record_id: m.0,
-                    stage: stage_of(m.1.as_deref(), &m.2),
-                    changed_at_ms: m.3,
-                    id: m.4,
-                }));
+                for m in rows {
+                    keep(Move {
+                        record_id: m.0,
+                        stage: stage_of(m.1.as_deref(), &m.2),
+                        changed_at_ms: m.3,
+                        id: m.4,
+                    });
+                }
             }
         }
         Backend::Postgres(pool) => {
@@ -251,7 +256,7 @@ async fn read_moves(
             {
                 let stage: &str = row.try_get(2).during("read a stage move")?;
                 let pipeline: Option<&str> = row.try_get(1).during("read a stage move")?;
-                moves.push(Move {
+                keep(Move {
                     record_id: row.try_get(0).during("read a stage move")?,
                     stage: stage_of(pipeline, stage),
                     changed_at_ms: row.try_get(3).during("read a stage move")?,
@@ -260,7 +265,6 @@ async fn read_moves(
             }
         }
     }
-    moves.sort_unstable_by_key(|m| (m.record_id, m.changed_at_ms, m.id));
     Ok(moves)
 }
 
@@ -320,7 +324,7 @@ pub async fn run(
         Some(by) => Some(group_values(store, connection.id, by, (from, to)).await?),
         None => None,
     };
-    let rows = tally(&stages, &moves, &deleted, groups.as_ref(), to);
+    let rows = tally(&stages, moves, &deleted, groups.as_ref(), to);
     Ok(FunnelReport {
         connection: connection.name,
         from: format_instant(from),
@@ -364,16 +368,80 @@ struct Tally {
     stuck: i64,
 }
 
+impl Tally {
+    fn add(&mut self, other: Tally) {
+        self.entered += other.entered;
+        self.moved_on += other.moved_on;
+        self.won += other.won;
+        self.dwells.extend(other.dwells);
+        self.stuck += other.stuck;
+    }
+}
+
+/// (group, stage rank, pipeline, stage, stage number) keeps groups and stages in order, by
+/// name where ranks tie (stages the metadata does not know).
+type Key<'a> = (Option<&'a str>, (i64, i64), Option<&'a str>, &'a str, usize);
+
+/// Tallies each bucket of deals on a thread of its own (sorting millions of moves is most of
+/// the work left once they are read), then adds the buckets up.
 fn tally(
     stages: &Stages,
-    moves: &[Move],
+    buckets: Vec<Vec<Move>>,
     deleted: &HashSet<i64>,
     groups: Option<&HashMap<i64, String>>,
     to: Millis,
 ) -> Vec<FunnelStage> {
-    // (group, stage rank, pipeline, stage, stage number) keeps groups and stages in order,
-    // by name where ranks tie (stages the metadata does not know).
-    type Key<'a> = (Option<&'a str>, (i64, i64), Option<&'a str>, &'a str, usize);
+    let tallies = std::thread::scope(|scope| {
+        let threads: Vec<_> = buckets
+            .into_iter()
+            .map(|mut moves| {
+                scope.spawn(move || tally_deals(stages, &mut moves, deleted, groups, to))
+            })
+            .collect();
+        let mut tallies: BTreeMap<Key, Tally> = BTreeMap::new();
+        for thread in threads {
+            let part = thread
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            for (key, tally) in part {
+                tallies.entry(key).or_default().add(tally);
+            }
+        }
+        tallies
+    });
+    tallies
+        .into_iter()
+        .map(|((group, _, _, _, stage), mut t)| {
+            let facts = &stages.met[stage];
+            let [median, p75, p90] = dwell_quantiles(&mut t.dwells);
+            FunnelStage {
+                max_dwell_ms: facts.limit_ms,
+                group: group.map(str::to_string),
+                pipeline: facts.pipeline.clone(),
+                stage: facts.stage.clone(),
+                entered: t.entered,
+                moved_on: t.moved_on,
+                to_next_bp: share_bp(t.moved_on, t.entered),
+                won: t.won,
+                to_won_bp: share_bp(t.won, t.entered),
+                dwell_median_ms: median,
+                dwell_p75_ms: p75,
+                dwell_p90_ms: p90,
+                stuck: t.stuck,
+            }
+        })
+        .collect()
+}
+
+/// The tallies of deals whose moves are all in `moves`, which it sorts by deal and time.
+fn tally_deals<'a>(
+    stages: &'a Stages,
+    moves: &mut [Move],
+    deleted: &HashSet<i64>,
+    groups: Option<&'a HashMap<i64, String>>,
+    to: Millis,
+) -> BTreeMap<Key<'a>, Tally> {
+    moves.sort_unstable_by_key(|m| (m.record_id, m.changed_at_ms, m.id));
     let mut tallies: BTreeMap<Key, Tally> = BTreeMap::new();
     for deal in moves.chunk_by(|a, b| a.record_id == b.record_id) {
         let record_id = deal[0].record_id;
@@ -413,27 +481,23 @@ fn tally(
         }
     }
     tallies
-        .into_iter()
-        .map(|((group, _, _, _, stage), mut t)| {
-            let facts = &stages.met[stage];
-            t.dwells.sort_unstable();
-            FunnelStage {
-                max_dwell_ms: facts.limit_ms,
-                group: group.map(str::to_string),
-                pipeline: facts.pipeline.clone(),
-                stage: facts.stage.clone(),
-                entered: t.entered,
-                moved_on: t.moved_on,
-                to_next_bp: share_bp(t.moved_on, t.entered),
-                won: t.won,
-                to_won_bp: share_bp(t.won, t.entered),
-                dwell_median_ms: quantile(&t.dwells, 0.5),
-                dwell_p75_ms: quantile(&t.dwells, 0.75),
-                dwell_p90_ms: quantile(&t.dwells, 0.9),
-                stuck: t.stuck,
-            }
-        })
-        .collect()
+}
+
+/// Median, p75 and p90 of the dwell times by nearest rank, as [`super::quantile`] gives them, found
+/// by selection rather than by sorting millions of them: each rank is selected among the
+/// values at or after the one before it.
+fn dwell_quantiles(dwells: &mut [i64]) -> [Option<i64>; 3] {
+    let mut selected = 0;
+    [0.5, 0.75, 0.9].map(|q| {
+        if dwells.is_empty() {
+            return None;
+        }
+        let rank = ((q * dwells.len() as f64).ceil() as usize).clamp(1, dwells.len()) - 1;
+        let (_, value, _) = dwells[selected..].select_nth_unstable(rank - selected);
+        let value = *value;
+        selected = rank;
+        Some(value)
+    })
 }
 
 impl Report for FunnelReport {
@@ -476,5 +540,23 @@ impl Report for FunnelReport {
             ]);
         }
         vec![table]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::dwell_quantiles;
+    use crate::query::quantile;
+
+    #[test]
+    fn dwell_quantiles_are_the_nearest_ranks_of_the_sorted_values() {
+        for len in 0..40_i64 {
+            // Repeats and an order far from sorted.
+            let values: Vec<i64> = (0..len).map(|i| (i * 7919) % 13 - i % 3).collect();
+            let mut sorted = values.clone();
+            sorted.sort_unstable();
+            let expected = [0.5, 0.75, 0.9].map(|q| quantile(&sorted, q));
+            assert_eq!(dwell_quantiles(&mut values.clone()), expected, "{values:?}");
+        }
     }
 }
