@@ -261,7 +261,8 @@ const TABLES_WITHOUT_ID: &[&str] = &["lifecycle_firsts", "record_links"];
 /// `lifecycle_events` row by row (most of an hour at 180 copies), is copied as a table of its
 /// own, which gives the same rows since each copy's firsts are the original's moved in time.
 /// Each table is copied in one transaction, so a copy that fails leaves the table with its
-/// rows, indexes and triggers as they were.
+/// rows, indexes and triggers as they were (the error drops the connection, which rolls the
+/// transaction back).
 /// A SQLite store's write-ahead log is folded back into the database at the end, so reads
 /// are timed against the database file alone.
 async fn replicate(store_url: &str, copies: u32) -> Result<(), String> {

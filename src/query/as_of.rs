@@ -129,22 +129,28 @@ macro_rules! open_deals_at {
     };
 }
 
-/// The open deals at `$2` with what a listing shows: (SQLite, PostgreSQL). SQLite reads one
-/// (pipeline, stage) group per query (see [`over_open_groups`]) and folds its rows into one
-/// JSON array (see [`json_rows`]), since a large pipeline's hundreds of thousands of open
-/// deals cost more to hand over one by one than to find.
+/// The SQLite listing, folded into one JSON array, with `$filter` added to its conditions.
+macro_rules! open_deals_json {
+    ($filter:literal) => {
+        concat!(
+            "SELECT json_group_array(json_array(crm_id, name, pipeline, stage, owner_id, amount_cents, \
+             probability_bp, close_date, valid_from_ms)) FROM (",
+            open_deals_at!(
+                "r.crm_id, v.name, v.pipeline, v.stage, v.owner_id, v.amount_cents, v.probability_bp, \
+                 v.close_date, v.valid_from_ms",
+                "INDEXED BY record_versions_open_deals JOIN records r ON r.id = v.record_id",
+                $filter
+            ),
+            ")"
+        )
+    };
+}
+
+/// [`open_deals_at`] with what a listing shows, for (SQLite, PostgreSQL). SQLite folds the
+/// rows into one JSON array (see [`json_rows`]), since a large pipeline's hundreds of
+/// thousands of open deals cost more to hand over one by one than to find.
 const OPEN_DEALS_AT: (&str, &str) = (
-    concat!(
-        "SELECT json_group_array(json_array(crm_id, name, pipeline, stage, owner_id, amount_cents, \
-         probability_bp, close_date, valid_from_ms)) FROM (",
-        open_deals_at!(
-            "r.crm_id, v.name, v.pipeline, v.stage, v.owner_id, v.amount_cents, v.probability_bp, \
-             v.close_date, v.valid_from_ms",
-            "INDEXED BY record_versions_open_deals JOIN records r ON r.id = v.record_id",
-            " AND v.pipeline IS $6 AND v.stage IS $7"
-        ),
-        ")"
-    ),
+    open_deals_json!(""),
     open_deals_at!(
         "r.crm_id, v.name, v.pipeline, v.stage, v.owner_id, v.amount_cents, v.probability_bp, \
          v.close_date, v.valid_from_ms",
@@ -153,13 +159,16 @@ const OPEN_DEALS_AT: (&str, &str) = (
     ),
 );
 
+/// The SQLite listing of [`OPEN_DEALS_AT`] for one (pipeline, stage) group.
+const OPEN_DEALS_IN_GROUP: &str = open_deals_json!(" AND v.pipeline IS $6 AND v.stage IS $7");
+
 /// Count and amount of the open deals by stage and own probability, from the partial index
-/// alone: (SQLite, one (pipeline, stage) group per query; PostgreSQL).
+/// alone: (SQLite, PostgreSQL).
 const OPEN_TOTALS_AT: (&str, &str) = (
     open_deals_at!(
         "v.pipeline, v.stage, v.probability_bp, COUNT(*), CAST(SUM(v.amount_cents) AS BIGINT)",
         "INDEXED BY record_versions_open_deals",
-        " AND v.pipeline IS $6 AND v.stage IS $7 GROUP BY v.probability_bp"
+        " GROUP BY v.pipeline, v.stage, v.probability_bp"
     ),
     open_deals_at!(
         "v.pipeline, v.stage, v.probability_bp, COUNT(*), CAST(SUM(v.amount_cents) AS BIGINT)",
@@ -167,6 +176,17 @@ const OPEN_TOTALS_AT: (&str, &str) = (
         " GROUP BY v.pipeline, v.stage, v.probability_bp"
     ),
 );
+
+/// The SQLite totals of [`OPEN_TOTALS_AT`] for one (pipeline, stage) group.
+const OPEN_TOTALS_IN_GROUP: &str = open_deals_at!(
+    "v.pipeline, v.stage, v.probability_bp, COUNT(*), CAST(SUM(v.amount_cents) AS BIGINT)",
+    "INDEXED BY record_versions_open_deals",
+    " AND v.pipeline IS $6 AND v.stage IS $7 GROUP BY v.probability_bp"
+);
+
+/// The newest version's id. Every write that opens or closes a version adds one, so the same
+/// id before and after a read means no such write landed during it.
+const NEWEST_VERSION: &str = "SELECT MAX(id) FROM record_versions";
 
 /// The first (pipeline, stage) group of the open-deal index that meets `$condition`, in the
 /// index's order (SQLite's: null first).
@@ -212,12 +232,22 @@ pub async fn run(store: &Store, params: &AsOfParams) -> Result<AsOfReport, Query
     if params.totals_only {
         const DURING: &str = "count deals as of";
         let rows: Vec<TotalsRow> = match store.pool() {
-            Backend::Sqlite(pool) => over_open_groups(pool, connection.id, params, |group| {
-                bind_filters(sqlx::query_as(OPEN_TOTALS_AT.0), connection.id, at, params)
+            Backend::Sqlite(pool) => unless_written_meanwhile(
+                pool,
+                over_open_groups(pool, connection.id, params, |group| {
+                    bind_filters(
+                        sqlx::query_as(OPEN_TOTALS_IN_GROUP),
+                        connection.id,
+                        at,
+                        params,
+                    )
                     .bind(group.0)
                     .bind(group.1)
                     .fetch_all(pool)
-            })
+                }),
+                bind_filters(sqlx::query_as(OPEN_TOTALS_AT.0), connection.id, at, params)
+                    .fetch_all(pool),
+            )
             .await
             .during(DURING)?,
             Backend::Postgres(_) => {
@@ -243,16 +273,21 @@ pub async fn run(store: &Store, params: &AsOfParams) -> Result<AsOfReport, Query
     }
     const DURING: &str = "read deals as of";
     let rows: Vec<Row> = match store.pool() {
-        Backend::Sqlite(pool) => over_open_groups(pool, connection.id, params, |group| async {
-            let (text,) = bind_filters(sqlx::query_as(OPEN_DEALS_AT.0), connection.id, at, params)
-                .bind(group.0)
-                .bind(group.1)
-                .fetch_one(pool)
-                .await?;
-            json_rows(text)
-        })
-        .await
-        .during(DURING)?,
+        Backend::Sqlite(pool) => {
+            let listing = |sql| bind_filters(sqlx::query_as(sql), connection.id, at, params);
+            unless_written_meanwhile(
+                pool,
+                over_open_groups(pool, connection.id, params, |group| {
+                    json_listing(
+                        pool,
+                        listing(OPEN_DEALS_IN_GROUP).bind(group.0).bind(group.1),
+                    )
+                }),
+                json_listing(pool, listing(OPEN_DEALS_AT.0)),
+            )
+            .await
+            .during(DURING)?
+        }
         Backend::Postgres(_) => {
             open_at(store, OPEN_DEALS_AT.1, connection.id, at, params, DURING).await?
         }
@@ -260,9 +295,28 @@ pub async fn run(store: &Store, params: &AsOfParams) -> Result<AsOfReport, Query
     Ok(assemble(&connection, at, &stages, rows))
 }
 
+/// The answer `by_groups` reads in parallel, unless a write opened or closed a version while
+/// it ran: its statements each see the store as it was when they began, so a deal that moved
+/// between two of them could be counted twice or not at all. Then `whole`, one statement,
+/// which sees one state of the store, answers instead.
+async fn unless_written_meanwhile<T>(
+    pool: &SqlitePool,
+    by_groups: impl Future<Output = Result<Vec<T>, sqlx::Error>>,
+    whole: impl Future<Output = Result<Vec<T>, sqlx::Error>>,
+) -> Result<Vec<T>, sqlx::Error> {
+    let newest = || sqlx::query_scalar::<_, Option<i64>>(NEWEST_VERSION).fetch_one(pool);
+    let before = newest().await?;
+    let rows = by_groups.await?;
+    if newest().await? == before {
+        return Ok(rows);
+    }
+    whole.await
+}
+
 /// Runs `query` for each (pipeline, stage) group of the open-deal index that the parameters
-/// let through, a few at a time: each group is a range of the index of its own, so on SQLite,
-/// whose query runs on one core, the groups share the machine's cores.
+/// let through, several at a time (see [`sqlite_reads_at_once`]): each group is a range of
+/// the index of its own, so on SQLite, whose query runs on one core, the groups share the
+/// machine's cores.
 async fn over_open_groups<T, F, Fut>(
     pool: &SqlitePool,
     connection_id: i64,
@@ -281,7 +335,7 @@ where
     let groups = open_groups(pool, connection_id).await?;
     stream::iter(groups.into_iter().filter(wanted))
         .map(query)
-        .buffer_unordered(sqlite_reads_at_once())
+        .buffer_unordered(sqlite_reads_at_once(pool))
         .try_concat()
         .await
 }
@@ -319,6 +373,15 @@ async fn open_groups(pool: &SqlitePool, connection_id: i64) -> Result<Vec<Group>
         groups.push((pipeline, stage));
     }
     Ok(groups)
+}
+
+/// The deals a SQLite listing query folded into one JSON array.
+async fn json_listing(
+    pool: &SqlitePool,
+    query: QueryAs<'_, Sqlite, (Option<String>,), SqliteArguments>,
+) -> Result<Vec<Row>, sqlx::Error> {
+    let (text,) = query.fetch_one(pool).await?;
+    json_rows(text)
 }
 
 /// Binds the parameters every [`open_deals_at`] query takes, `$1` to `$5`.

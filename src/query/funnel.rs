@@ -324,7 +324,14 @@ pub async fn run(
         Some(by) => Some(group_values(store, connection.id, by, (from, to)).await?),
         None => None,
     };
-    let rows = tally(&stages, moves, &deleted, groups.as_ref(), to);
+    // Sorting and tallying millions of moves would hold up a thread the runtime shares.
+    let tallied =
+        tokio::task::spawn_blocking(move || tally(&stages, moves, &deleted, groups.as_ref(), to))
+            .await;
+    let rows = tallied.unwrap_or_else(|failed| match failed.try_into_panic() {
+        Ok(panic) => std::panic::resume_unwind(panic),
+        Err(cancelled) => panic!("the funnel tally was cancelled: {cancelled}"),
+    });
     Ok(FunnelReport {
         connection: connection.name,
         from: format_instant(from),

@@ -302,9 +302,16 @@ pub fn quantile(sorted: &[i64], q: f64) -> Option<i64> {
 /// How many SQLite queries one answer runs at once, when it splits its reading: SQLite runs
 /// each query on one core, and a store larger than the page cache keeps each waiting on the
 /// disk part of the time, so twice the cores keeps them busy (measured on the 180x bench store
-/// on 2 cores: as-of totals 76 ms on one connection, 58 ms on two, 49 ms on four).
-fn sqlite_reads_at_once() -> usize {
-    2 * std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+/// on 2 cores: as-of totals 76 ms on one connection, 58 ms on two, 49 ms on four). One of the
+/// pool's connections is left to the syncs and requests that share it.
+fn sqlite_reads_at_once(pool: &sqlx::SqlitePool) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let spare = pool
+        .options()
+        .get_max_connections()
+        .saturating_sub(1)
+        .max(1);
+    (2 * cores).min(spare as usize)
 }
 
 /// The rows of a SQLite query that folds them into one JSON array itself
