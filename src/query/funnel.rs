@@ -16,7 +16,7 @@ use sqlx::Row;
 
 use super::as_of::stage_rank;
 use super::{
-    check_pipeline, deal_stages, format_bp, format_days, format_instant, max_dwell_by_stage,
+    check_pipeline, cores, deal_stages, format_bp, format_days, format_instant, max_dwell_by_stage,
     parse_range, resolve_connection, share_bp, QueryError, Report, Table,
 };
 use crate::config::Settings;
@@ -207,7 +207,7 @@ async fn read_moves(
     pipeline: Option<&str>,
     mut stage_of: impl FnMut(Option<&str>, &str) -> usize,
 ) -> Result<Vec<Vec<Move>>, QueryError> {
-    let buckets = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let buckets = cores();
     let mut moves: Vec<Vec<Move>> = (0..buckets).map(|_| Vec::new()).collect();
     let mut keep = |m: Move| moves[m.record_id.rem_euclid(buckets as i64) as usize].push(m);
     match store.pool() {

@@ -305,13 +305,20 @@ pub fn quantile(sorted: &[i64], q: f64) -> Option<i64> {
 /// on 2 cores: as-of totals 76 ms on one connection, 58 ms on two, 49 ms on four). One of the
 /// pool's connections is left to the syncs and requests that share it.
 fn sqlite_reads_at_once(pool: &sqlx::SqlitePool) -> usize {
-    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
     let spare = pool
         .options()
         .get_max_connections()
         .saturating_sub(1)
         .max(1);
-    (2 * cores).min(spare as usize)
+    (2 * cores()).min(spare as usize)
+}
+
+/// The cores this process may use, read once (the standard library reads cgroup files each
+/// time it is asked).
+fn cores() -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES
+        .get_or_init(|| std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get))
 }
 
 /// The rows of a SQLite query that folds them into one JSON array itself
