@@ -6,11 +6,11 @@
 //! for a past window never changes. Entries come from the stage transitions (the CRM's own
 //! history where it is synced), not from versions, so no move between two syncs is missed.
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use futures_util::{stream, StreamExt, TryStreamExt};
+use rusqlite::types::Value;
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
@@ -21,7 +21,7 @@ use super::{
 };
 use crate::config::Settings;
 use crate::record::Millis;
-use crate::store::{dispatch, Backend, QueryContext, StageDefinition, Store};
+use crate::store::{dispatch, scan_sqlite, Backend, QueryContext, StageDefinition, Store};
 
 /// What `--by` groups deals by (their current value).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize, Serialize)]
@@ -174,29 +174,86 @@ macro_rules! moves_in_window {
     };
 }
 
-/// [`moves_in_window`] as rows (PostgreSQL), or as one JSON array per query (SQLite, whose
-/// rows reach Rust one by one at a cost far above the query's own for millions of moves).
-const MOVES_IN_WINDOW: (&str, &str) = (
-    moves_in_window!(
-        "json_group_array(json_array(t.record_id, t.pipeline, t.to_stage, t.changed_at_ms, t.id))"
-    ),
-    moves_in_window!("t.record_id, t.pipeline, t.to_stage, t.changed_at_ms, t.id"),
-);
+/// The moves of [`moves_in_window`] as rows.
+const MOVES_IN_WINDOW: &str =
+    moves_in_window!("t.record_id, t.pipeline, t.to_stage, t.changed_at_ms, t.id");
 
-/// How much of the window one SQLite query folds into JSON, to bound the text's size.
-const JSON_SPAN_MS: Millis = 31 * 86_400_000;
-/// SQLite span queries running at once.
-const SPANS_IN_FLIGHT: usize = 2;
+/// How much of the window one SQLite scan reads: the scans of a long window run side by side.
+const SCAN_SPAN_MS: Millis = 31 * 86_400_000;
 
-/// One move as SQLite's JSON gives it; the stage names borrow from the text.
-#[derive(Deserialize)]
-struct JsonMove<'a>(
-    i64,
-    #[serde(borrow)] Option<Cow<'a, str>>,
-    #[serde(borrow)] Cow<'a, str>,
-    i64,
-    i64,
-);
+/// What one SQLite scan of a span read: moves by bucket, their stages numbered in the order
+/// the scan met them (each scan runs on a thread of its own, apart from [`Stages`]).
+#[derive(Default)]
+struct SpanMoves {
+    buckets: Vec<Vec<Move>>,
+    stages: Vec<(Option<Vec<u8>>, Vec<u8>)>,
+    last_stage: usize,
+}
+
+impl SpanMoves {
+    /// The scan's number of a (pipeline, stage); moves of one stage tend to come in runs, so
+    /// the last one met is tried first.
+    fn number(&mut self, pipeline: Option<&[u8]>, stage: &[u8]) -> usize {
+        let is =
+            |known: &(Option<Vec<u8>>, Vec<u8>)| known.1 == stage && known.0.as_deref() == pipeline;
+        if self.stages.get(self.last_stage).is_some_and(is) {
+            return self.last_stage;
+        }
+        self.last_stage = match self.stages.iter().position(is) {
+            Some(known) => known,
+            None => {
+                self.stages
+                    .push((pipeline.map(<[u8]>::to_vec), stage.to_vec()));
+                self.stages.len() - 1
+            }
+        };
+        self.last_stage
+    }
+
+    /// Keeps one row of [`MOVES_IN_WINDOW`].
+    fn keep(&mut self, row: &rusqlite::Row<'_>) -> rusqlite::Result<()> {
+        let pipeline = row.get_ref(1)?.as_bytes_or_null()?;
+        let stage = row.get_ref(2)?.as_bytes()?;
+        let m = Move {
+            record_id: row.get(0)?,
+            stage: self.number(pipeline, stage),
+            changed_at_ms: row.get(3)?,
+            id: row.get(4)?,
+        };
+        let bucket = m.record_id.rem_euclid(self.buckets.len() as i64) as usize;
+        self.buckets[bucket].push(m);
+        Ok(())
+    }
+}
+
+/// Reads the deal moves of one span of the window from SQLite.
+async fn scan_span(
+    pool: &sqlx::SqlitePool,
+    connection_id: i64,
+    (start, end): (Millis, Millis),
+    pipeline: Option<&str>,
+) -> Result<SpanMoves, QueryError> {
+    let params = vec![
+        Value::Integer(connection_id),
+        Value::Integer(start),
+        Value::Integer(end),
+        pipeline.map_or(Value::Null, |p| Value::Text(p.to_string())),
+    ];
+    let empty = SpanMoves {
+        buckets: (0..cores()).map(|_| Vec::new()).collect(),
+        ..SpanMoves::default()
+    };
+    let read = scan_sqlite(
+        pool,
+        "read stage moves in a window",
+        MOVES_IN_WINDOW,
+        params,
+        empty,
+        |span, row| span.keep(row),
+    )
+    .await?;
+    Ok(read)
+}
 
 /// Reads every deal move of the window, numbering stages as they are met, into one bucket per
 /// core by deal (each deal's moves in one bucket), in no order.
@@ -209,41 +266,35 @@ async fn read_moves(
 ) -> Result<Vec<Vec<Move>>, QueryError> {
     let buckets = cores();
     let mut moves: Vec<Vec<Move>> = (0..buckets).map(|_| Vec::new()).collect();
-    let mut keep = |m: Move| moves[m.record_id.rem_euclid(buckets as i64) as usize].push(m);
     match store.pool() {
         Backend::Sqlite(pool) => {
             let spans = (from..to)
-                .step_by(JSON_SPAN_MS as usize)
-                .map(|start| (start, to.min(start.saturating_add(JSON_SPAN_MS))));
-            // While one span's JSON is parsed here, the next span's query runs on its own
-            // connection (and core).
-            let mut texts = stream::iter(spans)
-                .map(|(start, end)| {
-                    sqlx::query_scalar::<_, Option<String>>(MOVES_IN_WINDOW.0)
-                        .bind(connection_id)
-                        .bind(start)
-                        .bind(end)
-                        .bind(pipeline)
-                        .fetch_one(pool)
-                })
-                .buffered(SPANS_IN_FLIGHT);
-            while let Some(text) = texts.next().await {
-                let text = text.during("read stage moves in a window")?;
-                let rows: Vec<JsonMove> = serde_json::from_str(text.as_deref().unwrap_or("[]"))
-                    .map_err(|err| sqlx::Error::Decode(Box::new(err)))
-                    .during("read stage moves in a window")?;
-                for m in rows {
-                    keep(Move {
-                        record_id: m.0,
-                        stage: stage_of(m.1.as_deref(), &m.2),
-                        changed_at_ms: m.3,
-                        id: m.4,
-                    });
+                .step_by(SCAN_SPAN_MS as usize)
+                .map(|start| (start, to.min(start.saturating_add(SCAN_SPAN_MS))));
+            // SQLite runs each statement on one core: spans are read side by side.
+            let mut scans = stream::iter(spans)
+                .map(|span| scan_span(pool, connection_id, span, pipeline))
+                .buffered(buckets);
+            while let Some(span) = scans.next().await {
+                let mut span = span?;
+                let numbers: Vec<usize> = span
+                    .stages
+                    .iter()
+                    .map(|(pipeline, stage)| {
+                        stage_of(
+                            pipeline.as_deref().map(String::from_utf8_lossy).as_deref(),
+                            &String::from_utf8_lossy(stage),
+                        )
+                    })
+                    .collect();
+                for (bucket, part) in moves.iter_mut().zip(&mut span.buckets) {
+                    part.iter_mut().for_each(|m| m.stage = numbers[m.stage]);
+                    bucket.append(part);
                 }
             }
         }
         Backend::Postgres(pool) => {
-            let mut rows = sqlx::query(MOVES_IN_WINDOW.1)
+            let mut rows = sqlx::query(MOVES_IN_WINDOW)
                 .bind(connection_id)
                 .bind(from)
                 .bind(to)
@@ -256,12 +307,13 @@ async fn read_moves(
             {
                 let stage: &str = row.try_get(2).during("read a stage move")?;
                 let pipeline: Option<&str> = row.try_get(1).during("read a stage move")?;
-                keep(Move {
+                let m = Move {
                     record_id: row.try_get(0).during("read a stage move")?,
                     stage: stage_of(pipeline, stage),
                     changed_at_ms: row.try_get(3).during("read a stage move")?,
                     id: row.try_get(4).during("read a stage move")?,
-                });
+                };
+                moves[m.record_id.rem_euclid(buckets as i64) as usize].push(m);
             }
         }
     }

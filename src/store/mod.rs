@@ -13,6 +13,7 @@ mod lease;
 mod links;
 mod metadata;
 mod records;
+mod scan;
 mod sync_state;
 mod tokens;
 mod violations;
@@ -35,6 +36,7 @@ pub use lease::{Fence, SoleReplica, SyncLease};
 pub use links::RecordLink;
 pub use metadata::{CrmOwner, FieldDefinition, StageDefinition};
 pub use records::{CreatedSpan, ObservationOutcome, RecordVersion, StoredRecord, ValidFromBasis};
+pub(crate) use scan::scan_sqlite;
 pub use sync_state::{
     ConnectionTotals, QuarantineEntry, QuarantinedRecord, SyncRunStatus, SyncRunSummary,
     ABANDONED_RUN_MESSAGE,
@@ -152,6 +154,14 @@ pub enum StoreError {
         operation: &'static str,
         /// The driver's error.
         source: sqlx::Error,
+    },
+    /// A statement read through SQLite's C API (see `scan_sqlite`) failed.
+    #[error("store operation `{operation}` failed: {source}")]
+    Scan {
+        /// What was being done.
+        operation: &'static str,
+        /// SQLite's error.
+        source: rusqlite::Error,
     },
     /// The stored data contradicts the request (e.g. a connection re-used for another CRM).
     #[error("{0}")]

@@ -428,6 +428,20 @@ async fn funnel_matches_the_truth(test: TestStore) {
         .unwrap();
     assert_eq!(qualification.max_dwell_ms, Some(30 * DAY));
     assert!(report.stages.iter().map(|s| s.entered).sum::<i64>() > 20);
+    // Salesforce has one pipeline: naming it changes nothing.
+    let in_pipeline = query::funnel::run(
+        &test.store,
+        &world.settings,
+        &FunnelParams {
+            from: format_instant(from),
+            to: format_instant(to),
+            pipeline: Some("default".into()),
+            ..FunnelParams::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(in_pipeline.stages, report.stages);
     world.emu.stop().await.unwrap();
 }
 

@@ -1,0 +1,68 @@
+//! Reading millions of rows of one SQLite statement.
+//!
+//! sqlx hands SQLite rows to Rust one at a time over a channel from its worker thread, which
+//! for millions of rows costs several times what the statement itself does. A scan steps the
+//! statement through SQLite's C API (by rusqlite) on a blocking thread instead, on a
+//! connection borrowed from the pool, so that it keeps the pool's settings (memory map, busy
+//! timeout) and sees in-memory stores as well.
+
+use rusqlite::types::Value;
+use rusqlite::{Connection, Row};
+use sqlx::sqlite::LockedSqliteHandle;
+use sqlx::SqlitePool;
+
+use super::{QueryContext, StoreError};
+
+/// Runs `sql` with `$1`, `$2`, … bound to `params`, and folds each row it returns into `state`
+/// with `each`, off the async runtime's threads. Returns the state after the last row.
+pub(crate) async fn scan_sqlite<T, F>(
+    pool: &SqlitePool,
+    operation: &'static str,
+    sql: &'static str,
+    params: Vec<Value>,
+    mut state: T,
+    mut each: F,
+) -> Result<T, StoreError>
+where
+    T: Send + 'static,
+    F: FnMut(&mut T, &Row<'_>) -> rusqlite::Result<()> + Send + 'static,
+{
+    let mut connection = pool.acquire().await.during(operation)?;
+    let runtime = tokio::runtime::Handle::current();
+    let scanned = tokio::task::spawn_blocking(move || {
+        let mut locked = runtime
+            .block_on(connection.lock_handle())
+            .during(operation)?;
+        let folded = through_rusqlite(&mut locked, |sqlite| {
+            let mut statement = sqlite.prepare(sql)?;
+            for (index, value) in params.into_iter().enumerate() {
+                statement.raw_bind_parameter(format!("${}", index + 1).as_str(), value)?;
+            }
+            let mut rows = statement.raw_query();
+            while let Some(row) = rows.next()? {
+                each(&mut state, row)?;
+            }
+            Ok(state)
+        });
+        folded.map_err(|source| StoreError::Scan { operation, source })
+    })
+    .await;
+    scanned.unwrap_or_else(|failed| match failed.try_into_panic() {
+        Ok(panic) => std::panic::resume_unwind(panic),
+        Err(cancelled) => panic!("a SQLite scan was cancelled: {cancelled}"),
+    })
+}
+
+/// Runs `work` on a rusqlite view of a connection sqlx opened and the caller has locked.
+#[allow(unsafe_code)]
+fn through_rusqlite<R>(
+    locked: &mut LockedSqliteHandle<'_>,
+    work: impl FnOnce(&Connection) -> rusqlite::Result<R>,
+) -> rusqlite::Result<R> {
+    // SAFETY: sqlx's worker leaves the connection alone while it is locked, and the lock is
+    // borrowed for longer than the view lives. The view does not close the connection when
+    // dropped, and the statements prepared on it borrow it, so they are finalized before it is
+    // dropped: sqlx finds the connection as it left it.
+    let view = unsafe { Connection::from_handle(locked.as_raw_handle().as_ptr()) }?;
+    work(&view)
+}
