@@ -328,17 +328,3 @@ fn json_rows<T: serde::de::DeserializeOwned>(text: Option<String>) -> Result<Vec
     serde_json::from_str(text.as_deref().unwrap_or("[]"))
         .map_err(|err| sqlx::Error::Decode(Box::new(err)))
 }
-
-/// A flag as SQLite's JSON carries it (0 or 1), or as JSON does.
-fn json_flag<'de, D: serde::Deserializer<'de>>(from: D) -> Result<bool, D::Error> {
-    #[derive(serde::Deserialize)]
-    #[serde(untagged)]
-    enum Flag {
-        Bool(bool),
-        Int(i64),
-    }
-    Ok(match <Flag as serde::Deserialize>::deserialize(from)? {
-        Flag::Bool(flag) => flag,
-        Flag::Int(number) => number != 0,
-    })
-}

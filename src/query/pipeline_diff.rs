@@ -7,15 +7,16 @@
 
 use std::collections::BTreeMap;
 
+use rusqlite::types::Value;
 use serde::{Deserialize, Serialize};
 
 use super::as_of::stage_rank;
 use super::{
-    check_pipeline, deal_stages, format_cents, format_instant, json_flag, json_rows, parse_range,
-    resolve_connection, QueryError, Report, Table,
+    check_pipeline, deal_stages, format_cents, format_instant, parse_range, resolve_connection,
+    QueryError, Report, Table,
 };
 use crate::record::Millis;
-use crate::store::{Backend, QueryContext, StageDefinition, Store};
+use crate::store::{fetch_all_sqlite, Backend, QueryContext, StageDefinition, Store};
 
 /// Parameters of `query pipeline-diff` and `GET /api/v1/pipeline-diff`.
 #[derive(Debug, Clone, Default, Deserialize, clap::Args)]
@@ -138,8 +139,8 @@ pub struct PipelineDiffReport {
     pub changes: Vec<DealChange>,
 }
 
-/// A deal's version valid at an instant; from JSON, its fields in order as an array.
-#[derive(Debug, Clone, sqlx::FromRow, Deserialize)]
+/// A deal's version valid at an instant.
+#[derive(Debug, Clone, sqlx::FromRow)]
 struct State {
     record_id: i64,
     crm_id: String,
@@ -148,13 +149,30 @@ struct State {
     stage: Option<String>,
     amount_cents: Option<i64>,
     close_date: Option<String>,
-    #[serde(deserialize_with = "json_flag")]
     is_closed: bool,
-    #[serde(deserialize_with = "json_flag")]
     is_won: bool,
-    #[serde(deserialize_with = "json_flag")]
     deleted: bool,
     crm_created_at_ms: Option<i64>,
+}
+
+impl TryFrom<&rusqlite::Row<'_>> for State {
+    type Error = rusqlite::Error;
+
+    fn try_from(row: &rusqlite::Row<'_>) -> rusqlite::Result<State> {
+        Ok(State {
+            record_id: row.get(0)?,
+            crm_id: row.get(1)?,
+            name: row.get(2)?,
+            pipeline: row.get(3)?,
+            stage: row.get(4)?,
+            amount_cents: row.get(5)?,
+            close_date: row.get(6)?,
+            is_closed: row.get(7)?,
+            is_won: row.get(8)?,
+            deleted: row.get(9)?,
+            crm_created_at_ms: row.get(10)?,
+        })
+    }
 }
 
 impl State {
@@ -167,27 +185,13 @@ impl State {
     }
 }
 
-/// The columns of a deal's end state, read from a version `v` joined to its record `r`, as
-/// rows (PostgreSQL) or as one JSON array of them (SQLite; see [`json_rows`]).
+/// The columns of a deal's end state, read from a version `v` joined to its record `r`.
 macro_rules! deal_end_select {
     ($window:literal) => {
-        (
-            concat!(
-                "SELECT json_group_array(json_array(v.record_id, r.crm_id, v.name, v.pipeline, \
-                 v.stage, v.amount_cents, v.close_date, v.is_closed, v.is_won, v.deleted, \
-                 v.crm_created_at_ms)) ",
-                deal_end_select!(@from $window)
-            ),
-            concat!(
-                "SELECT v.record_id, r.crm_id, v.name, v.pipeline, v.stage, v.amount_cents, \
-                 v.close_date, v.is_closed, v.is_won, v.deleted, v.crm_created_at_ms ",
-                deal_end_select!(@from $window)
-            ),
-        )
-    };
-    (@from $window:literal) => {
         concat!(
-            "FROM record_versions v JOIN records r ON r.id = v.record_id \
+            "SELECT v.record_id, r.crm_id, v.name, v.pipeline, v.stage, v.amount_cents, \
+             v.close_date, v.is_closed, v.is_won, v.deleted, v.crm_created_at_ms \
+             FROM record_versions v JOIN records r ON r.id = v.record_id \
              WHERE v.connection_id = $1 AND v.object_kind = 'deal' AND ",
             $window
         )
@@ -198,12 +202,12 @@ macro_rules! deal_end_select {
 /// follow each other without gaps (a version ends when the next starts), so this is the
 /// version that ended in the window and had started by `from`: one range of the index of
 /// version ends, reading the window's activity and not the whole pipeline.
-const CHANGED_DEALS_AT_FROM: (&str, &str) =
+const CHANGED_DEALS_AT_FROM: &str =
     deal_end_select!("v.valid_to_ms > $2 AND v.valid_to_ms <= $3 AND v.valid_from_ms <= $2");
 
 /// The state at `to` of the same deals: the version that started in the window and had not
 /// ended by `to`, one range of the index of version starts.
-const CHANGED_DEALS_AT_TO: (&str, &str) = deal_end_select!(
+const CHANGED_DEALS_AT_TO: &str = deal_end_select!(
     "v.valid_from_ms > $2 AND v.valid_from_ms <= $3 AND (v.valid_to_ms IS NULL OR v.valid_to_ms > $3)"
 );
 
@@ -212,18 +216,14 @@ async fn changed_deals(
     store: &Store,
     connection_id: i64,
     (from, to): (Millis, Millis),
-    (json_sql, sql): (&'static str, &'static str),
+    sql: &'static str,
 ) -> Result<Vec<State>, QueryError> {
     const DURING: &str = "read the deals that changed in the window";
     Ok(match store.pool() {
-        Backend::Sqlite(pool) => sqlx::query_scalar(json_sql)
-            .bind(connection_id)
-            .bind(from)
-            .bind(to)
-            .fetch_one(pool)
-            .await
-            .and_then(json_rows)
-            .during(DURING)?,
+        Backend::Sqlite(pool) => {
+            let params = [connection_id, from, to].map(Value::Integer).to_vec();
+            fetch_all_sqlite(pool, DURING, sql, params).await?
+        }
         Backend::Postgres(pool) => sqlx::query_as(sql)
             .bind(connection_id)
             .bind(from)

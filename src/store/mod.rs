@@ -36,7 +36,7 @@ pub use lease::{Fence, SoleReplica, SyncLease};
 pub use links::RecordLink;
 pub use metadata::{CrmOwner, FieldDefinition, StageDefinition};
 pub use records::{CreatedSpan, ObservationOutcome, RecordVersion, StoredRecord, ValidFromBasis};
-pub(crate) use scan::scan_sqlite;
+pub(crate) use scan::{fetch_all_sqlite, scan_sqlite};
 pub use sync_state::{
     ConnectionTotals, QuarantineEntry, QuarantinedRecord, SyncRunStatus, SyncRunSummary,
     ABANDONED_RUN_MESSAGE,

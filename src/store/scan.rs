@@ -53,6 +53,23 @@ where
     })
 }
 
+/// Every row `sql` returns, each made a `T` (see [`scan_sqlite`]).
+pub(crate) async fn fetch_all_sqlite<T>(
+    pool: &SqlitePool,
+    operation: &'static str,
+    sql: &'static str,
+    params: Vec<Value>,
+) -> Result<Vec<T>, StoreError>
+where
+    T: for<'r> TryFrom<&'r Row<'r>, Error = rusqlite::Error> + Send + 'static,
+{
+    scan_sqlite(pool, operation, sql, params, Vec::new(), |rows, row| {
+        rows.push(T::try_from(row)?);
+        Ok(())
+    })
+    .await
+}
+
 /// Runs `work` on a rusqlite view of a connection sqlx opened and the caller has locked.
 #[allow(unsafe_code)]
 fn through_rusqlite<R>(
