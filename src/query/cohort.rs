@@ -18,13 +18,12 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, Datelike, NaiveDate, NaiveTime, Utc};
+use rusqlite::types::Value;
 use serde::{Deserialize, Serialize};
 
-use super::{
-    format_bp, json_rows, parse_instant, resolve_connection, share_bp, QueryError, Report, Table,
-};
+use super::{format_bp, parse_instant, resolve_connection, share_bp, QueryError, Report, Table};
 use crate::record::{LifecycleEvent, Millis, ObjectKind};
-use crate::store::{dispatch, Backend, BackendKind, QueryContext, Store};
+use crate::store::{dispatch, fetch_all_sqlite, Backend, BackendKind, QueryContext, Store};
 
 /// The length of a cohort.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize, Serialize)]
@@ -428,9 +427,7 @@ const STARTS_IN: &str = "SELECT COUNT(*) FROM lifecycle_firsts WHERE connection_
 /// the won deal, a contact associated with it), found by store id in the links' indexes.
 /// `timed` is materialized so that each hit's start is looked up once, not once per mention
 /// of it.
-macro_rules! first_outcomes {
-    () => {
-        "WITH hits AS ( \
+const FIRST_OUTCOMES: &str = "WITH hits AS ( \
      SELECT o.record_id AS subject, o.occurred_at_ms AS at FROM lifecycle_events o \
      WHERE o.connection_id = $1 AND o.event = $3 AND (CAST($4 AS TEXT) IS NULL OR o.object_kind = $4) \
      UNION ALL SELECT k.from_record_id, o.occurred_at_ms FROM lifecycle_events o \
@@ -446,21 +443,7 @@ macro_rules! first_outcomes {
      AND (CAST($4 AS TEXT) IS NULL OR f.object_kind = $4)) AS started FROM hits h) \
      SELECT subject, started, MIN(at) AS reached FROM timed WHERE started IS NOT NULL AND at >= started \
      AND (CAST($5 AS BIGINT) IS NULL OR started >= $5) AND (CAST($6 AS BIGINT) IS NULL OR started < $6) \
-     GROUP BY subject, started"
-    };
-}
-
-/// [`first_outcomes!`] as rows (PostgreSQL), or as one JSON array (SQLite; see
-/// [`json_rows`]): on the 180x bench store 170,000 outcomes cost as much to hand over one by
-/// one as to find.
-const FIRST_OUTCOMES: (&str, &str) = (
-    concat!(
-        "SELECT json_group_array(json_array(subject, started, reached)) FROM (",
-        first_outcomes!(),
-        ")"
-    ),
-    first_outcomes!(),
-);
+     GROUP BY subject, started";
 
 /// Cohort sizes by start period. For each kind of record, each period that holds a start is
 /// found by an index probe and counted as one index range: several times cheaper than
@@ -516,26 +499,27 @@ async fn first_outcomes(
     plan: &Plan,
 ) -> Result<HashMap<i64, (Millis, Millis)>, QueryError> {
     const DURING: &str = "read cohort outcomes";
-    // The same parameters go to queries of two types, one per backend.
-    macro_rules! bound {
-        ($query:expr) => {
-            $query
-                .bind(connection_id)
-                .bind(plan.start.as_str())
-                .bind(plan.outcome.as_str())
-                .bind(plan.kind.map(ObjectKind::as_str))
-                .bind(plan.from)
-                .bind(plan.to)
-        };
-    }
     let rows: Vec<(i64, Millis, Millis)> = match store.pool() {
         Backend::Sqlite(pool) => {
-            let text = bound!(sqlx::query_scalar(FIRST_OUTCOMES.0))
-                .fetch_one(pool)
-                .await;
-            text.and_then(json_rows).during(DURING)?
+            let optional = |value: Option<i64>| value.map_or(Value::Null, Value::Integer);
+            let params = vec![
+                Value::Integer(connection_id),
+                Value::Text(plan.start.as_str().to_string()),
+                Value::Text(plan.outcome.as_str().to_string()),
+                plan.kind
+                    .map_or(Value::Null, |kind| Value::Text(kind.as_str().to_string())),
+                optional(plan.from),
+                optional(plan.to),
+            ];
+            fetch_all_sqlite(pool, DURING, FIRST_OUTCOMES, params).await?
         }
-        Backend::Postgres(pool) => bound!(sqlx::query_as(FIRST_OUTCOMES.1))
+        Backend::Postgres(pool) => sqlx::query_as(FIRST_OUTCOMES)
+            .bind(connection_id)
+            .bind(plan.start.as_str())
+            .bind(plan.outcome.as_str())
+            .bind(plan.kind.map(ObjectKind::as_str))
+            .bind(plan.from)
+            .bind(plan.to)
             .fetch_all(pool)
             .await
             .during(DURING)?,
