@@ -7,18 +7,20 @@ use std::collections::HashMap;
 use std::future::Future;
 
 use futures_util::{stream, StreamExt, TryStreamExt};
+use rusqlite::types::Value;
 use serde::{Deserialize, Serialize};
 use sqlx::query::QueryAs;
 use sqlx::sqlite::{SqliteArguments, SqlitePool};
 use sqlx::Sqlite;
 
 use super::{
-    check_pipeline, check_stage, deal_stages, format_cents, format_instant, json_rows,
-    parse_instant, resolve_connection, sqlite_reads_at_once, BackendRow, Connection, QueryError,
-    Report, Table,
+    check_pipeline, check_stage, deal_stages, format_cents, format_instant, parse_instant,
+    resolve_connection, sqlite_reads_at_once, BackendRow, Connection, QueryError, Report, Table,
 };
 use crate::record::Millis;
-use crate::store::{dispatch, Backend, QueryContext, StageDefinition, Store};
+use crate::store::{
+    dispatch, fetch_all_sqlite, Backend, QueryContext, StageDefinition, Store, StoreError,
+};
 
 /// Parameters of `query as-of` and `GET /api/v1/as-of`.
 #[derive(Debug, Clone, Default, Deserialize, clap::Args)]
@@ -129,38 +131,32 @@ macro_rules! open_deals_at {
     };
 }
 
-/// The SQLite listing, folded into one JSON array, with `$filter` added to its conditions.
-macro_rules! open_deals_json {
-    ($filter:literal) => {
-        concat!(
-            "SELECT json_group_array(json_array(crm_id, name, pipeline, stage, owner_id, amount_cents, \
-             probability_bp, close_date, valid_from_ms)) FROM (",
-            open_deals_at!(
-                "r.crm_id, v.name, v.pipeline, v.stage, v.owner_id, v.amount_cents, v.probability_bp, \
-                 v.close_date, v.valid_from_ms",
-                "INDEXED BY record_versions_open_deals JOIN records r ON r.id = v.record_id",
-                $filter
-            ),
-            ")"
+/// The columns and joins of a listing, for [`open_deals_at`].
+macro_rules! open_deals_listing {
+    ($joins:literal, $filter:literal) => {
+        open_deals_at!(
+            "r.crm_id, v.name, v.pipeline, v.stage, v.owner_id, v.amount_cents, v.probability_bp, \
+             v.close_date, v.valid_from_ms",
+            $joins,
+            $filter
         )
     };
 }
 
-/// [`open_deals_at`] with what a listing shows, for (SQLite, PostgreSQL). SQLite folds the
-/// rows into one JSON array (see [`json_rows`]), since a large pipeline's hundreds of
-/// thousands of open deals cost more to hand over one by one than to find.
+/// [`open_deals_at`] with what a listing shows, for (SQLite, PostgreSQL).
 const OPEN_DEALS_AT: (&str, &str) = (
-    open_deals_json!(""),
-    open_deals_at!(
-        "r.crm_id, v.name, v.pipeline, v.stage, v.owner_id, v.amount_cents, v.probability_bp, \
-         v.close_date, v.valid_from_ms",
-        "JOIN records r ON r.id = v.record_id",
+    open_deals_listing!(
+        "INDEXED BY record_versions_open_deals JOIN records r ON r.id = v.record_id",
         ""
     ),
+    open_deals_listing!("JOIN records r ON r.id = v.record_id", ""),
 );
 
 /// The SQLite listing of [`OPEN_DEALS_AT`] for one (pipeline, stage) group.
-const OPEN_DEALS_IN_GROUP: &str = open_deals_json!(" AND v.pipeline IS $6 AND v.stage IS $7");
+const OPEN_DEALS_IN_GROUP: &str = open_deals_listing!(
+    "INDEXED BY record_versions_open_deals JOIN records r ON r.id = v.record_id",
+    " AND v.pipeline IS $6 AND v.stage IS $7"
+);
 
 /// Count and amount of the open deals by stage and own probability, from the partial index
 /// alone: (SQLite, PostgreSQL).
@@ -232,24 +228,23 @@ pub async fn run(store: &Store, params: &AsOfParams) -> Result<AsOfReport, Query
     if params.totals_only {
         const DURING: &str = "count deals as of";
         let rows: Vec<TotalsRow> = match store.pool() {
-            Backend::Sqlite(pool) => unless_written_meanwhile(
-                pool,
-                over_open_groups(pool, connection.id, params, |group| {
-                    bind_filters(
-                        sqlx::query_as(OPEN_TOTALS_IN_GROUP),
-                        connection.id,
-                        at,
-                        params,
-                    )
-                    .bind(group.0)
-                    .bind(group.1)
-                    .fetch_all(pool)
-                }),
-                bind_filters(sqlx::query_as(OPEN_TOTALS_AT.0), connection.id, at, params)
-                    .fetch_all(pool),
-            )
-            .await
-            .during(DURING)?,
+            Backend::Sqlite(pool) => {
+                let totals = |sql| bind_filters(sqlx::query_as(sql), connection.id, at, params);
+                unless_written_meanwhile(
+                    pool,
+                    over_open_groups(pool, connection.id, params, |group| async {
+                        let query = totals(OPEN_TOTALS_IN_GROUP).bind(group.0).bind(group.1);
+                        query.fetch_all(pool).await.during(DURING)
+                    }),
+                    async {
+                        totals(OPEN_TOTALS_AT.0)
+                            .fetch_all(pool)
+                            .await
+                            .during(DURING)
+                    },
+                )
+                .await?
+            }
             Backend::Postgres(_) => {
                 open_at(store, OPEN_TOTALS_AT.1, connection.id, at, params, DURING).await?
             }
@@ -274,19 +269,22 @@ pub async fn run(store: &Store, params: &AsOfParams) -> Result<AsOfReport, Query
     const DURING: &str = "read deals as of";
     let rows: Vec<Row> = match store.pool() {
         Backend::Sqlite(pool) => {
-            let listing = |sql| bind_filters(sqlx::query_as(sql), connection.id, at, params);
+            let text = |value: &Option<String>| value.clone().map_or(Value::Null, Value::Text);
+            let filters = || {
+                let mut values = vec![Value::Integer(connection.id), Value::Integer(at)];
+                values.extend([&params.pipeline, &params.owner, &params.stage].map(text));
+                values
+            };
             unless_written_meanwhile(
                 pool,
-                over_open_groups(pool, connection.id, params, |group| {
-                    json_listing(
-                        pool,
-                        listing(OPEN_DEALS_IN_GROUP).bind(group.0).bind(group.1),
-                    )
+                over_open_groups(pool, connection.id, params, |(pipeline, stage)| {
+                    let mut values = filters();
+                    values.extend([text(&pipeline), text(&stage)]);
+                    fetch_all_sqlite(pool, DURING, OPEN_DEALS_IN_GROUP, values)
                 }),
-                json_listing(pool, listing(OPEN_DEALS_AT.0)),
+                fetch_all_sqlite(pool, DURING, OPEN_DEALS_AT.0, filters()),
             )
-            .await
-            .during(DURING)?
+            .await?
         }
         Backend::Postgres(_) => {
             open_at(store, OPEN_DEALS_AT.1, connection.id, at, params, DURING).await?
@@ -301,10 +299,15 @@ pub async fn run(store: &Store, params: &AsOfParams) -> Result<AsOfReport, Query
 /// which sees one state of the store, answers instead.
 async fn unless_written_meanwhile<T>(
     pool: &SqlitePool,
-    by_groups: impl Future<Output = Result<Vec<T>, sqlx::Error>>,
-    whole: impl Future<Output = Result<Vec<T>, sqlx::Error>>,
-) -> Result<Vec<T>, sqlx::Error> {
-    let newest = || sqlx::query_scalar::<_, Option<i64>>(NEWEST_VERSION).fetch_one(pool);
+    by_groups: impl Future<Output = Result<Vec<T>, StoreError>>,
+    whole: impl Future<Output = Result<Vec<T>, StoreError>>,
+) -> Result<Vec<T>, StoreError> {
+    let newest = || async {
+        sqlx::query_scalar::<_, Option<i64>>(NEWEST_VERSION)
+            .fetch_one(pool)
+            .await
+            .during("read the newest version")
+    };
     let before = newest().await?;
     let rows = by_groups.await?;
     if newest().await? == before {
@@ -322,17 +325,19 @@ async fn over_open_groups<T, F, Fut>(
     connection_id: i64,
     params: &AsOfParams,
     query: F,
-) -> Result<Vec<T>, sqlx::Error>
+) -> Result<Vec<T>, StoreError>
 where
     F: Fn(Group) -> Fut,
-    Fut: Future<Output = Result<Vec<T>, sqlx::Error>>,
+    Fut: Future<Output = Result<Vec<T>, StoreError>>,
 {
     let wanted = |(pipeline, stage): &Group| {
         let passes =
             |filter: &Option<String>, value: &Option<String>| filter.is_none() || filter == value;
         passes(&params.pipeline, pipeline) && passes(&params.stage, stage)
     };
-    let groups = open_groups(pool, connection_id).await?;
+    let groups = open_groups(pool, connection_id)
+        .await
+        .during("find the groups of open deals")?;
     stream::iter(groups.into_iter().filter(wanted))
         .map(query)
         .buffer_unordered(sqlite_reads_at_once(pool))
@@ -373,15 +378,6 @@ async fn open_groups(pool: &SqlitePool, connection_id: i64) -> Result<Vec<Group>
         groups.push((pipeline, stage));
     }
     Ok(groups)
-}
-
-/// The deals a SQLite listing query folded into one JSON array.
-async fn json_listing(
-    pool: &SqlitePool,
-    query: QueryAs<'_, Sqlite, (Option<String>,), SqliteArguments>,
-) -> Result<Vec<Row>, sqlx::Error> {
-    let (text,) = query.fetch_one(pool).await?;
-    json_rows(text)
 }
 
 /// Binds the parameters every [`open_deals_at`] query takes, `$1` to `$5`.

@@ -320,11 +320,3 @@ fn cores() -> usize {
     *CORES
         .get_or_init(|| std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get))
 }
-
-/// The rows of a SQLite query that folds them into one JSON array itself
-/// (`json_group_array`). sqlx hands SQLite rows over one at a time, which costs as much as the
-/// query when they number in the hundreds of thousands; one text and one parse cost a fraction.
-fn json_rows<T: serde::de::DeserializeOwned>(text: Option<String>) -> Result<Vec<T>, sqlx::Error> {
-    serde_json::from_str(text.as_deref().unwrap_or("[]"))
-        .map_err(|err| sqlx::Error::Decode(Box::new(err)))
-}
