@@ -529,6 +529,14 @@ async fn time_queries(
         query::funnel::run(store, settings, &funnel)
     })
     .await?;
+    let funnel_by_owner = query::funnel::FunnelParams {
+        by: Some(query::funnel::FunnelBy::Owner),
+        ..funnel.clone()
+    };
+    time("funnel by owner (a year)", None, timing, || {
+        query::funnel::run(store, settings, &funnel_by_owner)
+    })
+    .await?;
     let cohort = query::cohort::CohortParams {
         period: "month".into(),
         start: "created".into(),

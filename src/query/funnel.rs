@@ -325,24 +325,69 @@ const DELETED_DEALS: &str =
     "SELECT id FROM records WHERE connection_id = $1 AND object_kind = 'deal' \
      AND deleted_at_ms IS NOT NULL AND deleted_at_ms < $2";
 
-/// The current group value of each deal that moved in the window, one query per `--by`.
-const GROUP_SQL: [(FunnelBy, &str); 3] = [
-    (
-        FunnelBy::Owner,
-        "SELECT r.id, r.owner_id FROM records r WHERE r.id IN (SELECT t.record_id FROM stage_transitions t \
-         WHERE t.connection_id = $1 AND t.object_kind = 'deal' AND t.changed_at_ms >= $2 AND t.changed_at_ms < $3)",
-    ),
-    (
-        FunnelBy::Source,
-        "SELECT r.id, r.source FROM records r WHERE r.id IN (SELECT t.record_id FROM stage_transitions t \
-         WHERE t.connection_id = $1 AND t.object_kind = 'deal' AND t.changed_at_ms >= $2 AND t.changed_at_ms < $3)",
-    ),
-    (
-        FunnelBy::Campaign,
-        "SELECT r.id, r.campaign_id FROM records r WHERE r.id IN (SELECT t.record_id FROM stage_transitions t \
-         WHERE t.connection_id = $1 AND t.object_kind = 'deal' AND t.changed_at_ms >= $2 AND t.changed_at_ms < $3)",
-    ),
+/// The current `--by` value of every deal of a connection: (SQLite, PostgreSQL), the index
+/// named so that SQLite reads the deals' values from it alone.
+macro_rules! deal_groups {
+    ($column:literal) => {
+        (
+            concat!(
+                "SELECT id, ",
+                $column,
+                " FROM records INDEXED BY records_deal_groups \
+                 WHERE connection_id = $1 AND object_kind = 'deal' AND ",
+                $column,
+                " IS NOT NULL"
+            ),
+            concat!(
+                "SELECT id, ",
+                $column,
+                " FROM records \
+                 WHERE connection_id = $1 AND object_kind = 'deal' AND ",
+                $column,
+                " IS NOT NULL"
+            ),
+        )
+    };
+}
+
+/// [`deal_groups`] for each `--by`.
+const GROUP_SQL: [(FunnelBy, (&str, &str)); 3] = [
+    (FunnelBy::Owner, deal_groups!("owner_id")),
+    (FunnelBy::Source, deal_groups!("source")),
+    (FunnelBy::Campaign, deal_groups!("campaign_id")),
 ];
+
+/// Each deal's `--by` value, the values (owners, sources, campaigns: few next to the deals)
+/// held once each.
+#[derive(Default)]
+struct Groups {
+    names: Vec<String>,
+    numbers: HashMap<String, u32>,
+    of_deal: HashMap<i64, u32>,
+}
+
+impl Groups {
+    /// Notes a deal's value.
+    fn add(&mut self, deal: i64, value: &str) {
+        let number = match self.numbers.get(value) {
+            Some(known) => *known,
+            None => {
+                self.names.push(value.to_string());
+                let number = (self.names.len() - 1) as u32;
+                self.numbers.insert(value.to_string(), number);
+                number
+            }
+        };
+        self.of_deal.insert(deal, number);
+    }
+
+    /// A deal's value, if it has one.
+    fn of(&self, deal: i64) -> Option<&str> {
+        self.of_deal
+            .get(&deal)
+            .map(|number| self.names[*number as usize].as_str())
+    }
+}
 
 /// Answers `query funnel`.
 pub async fn run(
@@ -356,14 +401,23 @@ pub async fn run(
     check_pipeline(&definitions, params.pipeline.as_deref())?;
     let limits = max_dwell_by_stage(settings, &connection.name, params.pipeline.as_deref());
     let mut stages = Stages::default();
-    let moves = read_moves(
-        store,
-        connection.id,
-        (from, to),
-        params.pipeline.as_deref(),
-        |pipeline, stage| stages.number(&definitions, &limits, pipeline, stage),
-    )
-    .await?;
+    let read_groups = async {
+        match params.by {
+            Some(by) => group_values(store, connection.id, by).await.map(Some),
+            None => Ok(None),
+        }
+    };
+    // The groups are read on a connection of their own while the moves are.
+    let (moves, groups) = tokio::try_join!(
+        read_moves(
+            store,
+            connection.id,
+            (from, to),
+            params.pipeline.as_deref(),
+            |pipeline, stage| stages.number(&definitions, &limits, pipeline, stage),
+        ),
+        read_groups
+    )?;
     let deleted: HashSet<i64> = dispatch!(store.pool(), pool => sqlx::query_scalar(DELETED_DEALS)
         .bind(connection.id)
         .bind(to)
@@ -372,10 +426,6 @@ pub async fn run(
     .during("read deleted deals")?
     .into_iter()
     .collect();
-    let groups = match params.by {
-        Some(by) => Some(group_values(store, connection.id, by, (from, to)).await?),
-        None => None,
-    };
     // Sorting and tallying millions of moves would hold up a thread the runtime shares.
     let tallied =
         tokio::task::spawn_blocking(move || tally(&stages, moves, &deleted, groups.as_ref(), to))
@@ -393,29 +443,38 @@ pub async fn run(
     })
 }
 
-/// The `--by` value of each deal that moved in `[from, to)`.
+/// The `--by` value of each deal of the connection.
 async fn group_values(
     store: &Store,
     connection_id: i64,
     by: FunnelBy,
-    (from, to): (Millis, Millis),
-) -> Result<HashMap<i64, String>, QueryError> {
-    let sql = GROUP_SQL
+) -> Result<Groups, QueryError> {
+    const DURING: &str = "read the groups of funnel deals";
+    let (sqlite, postgres) = GROUP_SQL
         .iter()
         .find(|(of, _)| *of == by)
         .map(|(_, sql)| *sql)
         .expect("every --by has its query");
-    let rows: Vec<(i64, Option<String>)> = dispatch!(store.pool(), pool => sqlx::query_as(sql)
-        .bind(connection_id)
-        .bind(from)
-        .bind(to)
-        .fetch_all(pool)
-        .await)
-    .during("read the groups of funnel deals")?;
-    Ok(rows
-        .into_iter()
-        .filter_map(|(id, value)| Some((id, value?)))
-        .collect())
+    let mut groups = Groups::default();
+    match store.pool() {
+        Backend::Sqlite(pool) => {
+            let params = vec![Value::Integer(connection_id)];
+            groups = scan_sqlite(pool, DURING, sqlite, params, groups, |groups, row| {
+                groups.add(row.get(0)?, row.get_ref(1)?.as_str()?);
+                Ok(())
+            })
+            .await?;
+        }
+        Backend::Postgres(pool) => {
+            let mut rows = sqlx::query_as::<_, (i64, String)>(postgres)
+                .bind(connection_id)
+                .fetch(pool);
+            while let Some((deal, value)) = rows.try_next().await.during(DURING)? {
+                groups.add(deal, &value);
+            }
+        }
+    }
+    Ok(groups)
 }
 
 #[derive(Default)]
@@ -447,7 +506,7 @@ fn tally(
     stages: &Stages,
     buckets: Vec<Vec<Move>>,
     deleted: &HashSet<i64>,
-    groups: Option<&HashMap<i64, String>>,
+    groups: Option<&Groups>,
     to: Millis,
 ) -> Vec<FunnelStage> {
     let tallies = std::thread::scope(|scope| {
@@ -497,14 +556,14 @@ fn tally_deals<'a>(
     stages: &'a Stages,
     moves: &mut [Move],
     deleted: &HashSet<i64>,
-    groups: Option<&'a HashMap<i64, String>>,
+    groups: Option<&'a Groups>,
     to: Millis,
 ) -> BTreeMap<Key<'a>, Tally> {
     moves.sort_unstable_by_key(|m| (m.record_id, m.changed_at_ms, m.id));
     let mut tallies: BTreeMap<Key, Tally> = BTreeMap::new();
     for deal in moves.chunk_by(|a, b| a.record_id == b.record_id) {
         let record_id = deal[0].record_id;
-        let group = groups.and_then(|g| g.get(&record_id)).map(String::as_str);
+        let group = groups.and_then(|g| g.of(record_id));
         for (index, entry) in deal.iter().enumerate() {
             let facts = &stages.met[entry.stage];
             let key = (

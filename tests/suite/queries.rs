@@ -334,8 +334,8 @@ async fn funnel_matches_the_truth(test: TestStore) {
     let world = synced_world(&test).await;
     let (from, to) = (world.syncs[0] - 60 * DAY, world.syncs[2]);
     let moves = truth_moves(&world.emu).await;
-    let deleted_by_to: BTreeSet<String> = truth(&world.emu, "Opportunity")
-        .await
+    let deals = truth(&world.emu, "Opportunity").await;
+    let deleted_by_to: BTreeSet<String> = deals
         .iter()
         .filter_map(|record| state_at(record, to - 1))
         .filter(|(_, deleted)| *deleted)
@@ -442,6 +442,38 @@ async fn funnel_matches_the_truth(test: TestStore) {
     .await
     .unwrap();
     assert_eq!(in_pipeline.stages, report.stages);
+    // By owner, each deal's entries count under the owner it had at the last sync.
+    let owner_now: BTreeMap<&str, &str> = deals
+        .iter()
+        .filter_map(|record| state_at(record, world.syncs[2]))
+        .filter_map(|(state, _)| Some((state["Id"].as_str()?, state["OwnerId"].as_str()?)))
+        .collect();
+    let mut expected_by_owner: BTreeMap<(Option<String>, String), i64> = BTreeMap::new();
+    for (deal, list) in &moves {
+        for (_, stage) in list.iter().filter(|(at, _)| (from..to).contains(at)) {
+            let owner = owner_now.get(deal.as_str()).map(|o| o.to_string());
+            *expected_by_owner.entry((owner, stage.clone())).or_default() += 1;
+        }
+    }
+    let by_owner = query::funnel::run(
+        &test.store,
+        &world.settings,
+        &FunnelParams {
+            from: format_instant(from),
+            to: format_instant(to),
+            by: Some(query::funnel::FunnelBy::Owner),
+            ..FunnelParams::default()
+        },
+    )
+    .await
+    .unwrap();
+    let got_by_owner: BTreeMap<(Option<String>, String), i64> = by_owner
+        .stages
+        .iter()
+        .map(|s| ((s.group.clone(), s.stage.clone()), s.entered))
+        .collect();
+    assert!(owner_now.len() > 1, "deals have owners");
+    assert_eq!(got_by_owner, expected_by_owner);
     world.emu.stop().await.unwrap();
 }
 
