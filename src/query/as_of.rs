@@ -229,18 +229,20 @@ pub async fn run(store: &Store, params: &AsOfParams) -> Result<AsOfReport, Query
         const DURING: &str = "count deals as of";
         let rows: Vec<TotalsRow> = match store.pool() {
             Backend::Sqlite(pool) => {
-                let totals = |sql| bind_filters(sqlx::query_as(sql), connection.id, at, params);
+                let totals_query =
+                    |sql| bind_filters(sqlx::query_as(sql), connection.id, at, params);
                 unless_written_meanwhile(
                     pool,
-                    over_open_groups(pool, connection.id, params, |group| async {
-                        let query = totals(OPEN_TOTALS_IN_GROUP).bind(group.0).bind(group.1);
+                    DURING,
+                    over_open_groups(pool, connection.id, params, DURING, |group| async {
+                        let query = totals_query(OPEN_TOTALS_IN_GROUP)
+                            .bind(group.0)
+                            .bind(group.1);
                         query.fetch_all(pool).await.during(DURING)
                     }),
                     async {
-                        totals(OPEN_TOTALS_AT.0)
-                            .fetch_all(pool)
-                            .await
-                            .during(DURING)
+                        let query = totals_query(OPEN_TOTALS_AT.0);
+                        query.fetch_all(pool).await.during(DURING)
                     },
                 )
                 .await?
@@ -277,7 +279,8 @@ pub async fn run(store: &Store, params: &AsOfParams) -> Result<AsOfReport, Query
             };
             unless_written_meanwhile(
                 pool,
-                over_open_groups(pool, connection.id, params, |(pipeline, stage)| {
+                DURING,
+                over_open_groups(pool, connection.id, params, DURING, |(pipeline, stage)| {
                     let mut values = filters();
                     values.extend([text(&pipeline), text(&stage)]);
                     fetch_all_sqlite(pool, DURING, OPEN_DEALS_IN_GROUP, values)
@@ -299,6 +302,7 @@ pub async fn run(store: &Store, params: &AsOfParams) -> Result<AsOfReport, Query
 /// which sees one state of the store, answers instead.
 async fn unless_written_meanwhile<T>(
     pool: &SqlitePool,
+    operation: &'static str,
     by_groups: impl Future<Output = Result<Vec<T>, StoreError>>,
     whole: impl Future<Output = Result<Vec<T>, StoreError>>,
 ) -> Result<Vec<T>, StoreError> {
@@ -306,7 +310,7 @@ async fn unless_written_meanwhile<T>(
         sqlx::query_scalar::<_, Option<i64>>(NEWEST_VERSION)
             .fetch_one(pool)
             .await
-            .during("read the newest version")
+            .during(operation)
     };
     let before = newest().await?;
     let rows = by_groups.await?;
@@ -324,6 +328,7 @@ async fn over_open_groups<T, F, Fut>(
     pool: &SqlitePool,
     connection_id: i64,
     params: &AsOfParams,
+    operation: &'static str,
     query: F,
 ) -> Result<Vec<T>, StoreError>
 where
@@ -335,9 +340,7 @@ where
             |filter: &Option<String>, value: &Option<String>| filter.is_none() || filter == value;
         passes(&params.pipeline, pipeline) && passes(&params.stage, stage)
     };
-    let groups = open_groups(pool, connection_id)
-        .await
-        .during("find the groups of open deals")?;
+    let groups = open_groups(pool, connection_id).await.during(operation)?;
     stream::iter(groups.into_iter().filter(wanted))
         .map(query)
         .buffer_unordered(sqlite_reads_at_once(pool))

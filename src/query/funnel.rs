@@ -17,7 +17,7 @@ use sqlx::Row;
 use super::as_of::stage_rank;
 use super::{
     check_pipeline, cores, deal_stages, format_bp, format_days, format_instant, max_dwell_by_stage,
-    parse_range, resolve_connection, share_bp, QueryError, Report, Table,
+    parse_range, resolve_connection, share_bp, sqlite_reads_at_once, QueryError, Report, Table,
 };
 use crate::config::Settings;
 use crate::record::Millis;
@@ -271,10 +271,11 @@ async fn read_moves(
             let spans = (from..to)
                 .step_by(SCAN_SPAN_MS as usize)
                 .map(|start| (start, to.min(start.saturating_add(SCAN_SPAN_MS))));
-            // SQLite runs each statement on one core: spans are read side by side.
+            // SQLite runs each statement on one core: spans are read side by side, as many as
+            // there are cores, within the connections reads may take.
             let mut scans = stream::iter(spans)
                 .map(|span| scan_span(pool, connection_id, span, pipeline))
-                .buffered(buckets);
+                .buffered(buckets.min(sqlite_reads_at_once(pool)));
             while let Some(span) = scans.next().await {
                 let mut span = span?;
                 let numbers: Vec<usize> = span

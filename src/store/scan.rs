@@ -6,6 +6,9 @@
 //! connection borrowed from the pool, so that it keeps the pool's settings (memory map, busy
 //! timeout) and sees in-memory stores as well.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 use rusqlite::types::Value;
 use rusqlite::{Connection, Row};
 use sqlx::sqlite::LockedSqliteHandle;
@@ -13,8 +16,10 @@ use sqlx::SqlitePool;
 
 use super::{QueryContext, StoreError};
 
-/// Runs `sql` with `$1`, `$2`, … bound to `params`, and folds each row it returns into `state`
-/// with `each`, off the async runtime's threads. Returns the state after the last row.
+/// Runs `sql` with `$1`, `$2`, … bound to `params` (it must use each of them and no other
+/// parameter), and folds each row it returns into `state` with `each`, off the async runtime's
+/// threads. Returns the state after the last row. If the caller stops waiting (a client gone,
+/// a sibling read failed), the scan stops at its next row and gives its connection back.
 pub(crate) async fn scan_sqlite<T, F>(
     pool: &SqlitePool,
     operation: &'static str,
@@ -29,17 +34,29 @@ where
 {
     let mut connection = pool.acquire().await.during(operation)?;
     let runtime = tokio::runtime::Handle::current();
+    let abandoned = AbandonedOnDrop::default();
+    let stop = Arc::clone(&abandoned.0);
     let scanned = tokio::task::spawn_blocking(move || {
         let mut locked = runtime
             .block_on(connection.lock_handle())
             .during(operation)?;
         let folded = through_rusqlite(&mut locked, |sqlite| {
             let mut statement = sqlite.prepare(sql)?;
+            let expected = statement.parameter_count();
+            if expected != params.len() {
+                return Err(rusqlite::Error::InvalidParameterCount(
+                    params.len(),
+                    expected,
+                ));
+            }
             for (index, value) in params.into_iter().enumerate() {
                 statement.raw_bind_parameter(format!("${}", index + 1).as_str(), value)?;
             }
             let mut rows = statement.raw_query();
             while let Some(row) = rows.next()? {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
                 each(&mut state, row)?;
             }
             Ok(state)
@@ -51,6 +68,16 @@ where
         Ok(panic) => std::panic::resume_unwind(panic),
         Err(cancelled) => panic!("a SQLite scan was cancelled: {cancelled}"),
     })
+}
+
+/// Tells a scan its caller stopped waiting for it, when dropped before the scan ended.
+#[derive(Default)]
+struct AbandonedOnDrop(Arc<AtomicBool>);
+
+impl Drop for AbandonedOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 /// Every row `sql` returns, each made a `T` (see [`scan_sqlite`]).
@@ -82,4 +109,31 @@ fn through_rusqlite<R>(
     // dropped: sqlx finds the connection as it left it.
     let view = unsafe { Connection::from_handle(locked.as_raw_handle().as_ptr()) }?;
     work(&view)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn sum_to(pool: &SqlitePool, params: Vec<Value>) -> Result<i64, StoreError> {
+        const COUNT_TO: &str = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n \
+             WHERE i < $1) SELECT i * $2 FROM n";
+        scan_sqlite(pool, "sum", COUNT_TO, params, 0, |sum, row| {
+            *sum += row.get::<_, i64>(0)?;
+            Ok(())
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn a_scan_folds_every_row_and_refuses_a_parameter_count_the_statement_does_not_take() {
+        let pool = SqlitePool::connect("sqlite::memory:").await.unwrap();
+        let sum = sum_to(&pool, vec![Value::Integer(1000), Value::Integer(3)]).await;
+        assert_eq!(sum.unwrap(), 3 * 500_500);
+        let short = sum_to(&pool, vec![Value::Integer(1000)]).await.unwrap_err();
+        assert!(
+            short.to_string().contains("`sum`") && short.to_string().contains("parameter"),
+            "{short}"
+        );
+    }
 }
