@@ -326,8 +326,9 @@ const DELETED_DEALS: &str =
     "SELECT id FROM records WHERE connection_id = $1 AND object_kind = 'deal' \
      AND deleted_at_ms IS NOT NULL AND deleted_at_ms < $2";
 
-/// The current `--by` value of every deal of a connection: (SQLite, PostgreSQL), the index
-/// named so that SQLite reads the deals' values from it alone.
+/// The current `--by` value of every deal of a connection, in deal order: (SQLite,
+/// PostgreSQL), the index named so that SQLite reads the deals' values from it alone, in its
+/// order.
 macro_rules! deal_groups {
     ($column:literal) => {
         (
@@ -337,7 +338,7 @@ macro_rules! deal_groups {
                 " FROM records INDEXED BY records_deal_groups \
                  WHERE connection_id = $1 AND object_kind = 'deal' AND ",
                 $column,
-                " IS NOT NULL"
+                " IS NOT NULL ORDER BY id"
             ),
             concat!(
                 "SELECT id, ",
@@ -345,7 +346,7 @@ macro_rules! deal_groups {
                 " FROM records \
                  WHERE connection_id = $1 AND object_kind = 'deal' AND ",
                 $column,
-                " IS NOT NULL"
+                " IS NOT NULL ORDER BY id"
             ),
         )
     };
@@ -359,12 +360,13 @@ const GROUP_SQL: [(FunnelBy, (&str, &str)); 3] = [
 ];
 
 /// Each deal's `--by` value, the values (owners, sources, campaigns: few next to the deals)
-/// held once each.
+/// numbered and held once each.
 #[derive(Default)]
 struct Groups {
     names: Vec<String>,
     numbers: HashMap<String, u32>,
-    of_deal: HashMap<i64, u32>,
+    /// (deal, value number), in deal order.
+    of_deal: Vec<(i64, u32)>,
 }
 
 impl Groups {
@@ -379,14 +381,35 @@ impl Groups {
                 number
             }
         };
-        self.of_deal.insert(deal, number);
+        self.of_deal.push((deal, number));
     }
 
-    /// A deal's value, if it has one.
-    fn of(&self, deal: i64) -> Option<&str> {
-        self.of_deal
-            .get(&deal)
-            .map(|number| self.names[*number as usize].as_str())
+    /// A walk that finds the values of deals asked for in increasing order.
+    fn walk(&self) -> GroupWalk<'_> {
+        GroupWalk {
+            of_deal: &self.of_deal,
+            next: 0,
+        }
+    }
+}
+
+/// Finds deals' values in one pass over [`Groups`], as the tally meets deals in order: cheaper
+/// than a hash lookup for each of millions of moves.
+struct GroupWalk<'a> {
+    of_deal: &'a [(i64, u32)],
+    next: usize,
+}
+
+impl GroupWalk<'_> {
+    /// The value number of `deal`, which is no lower than any deal asked for before.
+    fn of(&mut self, deal: i64) -> Option<u32> {
+        while self.of_deal.get(self.next).is_some_and(|(d, _)| *d < deal) {
+            self.next += 1;
+        }
+        match self.of_deal.get(self.next) {
+            Some((d, number)) if *d == deal => Some(*number),
+            _ => None,
+        }
     }
 }
 
@@ -501,6 +524,10 @@ impl Tally {
 /// name where ranks tie (stages the metadata does not know).
 type Key<'a> = (Option<&'a str>, (i64, i64), Option<&'a str>, &'a str, usize);
 
+/// Where a deal's entry is counted: (group value number, stage number), numbers being cheaper
+/// to look up millions of times than the names they stand for.
+type Slot = (Option<u32>, usize);
+
 /// Tallies each bucket of deals on a thread of its own (sorting millions of moves is most of
 /// the work left once they are read), then adds the buckets up.
 fn tally(
@@ -517,18 +544,33 @@ fn tally(
                 scope.spawn(move || tally_deals(stages, &mut moves, deleted, groups, to))
             })
             .collect();
-        let mut tallies: BTreeMap<Key, Tally> = BTreeMap::new();
+        let mut tallies: HashMap<Slot, Tally> = HashMap::new();
         for thread in threads {
             let part = thread
                 .join()
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-            for (key, tally) in part {
-                tallies.entry(key).or_default().add(tally);
+            for (slot, tally) in part {
+                tallies.entry(slot).or_default().add(tally);
             }
         }
         tallies
     });
-    tallies
+    let name = |number: u32| groups.map(|g| g.names[number as usize].as_str());
+    let ordered: BTreeMap<Key, Tally> = tallies
+        .into_iter()
+        .map(|((group, stage), tally)| {
+            let facts = &stages.met[stage];
+            let key = (
+                group.and_then(name),
+                facts.rank,
+                facts.pipeline.as_deref(),
+                facts.stage.as_str(),
+                stage,
+            );
+            (key, tally)
+        })
+        .collect();
+    ordered
         .into_iter()
         .map(|((group, _, _, _, stage), mut t)| {
             let facts = &stages.met[stage];
@@ -553,28 +595,22 @@ fn tally(
 }
 
 /// The tallies of deals whose moves are all in `moves`, which it sorts by deal and time.
-fn tally_deals<'a>(
-    stages: &'a Stages,
+fn tally_deals(
+    stages: &Stages,
     moves: &mut [Move],
     deleted: &HashSet<i64>,
-    groups: Option<&'a Groups>,
+    groups: Option<&Groups>,
     to: Millis,
-) -> BTreeMap<Key<'a>, Tally> {
+) -> HashMap<Slot, Tally> {
     moves.sort_unstable_by_key(|m| (m.record_id, m.changed_at_ms, m.id));
-    let mut tallies: BTreeMap<Key, Tally> = BTreeMap::new();
+    let mut walk = groups.map(Groups::walk);
+    let mut tallies: HashMap<Slot, Tally> = HashMap::new();
     for deal in moves.chunk_by(|a, b| a.record_id == b.record_id) {
         let record_id = deal[0].record_id;
-        let group = groups.and_then(|g| g.of(record_id));
+        let group = walk.as_mut().and_then(|w| w.of(record_id));
         for (index, entry) in deal.iter().enumerate() {
             let facts = &stages.met[entry.stage];
-            let key = (
-                group,
-                facts.rank,
-                facts.pipeline.as_deref(),
-                facts.stage.as_str(),
-                entry.stage,
-            );
-            let tally = tallies.entry(key).or_default();
+            let tally = tallies.entry((group, entry.stage)).or_default();
             tally.entered += 1;
             let later = &deal[index + 1..];
             match later.first() {
