@@ -136,4 +136,30 @@ mod tests {
             "{short}"
         );
     }
+
+    #[test]
+    fn an_abandoned_scan_gives_its_connection_back() {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let after = runtime.block_on(async {
+            // One connection, as an in-memory store has: a scan that kept it would starve the
+            // next query, which then fails when its wait for a connection runs out.
+            let pool = sqlx::sqlite::SqlitePoolOptions::new()
+                .max_connections(1)
+                .acquire_timeout(std::time::Duration::from_secs(10))
+                .connect("sqlite::memory:")
+                .await
+                .unwrap();
+            // Ten billion rows, hours of folding: still running when it is dropped.
+            let endless = sum_to(
+                &pool,
+                vec![Value::Integer(10_000_000_000), Value::Integer(0)],
+            );
+            let waited = tokio::time::timeout(std::time::Duration::from_millis(100), endless).await;
+            assert!(waited.is_err(), "the scan cannot have finished");
+            sum_to(&pool, vec![Value::Integer(10), Value::Integer(1)]).await
+        });
+        // A scan that ignored being dropped would hold a blocking thread for hours.
+        runtime.shutdown_background();
+        assert_eq!(after.unwrap(), 55);
+    }
 }
