@@ -271,10 +271,11 @@ pub async fn run(store: &Store, params: &AsOfParams) -> Result<AsOfReport, Query
     const DURING: &str = "read deals as of";
     let rows: Vec<Row> = match store.pool() {
         Backend::Sqlite(pool) => {
-            let text = |value: &Option<String>| value.clone().map_or(Value::Null, Value::Text);
             let filters = || {
-                let mut values = vec![Value::Integer(connection.id), Value::Integer(at)];
-                values.extend([&params.pipeline, &params.owner, &params.stage].map(text));
+                let mut values = vec![Value::from(connection.id), Value::from(at)];
+                values.extend(
+                    [&params.pipeline, &params.owner, &params.stage].map(|v| v.clone().into()),
+                );
                 values
             };
             unless_written_meanwhile(
@@ -282,7 +283,7 @@ pub async fn run(store: &Store, params: &AsOfParams) -> Result<AsOfReport, Query
                 DURING,
                 over_open_groups(pool, connection.id, params, DURING, |(pipeline, stage)| {
                     let mut values = filters();
-                    values.extend([text(&pipeline), text(&stage)]);
+                    values.extend([pipeline.into(), stage.into()]);
                     fetch_all_sqlite(pool, DURING, OPEN_DEALS_IN_GROUP, values)
                 }),
                 fetch_all_sqlite(pool, DURING, OPEN_DEALS_AT.0, filters()),

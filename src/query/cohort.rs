@@ -18,7 +18,6 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, Datelike, NaiveDate, NaiveTime, Utc};
-use rusqlite::types::Value;
 use serde::{Deserialize, Serialize};
 
 use super::{format_bp, parse_instant, resolve_connection, share_bp, QueryError, Report, Table};
@@ -501,15 +500,13 @@ async fn first_outcomes(
     const DURING: &str = "read cohort outcomes";
     let rows: Vec<(i64, Millis, Millis)> = match store.pool() {
         Backend::Sqlite(pool) => {
-            let optional = |value: Option<i64>| value.map_or(Value::Null, Value::Integer);
             let params = vec![
-                Value::Integer(connection_id),
-                Value::Text(plan.start.as_str().to_string()),
-                Value::Text(plan.outcome.as_str().to_string()),
-                plan.kind
-                    .map_or(Value::Null, |kind| Value::Text(kind.as_str().to_string())),
-                optional(plan.from),
-                optional(plan.to),
+                connection_id.into(),
+                plan.start.as_str().to_string().into(),
+                plan.outcome.as_str().to_string().into(),
+                plan.kind.map(|kind| kind.as_str().to_string()).into(),
+                plan.from.into(),
+                plan.to.into(),
             ];
             fetch_all_sqlite(pool, DURING, FIRST_OUTCOMES, params).await?
         }

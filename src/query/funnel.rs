@@ -10,7 +10,6 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use futures_util::{stream, StreamExt, TryStreamExt};
-use rusqlite::types::Value;
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
@@ -234,10 +233,10 @@ async fn scan_span(
     pipeline: Option<&str>,
 ) -> Result<SpanMoves, QueryError> {
     let params = vec![
-        Value::Integer(connection_id),
-        Value::Integer(start),
-        Value::Integer(end),
-        pipeline.map_or(Value::Null, |p| Value::Text(p.to_string())),
+        connection_id.into(),
+        start.into(),
+        end.into(),
+        pipeline.map(str::to_string).into(),
     ];
     let empty = SpanMoves {
         buckets: (0..cores()).map(|_| Vec::new()).collect(),
@@ -482,7 +481,7 @@ async fn group_values(
     let mut groups = Groups::default();
     match store.pool() {
         Backend::Sqlite(pool) => {
-            let params = vec![Value::Integer(connection_id)];
+            let params = vec![connection_id.into()];
             groups = scan_sqlite(pool, DURING, sqlite, params, groups, |groups, row| {
                 groups.add(row.get(0)?, row.get_ref(1)?.as_str()?);
                 Ok(())

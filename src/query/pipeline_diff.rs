@@ -221,7 +221,7 @@ async fn changed_deals(
     const DURING: &str = "read the deals that changed in the window";
     Ok(match store.pool() {
         Backend::Sqlite(pool) => {
-            let params = [connection_id, from, to].map(Value::Integer).to_vec();
+            let params = [connection_id, from, to].map(Value::from).to_vec();
             fetch_all_sqlite(pool, DURING, sql, params).await?
         }
         Backend::Postgres(pool) => sqlx::query_as(sql)
