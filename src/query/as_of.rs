@@ -9,18 +9,15 @@ use std::future::Future;
 use futures_util::{stream, StreamExt, TryStreamExt};
 use rusqlite::types::Value;
 use serde::{Deserialize, Serialize};
-use sqlx::query::QueryAs;
-use sqlx::sqlite::{SqliteArguments, SqlitePool};
-use sqlx::Sqlite;
+use sqlx::postgres::PgPool;
+use sqlx::sqlite::SqlitePool;
 
 use super::{
     check_pipeline, check_stage, deal_stages, format_cents, format_instant, parse_instant,
-    resolve_connection, sqlite_reads_at_once, BackendRow, Connection, QueryError, Report, Table,
+    resolve_connection, sqlite_reads_at_once, Connection, QueryError, Report, Table,
 };
 use crate::record::Millis;
-use crate::store::{
-    dispatch, fetch_all_sqlite, Backend, QueryContext, StageDefinition, Store, StoreError,
-};
+use crate::store::{fetch_all_sqlite, Backend, QueryContext, StageDefinition, Store, StoreError};
 
 /// Parameters of `query as-of` and `GET /api/v1/as-of`.
 #[derive(Debug, Clone, Default, Deserialize, clap::Args)]
@@ -229,26 +226,11 @@ pub async fn run(store: &Store, params: &AsOfParams) -> Result<AsOfReport, Query
         const DURING: &str = "count deals as of";
         let rows: Vec<TotalsRow> = match store.pool() {
             Backend::Sqlite(pool) => {
-                let totals_query =
-                    |sql| bind_filters(sqlx::query_as(sql), connection.id, at, params);
-                unless_written_meanwhile(
-                    pool,
-                    DURING,
-                    over_open_groups(pool, connection.id, params, DURING, |group| async {
-                        let query = totals_query(OPEN_TOTALS_IN_GROUP)
-                            .bind(group.0)
-                            .bind(group.1);
-                        query.fetch_all(pool).await.during(DURING)
-                    }),
-                    async {
-                        let query = totals_query(OPEN_TOTALS_AT.0);
-                        query.fetch_all(pool).await.during(DURING)
-                    },
-                )
-                .await?
+                let sql = (OPEN_TOTALS_AT.0, OPEN_TOTALS_IN_GROUP);
+                open_at_sqlite(pool, sql, connection.id, at, params, DURING).await?
             }
-            Backend::Postgres(_) => {
-                open_at(store, OPEN_TOTALS_AT.1, connection.id, at, params, DURING).await?
+            Backend::Postgres(pool) => {
+                open_at_postgres(pool, OPEN_TOTALS_AT.1, connection.id, at, params, DURING).await?
             }
         };
         let groups = rows
@@ -271,30 +253,52 @@ pub async fn run(store: &Store, params: &AsOfParams) -> Result<AsOfReport, Query
     const DURING: &str = "read deals as of";
     let rows: Vec<Row> = match store.pool() {
         Backend::Sqlite(pool) => {
-            let filters = || {
-                let mut values = vec![Value::from(connection.id), Value::from(at)];
-                values.extend(
-                    [&params.pipeline, &params.owner, &params.stage].map(|v| v.clone().into()),
-                );
-                values
-            };
-            unless_written_meanwhile(
-                pool,
-                DURING,
-                over_open_groups(pool, connection.id, params, DURING, |(pipeline, stage)| {
-                    let mut values = filters();
-                    values.extend([pipeline.into(), stage.into()]);
-                    fetch_all_sqlite(pool, DURING, OPEN_DEALS_IN_GROUP, values)
-                }),
-                fetch_all_sqlite(pool, DURING, OPEN_DEALS_AT.0, filters()),
-            )
-            .await?
+            let sql = (OPEN_DEALS_AT.0, OPEN_DEALS_IN_GROUP);
+            open_at_sqlite(pool, sql, connection.id, at, params, DURING).await?
         }
-        Backend::Postgres(_) => {
-            open_at(store, OPEN_DEALS_AT.1, connection.id, at, params, DURING).await?
+        Backend::Postgres(pool) => {
+            open_at_postgres(pool, OPEN_DEALS_AT.1, connection.id, at, params, DURING).await?
         }
     };
     Ok(assemble(&connection, at, &stages, rows))
+}
+
+/// Runs an [`open_deals_at`] query on SQLite: `(whole, in_group)` are the statement over every
+/// group and the one over a single (pipeline, stage) group, `$6` and `$7`. The groups are read
+/// side by side unless a write landed meanwhile (see [`unless_written_meanwhile`]).
+async fn open_at_sqlite<T>(
+    pool: &SqlitePool,
+    (whole, in_group): (&'static str, &'static str),
+    connection_id: i64,
+    at: Millis,
+    params: &AsOfParams,
+    operation: &'static str,
+) -> Result<Vec<T>, StoreError>
+where
+    T: for<'r> TryFrom<&'r rusqlite::Row<'r>, Error = rusqlite::Error> + Send + 'static,
+{
+    let filters = || {
+        let mut values = vec![Value::from(connection_id), Value::from(at)];
+        values.extend([&params.pipeline, &params.owner, &params.stage].map(|v| v.clone().into()));
+        values
+    };
+    unless_written_meanwhile(
+        pool,
+        operation,
+        over_open_groups(
+            pool,
+            connection_id,
+            params,
+            operation,
+            |(pipeline, stage)| {
+                let mut values = filters();
+                values.extend([pipeline.into(), stage.into()]);
+                fetch_all_sqlite(pool, operation, in_group, values)
+            },
+        ),
+        fetch_all_sqlite(pool, operation, whole, filters()),
+    )
+    .await
 }
 
 /// The answer `by_groups` reads in parallel, unless a write opened or closed a version while
@@ -384,42 +388,28 @@ async fn open_groups(pool: &SqlitePool, connection_id: i64) -> Result<Vec<Group>
     Ok(groups)
 }
 
-/// Binds the parameters every [`open_deals_at`] query takes, `$1` to `$5`.
-fn bind_filters<'q, O>(
-    query: QueryAs<'q, Sqlite, O, SqliteArguments>,
-    connection_id: i64,
-    at: Millis,
-    params: &'q AsOfParams,
-) -> QueryAs<'q, Sqlite, O, SqliteArguments> {
-    query
-        .bind(connection_id)
-        .bind(at)
-        .bind(params.pipeline.as_deref())
-        .bind(params.owner.as_deref())
-        .bind(params.stage.as_deref())
-}
-
-/// Runs one of the [`open_deals_at`] queries with the parameters' filters.
-async fn open_at<T>(
-    store: &Store,
+/// Runs one of the [`open_deals_at`] queries on PostgreSQL, which reads the whole index in
+/// one statement.
+async fn open_at_postgres<T>(
+    pool: &PgPool,
     sql: &'static str,
     connection_id: i64,
     at: Millis,
     params: &AsOfParams,
     operation: &'static str,
-) -> Result<Vec<T>, QueryError>
+) -> Result<Vec<T>, StoreError>
 where
-    T: BackendRow,
+    T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
 {
-    Ok(dispatch!(store.pool(), pool => sqlx::query_as(sql)
+    sqlx::query_as(sql)
         .bind(connection_id)
         .bind(at)
         .bind(params.pipeline.as_deref())
         .bind(params.owner.as_deref())
         .bind(params.stage.as_deref())
         .fetch_all(pool)
-        .await)
-    .during(operation)?)
+        .await
+        .during(operation)
 }
 
 /// The stage's default probability, for deals without their own.
