@@ -110,70 +110,99 @@ type Row = (
     i64,
 );
 
-/// Open deal versions valid at `$2`, through the partial index of open deal versions. SQLite
-/// is told to use it: without planner statistics it prefers the index of every version.
+/// How a backend reads open deal versions (`index`, `not_ended`) and their deals' CRM ids
+/// (`deals`): SQLite from its partial index in stage order, which it is told to use (without
+/// planner statistics it prefers the index of every version), and each deal's row by id;
+/// PostgreSQL from its partial index keyed by the version's end, whose range of versions not
+/// ended by `$2` the condition names in the index's own terms, and the deals from the index of
+/// deals' groups, which the join's terms let it use (else it reads every record).
+macro_rules! open_versions {
+    (sqlite, index) => {
+        "INDEXED BY record_versions_open_deals"
+    };
+    (sqlite, not_ended) => {
+        "(v.valid_to_ms IS NULL OR v.valid_to_ms > $2)"
+    };
+    (sqlite, deals) => {
+        "JOIN records r ON r.id = v.record_id"
+    };
+    (postgres, index) => {
+        ""
+    };
+    (postgres, not_ended) => {
+        "COALESCE(v.valid_to_ms, 9223372036854775807) > $2"
+    };
+    (postgres, deals) => {
+        "JOIN records r ON r.connection_id = v.connection_id AND r.object_kind = 'deal' \
+         AND r.id = v.record_id"
+    };
+}
+
+/// Open deal versions valid at `$2`, read as [`open_versions`] says for `$backend`.
 macro_rules! open_deals_at {
-    ($columns:literal, $joins:literal, $grouping:literal) => {
+    ($backend:ident, $columns:literal, $joins:expr, $grouping:literal) => {
         concat!(
             "SELECT ",
             $columns,
             " FROM record_versions v ",
+            open_versions!($backend, index),
+            " ",
             $joins,
             " WHERE v.connection_id = $1 AND v.object_kind = 'deal' AND v.is_closed = FALSE AND v.deleted = FALSE \
-             AND v.valid_from_ms <= $2 AND (v.valid_to_ms IS NULL OR v.valid_to_ms > $2) \
-             AND (CAST($3 AS TEXT) IS NULL OR v.pipeline = $3) AND (CAST($4 AS TEXT) IS NULL OR v.owner_id = $4) \
+             AND v.valid_from_ms <= $2 AND ",
+            open_versions!($backend, not_ended),
+            " AND (CAST($3 AS TEXT) IS NULL OR v.pipeline = $3) AND (CAST($4 AS TEXT) IS NULL OR v.owner_id = $4) \
              AND (CAST($5 AS TEXT) IS NULL OR v.stage = $5)",
             $grouping
         )
     };
 }
 
-/// The columns and joins of a listing, for [`open_deals_at`].
+/// [`open_deals_at`] with what a listing shows.
 macro_rules! open_deals_listing {
-    ($joins:literal, $filter:literal) => {
+    ($backend:ident, $grouping:literal) => {
         open_deals_at!(
+            $backend,
             "r.crm_id, v.name, v.pipeline, v.stage, v.owner_id, v.amount_cents, v.probability_bp, \
              v.close_date, v.valid_from_ms",
-            $joins,
-            $filter
+            open_versions!($backend, deals),
+            $grouping
         )
     };
 }
 
-/// [`open_deals_at`] with what a listing shows, for (SQLite, PostgreSQL).
+/// [`open_deals_at`] counting the open deals and summing their amounts by stage and own
+/// probability, from the partial index alone.
+macro_rules! open_deals_totals {
+    ($backend:ident, $grouping:literal) => {
+        open_deals_at!(
+            $backend,
+            "v.pipeline, v.stage, v.probability_bp, COUNT(*), CAST(SUM(v.amount_cents) AS BIGINT)",
+            "",
+            $grouping
+        )
+    };
+}
+
+/// The listing, for (SQLite, PostgreSQL).
 const OPEN_DEALS_AT: (&str, &str) = (
-    open_deals_listing!(
-        "INDEXED BY record_versions_open_deals JOIN records r ON r.id = v.record_id",
-        ""
-    ),
-    open_deals_listing!("JOIN records r ON r.id = v.record_id", ""),
+    open_deals_listing!(sqlite, ""),
+    open_deals_listing!(postgres, ""),
 );
 
 /// The SQLite listing of [`OPEN_DEALS_AT`] for one (pipeline, stage) group.
-const OPEN_DEALS_IN_GROUP: &str = open_deals_listing!(
-    "INDEXED BY record_versions_open_deals JOIN records r ON r.id = v.record_id",
-    " AND v.pipeline IS $6 AND v.stage IS $7"
-);
+const OPEN_DEALS_IN_GROUP: &str =
+    open_deals_listing!(sqlite, " AND v.pipeline IS $6 AND v.stage IS $7");
 
-/// Count and amount of the open deals by stage and own probability, from the partial index
-/// alone: (SQLite, PostgreSQL).
+/// The totals, for (SQLite, PostgreSQL).
 const OPEN_TOTALS_AT: (&str, &str) = (
-    open_deals_at!(
-        "v.pipeline, v.stage, v.probability_bp, COUNT(*), CAST(SUM(v.amount_cents) AS BIGINT)",
-        "INDEXED BY record_versions_open_deals",
-        " GROUP BY v.pipeline, v.stage, v.probability_bp"
-    ),
-    open_deals_at!(
-        "v.pipeline, v.stage, v.probability_bp, COUNT(*), CAST(SUM(v.amount_cents) AS BIGINT)",
-        "",
-        " GROUP BY v.pipeline, v.stage, v.probability_bp"
-    ),
+    open_deals_totals!(sqlite, " GROUP BY v.pipeline, v.stage, v.probability_bp"),
+    open_deals_totals!(postgres, " GROUP BY v.pipeline, v.stage, v.probability_bp"),
 );
 
 /// The SQLite totals of [`OPEN_TOTALS_AT`] for one (pipeline, stage) group.
-const OPEN_TOTALS_IN_GROUP: &str = open_deals_at!(
-    "v.pipeline, v.stage, v.probability_bp, COUNT(*), CAST(SUM(v.amount_cents) AS BIGINT)",
-    "INDEXED BY record_versions_open_deals",
+const OPEN_TOTALS_IN_GROUP: &str = open_deals_totals!(
+    sqlite,
     " AND v.pipeline IS $6 AND v.stage IS $7 GROUP BY v.probability_bp"
 );
 

@@ -108,13 +108,13 @@ fn migrate_creates_the_store_then_finds_it_up_to_date() {
     assert!(first.status.success(), "{}", text(&first));
     assert!(
         String::from_utf8_lossy(&first.stdout)
-            .contains("applied 13 migration(s), schema version 13"),
+            .contains("applied 14 migration(s), schema version 14"),
         "{}",
         text(&first)
     );
     let second = pipewarden(&["migrate"], &[("PIPEWARDEN__STORE__URL", &url)]);
     assert!(
-        String::from_utf8_lossy(&second.stdout).contains("is up to date (schema version 13)"),
+        String::from_utf8_lossy(&second.stdout).contains("is up to date (schema version 14)"),
         "{}",
         text(&second)
     );

@@ -80,7 +80,7 @@ async fn migrating_twice_applies_nothing_the_second_time(t: TestStore) {
         report.applied.is_empty(),
         "already migrated by the fixture: {report:?}"
     );
-    assert_eq!(report.current, Some(13));
+    assert_eq!(report.current, Some(14));
     t.store.ping().await.unwrap();
 }
 
