@@ -129,6 +129,8 @@ macro_rules! open_versions {
     (postgres, index) => {
         ""
     };
+    // Spelled as in `record_versions_open_deals_by_end` (migrations/postgres/0014): PostgreSQL
+    // uses an expression index only for the same expression.
     (postgres, not_ended) => {
         "COALESCE(v.valid_to_ms, 9223372036854775807) > $2"
     };
@@ -417,8 +419,8 @@ async fn open_groups(pool: &SqlitePool, connection_id: i64) -> Result<Vec<Group>
     Ok(groups)
 }
 
-/// Runs one of the [`open_deals_at`] queries on PostgreSQL, which reads the whole index in
-/// one statement.
+/// Runs one of the [`open_deals_at`] queries on PostgreSQL, in one statement (which the
+/// server spreads over its parallel workers).
 async fn open_at_postgres<T>(
     pool: &PgPool,
     sql: &'static str,
